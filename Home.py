@@ -1,0 +1,96 @@
+"""UMTCDS dashboard entry point: ``streamlit run Home.py`` (or ``make run``).
+
+The picture frame: shared state, the password gate, the sidebar (language, project), and ``st.navigation`` over the
+step pages in ``pages/``. The Home view shows every step's status (read from the workspace's files) and the machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from umtcds_core import ui
+from umtcds_core.i18n import tr
+from umtcds_core.workspace import STEPS
+
+st.set_page_config(page_title="UMTCDS", page_icon="🎓", layout="wide")
+ui.init_state()
+
+if os.environ.get("UMTCDS_WARN_PUBLIC") and not ui.get_secret("UMTCDS_PASSWORD"):
+    st.warning(
+        tr(
+            "仪表盘可从外部访问但未设置 UMTCDS_PASSWORD。",
+            "The dashboard is reachable from outside and UMTCDS_PASSWORD is not set.",
+        )
+    )
+
+if not ui.password_gate():
+    st.stop()
+
+STEP_PAGES = {
+    "crawl": ("pages/1_crawl.py", "🕸️", ("1 · 爬取网页", "1 · Crawl")),
+    "generate": ("pages/2_generate.py", "💬", ("2 · 生成问答", "2 · Generate Q&A")),
+    "dataset": ("pages/3_dataset.py", "🗂️", ("3 · 数据集", "3 · Dataset")),
+    "config": ("pages/4_config.py", "⚙️", ("4 · 训练配置", "4 · Config")),
+    "train": ("pages/5_train.py", "📈", ("5 · 训练", "5 · Train")),
+    "chat": ("pages/6_chat.py", "🤖", ("6 · 对话", "6 · Chat")),
+    "evaluate": ("pages/7_evaluate.py", "📊", ("7 · 评测", "7 · Evaluate")),
+}
+
+
+def home() -> None:
+    st.title(tr("UMTCDS · 校园问答助手微调工具", "UMTCDS · campus Q&A assistant builder"))
+    st.caption(
+        tr(
+            "把学校网站变成一个校园问答助手：爬取 → 生成问答 → 数据集 → 配置 → 训练 → 对话与评测。",
+            "Turn your university's website into a campus Q&A assistant: crawl → Q&A → dataset → config → train → chat & evaluate.",
+        )
+    )
+    box = st.container(border=True)
+    ws = ui.workspace_picker(location=box, key="home")
+    ui.workspace_creator(location=box)
+    if ws is None:
+        st.info(
+            tr("先创建一个项目，所有步骤的文件都保存在其中。", "Create a project first; every step's files live in it.")
+        )
+        return
+    st.subheader(tr("步骤状态", "Steps") + f" — {ws.name}")
+    statuses = ws.statuses()
+    for step in STEPS:
+        path, icon, (zh, en) = STEP_PAGES[step]
+        c1, c2 = st.columns([3, 2])
+        c1.page_link(path, label=tr(zh, en), icon=icon)
+        c2.write(ui.status_label(statuses[step]))
+    st.caption(tr("项目文件夹：", "Project folder: ") + f"`{ws.root}`")
+
+    st.subheader(tr("计算资源", "Machine"))
+    info = ui.gpu_status()
+    if info["count"]:
+        st.write(
+            f"GPU × {info['count']}: **{info['name']}** — {info['total_gib']} GiB; "
+            + tr("已分配", "allocated")
+            + f" {info['allocated_gib']} GiB"
+        )
+    else:
+        st.write(
+            tr("未检测到 GPU：使用 CPU（", "No GPU found: running on CPU (")
+            + f"{info['cpu_cores']} "
+            + tr(
+                "核）。内置小模型可以在 CPU 上完成全部流程。",
+                "cores). The embedded small model runs the whole journey on CPU.",
+            )
+        )
+
+
+def build_navigation():
+    pages = [st.Page(home, title=tr("首页", "Home"), icon="🏠", default=True, url_path="home")]
+    for step, (path, icon, (zh, en)) in STEP_PAGES.items():
+        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), path)):
+            pages.append(st.Page(path, title=tr(zh, en), icon=icon, url_path=step))
+    return st.navigation(pages)
+
+
+ui.language_switch()
+ui.workspace_picker()
+build_navigation().run()

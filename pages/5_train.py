@@ -1,0 +1,8 @@
+"""Step page: Train (placeholder until its issue is built)."""
+
+import streamlit as st
+
+from umtcds_core.i18n import tr
+
+st.header(tr("训练", "Train"))
+st.info(tr("此步骤尚未实现。", "This step is not built yet."))

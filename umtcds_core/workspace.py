@@ -1,0 +1,198 @@
+"""A project is a folder; this module knows its layout and reads each step's status from the files alone.
+
+Layout (every arrow of the pipeline is a file, so any step can be re-run, inspected or done by hand)::
+
+    <workspace>/
+      workspace.json          name, created, start URL, free-form settings the dashboard remembers
+      pages/                  step 1 — crawl output: *.txt + manifest.jsonl
+      qa/                     step 2 — qa.jsonl + failures.jsonl (+ prompts)
+      dataset/                step 3 — train.jsonl dev.jsonl test.jsonl (+ qa_edited.jsonl)
+      config.yaml             step 4 — the training config
+      runs/<run-id>/          step 5 — checkpoints, metrics.jsonl, final adapter; step 6 — eval/
+      jobs/<job-id>/          background jobs (see jobs.py)
+
+Why status from files: the dashboard can be restarted, the browser closed, or a step run from the CLI, and the
+status shown is still true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+from .fileio import read_json, write_json_atomic
+
+DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "workspaces"
+STEPS = ("crawl", "generate", "dataset", "config", "train", "evaluate")
+
+NOT_STARTED, RUNNING, DONE, FAILED = "not started", "running", "done", "failed"
+
+_NAME_RE = re.compile(r"^[\w\-. ]{1,64}$", re.UNICODE)
+
+
+class WorkspaceError(UserError, ValueError):
+    """A bad workspace name or a path that leaves the workspace."""
+
+
+def workspaces_root() -> Path:
+    return Path(os.environ.get("UMTCDS_WORKSPACES", DEFAULT_ROOT))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    # ---- layout -------------------------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def pages_dir(self) -> Path:
+        return self.root / "pages"
+
+    @property
+    def qa_dir(self) -> Path:
+        return self.root / "qa"
+
+    @property
+    def qa_file(self) -> Path:
+        return self.qa_dir / "qa.jsonl"
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.root / "dataset"
+
+    @property
+    def config_file(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def meta_file(self) -> Path:
+        return self.root / "workspace.json"
+
+    # ---- creation -----------------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, root: Path | None = None) -> Workspace:
+        """Create (or open) the workspace ``name`` under ``root`` (default ``data/workspaces``)."""
+        if not _NAME_RE.match(name) or name in {".", ".."}:
+            raise WorkspaceError(
+                f"'{name}' is not a usable workspace name; use letters, digits, '-', '_', '.' or spaces (max 64)."
+            )
+        ws = cls((root or workspaces_root()) / name)
+        ws.root.mkdir(parents=True, exist_ok=True)
+        if not ws.meta_file.exists():
+            write_json_atomic(ws.meta_file, {"name": name, "created": time.time()})
+        return ws
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> Workspace:
+        return cls(Path(path))
+
+    def meta(self) -> dict:
+        return read_json(self.meta_file, {}) or {}
+
+    def update_meta(self, **values) -> dict:
+        data = self.meta()
+        data.update(values)
+        write_json_atomic(self.meta_file, data)
+        return data
+
+    # ---- safety -------------------------------------------------------------------------------------------------
+    def inside(self, path: str | os.PathLike) -> Path:
+        """Resolve ``path`` (relative to the workspace) and refuse anything outside it.
+
+        The dashboard deletes and overwrites only through this, so a typed ``../../etc`` cannot escape.
+        """
+        p = Path(path)
+        p = (self.root / p) if not p.is_absolute() else p
+        resolved = p.resolve()
+        if resolved != self.root.resolve() and self.root.resolve() not in resolved.parents:
+            raise WorkspaceError(f"{path} is outside the workspace {self.root}; choose a path inside it.")
+        return resolved
+
+    def remove(self, path: str | os.PathLike) -> None:
+        target = self.inside(path)
+        if target == self.root.resolve():
+            raise WorkspaceError("Refusing to delete the whole workspace from here.")
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
+
+    # ---- runs ---------------------------------------------------------------------------------------------------
+    def runs(self) -> list[Path]:
+        """Run folders, newest first."""
+        if not self.runs_dir.exists():
+            return []
+        return sorted((p for p in self.runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+    def new_run_dir(self, prefix: str = "run") -> Path:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = self.runs_dir / f"{prefix}-{stamp}"
+        i = 1
+        while path.exists():
+            i += 1
+            path = self.runs_dir / f"{prefix}-{stamp}-{i}"
+        return path
+
+    # ---- status -------------------------------------------------------------------------------------------------
+    def _outputs_exist(self, step: str) -> bool:
+        if step == "crawl":
+            return any(self.pages_dir.glob("*.txt"))
+        if step == "generate":
+            return self.qa_file.exists() and self.qa_file.stat().st_size > 0
+        if step == "dataset":
+            return (self.dataset_dir / "train.jsonl").exists()
+        if step == "config":
+            return self.config_file.exists()
+        if step == "train":
+            return any(has_final_model(r) for r in self.runs())
+        if step == "evaluate":
+            return any((r / "eval" / "metrics.json").exists() for r in self.runs())
+        raise KeyError(step)
+
+    def status(self, step: str) -> str:
+        """``not started`` / ``running`` / ``done`` / ``failed`` for one step, from files and job records only."""
+        from .jobs import latest_job  # local import: jobs imports workspace
+
+        job = latest_job(self, step)
+        if job is not None:
+            st = job.status()
+            if st == RUNNING:
+                return RUNNING
+            if st == FAILED and not self._outputs_exist(step):
+                return FAILED
+        return DONE if self._outputs_exist(step) else NOT_STARTED
+
+    def statuses(self) -> dict[str, str]:
+        return {s: self.status(s) for s in STEPS}
+
+
+def has_final_model(run_dir: Path) -> bool:
+    """A run is finished when its folder holds a final adapter or full model (not just checkpoints)."""
+    return (
+        (run_dir / "adapter_config.json").exists()
+        or (run_dir / "model.safetensors").exists()
+        or any(run_dir.glob("model-*.safetensors"))
+    )
+
+
+def list_workspaces(root: Path | None = None) -> list[Workspace]:
+    root = root or workspaces_root()
+    if not root.exists():
+        return []
+    return [Workspace(p) for p in sorted(root.iterdir()) if p.is_dir() and (p / "workspace.json").exists()]
