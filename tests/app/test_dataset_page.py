@@ -1,0 +1,125 @@
+"""Page 3 (Dataset): table edits saved to the workspace, search, add, statistics, split + export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from umtcds_core.workspace import Workspace
+
+PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "3_dataset.py")
+
+
+def _workspace(root: Path, n: int = 12) -> Workspace:
+    ws = Workspace.create("ds-page", root=root)
+    ws.qa_dir.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps(
+            {
+                "question": f"第{i}号楼在哪里？",
+                "answer": f"第{i}号楼在校园{i}区。",
+                "source": f"https://u.edu/p{i % 3}",
+                "score": 4,
+            },
+            ensure_ascii=False,
+        )
+        for i in range(n)
+    ]
+    lines.insert(3, "{broken")
+    ws.qa_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return ws
+
+
+def _page(ws: Workspace) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["workspace"] = str(ws.root)
+    at.session_state["lang"] = "en"
+    return at.run()
+
+
+def _edited(ws: Workspace) -> list[dict]:
+    path = ws.dataset_dir / "qa_edited.jsonl"
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()] if path.exists() else []
+
+
+def test_renders_table_stats_and_problems(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    assert not at.exception
+    editor = at.data_editor[0]
+    assert editor.editing_mode == "dynamic"
+    assert list(editor.value.columns) == ["question", "answer", "source", "score"]
+    assert len(editor.value) == 12
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Pairs"] == "12" and metrics["Source pages"] == "3"
+    assert any("1 record(s) with problems" in e.label for e in at.expander)
+    assert "Showing 12 of 12" in " ".join(c.value for c in at.caption)
+
+
+def test_edit_delete_add_are_saved_and_survive_a_new_session(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    key = at.data_editor[0].key
+    at.session_state[key] = {
+        "edited_rows": {0: {"answer": "改过的答案。"}},
+        "added_rows": [{"question": "新问题？", "answer": "新答案。"}, {"question": "只有问题"}],
+        "deleted_rows": [1],
+    }
+    at.run()
+    assert not at.exception
+    saved = _edited(ws)
+    assert len(saved) == 12  # 12 - 1 deleted + 1 complete new row
+    assert saved[0]["answer"] == "改过的答案。" and saved[0]["score"] == 4
+    assert "第1号楼在哪里？" not in [r["question"] for r in saved]
+    assert saved[-1] == {"question": "新问题？", "answer": "新答案。", "source": "manual"}
+    assert any("need both a question and an answer" in c.value for c in at.caption)
+    assert ws.qa_file.read_text(encoding="utf-8").count("\n") == 13  # step 2's file untouched
+    again = _page(ws)  # a brand-new session (reload) shows the edited copy
+    assert len(again.data_editor[0].value) == 12
+    assert again.data_editor[0].value["answer"][0] == "改过的答案。"
+
+
+def test_search_then_edit_hits_the_right_row_and_add_form(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    at.text_input(key="ds_search").set_value("第7号").run()
+    table = at.data_editor[0].value
+    assert list(table["question"]) == ["第7号楼在哪里？"]
+    at.session_state[at.data_editor[0].key] = {"edited_rows": {0: {"question": "七号楼在哪里？"}}}
+    at.run()
+    saved = _edited(ws)
+    assert saved[7]["question"] == "七号楼在哪里？" and saved[6]["question"] == "第6号楼在哪里？"
+    at.text_input(key="ds_new_q").set_value("图书馆几点开门？")
+    at.text_area(key="ds_new_a").set_value("八点。")
+    submit = [b for b in at.button if b.label == "Add"][0]
+    submit.click().run()
+    assert not at.exception
+    assert _edited(ws)[-1]["question"] == "图书馆几点开门？"
+
+
+def test_split_and_export_writes_the_dataset(_isolated_workspaces):
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    at.selectbox(key="ds_format").set_value("alpaca")
+    at.run()
+    assert any("train **10** / dev **1** / test **1**" in m.value for m in at.markdown)
+    at.button(key="ds_export").click().run()
+    assert not at.exception
+    for name in ("train.jsonl", "dev.jsonl", "test.jsonl", "split_report.json", "dataset_info.json"):
+        assert (ws.dataset_dir / name).exists(), name
+    report = json.loads((ws.dataset_dir / "split_report.json").read_text(encoding="utf-8"))
+    assert report["counts"] == {"train": 10, "dev": 1, "test": 1} and report["format"] == "alpaca"
+    first = json.loads((ws.dataset_dir / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["system"] and first["instruction"]
+    assert ws.meta()["dataset"]["format"] == "alpaca"
+    assert {m.label: m.value for m in at.metric}["Train"] == "10"
+    assert len(at.get("download_button")) == 5
+
+
+def test_no_pairs_yet_explains_what_to_do(_isolated_workspaces):
+    ws = Workspace.create("empty", root=_isolated_workspaces)
+    at = _page(ws)
+    assert not at.exception
+    assert any("No pairs yet" in i.value for i in at.info)

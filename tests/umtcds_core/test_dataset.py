@@ -1,0 +1,256 @@
+"""Step 3: reading, validation, leak-free exact split, formats, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from umtcds_core import dataset as ds
+from umtcds_core.cli import main as cli_main
+
+TOPICS = [
+    "图书馆",
+    "食堂",
+    "体育馆",
+    "校医院",
+    "教务处",
+    "宿舍",
+    "实验室",
+    "招生办",
+    "财务处",
+    "研究生院",
+    "校车",
+    "快递站",
+]
+ASKS = ["几点开门", "在哪里", "怎么预约", "电话是多少", "周末开放吗", "需要带学生证吗", "可以带朋友吗", "怎么缴费"]
+
+
+def unique_pairs(n: int) -> list[dict]:
+    """n pairs with clearly different questions (topic × ask), answers unique too."""
+    out = []
+    for i in range(n):
+        t, a = TOPICS[i % len(TOPICS)], ASKS[(i // len(TOPICS)) % len(ASKS)]
+        out.append({"question": f"{t}{a}？", "answer": f"答案{i}：{t}{a}的说明。", "source": f"https://u.edu/{i}"})
+    return out
+
+
+# Planted paraphrase duplicates: each family must stay inside one split.
+FAMILIES = [
+    ["学校图书馆周末几点开门？", "图书馆周末几点开门", "请问学校图书馆周末几点开门"],
+    ["What time does the campus library open?", "When does the campus library open?"],
+    ["研究生宿舍怎么申请？", "研究生宿舍如何申请", "研究生宿舍怎样申请？"],
+    ["新生报到需要带哪些材料？", "新生报到要带哪些材料"],
+]
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def read_splits(out: Path) -> dict[str, list[dict]]:
+    return {
+        s: [json.loads(x) for x in (out / f"{s}.jsonl").read_text(encoding="utf-8").splitlines()] for s in ds.SPLITS
+    }
+
+
+def test_split_counts_rounding_rule():
+    assert ds.split_counts(101, (8, 1, 1)) == (81, 10, 10)
+    assert ds.split_counts(100, (8, 1, 1)) == (80, 10, 10)
+    assert ds.split_counts(10, (8, 1, 1)) == (8, 1, 1)
+    assert ds.split_counts(7, (8, 1, 1)) == (5, 1, 1)
+    assert ds.split_counts(2, (8, 1, 1)) == (1, 1, 0)
+    assert ds.split_counts(1, (8, 1, 1)) == (1, 0, 0)
+    assert ds.split_counts(50, (1, 0, 0)) == (50, 0, 0)
+    assert ds.parse_split("0.8,0.1,0.1") == (0.8, 0.1, 0.1)
+    with pytest.raises(ds.DatasetError, match="8:1:1"):
+        ds.parse_split("8:1")
+
+
+def test_exact_counts_and_no_leak_with_planted_paraphrases(tmp_path):
+    records = unique_pairs(101 - sum(len(f) for f in FAMILIES))
+    for fam_i, fam in enumerate(FAMILIES):
+        for j, q in enumerate(fam):
+            records.insert(7 * fam_i + j, {"question": q, "answer": f"家族{fam_i}答案{j}", "source": "s"})
+    assert len(records) == 101
+    inp = write_jsonl(tmp_path / "qa.jsonl", records)
+    report = ds.build_dataset(inp, tmp_path / "out", "8:1:1", seed=42)
+    assert report["counts"] == {"train": 81, "dev": 10, "test": 10}
+    assert report["exact_counts"] is True
+    # each planted family is one reported group (entity swaps such as 教务处/财务处 may group too: harmless)
+    groups = [set(g["questions"]) for g in report["groups"]["list"]]
+    for fam in FAMILIES:
+        assert any(set(fam) <= g for g in groups), fam
+    splits = read_splits(tmp_path / "out")
+    where = {}
+    for s, recs in splits.items():
+        for r in recs:
+            where[r["messages"][0]["content"]] = s
+    assert len(where) == 101
+    for fam in FAMILIES:
+        assert len({where[q] for q in fam}) == 1, fam
+    # same seed → same split, other seed → another split
+    again = ds.build_dataset(inp, tmp_path / "out2", "8:1:1", seed=42)
+    assert read_splits(tmp_path / "out2") == splits and again["counts"] == report["counts"]
+    ds.build_dataset(inp, tmp_path / "out3", "8:1:1", seed=7)
+    assert read_splits(tmp_path / "out3")["test"] != splits["test"]
+    saved = json.loads((tmp_path / "out" / "split_report.json").read_text(encoding="utf-8"))
+    assert saved["counts"] == report["counts"] and "largest remainder" in saved["rounding"]
+
+
+def test_broken_lines_reported_with_numbers_and_valid_kept(tmp_path):
+    lines = [
+        json.dumps({"question": "食堂在哪里？", "answer": "在二号楼。"}, ensure_ascii=False),
+        "{not json",
+        "",
+        json.dumps({"question": "宿舍几点关门？"}, ensure_ascii=False),
+        json.dumps({"question": "  ", "answer": "x"}),
+        json.dumps({"foo": 1}),
+        json.dumps({"instruction": "校车几点发车？", "input": "", "output": "七点。"}, ensure_ascii=False),
+        json.dumps({"messages": [{"role": "assistant", "content": "hi"}]}),
+        json.dumps({"prompt": "体育馆开放吗？", "response": "开放。"}, ensure_ascii=False),
+        json.dumps([1, 2]),
+    ]
+    path = tmp_path / "mine.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    res = ds.load_pairs(path)
+    assert [p.question for p in res.pairs] == ["食堂在哪里？", "校车几点发车？", "体育馆开放吗？"]
+    by_line = {p.line: p for p in res.problems}
+    assert set(by_line) == {2, 4, 5, 6, 8, 10}
+    assert "invalid JSON" in by_line[2].reason
+    assert "missing field 'answer'" in by_line[4].reason
+    assert "empty question" in by_line[5].reason
+    assert "no question/answer fields" in by_line[6].reason
+    assert "without a question" in by_line[8].reason
+    assert all(p.skipped and p.path == str(path) for p in res.problems)
+    assert str(by_line[4]).startswith(f"{path}:4: ") and str(by_line[4]).endswith("(skipped)")
+
+
+def test_csv_and_json_inputs_and_folder(tmp_path):
+    folder = tmp_path / "in"
+    with open(folder.mkdir() or folder / "pairs.csv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["question", "answer", "score"])
+        w.writerow(["图书馆在哪？", "在东区。", "4"])
+        w.writerow(["", "空问题", ""])
+        w.writerow(["教务处电话？", "1234。", "5"])
+    (folder / "alpaca.json").write_text(
+        json.dumps(
+            [{"instruction": "校医院几点开？", "output": "八点。"}, {"instruction": "x"}], ensure_ascii=False, indent=2
+        ),
+        encoding="utf-8",
+    )
+    write_jsonl(folder / "failures.jsonl", [{"page": "a.txt", "reason": "timeout"}])  # step 2's, not pairs
+    res = ds.load_pairs(folder)
+    assert sorted(p.question for p in res.pairs) == ["图书馆在哪？", "教务处电话？", "校医院几点开？"]
+    assert {(Path(p.path).name, p.line) for p in res.problems} == {("pairs.csv", 3), ("alpaca.json", 6)}
+    assert [p.score for p in res.pairs if p.question == "教务处电话？"] == [5.0]
+    assert not any("failures" in f for f in res.files)
+
+
+def test_gbk_csv_from_excel_reads(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("问题,答案\n校医院电话？,1234\n".encode("gbk"))
+    res = ds.load_pairs(path)
+    assert [(p.question, p.answer) for p in res.pairs] == [("校医院电话？", "1234")]
+
+
+def test_edited_copy_wins_over_qa_in_same_folder(tmp_path):
+    write_jsonl(tmp_path / "qa.jsonl", unique_pairs(3))
+    write_jsonl(tmp_path / "imported" / "mine.jsonl", unique_pairs(1))
+    write_jsonl(tmp_path / "qa_edited.jsonl", unique_pairs(2))
+    assert [Path(f).name for f in ds.input_files(tmp_path)] == ["qa_edited.jsonl"]
+    write_jsonl(tmp_path / "b" / "qa.jsonl", unique_pairs(1))  # below the edited copy's folder: covered by it
+    assert [Path(f).name for f in ds.input_files(tmp_path)] == ["qa_edited.jsonl"]
+    write_jsonl(tmp_path / "a" / "qa_edited.jsonl", unique_pairs(1))
+    assert [str(Path(f).relative_to(tmp_path)) for f in ds.input_files(tmp_path / "a")] == ["a/qa_edited.jsonl"]
+    assert [str(Path(f).relative_to(tmp_path)) for f in ds.input_files(tmp_path / "b")] == ["b/qa.jsonl"]
+    (tmp_path / "b" / "workspace.json").write_text("{}", encoding="utf-8")
+    write_jsonl(tmp_path / "b" / "qa" / "qa.jsonl", unique_pairs(1))
+    write_jsonl(tmp_path / "b" / "pages" / "manifest.jsonl", [{"url": "x"}])
+    assert [str(Path(f).relative_to(tmp_path)) for f in ds.input_files(tmp_path / "b")] == ["b/qa/qa.jsonl"]
+    write_jsonl(tmp_path / "b" / "dataset" / "qa_edited.jsonl", unique_pairs(1))
+    assert [str(Path(f).relative_to(tmp_path)) for f in ds.input_files(tmp_path / "b")] == ["b/dataset/qa_edited.jsonl"]
+
+
+@pytest.mark.parametrize("fmt", ds.FORMATS)
+def test_every_format_round_trips(tmp_path, fmt):
+    pairs = [ds.Pair(**{k: v for k, v in r.items()}) for r in unique_pairs(12)]
+    pairs.append(ds.Pair("那周末呢？", "周末九点。", history=[["图书馆几点开门？", "八点。"]]))
+    pairs.append(ds.Pair("Who are you?", "A campus assistant.", system="Own system prompt."))
+    report = ds.build_dataset(tmp_path / "x", tmp_path / fmt, fmt=fmt, system_prompt="你是校园助手。", pairs=pairs)
+    assert sum(report["counts"].values()) == 14
+    back = ds.load_pairs(tmp_path / fmt)  # the folder of our own split files reads back
+    assert back.problems == []
+    got = {(p.question, p.answer, p.system, tuple(map(tuple, p.history))) for p in back.pairs}
+    want = {(p.question, p.answer, p.system or "你是校园助手。", tuple(map(tuple, p.history))) for p in pairs}
+    assert got == want
+    info = tmp_path / fmt / "dataset_info.json"
+    if fmt == "glm4":
+        assert not info.exists()
+        first = read_splits(tmp_path / fmt)["train"][0]
+        assert first["messages"][0]["role"] == "system" and first["messages"][-1]["role"] == "assistant"
+    else:
+        meta = json.loads(info.read_text(encoding="utf-8"))
+        assert meta["umtcds_train"]["file_name"] == "train.jsonl" and meta["umtcds_dev"]["formatting"] == fmt
+
+
+def test_tiny_dataset_warns_and_fills_dev_test(tmp_path):
+    inp = write_jsonl(tmp_path / "qa.jsonl", unique_pairs(4))
+    report = ds.build_dataset(inp, tmp_path / "out")
+    assert report["counts"] == {"train": 2, "dev": 1, "test": 1}
+    assert any("Only 4 pairs" in w for w in report["warnings"])
+
+
+def test_exact_duplicates_dropped_and_reported(tmp_path):
+    recs = unique_pairs(5)
+    recs.append(dict(recs[0], question=recs[0]["question"] + " "))
+    inp = write_jsonl(tmp_path / "qa.jsonl", recs)
+    report = ds.build_dataset(inp, tmp_path / "out")
+    assert report["pairs"] == 5 and report["pairs_read"] == 6
+    dup = [p for p in report["problems"] if "exact duplicate" in p["reason"]]
+    assert dup and dup[0]["line"] == 6
+
+
+def test_no_valid_pairs_is_one_clear_error(tmp_path):
+    inp = tmp_path / "bad.jsonl"
+    inp.write_text("{oops\n", encoding="utf-8")
+    with pytest.raises(ds.DatasetError, match=r"No valid question-answer pairs.*bad.jsonl:1"):
+        ds.build_dataset(inp, tmp_path / "out")
+
+
+def test_cli(tmp_path, capsys):
+    inp = write_jsonl(tmp_path / "qa.jsonl", unique_pairs(20) + [{"question": "q"}])
+    rc = cli_main(["dataset", str(inp), "--out", str(tmp_path / "d"), "--split", "8:1:1", "--format", "sharegpt"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "train 16 / dev 2 / test 2" in out and "qa.jsonl:21: missing field 'answer' (skipped)" in out
+    assert (tmp_path / "d" / "dataset_info.json").exists()
+    rc = cli_main(["dataset", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "d")])
+    assert rc == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_grouping_rules():
+    qs = ["3号楼在哪里？", "4号楼在哪里？", "3号楼在哪里", "研究生宿舍怎么申请？", "如何申请研究生宿舍", "食堂在哪里？"]
+    assert ds.find_groups(qs) == [[0, 2], [1], [3, 4], [5]]
+    assert ds.normalize("  Library, OPEN?! ") == "library open"
+
+
+def test_apply_table_edits_maps_visible_rows():
+    records = [{"question": f"q{i}", "answer": f"a{i}", "source": "s"} for i in range(5)]
+    visible = ds.search_rows(records, "q3") + ds.search_rows(records, "q1")  # table shows rows 3 and 1
+    assert visible == [3, 1]
+    delta = {
+        "edited_rows": {"0": {"answer": "new3"}, 1: {"question": "  "}},
+        "deleted_rows": [1],
+        "added_rows": [{"question": "nq", "answer": "na"}, {"answer": "only answer"}, {}],
+    }
+    out, notes = ds.apply_table_edits(records, visible, delta)
+    assert [r["question"] for r in out] == ["q0", "q2", "q3", "q4", "nq"]
+    assert out[2]["answer"] == "new3" and out[-1]["source"] == "manual"
+    assert any("empty question" in n for n in notes) and any("1 new row(s)" in n for n in notes)
+    assert records[3]["answer"] == "a3"  # input untouched

@@ -1,0 +1,857 @@
+"""Step 3 — Q&A pairs → validated, deduplicated, leak-free ``train/dev/test.jsonl``.
+
+Usage::
+
+    umtcds dataset IN --out DATA_DIR [--split 8:1:1] [--seed 42] [--format glm4|sharegpt|alpaca]
+                      [--system-prompt TEXT] [--dedup-threshold 0.5]
+
+IN is a ``qa.jsonl`` (step 2's output), a folder of them, or the user's own JSONL / JSON / CSV of pairs. A record may
+spell its pair as ``question``/``answer``, ``instruction`` (+ ``input``)/``output``, ``prompt``/``response``,
+``messages`` (role/content), ShareGPT ``conversations`` (from/value) or CSV headers ``问题``/``答案`` (UTF-8 or GBK) —
+so our own output of every format reads back.
+
+Why each step:
+
+* **Validation** names the file and line of every broken record (bad JSON, no recognisable fields, empty text) and
+  whether it was skipped; one bad line never costs the valid ones.
+* **Grouping** puts exact and near-duplicate questions (character n-gram Jaccard; characters + bigrams for Chinese,
+  trigrams for other scripts, so it needs no word segmenter) into one group, and a group lands in one split — otherwise the test
+  split measures memorisation of a paraphrase seen in training.
+* **Exact counts**: the target size of each split is computed with the largest-remainder rule (floor of
+  ``n * ratio``, then the leftover pairs go one each to the splits with the largest fractional parts, ties to the
+  earlier split: train, dev, test); every split with a non-zero ratio gets at least one pair when there are at least
+  three pairs. 101 pairs at 8:1:1 → 81/10/10. Groups are placed first (seeded, weighted by free room), single pairs
+  fill the rest, so the targets are met exactly unless one group is larger than the room left (then the report says so).
+* **Formats**: ``glm4`` is what the GLM-4 fine-tuning demo and ``umtcds train`` read (``{"messages": [...]}`` with an
+  optional leading ``system``); ``sharegpt`` and ``alpaca`` also get a LLaMA-Factory ``dataset_info.json``.
+* Every file is written atomically, and ``DATA_DIR/split_report.json`` records counts, groups, warnings and problems.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import random
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .fileio import BadLine, iter_jsonl, write_json_atomic, write_jsonl_atomic
+
+FORMATS = ("glm4", "sharegpt", "alpaca")
+SPLITS = ("train", "dev", "test")
+DEFAULT_SPLIT = "8:1:1"
+DEFAULT_THRESHOLD = 0.5
+TINY = 10
+INPUT_SUFFIXES = (".jsonl", ".json", ".csv")
+# Files in a workspace's qa/ folder that are not pairs (step 2 writes them next to qa.jsonl).
+IGNORED_NAMES = {"failures.jsonl", "progress.json", "split_report.json", "dataset_info.json", "state.json"}
+EDITED_NAME = "qa_edited.jsonl"
+SCORE_KEYS = ("score", "judge_score", "rating")
+DEFAULT_SYSTEM_PROMPT = "你是一个校园问答助手，请根据学校官网的信息准确、简洁地回答问题。"
+
+ROLE_ALIASES = {
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "bot": "assistant",
+    "model": "assistant",
+    "system": "system",
+}
+
+
+class DatasetError(UserError, ValueError):
+    """A dataset problem phrased for the user."""
+
+
+# ---- records ----------------------------------------------------------------------------------------------------
+@dataclass
+class Pair:
+    """One question-answer pair (plus earlier turns, if it came from a multi-turn conversation)."""
+
+    question: str
+    answer: str
+    source: str = ""
+    score: float | None = None
+    system: str | None = None
+    history: list[list[str]] = field(default_factory=list)
+    """Earlier ``[question, answer]`` turns of the same conversation (empty for plain pairs)."""
+    origin: str = ""
+    """``file:line`` it was read from (for messages and the report)."""
+    extra: dict = field(default_factory=dict)
+    """Other fields of the input record (url, title, …), kept when pairs are saved back."""
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha1(f"{self.question}\x00{self.answer}".encode()).hexdigest()[:12]
+
+    def to_qa_record(self) -> dict:
+        """The step-2 ``qa.jsonl`` shape (what the editor saves)."""
+        rec = {"question": self.question, "answer": self.answer, "source": self.source}
+        if self.score is not None:
+            rec["score"] = self.score
+        if self.system:
+            rec["system"] = self.system
+        if self.history:
+            rec["history"] = self.history
+        for k, v in self.extra.items():
+            rec.setdefault(k, v)
+        return rec
+
+
+@dataclass
+class Problem:
+    """A broken or doubtful input record: where, why, and whether it was left out."""
+
+    path: str
+    line: int
+    reason: str
+    skipped: bool = True
+
+    def __str__(self) -> str:
+        what = "skipped" if self.skipped else "kept"
+        return f"{self.path}:{self.line}: {self.reason} ({what})"
+
+
+@dataclass
+class LoadResult:
+    pairs: list[Pair]
+    problems: list[Problem]
+    files: list[str]
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, str):
+        return value.strip()
+    return None
+
+
+def _first(rec: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if k in rec:
+            return k, rec[k]
+    return None, None
+
+
+def _score(rec: dict) -> float | None:
+    for k in SCORE_KEYS:
+        v = rec.get(k)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                return float(v)
+            except ValueError:
+                continue
+    return None
+
+
+def _from_turns(turns: list, role_key: str, content_key: str) -> tuple[str | None, list[list[str]], str | None]:
+    """(system, [[q, a], …], error) from a list of role/content dicts."""
+    system = None
+    pairs: list[list[str]] = []
+    pending: str | None = None
+    for i, msg in enumerate(turns):
+        if not isinstance(msg, dict):
+            return None, [], f"message {i + 1} is not an object"
+        role = ROLE_ALIASES.get(str(msg.get(role_key, "")).lower())
+        content = _text(msg.get(content_key))
+        if role is None:
+            return None, [], f"message {i + 1} has an unknown role {msg.get(role_key)!r}"
+        if content is None:
+            return None, [], f"message {i + 1} has no text '{content_key}'"
+        if role == "system":
+            if i != 0:
+                return None, [], "a system message may only come first"
+            system = content or None
+        elif role == "user":
+            if pending is not None:
+                pending = f"{pending}\n{content}"  # two user turns in a row: one question
+            else:
+                pending = content
+        else:
+            if pending is None:
+                return None, [], f"message {i + 1} is an assistant turn without a question before it"
+            pairs.append([pending, content])
+            pending = None
+    if not pairs:
+        return None, [], "no user→assistant turn"
+    return system, pairs, ("trailing user message without an answer ignored" if pending else None)
+
+
+QUESTION_KEYS = ("question", "instruction", "prompt", "query", "问题", "问")
+ANSWER_KEYS = ("answer", "output", "response", "答案", "回答", "答")
+KNOWN_KEYS = {
+    *QUESTION_KEYS,
+    *ANSWER_KEYS,
+    "来源",
+    "input",
+    "messages",
+    "conversations",
+    "source",
+    "system",
+    "history",
+    *SCORE_KEYS,
+}
+
+
+def parse_record(rec: dict, origin: str) -> tuple[Pair | None, str | None]:
+    """One input record → ``(pair, None)``, ``(pair, note)`` (kept with a note) or ``(None, reason)``."""
+    note = None
+    history: list[list[str]] = []
+    system = _text(rec.get("system")) or None
+    if isinstance(rec.get("messages"), list) or isinstance(rec.get("conversations"), list):
+        key = "messages" if isinstance(rec.get("messages"), list) else "conversations"
+        turns = rec[key]
+        role_key, content_key = ("role", "content")
+        if turns and isinstance(turns[0], dict) and "from" in turns[0]:
+            role_key, content_key = ("from", "value")
+        msg_system, qa, err = _from_turns(turns, role_key, content_key)
+        if not qa:
+            return None, f"'{key}': {err}"
+        note = err
+        system = msg_system or system
+        history = qa[:-1]
+        question, answer = qa[-1]
+    else:
+        qkey, qval = _first(rec, QUESTION_KEYS)
+        akey, aval = _first(rec, ANSWER_KEYS)
+        if qkey is None and akey is None:
+            return None, (
+                "no question/answer fields (expected question+answer, instruction+output, prompt+response or messages)"
+            )
+        if qkey is None:
+            return None, "missing field 'question'"
+        if akey is None:
+            return None, "missing field 'answer'"
+        question, answer = _text(qval), _text(aval)
+        if question is None:
+            return None, f"field '{qkey}' is not text"
+        if answer is None:
+            return None, f"field '{akey}' is not text"
+        extra_input = _text(rec.get("input")) if qkey == "instruction" else None
+        if extra_input:
+            question = f"{question}\n{extra_input}"
+        raw_hist = rec.get("history")
+        if isinstance(raw_hist, list):
+            for turn in raw_hist:
+                if isinstance(turn, (list, tuple)) and len(turn) == 2 and all(_text(t) for t in turn):
+                    history.append([_text(turn[0]), _text(turn[1])])
+    if not question:
+        return None, "empty question"
+    if not answer:
+        return None, "empty answer"
+    source = _text(rec.get("source")) or _text(rec.get("url")) or _text(rec.get("来源")) or ""
+    extra = {k: v for k, v in rec.items() if k not in KNOWN_KEYS}
+    pair = Pair(question, answer, source, _score(rec), system, history, origin, extra)
+    return pair, note
+
+
+def _csv_text(path: Path) -> str:
+    """UTF-8 (with or without BOM), else GB18030 — Excel on Chinese Windows saves CSV in GBK."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return data.decode("gb18030", errors="replace")
+
+
+def _iter_csv(path: Path, problems: list[Problem]):
+    reader = csv.DictReader(io.StringIO(_csv_text(path), newline=""))
+    if not reader.fieldnames:
+        return
+    for row in reader:
+        line = reader.line_num
+        if None in row:  # more cells than header columns
+            problems.append(Problem(str(path), line, "more cells than header columns"))
+            continue
+        yield line, {k.strip(): v for k, v in row.items() if k is not None and v is not None}
+
+
+def _iter_json_array(path: Path, problems: list[Problem]):
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        problems.append(Problem(str(path), getattr(exc, "lineno", 1), f"invalid JSON ({exc})"))
+        return
+    items = data if isinstance(data, list) else [data]
+    # Report the line where each item starts (best effort: find each top-level '{').
+    starts = _item_lines(text) if isinstance(data, list) else [1]
+    for i, item in enumerate(items):
+        line = starts[i] if i < len(starts) else i + 1
+        if not isinstance(item, dict):
+            problems.append(Problem(str(path), line, f"item {i + 1} is not an object"))
+            continue
+        yield line, item
+
+
+def _item_lines(text: str) -> list[int]:
+    """Line numbers where the top-level objects of a JSON array start."""
+    lines, depth, line, in_str, esc = [], 0, 1, False, False
+    for ch in text:
+        if ch == "\n":
+            line += 1
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+            continue
+        if ch == '"':
+            in_str = True
+        elif ch in "[{":
+            if depth == 1 and ch == "{":
+                lines.append(line)
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return lines
+
+
+def input_files(inp: str | Path) -> list[Path]:
+    """The files IN names: the file itself, or the pair files of a folder. A ``qa_edited.jsonl`` (the dashboard's
+    reviewed copy) replaces the other pair files of its folder and subfolders, because it already holds them."""
+    inp = Path(inp).expanduser()
+    if not inp.exists():
+        raise DatasetError(f"{inp} does not exist; give a qa.jsonl file, a folder of them, or a JSONL/CSV of pairs.")
+    if inp.is_file():
+        if inp.suffix.lower() not in INPUT_SUFFIXES:
+            raise DatasetError(f"{inp} is not a .jsonl, .json or .csv file; convert it to one of those.")
+        return [inp]
+    if (inp / "workspace.json").exists():  # a whole workspace: its reviewed copy, else step 2's output
+        if (inp / "dataset" / EDITED_NAME).exists():
+            return [inp / "dataset" / EDITED_NAME]
+        inp = inp / "qa"
+        if not inp.is_dir():
+            raise DatasetError(f"The workspace {inp.parent} has no Q&A pairs yet; run step 2 (generate) first.")
+    files = sorted(
+        p
+        for p in inp.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in INPUT_SUFFIXES
+        and p.name not in IGNORED_NAMES
+        and not p.name.startswith(".")
+    )
+    split_names = {f"{s}.jsonl" for s in SPLITS}
+    if any(p.name not in split_names for p in files):  # split outputs next to pairs are ours, not input
+        files = [p for p in files if p.name not in split_names]
+    edited_dirs = {p.parent for p in files if p.name == EDITED_NAME}
+    # the edited copy already holds everything the dashboard showed (qa.jsonl + imports below it)
+    files = [p for p in files if p.name == EDITED_NAME or not any(d == p.parent or d in p.parents for d in edited_dirs)]
+    if not files:
+        raise DatasetError(f"{inp} holds no .jsonl, .json or .csv files of pairs; run step 2 first or pick the file.")
+    return files
+
+
+def load_pairs(inp: str | Path | list[Path]) -> LoadResult:
+    """Read every pair from IN; each broken record becomes a :class:`Problem` (file + line), nothing raises."""
+    files = inp if isinstance(inp, list) else input_files(inp)
+    pairs: list[Pair] = []
+    problems: list[Problem] = []
+    for path in files:
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            rows = _iter_csv(path, problems)
+        elif suffix == ".json":
+            rows = _iter_json_array(path, problems)
+        else:
+            bad: list[BadLine] = []
+            rows = _numbered_jsonl(path, bad)
+            rows = list(rows)
+            problems.extend(Problem(b.path, b.lineno, b.reason) for b in bad)
+        for line, rec in rows:
+            pair, msg = parse_record(rec, f"{path}:{line}")
+            if pair is None:
+                problems.append(Problem(str(path), line, msg or "unreadable"))
+                continue
+            if msg:
+                problems.append(Problem(str(path), line, msg, skipped=False))
+            pairs.append(pair)
+    problems.sort(key=lambda p: (p.path, p.line))
+    return LoadResult(pairs, problems, [str(f) for f in files])
+
+
+def _numbered_jsonl(path: Path, bad: list[BadLine]):
+    """(line number, object) for a JSONL file; fileio reports broken lines into ``bad``."""
+    # iter_jsonl skips blank lines, so number the lines ourselves and match objects to them.
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        numbered = [(i, line) for i, line in enumerate(fh, 1) if line.strip()]
+    objs_bad: list[BadLine] = []
+    good = list(iter_jsonl(path, objs_bad))
+    bad_lines = {b.lineno for b in objs_bad}
+    bad.extend(objs_bad)
+    good_lines = [i for i, _ in numbered if i not in bad_lines]
+    return list(zip(good_lines, good, strict=False))
+
+
+def save_pairs(path: str | Path, pairs: list[Pair]) -> Path:
+    """Write pairs in the step-2 ``qa.jsonl`` shape (atomically) — the editor's save."""
+    return write_jsonl_atomic(path, [p.to_qa_record() for p in pairs])
+
+
+EDITABLE = ("question", "answer", "source")
+
+
+def apply_table_edits(records: list[dict], visible: list[int], delta: dict | None) -> tuple[list[dict], list[str]]:
+    """Apply a table editor's changes (``st.data_editor`` state) to ``records``; returns (new records, notes).
+
+    ``visible[i]`` is the index in ``records`` of the table's row ``i`` (the table may show a search result).
+    ``delta`` = ``{"edited_rows": {row: {column: value}}, "added_rows": [{column: value}], "deleted_rows": [row]}``.
+    A change that would leave a question or answer empty is not applied, and a new row is only added once both are
+    filled, so the saved file never holds a pair the next step would reject.
+    """
+    delta = delta or {}
+    out = [dict(r) for r in records]
+    notes: list[str] = []
+    for row, changes in (delta.get("edited_rows") or {}).items():
+        try:
+            idx = visible[int(row)]
+        except (ValueError, IndexError):
+            continue
+        for col, value in (changes or {}).items():
+            if col not in EDITABLE:
+                continue
+            text = "" if value is None else str(value).strip()
+            if col in ("question", "answer") and not text:
+                notes.append(f"row {int(row) + 1}: an empty {col} is not saved; delete the row instead.")
+                continue
+            out[idx][col] = text
+    deleted = set()
+    for row in delta.get("deleted_rows") or []:
+        try:
+            deleted.add(visible[int(row)])
+        except (ValueError, IndexError):
+            continue
+    out = [r for i, r in enumerate(out) if i not in deleted]
+    incomplete = 0
+    for added in delta.get("added_rows") or []:
+        q = str(added.get("question") or "").strip()
+        a = str(added.get("answer") or "").strip()
+        if q and a:
+            out.append({"question": q, "answer": a, "source": str(added.get("source") or "").strip() or "manual"})
+        elif q or a or added.get("source"):
+            incomplete += 1
+    if incomplete:
+        notes.append(f"{incomplete} new row(s) need both a question and an answer before they are saved.")
+    return out, notes
+
+
+def search_rows(records: list[dict], term: str) -> list[int]:
+    """Indices of records whose question, answer or source contains ``term`` (case-insensitive; all when empty)."""
+    term = (term or "").strip().casefold()
+    if not term:
+        return list(range(len(records)))
+    return [
+        i
+        for i, r in enumerate(records)
+        if any(term in str(r.get(k) or "").casefold() for k in ("question", "answer", "source"))
+    ]
+
+
+# ---- duplicates -------------------------------------------------------------------------------------------------
+_PUNCT_RE = re.compile(r"[\W_]+", re.UNICODE)
+_NUM_RE = re.compile(r"\d+")
+_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
+
+
+def normalize(text: str) -> str:
+    """NFKC, case-folded, punctuation removed, spaces collapsed (so '图书馆几点开门？' == '图书馆几点开门')."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return " ".join(_PUNCT_RE.sub(" ", text).split())
+
+
+def shingles(text: str) -> frozenset[str]:
+    """Character n-grams of the normalised text: characters + bigrams when it is mostly CJK, else trigrams."""
+    norm = normalize(text)
+    cjk = len(_CJK_RE.findall(norm))
+    if cjk and cjk >= 0.3 * len(norm.replace(" ", "")):
+        # Characters and bigrams: a one-word synonym swap (怎么→如何) still leaves most of both.
+        norm = norm.replace(" ", "")
+        return frozenset(norm) | frozenset(norm[i : i + 2] for i in range(len(norm) - 1))
+    n = 3
+    if len(norm) <= n:
+        return frozenset([norm]) if norm else frozenset()
+    return frozenset(norm[i : i + n] for i in range(len(norm) - n + 1))
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    if not a or not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def find_groups(questions: list[str], threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
+    """Indices grouped by exact or near-duplicate question (Jaccard of shingles ≥ threshold, transitive).
+
+    Two questions whose numbers differ (楼号, years, course codes) are never near-duplicates.
+
+    Candidates come from prefix filtering (an exact technique for Jaccard joins): each question's shingles are
+    ordered rarest first, and only its first ``|s| - ceil(threshold·|s|) + 1`` go into the inverted index, since two
+    sets with Jaccard ≥ threshold must share one of those. Frequent shingles (的, 吗, "the") are thereby never probed,
+    which keeps thousands of questions fast. Returns every group (singletons included), each sorted, ordered by first
+    member.
+    """
+    parent = list(range(len(questions)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    sh = [shingles(q) for q in questions]
+    nums = [frozenset(_NUM_RE.findall(unicodedata.normalize("NFKC", q))) for q in questions]
+    df: dict[str, int] = defaultdict(int)
+    for s in sh:
+        for g in s:
+            df[g] += 1
+    exact: dict[str, int] = {}
+    index: dict[str, list[int]] = defaultdict(list)
+    for i, s in enumerate(sh):
+        key = normalize(questions[i])
+        if key in exact:
+            union(exact[key], i)
+        else:
+            exact[key] = i
+        prefix = sorted(s, key=lambda g: (df[g], g))[: len(s) - math.ceil(threshold * len(s)) + 1]
+        candidates: set[int] = set()
+        for g in prefix:
+            candidates.update(index[g])
+            index[g].append(i)
+        for j in candidates:
+            if nums[i] != nums[j] or find(i) == find(j):  # different numbers: "Building 3" vs "Building 4"
+                continue
+            if jaccard(s, sh[j]) >= threshold:
+                union(i, j)
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(questions)):
+        groups[find(i)].append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def drop_exact_duplicates(pairs: list[Pair]) -> tuple[list[Pair], list[Problem]]:
+    """Drop a pair whose normalised question *and* answer equal an earlier pair's (it adds nothing but weight)."""
+    seen: dict[tuple[str, str], str] = {}
+    kept, dropped = [], []
+    for p in pairs:
+        key = (normalize(p.question), normalize(p.answer))
+        if key in seen:
+            path, _, line = p.origin.rpartition(":")
+            dropped.append(Problem(path, int(line) if line.isdigit() else 0, f"exact duplicate of {seen[key]}"))
+            continue
+        seen[key] = p.origin
+        kept.append(p)
+    return kept, dropped
+
+
+# ---- split ------------------------------------------------------------------------------------------------------
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'8:1:1' / '0.8,0.1,0.1' / '80/10/10' → ratios (train, dev, test)."""
+    parts = [p for p in re.split(r"[:,/ ]+", str(text).strip()) if p]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 3 or any(v < 0 for v in values) or values[0] <= 0:
+        raise DatasetError(
+            f"The split '{text}' is not three non-negative numbers with train > 0; write it like 8:1:1 or 0.8,0.1,0.1."
+        )
+    return values  # type: ignore[return-value]
+
+
+def split_counts(n: int, ratios: tuple[float, float, float]) -> tuple[int, int, int]:
+    """Exact split sizes for ``n`` pairs (largest-remainder rule; see the module docstring)."""
+    total = sum(ratios)
+    quotas = [n * r / total for r in ratios]
+    counts = [int(q) for q in quotas]
+    order = sorted(range(3), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    if n >= 3:  # every split the user asked for gets at least one pair
+        for i in range(1, 3):
+            if ratios[i] > 0 and counts[i] == 0:
+                donor = max(range(3), key=lambda j: (counts[j], -j))
+                counts[donor] -= 1
+                counts[i] += 1
+    elif n == 2 and ratios[1] > 0:
+        counts = [1, 1, 0]
+    elif n == 1:
+        counts = [1, 0, 0]
+    return counts[0], counts[1], counts[2]
+
+
+@dataclass
+class SplitResult:
+    splits: dict[str, list[Pair]]
+    targets: dict[str, int]
+    groups: list[list[int]]
+    """Every multi-member group as indices into the input list."""
+    group_split: list[str]
+    warnings: list[str]
+
+
+def split_pairs(
+    pairs: list[Pair], ratios: tuple[float, float, float], seed: int = 42, threshold: float = DEFAULT_THRESHOLD
+) -> SplitResult:
+    """Seeded, exact-count, group-aware split (a near-duplicate group never straddles two splits)."""
+    n = len(pairs)
+    targets = dict(zip(SPLITS, split_counts(n, ratios), strict=True))
+    warnings: list[str] = []
+    if n == 0:
+        raise DatasetError("There are no valid pairs to split; fix the input (see the problems listed) and run again.")
+    if n < TINY:
+        warnings.append(
+            f"Only {n} pairs: the split is {targets['train']}/{targets['dev']}/{targets['test']} "
+            "(each split gets at least one pair when possible); scores on such tiny dev/test sets mean little, "
+            "generate more pairs before trusting them."
+        )
+    rng = random.Random(seed)
+    groups = find_groups([p.question for p in pairs], threshold)
+    multi = [g for g in groups if len(g) > 1]
+    singles = [g[0] for g in groups if len(g) == 1]
+    rng.shuffle(multi)
+    multi.sort(key=len, reverse=True)  # stable: equal sizes keep their shuffled order
+    room = dict(targets)
+    assign: dict[str, list[int]] = {s: [] for s in SPLITS}
+    group_split: list[str] = []
+    for g in multi:
+        fits = [s for s in SPLITS if room[s] >= len(g)]
+        if fits:
+            weights = [room[s] for s in fits]
+            choice = rng.choices(fits, weights=weights)[0]
+        else:
+            choice = max(SPLITS, key=lambda s: room[s])
+            warnings.append(
+                f"A group of {len(g)} near-duplicate questions (e.g. '{pairs[g[0]].question[:40]}') is larger than the "
+                f"room left in any split; it went to {choice}, so the counts differ from the targets."
+            )
+        assign[choice].extend(g)
+        room[choice] -= len(g)
+        group_split.append(choice)
+    rng.shuffle(singles)
+    pos = 0
+    for s in SPLITS:
+        take = max(0, room[s])
+        assign[s].extend(singles[pos : pos + take])
+        pos += take
+    if pos < len(singles):  # only after a forced oversize group: the rest goes to train
+        assign["train"].extend(singles[pos:])
+    splits = {}
+    for s in SPLITS:
+        idx = assign[s]
+        rng.shuffle(idx)
+        splits[s] = [pairs[i] for i in idx]
+    return SplitResult(splits, targets, multi, group_split, warnings)
+
+
+# ---- output formats ---------------------------------------------------------------------------------------------
+def to_record(pair: Pair, fmt: str = "glm4", system_prompt: str | None = None) -> dict:
+    """One pair in the chosen format (the pair's own system prompt wins over ``system_prompt``)."""
+    system = pair.system or (system_prompt or None)
+    turns = [*pair.history, [pair.question, pair.answer]]
+    if fmt == "glm4":
+        msgs = [{"role": "system", "content": system}] if system else []
+        for q, a in turns:
+            msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+        return {"messages": msgs}
+    if fmt == "sharegpt":
+        conv = []
+        for q, a in turns:
+            conv += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
+        rec: dict = {"conversations": conv}
+        if system:
+            rec["system"] = system
+        return rec
+    if fmt == "alpaca":
+        rec = {"instruction": pair.question, "input": "", "output": pair.answer}
+        if system:
+            rec["system"] = system
+        if pair.history:
+            rec["history"] = pair.history
+        return rec
+    raise DatasetError(f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.")
+
+
+def dataset_info(fmt: str, prefix: str = "umtcds") -> dict:
+    """LLaMA-Factory ``dataset_info.json`` entries for the three split files."""
+    if fmt == "sharegpt":
+        spec = {
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations", "system": "system"},
+            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"},
+        }
+    elif fmt == "alpaca":
+        spec = {
+            "formatting": "alpaca",
+            "columns": {
+                "prompt": "instruction",
+                "query": "input",
+                "response": "output",
+                "system": "system",
+                "history": "history",
+            },
+        }
+    else:
+        raise DatasetError(f"LLaMA-Factory reads sharegpt or alpaca, not '{fmt}'.")
+    return {f"{prefix}_{s}": {"file_name": f"{s}.jsonl", **spec} for s in SPLITS}
+
+
+def write_dataset(
+    result: SplitResult, out_dir: str | Path, fmt: str = "glm4", system_prompt: str | None = None
+) -> dict:
+    """Write the three split files (+ ``dataset_info.json`` for sharegpt/alpaca); return ``{split: path}``."""
+    if fmt not in FORMATS:
+        raise DatasetError(f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out} is a file; --out must be a folder.")
+    paths = {}
+    for s in SPLITS:
+        paths[s] = str(
+            write_jsonl_atomic(out / f"{s}.jsonl", [to_record(p, fmt, system_prompt) for p in result.splits[s]])
+        )
+    info = out / "dataset_info.json"
+    if fmt in ("sharegpt", "alpaca"):
+        write_json_atomic(info, dataset_info(fmt))
+        paths["dataset_info"] = str(info)
+    elif info.exists():
+        info.unlink()  # a stale one would describe the wrong format
+    return paths
+
+
+def build_dataset(
+    inp: str | Path | list[Path],
+    out_dir: str | Path,
+    split: str | tuple[float, float, float] = DEFAULT_SPLIT,
+    seed: int = 42,
+    fmt: str = "glm4",
+    system_prompt: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    pairs: list[Pair] | None = None,
+) -> dict:
+    """Read, validate, group, split and write; returns the split report (also saved as ``split_report.json``).
+
+    ``pairs`` given (the dashboard's edited table) replaces reading ``inp``; ``inp`` is then only named in the report.
+    """
+    if fmt not in FORMATS:
+        raise DatasetError(f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.")
+    ratios = parse_split(split) if isinstance(split, str) else tuple(split)
+    if not 0 < threshold <= 1:
+        raise DatasetError(f"The duplicate threshold {threshold} must be in (0, 1]; 0.5 is a good start.")
+    if pairs is None:
+        loaded = load_pairs(inp)
+    else:
+        loaded = LoadResult(list(pairs), [], [str(inp)] if not isinstance(inp, list) else [str(p) for p in inp])
+    kept, dups = drop_exact_duplicates(loaded.pairs)
+    problems = loaded.problems + dups
+    if not kept:
+        first = f" (first: {problems[0]})" if problems else ""
+        raise DatasetError(
+            f"No valid question-answer pairs in {inp}: {len(problems)} broken record(s){first}; fix them and run again."
+        )
+    result = split_pairs(kept, ratios, seed, threshold)
+    files = write_dataset(result, out_dir, fmt, system_prompt)
+    counts = {s: len(result.splits[s]) for s in SPLITS}
+    warnings = list(result.warnings)
+    if dups:
+        warnings.append(f"{len(dups)} exact duplicate pair(s) dropped.")
+    skipped = sum(1 for p in loaded.problems if p.skipped)
+    if skipped:
+        warnings.append(f"{skipped} broken record(s) skipped; see 'problems' for file and line.")
+    report = {
+        "input": loaded.files,
+        "out_dir": str(Path(out_dir)),
+        "format": fmt,
+        "split": ":".join(f"{r:g}" for r in ratios),
+        "seed": seed,
+        "rounding": "largest remainder: floor(n*ratio), leftovers to the largest fractions (ties: train, dev, test); "
+        "each split with a non-zero ratio gets >= 1 pair when n >= 3",
+        "system_prompt": system_prompt,
+        "pairs_read": len(loaded.pairs),
+        "pairs": len(kept),
+        "targets": result.targets,
+        "counts": counts,
+        "exact_counts": counts == result.targets,
+        "dedup_threshold": threshold,
+        "groups": {
+            "count": len(result.groups),
+            "pairs_in_groups": sum(len(g) for g in result.groups),
+            "list": [
+                {"split": s, "questions": [kept[i].question for i in g]}
+                for g, s in zip(result.groups, result.group_split, strict=True)
+            ][:500],
+        },
+        "warnings": warnings,
+        "problems": [asdict(p) for p in problems],
+        "files": files,
+    }
+    write_json_atomic(Path(out_dir) / "split_report.json", report)
+    return report
+
+
+def describe(report: dict) -> str:
+    """A short human summary of a split report (CLI output)."""
+    c, t = report["counts"], report["targets"]
+    lines = [
+        f"{report['pairs']} pairs → train {c['train']} / dev {c['dev']} / test {c['test']} "
+        f"(split {report['split']}, seed {report['seed']}, format {report['format']})"
+        + ("" if report["exact_counts"] else f"; targets were {t['train']}/{t['dev']}/{t['test']}"),
+        f"{report['groups']['count']} near-duplicate group(s) covering {report['groups']['pairs_in_groups']} pairs, "
+        "each kept inside one split.",
+    ]
+    for p in report["problems"]:
+        lines.append(str(Problem(**p)))
+    lines += [f"Warning: {w}" for w in report["warnings"]]
+    lines.append(f"Wrote {', '.join(report['files'].values())} and split_report.json")
+    return "\n".join(lines)
+
+
+# ---- CLI --------------------------------------------------------------------------------------------------------
+def add_arguments(parser) -> None:
+    parser.add_argument("input", metavar="IN", help="qa.jsonl, a folder of them, or your own JSONL/JSON/CSV of pairs")
+    parser.add_argument("--out", required=True, metavar="DATA_DIR", help="folder for train/dev/test.jsonl")
+    parser.add_argument("--split", default=DEFAULT_SPLIT, help="train:dev:test ratios (default 8:1:1)")
+    parser.add_argument("--seed", type=int, default=42, help="random seed of the split (default 42)")
+    parser.add_argument("--format", choices=FORMATS, default="glm4", help="output format (default glm4)")
+    parser.add_argument("--system-prompt", default=None, help="system message put first in every sample")
+    parser.add_argument(
+        "--dedup-threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="question similarity (character n-gram Jaccard) from which pairs are grouped (default 0.5)",
+    )
+
+
+def run(args) -> int:
+    report = build_dataset(
+        args.input,
+        args.out,
+        split=args.split,
+        seed=args.seed,
+        fmt=args.format,
+        system_prompt=args.system_prompt,
+        threshold=args.dedup_threshold,
+    )
+    print(describe(report))
+    return 0
