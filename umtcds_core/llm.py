@@ -1,15 +1,39 @@
 """One protocol for every LLM: ``chat(messages, **options) -> str``, plus ``chat_batch`` for many conversations.
 
-Backends: ``LocalBackend`` (transformers, batched, via :mod:`umtcds_core.models`); remote backends (Zhipu, any
-OpenAI-compatible server) live beside it and share the same protocol, so Q&A generation, judging and evaluation never
-care which one they talk to.
+Backends: ``LocalBackend`` (transformers, batched, via :mod:`umtcds_core.models`), ``ZhipuBackend`` (the ``zhipuai``
+SDK, GLM-4-flash by default) and ``OpenAIBackend`` (the ``openai`` SDK against any OpenAI-compatible server: vLLM,
+Ollama, DeepSeek, SiliconFlow…). They share the same protocol, so Q&A generation, judging and evaluation never care
+which one they talk to. :func:`make_backend` builds one from what the CLI/dashboard know.
+
+Remote calls go through ONE retry helper, :func:`call_with_retries`: exponential backoff with jitter on 429, 5xx,
+timeouts and connection errors, honouring ``Retry-After``; the SDKs' own retries are switched off so the policy is
+ours alone. A rejected key (401/403) raises :class:`AuthError` at once — a run must stop on it instead of failing every
+page. API keys live only in memory and in the environment; error messages are passed through ``secrets.redact``.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+import copy
+import email.utils
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from .errors import UserError
+from .secrets import get_secret, mask, redact
 
 Message = dict[str, str]
+T = TypeVar("T")
+
+BACKENDS = ("local", "zhipuai", "openai")
+DEFAULT_MODELS = {"local": "smollm2-135m", "zhipuai": "glm-4-flash", "openai": ""}
+DEFAULT_KEY_ENV = {"zhipuai": "ZHIPUAI_API_KEY", "openai": "OPENAI_API_KEY"}
+ZHIPU_BASE_URL = "https://open.bigmodel.cn/api/paas/v4"
 
 
 @runtime_checkable
@@ -23,20 +47,191 @@ class ChatBackend(Protocol):
     ) -> list[str]: ...
 
 
+# ---- errors -------------------------------------------------------------------------------------------------------
+class LLMError(UserError):
+    """One request failed for good (after retries, or a 4xx that retrying cannot fix): that page fails, the run goes on."""
+
+
+class AuthError(UserError):
+    """The server rejected the API key (401/403) or the account cannot be used: stop the whole run at once."""
+
+
+class BackendConfigError(UserError):
+    """The endpoint or model does not exist (404), so every request would fail the same way: stop the run."""
+
+
+FATAL_ERRORS = (AuthError, BackendConfigError)
+
+_NETWORK_ERROR_NAMES = {
+    "APITimeoutError",
+    "APIConnectionError",
+    "TimeoutException",
+    "ConnectError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "ReadError",
+    "WriteError",
+    "RemoteProtocolError",
+    "NetworkError",
+    "PoolTimeout",
+}
+
+
+def _status_of(exc: BaseException) -> int | None:
+    status = getattr(exc, "status_code", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def _headers_of(exc: BaseException) -> Any:
+    response = getattr(exc, "response", None)
+    return getattr(response, "headers", None) or {}
+
+
+def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``; None when absent."""
+    try:
+        ms = headers.get("retry-after-ms")
+        if ms is not None:
+            return max(0.0, float(ms) / 1000)
+        value = headers.get("retry-after")
+    except AttributeError:
+        return None
+    if value is None:
+        return None
+    value = str(value).strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _is_network_error(exc: BaseException) -> bool:
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    return any(cls.__name__ in _NETWORK_ERROR_NAMES for cls in type(exc).__mro__)
+
+
+def classify_error(exc: BaseException) -> str:
+    """``auth`` | ``config`` | ``transient`` | ``permanent`` for an exception raised by an SDK call."""
+    status = _status_of(exc)
+    if status is None:
+        return "transient" if _is_network_error(exc) else "permanent"
+    text = str(exc)
+    if status in (401, 403):
+        return "auth"
+    if status == 429 and ("1113" in text or "余额不足" in text or "insufficient_quota" in text):
+        return "auth"  # Zhipu 1113 / OpenAI insufficient_quota: no balance; waiting will not help
+    if status == 404:
+        return "config"
+    if status in (408, 409, 425, 429) or status >= 500:
+        return "transient"
+    return "permanent"
+
+
+@dataclass
+class RetryPolicy:
+    """Exponential backoff with jitter: wait ``base * 2**attempt`` (capped at ``max_delay``) times a random factor in
+    [0.5, 1], or what ``Retry-After`` asks (capped at ``max_retry_after``)."""
+
+    max_attempts: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    max_retry_after: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        return min(self.max_delay, self.base_delay * 2**attempt) * random.uniform(0.5, 1.0)
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    policy: RetryPolicy | None = None,
+    what: str = "the LLM request",
+    secrets: list[str | None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    on_retry: Callable[[int, float, BaseException], None] | None = None,
+) -> T:
+    """Run ``fn`` and retry it on transient failures; the ONE retry/backoff helper of the project.
+
+    Raises :class:`AuthError` (401/403) and :class:`BackendConfigError` (404) at once, :class:`LLMError` when the
+    attempts are used up or the error is permanent. Messages are redacted of ``secrets``.
+    """
+    policy = policy or RetryPolicy()
+    for attempt in range(policy.max_attempts):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - SDKs raise many types; classify_error sorts them
+            kind = classify_error(exc)
+            status = _status_of(exc)
+            detail = redact(f"{type(exc).__name__}: {exc}", list(secrets or []))[:500]
+            if kind == "auth":
+                raise AuthError(
+                    f"The server refused the API key (HTTP {status}): {detail}; check the key (or its balance) and run again."
+                ) from None
+            if kind == "config":
+                raise BackendConfigError(
+                    f"The server has no such endpoint or model (HTTP 404): {detail}; check --base-url and --model."
+                ) from None
+            last = attempt == policy.max_attempts - 1
+            if kind == "permanent" or last:
+                tries = f" after {attempt + 1} attempts" if attempt else ""
+                raise LLMError(f"{what} failed{tries}: {detail}") from None
+            wait = policy.delay(attempt, parse_retry_after(_headers_of(exc)))
+            if on_retry is not None:
+                on_retry(attempt + 1, wait, exc)
+            sleep(wait)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# ---- token estimates ----------------------------------------------------------------------------------------------
+_CJK_RE = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free upper-ish estimate for remote models: one token per CJK character, one per ~3.5 others."""
+    cjk = len(_CJK_RE.findall(text))
+    return cjk + int((len(text) - cjk) / 3.5) + 1
+
+
+# ---- local --------------------------------------------------------------------------------------------------------
 class LocalBackend:
     """A local transformers chat model with batched generation (left padding, the model's own chat template).
 
-    The model is loaded on first use on the best device; :meth:`close` frees it (and the GPU).
+    The model is loaded on first use on the best device; :meth:`close` frees it (and the GPU). ``gen_kwargs`` are
+    passed to ``generate`` (e.g. ``min_new_tokens`` for a benchmark with a fixed output length). ``tokens_out``
+    counts generated tokens, for tokens-per-second.
     """
 
     name = "local"
 
-    def __init__(self, model: str | None = None, batch_size: int = 8, device: str | None = None):
+    def __init__(
+        self, model: str | None = None, batch_size: int = 8, device: str | None = None, gen_kwargs: dict | None = None
+    ):
         self.model_ref = model
-        self.batch_size = batch_size
+        self.batch_size = max(1, int(batch_size))
         self.device = device
+        self.gen_kwargs = dict(gen_kwargs or {})
+        self.tokens_out = 0
         self._tok = None
         self._model = None
+
+    @classmethod
+    def from_loaded(cls, tokenizer, model, batch_size: int = 8, gen_kwargs: dict | None = None) -> LocalBackend:
+        """Wrap an already-loaded tokenizer and model (benchmarks with a model built from a config)."""
+        backend = cls(getattr(model, "name_or_path", None), batch_size=batch_size, gen_kwargs=gen_kwargs)
+        backend._tok, backend._model = tokenizer, model
+        return backend
 
     def _ensure(self):
         if self._model is None:
@@ -48,6 +243,14 @@ class LocalBackend:
     @property
     def tokenizer(self):
         return self._ensure()[0]
+
+    @property
+    def context_tokens(self) -> int:
+        cfg = self._ensure()[1].config
+        return int(getattr(cfg, "max_position_embeddings", 0) or 4096)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def chat(self, messages: list[Message], *, max_tokens: int = 512, temperature: float = 0.0) -> str:
         return self.chat_batch([messages], max_tokens=max_tokens, temperature=temperature)[0]
@@ -67,7 +270,7 @@ class LocalBackend:
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
                 model.device
             )
-            gen_kwargs = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id}
+            gen_kwargs = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id, **self.gen_kwargs}
             if temperature > 0:
                 gen_kwargs.update(do_sample=True, temperature=temperature, top_p=0.9)
             else:
@@ -75,6 +278,10 @@ class LocalBackend:
             with torch.inference_mode():
                 gen = model.generate(**enc, **gen_kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]
+            if tok.pad_token_id is not None:
+                self.tokens_out += int((new != tok.pad_token_id).sum())
+            else:
+                self.tokens_out += int(new.numel())
             for i, row in zip(idx, new, strict=True):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
         return out
@@ -85,3 +292,195 @@ class LocalBackend:
         model, self._model, self._tok = self._model, None, None
         if model is not None:
             unload(model)
+
+
+# ---- remote -------------------------------------------------------------------------------------------------------
+class _RemoteBackend:
+    """Shared part of the HTTP backends: retries, a thread pool for ``chat_batch``, token accounting."""
+
+    name = "remote"
+    context_tokens = 32_768
+
+    def __init__(
+        self,
+        model: str,
+        api_key: str,
+        base_url: str | None = None,
+        *,
+        timeout: float = 120.0,
+        concurrency: int = 4,
+        retry: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.model = model
+        self.base_url = base_url
+        self.timeout = timeout
+        self.concurrency = max(1, int(concurrency))
+        self.retry = retry or RetryPolicy()
+        self.tokens_out = 0
+        self.retries = 0
+        self._sleep = sleep
+        self._key = api_key
+        self._lock = threading.Lock()
+        self._client = self._make_client()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r}, key={mask(self._key)!r})"
+
+    def _make_client(self):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _complete(self, messages: list[Message], max_tokens: int, temperature: float) -> tuple[str, int]:
+        raise NotImplementedError  # pragma: no cover
+
+    def _count_retry(self, attempt: int, wait: float, exc: BaseException) -> None:
+        with self._lock:
+            self.retries += 1
+
+    def count_tokens(self, text: str) -> int:
+        return estimate_tokens(text)
+
+    def chat(self, messages: list[Message], *, max_tokens: int = 512, temperature: float = 0.0) -> str:
+        text, used = call_with_retries(
+            lambda: self._complete(copy.deepcopy(messages), max_tokens, temperature),
+            policy=self.retry,
+            what=f"The request to {self.name} ({self.model})",
+            secrets=[self._key],
+            sleep=self._sleep,
+            on_retry=self._count_retry,
+        )
+        with self._lock:
+            self.tokens_out += used
+        return text
+
+    def chat_batch(
+        self, conversations: list[list[Message]], *, max_tokens: int = 512, temperature: float = 0.0
+    ) -> list[str]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(lambda c: self.chat(c, max_tokens=max_tokens, temperature=temperature), conversations))
+
+    @staticmethod
+    def _reply(resp: Any) -> tuple[str, int]:
+        choices = getattr(resp, "choices", None) or []
+        if not choices:
+            raise LLMError("The server answered without any choice; is it a chat-completions endpoint?")
+        text = getattr(choices[0].message, "content", None) or ""
+        usage = getattr(resp, "usage", None)
+        used = getattr(usage, "completion_tokens", None)
+        return text, int(used) if isinstance(used, int) else estimate_tokens(text)
+
+    def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and hasattr(client, "close"):
+            client.close()
+
+
+class ZhipuBackend(_RemoteBackend):
+    """Zhipu's chat-completions API through the official ``zhipuai`` SDK (default model GLM-4-flash, free tier)."""
+
+    name = "zhipuai"
+    context_tokens = 128_000
+
+    def _make_client(self):
+        import httpx
+        import zhipuai
+
+        return zhipuai.ZhipuAI(
+            api_key=self._key,
+            base_url=self.base_url or ZHIPU_BASE_URL,
+            max_retries=0,  # our call_with_retries is the only retry policy
+            timeout=httpx.Timeout(self.timeout, connect=min(10.0, self.timeout)),
+        )
+
+    def _complete(self, messages: list[Message], max_tokens: int, temperature: float) -> tuple[str, int]:
+        resp = self._client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature
+        )
+        return self._reply(resp)
+
+
+class OpenAIBackend(_RemoteBackend):
+    """Any OpenAI-compatible chat-completions server through the ``openai`` SDK (vLLM, Ollama, DeepSeek…)."""
+
+    name = "openai"
+
+    def _make_client(self):
+        import openai
+
+        return openai.OpenAI(
+            api_key=self._key, base_url=self.base_url or None, max_retries=0, timeout=self.timeout
+        )  # our call_with_retries is the only retry policy
+
+    def served_models(self) -> list[str]:
+        """Model names the server lists (``GET /models``), for picking a default."""
+        page = call_with_retries(
+            lambda: self._client.models.list(), policy=self.retry, secrets=[self._key], sleep=self._sleep
+        )
+        return [m.id for m in getattr(page, "data", [])]
+
+    def _complete(self, messages: list[Message], max_tokens: int, temperature: float) -> tuple[str, int]:
+        resp = self._client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=max_tokens, temperature=temperature
+        )
+        return self._reply(resp)
+
+
+# ---- construction -------------------------------------------------------------------------------------------------
+def resolve_api_key(kind: str, api_key_env: str | None = None) -> tuple[str | None, str]:
+    """``(key or None, the variable name looked up)``: from the environment, then ``.streamlit/secrets.toml``."""
+    env = api_key_env or DEFAULT_KEY_ENV.get(kind, "")
+    return (get_secret(env) if env else None), env
+
+
+def make_backend(
+    kind: str,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key_env: str | None = None,
+    *,
+    api_key: str | None = None,
+    concurrency: int = 4,
+    batch_size: int = 8,
+    device: str | None = None,
+    timeout: float = 120.0,
+    retry: RetryPolicy | None = None,
+) -> ChatBackend:
+    """Build the backend ``kind`` (``local`` | ``zhipuai`` | ``openai``).
+
+    The key comes from ``api_key`` (in memory, e.g. typed into the dashboard) or from the variable ``api_key_env``
+    (default ``ZHIPUAI_API_KEY`` / ``OPENAI_API_KEY``) in the environment or ``.streamlit/secrets.toml``.
+    """
+    if kind not in BACKENDS:
+        raise UserError(f"Unknown backend '{kind}'; choose one of {', '.join(BACKENDS)}.")
+    if kind == "local":
+        return LocalBackend(model or DEFAULT_MODELS["local"], batch_size=batch_size, device=device)
+    key, env = (api_key, api_key_env or DEFAULT_KEY_ENV[kind]) if api_key else resolve_api_key(kind, api_key_env)
+    common = {"timeout": timeout, "concurrency": concurrency, "retry": retry}
+    if kind == "zhipuai":
+        if not key:
+            raise AuthError(
+                f"No Zhipu API key: set {env} (or name another variable with --api-key-env, or put it in "
+                ".streamlit/secrets.toml); get a free key at https://bigmodel.cn/."
+            )
+        return ZhipuBackend(model or DEFAULT_MODELS["zhipuai"], key, base_url, **common)
+    if not key:
+        if not base_url:
+            raise AuthError(
+                f"No API key for the OpenAI-compatible backend: set {env} (or --api-key-env VAR), or give --base-url "
+                "of a server that needs none (vLLM, Ollama)."
+            )
+        key = "EMPTY"  # local servers (vLLM, Ollama) accept any key
+    backend = OpenAIBackend(model or "", key, base_url, **common)
+    if not backend.model:
+        names = backend.served_models()
+        if not names:
+            raise BackendConfigError("The server lists no models; give the model name with --model.")
+        backend.model = names[0]
+    return backend
+
+
+def ping(backend: ChatBackend) -> tuple[str, float]:
+    """A tiny request to check that the backend answers: ``(reply, seconds)``; raises the backend's errors."""
+    start = time.time()
+    reply = backend.chat([{"role": "user", "content": "Reply with the single word OK."}], max_tokens=8)
+    return reply, time.time() - start

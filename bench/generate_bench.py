@@ -1,0 +1,213 @@
+"""Batched local generation vs the original one-prompt-at-a-time loop, on the same Q&A prompts and settings.
+
+The original UMTCDS (BLOCK2.1/2.2) called ``model.generate`` once per file. ``LocalBackend.chat_batch`` pads a batch
+on the left and generates for all of it at once. Both sides here run through ``LocalBackend`` (the loop is
+``chat()`` per prompt, i.e. batch size 1), greedy, with a fixed number of new tokens (``min_new_tokens`` =
+``max_new_tokens``) so that both produce exactly the same amount of output and tokens/s compare like for like.
+
+Usage::
+
+    python bench/generate_bench.py                                   # CPU, embedded smollm2-135m
+    python bench/generate_bench.py --out bench/results/generate_cpu.json
+    python bench/generate_bench.py --gpu-shape glm4-9b               # GPU: GLM-4-9B shape, random weights, bf16
+    python bench/generate_bench.py --gpu-shape glm4-9b --tiny        # the same code path, tiny, on CPU (a smoke test)
+
+Prints one JSON object: machine, settings, loop and batched tokens/s, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TOPICS = [
+    ("Library", "The main library opens at {h}:30 and closes at 22:00. Students borrow up to {n} books for 60 days."),
+    ("Admissions", "The Admissions Office is in Room {n}01 of the Main Building, open Monday to Friday from {h}:30."),
+    ("Canteen", "Canteen {n} serves breakfast from 6:{h}0 to 9:00 and is next to Dormitory {n}."),
+    ("Registrar", "Course registration for the fall term runs from September {n} to September {h}."),
+    ("Clinic", "The campus clinic is open 24 hours; the emergency phone is 0571-8888{n}{h}00."),
+    ("Sports", "The gym in Building {n} is free for students from {h}:00 to 21:00 with a campus card."),
+    ("Scholarships", "Applications for the national scholarship close on October {n}; results come out in {h} weeks."),
+    ("Dormitories", "Dormitory {n} has {h} floors; quiet hours start at 23:00 and visitors leave by 22:00."),
+]
+
+
+def make_prompts(count: int) -> list[list[dict]]:
+    """``count`` different Q&A conversations built with the real default templates and few-shot example."""
+    from umtcds_core.qa import DEFAULT_PROMPTS, _qa_conversation
+
+    prompts = DEFAULT_PROMPTS["en"]
+    convs = []
+    for i in range(count):
+        title, body = TOPICS[i % len(TOPICS)]
+        text = (
+            f"{title}\n"
+            + body.format(n=i % 9 + 1, h=i % 5 + 7)
+            + ("\nMore details are on the office website." * (i % 3))
+        )
+        convs.append(_qa_conversation(prompts, text, title, 3))
+    return convs
+
+
+def machine_info(device: str) -> dict:
+    import torch
+    import transformers
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
+    if device == "cuda":
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 1024**3, 1))
+    return info
+
+
+def glm4_model(tiny: bool, device: str):
+    """A random-init model of GLM-4-9B's shape (``transformers.GlmConfig()`` defaults), or a tiny one for CPU.
+
+    No download: the tokenizer is the embedded model's (its ids fit in GLM's vocabulary); weights are random, which
+    is fine for speed since every step costs the same whatever the token.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GlmConfig
+
+    cfg = GlmConfig()  # glm-4-9b: hidden 4096, 40 layers, 32 heads, 2 KV heads, vocab 151552
+    if tiny:
+        cfg = GlmConfig(
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            head_dim=16,
+        )  # fmt: skip
+    cfg.pad_token_id = 2
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    return model, cfg, n_params
+
+
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of ``fn()``; CPU time shows how much of the wall the machine gave."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start, cpu = time.perf_counter(), time.process_time()
+    fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, time.process_time() - cpu
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="model reference for the default (CPU) run")
+    ap.add_argument("--gpu-shape", choices=["glm4-9b"], help="use a random-init model of this shape instead")
+    ap.add_argument("--tiny", action="store_true", help="with --gpu-shape: a tiny config (runs on CPU in seconds)")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ap.add_argument("--prompts", type=int, help="prompts for the batched run (default 16 CPU, 64 GPU)")
+    ap.add_argument("--loop-prompts", type=int, help="prompts for the one-at-a-time loop (default 8)")
+    ap.add_argument("--batch-size", type=int, help="batch size (default 8 CPU, 32 GPU)")
+    ap.add_argument("--new-tokens", type=int, help="fixed new tokens per prompt (default 32 CPU, 128 GPU)")
+    ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from umtcds_core.llm import LocalBackend
+    from umtcds_core.models import best_device, load_tokenizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or best_device()
+    gpu = device == "cuda"
+    n_prompts = args.prompts or (64 if gpu else 16)
+    loop_n = min(n_prompts, args.loop_prompts or 8)
+    batch = args.batch_size or (32 if gpu else 8)
+    new = args.new_tokens or (128 if gpu else 32)
+    fixed = {"min_new_tokens": new}
+
+    tok = load_tokenizer("smollm2-135m")
+    if args.gpu_shape:
+        model, cfg, n_params = glm4_model(args.tiny, device)
+        model_desc = f"{args.gpu_shape}{' (tiny)' if args.tiny else ''} random init, {n_params / 1e9:.3f} B params"
+    else:
+        from umtcds_core.models import load_model
+
+        model = load_model(args.model, device=device)
+        model_desc = f"{args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params"
+    convs = make_prompts(n_prompts)
+    prompt_tokens = [
+        len(
+            tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False), add_special_tokens=False)[
+                "input_ids"
+            ]
+        )
+        for c in convs
+    ]
+
+    # warm-up (kernels, allocator), not timed
+    LocalBackend.from_loaded(tok, model, batch_size=2, gen_kwargs={"min_new_tokens": 4}).chat_batch(
+        convs[:2], max_tokens=4
+    )
+
+    looped = LocalBackend.from_loaded(tok, model, batch_size=1, gen_kwargs=fixed)
+    loop_s, loop_cpu = timed(lambda: [looped.chat(c, max_tokens=new) for c in convs[:loop_n]])
+    batched = LocalBackend.from_loaded(tok, model, batch_size=batch, gen_kwargs=fixed)
+    batch_s, batch_cpu = timed(lambda: batched.chat_batch(convs, max_tokens=new))
+
+    loop_tps = looped.tokens_out / loop_s
+    batch_tps = batched.tokens_out / batch_s
+    result = {
+        "bench": "generate_local_batched_vs_loop",
+        "machine": machine_info(device),
+        "settings": {
+            "model": model_desc,
+            "dtype": str(next(model.parameters()).dtype),
+            "new_tokens_per_prompt": new,
+            "greedy": True,
+            "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+            "batch_size": batch,
+        },
+        "loop_one_prompt_at_a_time": {
+            "prompts": loop_n,
+            "output_tokens": looped.tokens_out,
+            "seconds": round(loop_s, 3),
+            "cpu_seconds": round(loop_cpu, 3),
+            "tokens_per_s": round(loop_tps, 2),
+        },
+        "batched": {
+            "prompts": n_prompts,
+            "output_tokens": batched.tokens_out,
+            "seconds": round(batch_s, 3),
+            "cpu_seconds": round(batch_cpu, 3),
+            "tokens_per_s": round(batch_tps, 2),
+        },
+        "speedup_tokens_per_s": round(batch_tps / loop_tps, 2),
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,217 @@
+"""The remote backends through the real zhipuai/openai SDKs against a local chat-completions server; the retry helper."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fake_llm_server import FakeLLMServer  # noqa: E402
+
+from umtcds_core.llm import (  # noqa: E402
+    AuthError,
+    BackendConfigError,
+    LLMError,
+    OpenAIBackend,
+    RetryPolicy,
+    ZhipuBackend,
+    make_backend,
+    parse_retry_after,
+    ping,
+)
+
+KEY = "sk-test-0123456789abcdef"
+
+
+class Sleeps(list):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+@pytest.fixture
+def server():
+    with FakeLLMServer(api_key=KEY) as srv:
+        yield srv
+
+
+def _openai(srv, sleeps=None, **policy) -> OpenAIBackend:
+    return OpenAIBackend(
+        "fake-model",
+        KEY,
+        srv.openai_base,
+        timeout=5,
+        retry=RetryPolicy(**policy),
+        sleep=Sleeps() if sleeps is None else sleeps,
+    )
+
+
+def _zhipu(srv, sleeps=None, key=KEY, **policy) -> ZhipuBackend:
+    return ZhipuBackend(
+        "glm-4-flash",
+        key,
+        srv.zhipu_base,
+        timeout=5,
+        retry=RetryPolicy(**policy),
+        sleep=Sleeps() if sleeps is None else sleeps,
+    )
+
+
+def test_zhipu_sdk_calls_the_paas_path_with_bearer_key_and_our_body(server):
+    server.push_reply("你好")
+    backend = _zhipu(server)
+    assert backend.chat([{"role": "user", "content": "hi"}], max_tokens=7, temperature=0.0) == "你好"
+    req = server.chat_requests()[0]
+    assert req["path"] == "/api/paas/v4/chat/completions"
+    assert req["headers"]["authorization"] == f"Bearer {KEY}"
+    assert req["body"]["model"] == "glm-4-flash"
+    assert req["body"]["max_tokens"] == 7
+    assert req["body"]["messages"] == [{"role": "user", "content": "hi"}]
+    assert backend.tokens_out >= 1
+    assert KEY not in repr(backend)
+
+
+def test_openai_429_retry_after_then_500_then_success_uses_one_retry_policy(server):
+    server.push(429, headers={"Retry-After": "0.25"})
+    server.push(500)
+    server.push_reply("OK")
+    sleeps = Sleeps()
+    backend = _openai(server, sleeps, base_delay=0.5, max_attempts=4)
+    assert backend.chat([{"role": "user", "content": "ping"}], max_tokens=4) == "OK"
+    assert [r["path"] for r in server.chat_requests()] == ["/v1/chat/completions"] * 3
+    assert sleeps[0] == pytest.approx(0.25)  # Retry-After honoured
+    assert 0.5 <= sleeps[1] <= 1.0  # exponential (0.5 * 2**1) with jitter in [0.5, 1]
+    assert backend.retries == 2
+
+
+@pytest.mark.parametrize("make", [_openai, _zhipu])
+def test_sdk_retries_are_off_so_one_500_is_one_request(server, make):
+    server.push(500)
+    with pytest.raises(LLMError, match="500"):
+        make(server, max_attempts=1).chat([{"role": "user", "content": "x"}])
+    assert len(server.chat_requests()) == 1
+
+
+@pytest.mark.parametrize("make", [_openai, _zhipu])
+def test_bad_key_raises_auth_error_at_once_without_the_key_in_the_message(server, make):
+    bad = "sk-wrong-key-987654321"
+    backend = make(server, key=bad) if make is _zhipu else OpenAIBackend("m", bad, server.openai_base, sleep=Sleeps())
+    with pytest.raises(AuthError) as info:
+        backend.chat([{"role": "user", "content": "x"}])
+    assert "401" in str(info.value) and bad not in str(info.value)
+    assert len(server.chat_requests()) == 1  # no retry on 401
+
+
+def test_403_is_an_auth_error_and_404_a_config_error(server):
+    server.push(403)
+    with pytest.raises(AuthError):
+        _openai(server).chat([{"role": "user", "content": "x"}])
+    server.push(404)
+    with pytest.raises(BackendConfigError, match="--base-url"):
+        _openai(server).chat([{"role": "user", "content": "x"}])
+
+
+def test_zhipu_no_balance_429_stops_instead_of_waiting(server):
+    server.push(429, {"error": {"code": "1113", "message": "余额不足或无可用资源包"}})
+    sleeps = Sleeps()
+    with pytest.raises(AuthError):
+        _zhipu(server, sleeps).chat([{"role": "user", "content": "x"}])
+    assert sleeps == []
+
+
+def test_timeouts_are_retried(server):
+    calls = []
+
+    def slow_once(body):
+        calls.append(time.time())
+        if len(calls) == 1:
+            time.sleep(1.5)
+        return "late but fine"
+
+    server.responder = slow_once
+    sleeps = Sleeps()
+    backend = OpenAIBackend("m", KEY, server.openai_base, timeout=0.5, retry=RetryPolicy(base_delay=0.01), sleep=sleeps)
+    assert backend.chat([{"role": "user", "content": "x"}]) == "late but fine"
+    assert len(calls) == 2 and len(sleeps) == 1
+
+
+def test_bad_request_is_permanent_and_not_retried(server):
+    server.push(400, {"error": {"code": "1301", "message": "sensitive content"}})
+    sleeps = Sleeps()
+    with pytest.raises(LLMError, match="1301"):
+        _zhipu(server, sleeps).chat([{"role": "user", "content": "x"}])
+    assert sleeps == []
+
+
+def test_chat_batch_keeps_order_under_concurrency(server):
+    server.responder = lambda body: body["messages"][-1]["content"].upper()
+    backend = _openai(server)
+    convs = [[{"role": "user", "content": f"page {i}"}] for i in range(6)]
+    assert backend.chat_batch(convs) == [f"PAGE {i}" for i in range(6)]
+
+
+def test_make_backend_reads_the_key_from_the_named_env_var_and_secrets_toml(server, monkeypatch, tmp_path):
+    monkeypatch.delenv("ZHIPUAI_API_KEY", raising=False)
+    monkeypatch.setenv("UMTCDS_SECRETS_FILE", str(tmp_path / "none.toml"))
+    with pytest.raises(AuthError, match="ZHIPUAI_API_KEY"):
+        make_backend("zhipuai", base_url=server.zhipu_base)
+    monkeypatch.setenv("MY_GLM_KEY", KEY)
+    backend = make_backend("zhipuai", base_url=server.zhipu_base, api_key_env="MY_GLM_KEY")
+    assert backend.model == "glm-4-flash"
+    reply, seconds = ping(backend)
+    assert reply and seconds >= 0
+    secrets = tmp_path / "secrets.toml"
+    secrets.write_text(f'OPENAI_API_KEY = "{KEY}"\n')
+    monkeypatch.setenv("UMTCDS_SECRETS_FILE", str(secrets))
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    backend = make_backend("openai", base_url=server.openai_base)  # no --model: the first served model
+    assert backend.model == "fake-model"
+    assert any(r["path"] == "/v1/models" for r in server.requests)
+
+
+def test_openai_without_key_or_url_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("UMTCDS_SECRETS_FILE", str(tmp_path / "none.toml"))
+    with pytest.raises(AuthError, match="OPENAI_API_KEY"):
+        make_backend("openai", "m")
+
+
+def test_parse_retry_after_forms():
+    assert parse_retry_after({"retry-after": "3"}) == 3.0
+    assert parse_retry_after({"retry-after-ms": "1500"}) == 1.5
+    assert parse_retry_after({}) is None
+    when = parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, now=1445412470.0)
+    assert when == pytest.approx(10.0)
+
+
+def test_backoff_grows_exponentially_with_jitter_and_caps():
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0)
+    for attempt, cap in [(0, 1), (1, 2), (2, 4), (5, 8)]:
+        d = policy.delay(attempt, None)
+        assert cap / 2 <= d <= cap
+    assert policy.delay(3, 500.0) == policy.max_retry_after
+
+
+def test_local_batched_generation_equals_one_prompt_at_a_time():
+    """Left padding must not change what a prompt generates: a tiny random model from a config, greedy, batch 3 vs 1."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from umtcds_core.llm import LocalBackend
+    from umtcds_core.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    convs = [[{"role": "user", "content": "hello " * (7 * i + 1)}] for i in range(4)]  # different lengths
+    batched = LocalBackend.from_loaded(tok, model, batch_size=3, gen_kwargs={"min_new_tokens": 6})
+    single = LocalBackend.from_loaded(tok, model, batch_size=1, gen_kwargs={"min_new_tokens": 6})
+    assert batched.chat_batch(convs, max_tokens=6) == [single.chat(c, max_tokens=6) for c in convs]
+    assert batched.tokens_out == single.tokens_out == 24

@@ -1,0 +1,351 @@
+"""Q&A generation: parsing, chunking, curation, resumable runs through the real SDKs against a local server, the CLI,
+and the real embedded model on a few short pages."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fake_llm_server import FakeLLMServer  # noqa: E402
+
+from umtcds_core import cli  # noqa: E402
+from umtcds_core.errors import UserError  # noqa: E402
+from umtcds_core.llm import AuthError, OpenAIBackend, RetryPolicy, ZhipuBackend, estimate_tokens  # noqa: E402
+from umtcds_core.qa import (  # noqa: E402
+    GenSettings,
+    Grounding,
+    NearDuplicateIndex,
+    chunk_text,
+    dump_prompts,
+    generate,
+    load_prompts,
+    parse_pairs,
+    parse_score,
+    prompts_from_yaml,
+    read_pages,
+)
+
+KEY = "sk-qa-test-5f3c2a1b9d8e7f60"
+
+PAGES = {
+    "admissions.txt": (
+        "Admissions Office\nHome | News | Contact\n"
+        "The Admissions Office of Qingshan University is in Room 101 of the Main Building.\n"
+        "It is open Monday to Friday from 8:30 to 17:00, phone 0571-88886666.\n"
+        "Applications for the fall semester close on June 30.\n"
+    ),
+    "library.txt": (
+        "Library\nThe university library opens at 7:30 and closes at 22:00 every day.\n"
+        "Students can borrow up to 20 books for 60 days with their campus card.\n"
+    ),
+    "jwc.txt": (
+        "教务处通知\n关于2024年秋季学期选课的通知。选课时间为9月1日至9月7日，学生需登录教务系统完成选课。\n"
+        "教务处办公室位于行政楼三楼，联系电话：0571-86661234。\n"
+    ),
+    "empty.txt": "  \n",
+}
+
+
+def _pages(tmp_path: Path, pages: dict[str, str] = PAGES) -> Path:
+    d = tmp_path / "pages"
+    d.mkdir()
+    for name, text in pages.items():
+        (d / name).write_text(text, encoding="utf-8")
+    return d
+
+
+def _outcomes(out: Path) -> tuple[list[dict], list[dict]]:
+    qa = [json.loads(x) for x in (out / "qa.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    fails = [json.loads(x) for x in (out / "failures.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
+    return qa, fails
+
+
+def _openai(srv, key=KEY, **kw) -> OpenAIBackend:
+    return OpenAIBackend("fake-model", key, srv.openai_base, timeout=5, retry=RetryPolicy(base_delay=0.01), **kw)
+
+
+# ---- parsing --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '[{"question": "Where is the library?", "answer": "Next to Gate 2."}]',
+        'Sure! Here you go:\n```json\n[{"question": "Where is the library?", "answer": "Next to Gate 2."}]\n```\nHope it helps.',
+        '<think>The user wants JSON. Let me think {"question": "no"}</think>[{"Question": "Where is the library?", "Answer": "Next to Gate 2."}]',
+        '{"pairs": [{"q": "Where is the library?", "a": "Next to Gate 2."}]}',
+        '[{"question": "Where is the library?", "answer": "Next to Gate 2.",},]',
+        "Q: Where is the library?\nA: Next to Gate 2.",
+        "1. **Question:** Where is the library?\n   **Answer:** Next to Gate 2.",
+        # a truncated array, cut by max_tokens mid-way through the second object
+        '[{"question": "Where is the library?", "answer": "Next to Gate 2."}, {"question": "When does it op',
+        # the degenerate nesting a 135M model produces: the pair is whole, the rest is noise
+        '[{"question": "Where is the library?", "answer": "Next to Gate 2.", "data": { "type": "json", "data": { "type":',
+    ],
+)
+def test_parser_recovers_the_pair_from_many_reply_shapes(reply):
+    pairs = parse_pairs(reply)
+    assert pairs[0] == {"question": "Where is the library?", "answer": "Next to Gate 2."}
+
+
+def test_parser_chinese_lines_and_multiline_answers():
+    reply = "问：图书馆几点开门？\n答：每天7:30开门，\n22:00闭馆。\n问题：怎么借书？\n答案：刷校园卡借书。"
+    assert parse_pairs(reply) == [
+        {"question": "图书馆几点开门？", "answer": "每天7:30开门，\n22:00闭馆。"},
+        {"question": "怎么借书？", "answer": "刷校园卡借书。"},
+    ]
+
+
+@pytest.mark.parametrize("reply", ["", "I cannot help with that.", "<think>only thinking, never answered", "[1, 2, 3]"])
+def test_parser_returns_nothing_for_unparseable_replies(reply):
+    assert parse_pairs(reply) == []
+
+
+def test_parse_score():
+    assert parse_score("4") == 4
+    assert parse_score("Score: 2/5") == 2
+    assert parse_score("<think>maybe 5?</think>评分：3") == 3
+    assert parse_score("no idea") is None
+
+
+# ---- chunking and curation ----------------------------------------------------------------------------------------
+def test_chunks_respect_the_token_budget_and_keep_all_text():
+    text = "\n".join(f"第{i}条：学生应在规定时间内完成选课并按时缴费，逾期不予办理。" for i in range(40))
+    text += "\n" + "很长的一句话" * 400  # one line longer than a chunk, no sentence breaks
+    chunks = chunk_text(text, 200, estimate_tokens)
+    assert len(chunks) > 5
+    assert all(estimate_tokens(c) <= 200 for c in chunks)
+    assert "".join(chunks).replace("\n", "") == text.replace("\n", "")
+
+
+def test_near_duplicates_by_character_ngrams_work_for_chinese_and_english():
+    idx = NearDuplicateIndex(0.8)
+    idx.add("图书馆每天几点开门？")
+    idx.add("When does the university library open?")
+    assert idx.is_duplicate("图书馆每天几点开门?")  # exact after normalisation
+    assert idx.is_duplicate("图书馆每天几点开门呢？")  # near
+    assert idx.is_duplicate("When does the university library open ?")
+    assert not idx.is_duplicate("食堂在哪里？")
+    assert not idx.is_duplicate("How many books can a student borrow?")
+
+
+def test_grounding_rejects_made_up_numbers_and_unrelated_answers():
+    g = Grounding(PAGES["admissions.txt"])
+    assert g.score("It is in Room 101 of the Main Building.") > 0.8
+    assert g.score("Call 0571-12345678.") == 0.0
+    assert g.score("The swimming pool is heated in winter.") < 0.5
+    zh = Grounding(PAGES["jwc.txt"])
+    assert zh.score("位于行政楼三楼。") == 1.0
+
+
+def test_prompt_file_roundtrip_and_clear_errors(tmp_path):
+    text = dump_prompts(load_prompts())
+    assert prompts_from_yaml(text) == load_prompts()
+    f = tmp_path / "p.yaml"
+    f.write_text("en:\n  qa_system: Only JSON please.\n", encoding="utf-8")
+    assert load_prompts(f)["en"]["qa_system"] == "Only JSON please."
+    with pytest.raises(UserError, match="qa_sytem"):
+        prompts_from_yaml("en:\n  qa_sytem: typo\n")
+    with pytest.raises(UserError, match=r"\{text\}"):
+        prompts_from_yaml("zh:\n  qa_user: 写问答对\n")
+    with pytest.raises(UserError, match="does not exist"):
+        read_pages(tmp_path / "missing")
+
+
+# ---- runs against the local chat-completions server ---------------------------------------------------------------
+def test_every_page_ends_in_qa_or_failures_and_a_rerun_resumes(tmp_path):
+    pages = _pages(tmp_path)
+    out = tmp_path / "qa"
+    with FakeLLMServer(api_key=KEY) as srv:
+        settings = GenSettings(backend="openai", clean=True, pairs_per_page=3)
+        summary = generate(pages, out, _openai(srv), settings, concurrency=3)
+        qa, fails = _outcomes(out)
+        assert {q["file"] for q in qa} == {"admissions.txt", "library.txt", "jwc.txt"}
+        assert [f["file"] for f in fails] == ["empty.txt"] and fails[0]["retryable"] is False
+        assert summary.pairs == len(qa) and summary.failures == 1 and summary.tokens_out > 0
+        for q in qa:
+            assert q["question"] and q["answer"] and q["source"] and q["grounding"] >= 0.5
+        # two stages: a clean request and a Q&A request per page (with the few-shot example before the page)
+        systems = [r["body"]["messages"][0]["content"] for r in srv.chat_requests()]
+        assert sum("clean" in s or "清洗" in s for s in systems) == 3  # the Chinese page got the zh prompts
+        assert sum("question-answer" in s or "问答对" in s for s in systems) == 3
+        assert any(len(r["body"]["messages"]) == 4 for r in srv.chat_requests())
+        n = len(srv.chat_requests())
+        again = generate(pages, out, _openai(srv), settings)
+        assert again.skipped == 4 and again.processed == 0 and len(srv.chat_requests()) == n
+        # other settings → pages are generated again; the old pairs move to superseded.jsonl, nothing is lost
+        generate(pages, out, _openai(srv), GenSettings(backend="openai", clean=False, pairs_per_page=1))
+        qa2, fails2 = _outcomes(out)
+        assert len(qa2) == 3 and len(fails2) == 1
+        assert len((out / "superseded.jsonl").read_text().splitlines()) == len(qa)
+
+
+def test_unparseable_replies_are_reasked_then_recorded_and_retried_next_run(tmp_path):
+    pages = _pages(tmp_path, {"library.txt": PAGES["library.txt"]})
+    out = tmp_path / "qa"
+    with FakeLLMServer(api_key=KEY) as srv:
+        for _ in range(3):
+            srv.push_reply("Sorry, I can only chat about the weather.")
+        settings = GenSettings(backend="openai", pairs_per_page=2, max_parse_retries=2)
+        generate(pages, out, _openai(srv), settings)
+        qa, fails = _outcomes(out)
+        assert qa == [] and fails[0]["stage"] == "parse" and fails[0]["retryable"] is True
+        assert "after 3 attempts" in fails[0]["reason"] and "weather" in fails[0]["reply"]
+        temps = [r["body"]["temperature"] for r in srv.chat_requests()]
+        assert temps[0] == 0.0 and min(temps[1:]) >= 0.7  # re-asks sample
+        generate(pages, out, _openai(srv), settings)  # the server now answers properly
+        qa, fails = _outcomes(out)
+        assert len(qa) == 2 and fails == []
+
+
+def test_judge_scores_are_kept_and_low_ones_filtered(tmp_path):
+    pages = _pages(tmp_path, {"library.txt": PAGES["library.txt"], "jwc.txt": PAGES["jwc.txt"]})
+    out = tmp_path / "qa"
+
+    def responder(body):
+        system = body["messages"][0]["content"]
+        if "rate" in system or "评分" in system:
+            return "2" if "选课" in body["messages"][-1]["content"] else "5"
+        from fake_llm_server import default_responder
+
+        return default_responder(body)
+
+    with FakeLLMServer(api_key=KEY, responder=responder) as srv:
+        generate(pages, out, _openai(srv), GenSettings(backend="openai", judge=True, judge_threshold=3))
+    qa, fails = _outcomes(out)
+    assert qa and all(q["judge_score"] == 5 and q["file"] == "library.txt" for q in qa)
+    assert fails[0]["file"] == "jwc.txt" and "judge score below 3" in fails[0]["reason"]
+
+
+def test_ungrounded_and_duplicate_pairs_are_dropped(tmp_path):
+    pages = _pages(tmp_path, {"a.txt": PAGES["library.txt"], "b.txt": PAGES["library.txt"] + "\nSee you soon.\n"})
+    out = tmp_path / "qa"
+    reply = json.dumps(
+        [
+            {"question": "When does the library open?", "answer": "It opens at 7:30 and closes at 22:00 every day."},
+            {"question": "When does the library open ?", "answer": "At 7:30."},
+            {"question": "Who is the president?", "answer": "Professor Zhang Wei since 2019, phone 12345678."},
+            {"question": "Hi?", "answer": ""},
+            {"question": "What are the library hours?", "answer": "It opens at 7:30 and closes at 22:00 every day."},
+        ]
+    )
+    with FakeLLMServer(api_key=KEY, responder=lambda body: reply) as srv:
+        generate(pages, out, _openai(srv), GenSettings(backend="openai", pairs_per_page=5), group_size=1)
+    qa, fails = _outcomes(out)
+    # a.txt: the near-duplicate question, the made-up phone number, the empty answer and the same answer again go
+    assert [q["question"] for q in qa if q["file"] == "a.txt"] == ["When does the library open?"]
+    # b.txt: its first question was asked by a.txt already; its repeated answer is new on this page, so it stays
+    assert [q["question"] for q in qa if q["file"] == "b.txt"] == ["What are the library hours?"]
+    assert fails == []
+    with FakeLLMServer(api_key=KEY, responder=lambda body: reply) as srv:
+        generate(pages, tmp_path / "qa2", _openai(srv), GenSettings(backend="openai", pairs_per_page=2), group_size=1)
+    qa, fails = _outcomes(tmp_path / "qa2")
+    assert [q["file"] for q in qa] == ["a.txt"]
+    assert fails[0]["file"] == "b.txt" and "duplicate question" in fails[0]["reason"]
+
+
+def test_a_bad_key_stops_the_run_at_once_and_the_next_run_continues(tmp_path):
+    pages = _pages(tmp_path, {f"p{i}.txt": PAGES["library.txt"].replace("22:00", f"2{i}:00") for i in range(8)})
+    out = tmp_path / "qa"
+    with FakeLLMServer(api_key=KEY) as srv:
+        backend = ZhipuBackend(
+            "glm-4-flash", "sk-revoked-000000000", srv.zhipu_base, retry=RetryPolicy(base_delay=0.01)
+        )
+        with pytest.raises(AuthError, match="401"):
+            generate(pages, out, backend, GenSettings(backend="zhipuai"), concurrency=2)
+        assert len(srv.chat_requests()) <= 2  # the first wave only, not one per page
+        assert not (out / "qa.jsonl").exists() or _outcomes(out) == ([], [])
+        good = ZhipuBackend("glm-4-flash", KEY, srv.zhipu_base)
+        generate(pages, out, good, GenSettings(backend="zhipuai"), concurrency=2)
+    qa, fails = _outcomes(out)
+    assert len({q["file"] for q in qa}) + len(fails) == 8
+
+
+def test_cli_generate_with_zhipu_key_from_env_never_writes_the_key(tmp_path, monkeypatch, capsys):
+    pages = _pages(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setenv("CAMPUS_GLM_KEY", KEY)
+    with FakeLLMServer(api_key=KEY) as srv:
+        prompt_file = tmp_path / "prompts.yaml"
+        prompt_file.write_text(
+            "en:\n  qa_system: |\n    Write question-answer pairs. JSON array only.\n", encoding="utf-8"
+        )
+        argv = ["generate", str(pages), "--out", str(out), "--backend", "zhipuai", "--base-url", srv.zhipu_base]
+        argv += ["--api-key-env", "CAMPUS_GLM_KEY", "--pairs-per-page", "2", "--concurrency", "2", "--no-clean"]
+        argv += ["--prompt-file", str(prompt_file), "--lang", "en"]
+        assert cli.main(argv) == 0
+        assert any(
+            r["body"]["messages"][0]["content"].startswith("Write question-answer pairs.") for r in srv.chat_requests()
+        )
+        assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in srv.chat_requests())
+    assert "pairs from 3 pages" in capsys.readouterr().out
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["failures.jsonl", "prompts.yaml", "qa.jsonl"]
+    for p in out.rglob("*"):
+        assert KEY not in p.read_text(encoding="utf-8")
+    monkeypatch.setenv("CAMPUS_GLM_KEY", "sk-wrong-11111111111")
+    (pages / "new.txt").write_text(PAGES["library.txt"].replace("Library", "Gym"), encoding="utf-8")
+    with FakeLLMServer(api_key=KEY) as srv:
+        argv[argv.index("--base-url") + 1] = srv.zhipu_base
+        assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: The server refused the API key (HTTP 401)") and "sk-wrong-11111111111" not in err
+
+
+def test_cli_rejects_an_empty_folder(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["generate", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), "--backend", "openai"]) == 1
+    assert "No .txt or .md pages" in capsys.readouterr().err
+
+
+# ---- the real embedded model --------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_local_embedded_model_writes_parseable_pairs(tmp_path):
+    """smollm2-135m on two short English pages, batched; a 135M model is weak, so we ask for at least one page
+    (with these settings both pages give a grounded pair: the few-shot JSON example and the parser's salvage of an
+    answer cut by max_tokens do the work)."""
+    from umtcds_core.llm import LocalBackend
+
+    pages = _pages(tmp_path, {k: PAGES[k] for k in ("admissions.txt", "library.txt")})
+    out = tmp_path / "qa"
+    import torch
+
+    backend = LocalBackend("smollm2-135m", batch_size=4, device="cpu")
+    settings = GenSettings(backend="local", pairs_per_page=2, max_tokens=72, max_parse_retries=0, lang="en")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a busy 2-core machine two torch threads spin-wait and run many times slower
+    try:
+        summary = generate(pages, out, backend, settings)
+    finally:
+        torch.set_num_threads(threads)
+        backend.close()
+    qa, fails = _outcomes(out)
+    assert len({q["file"] for q in qa}) + len(fails) == 2
+    assert len({q["file"] for q in qa}) >= 1, fails
+    assert summary.tokens_out > 0
+    for q in qa:
+        assert q["question"] and q["answer"] and q["grounding"] >= 0.5
+
+
+def test_long_pages_are_chunked_so_each_request_stays_within_budget(tmp_path):
+    long_text = "Student Handbook\n" + "\n".join(
+        f"Rule {i}: students of department {i} register at office {100 + i} before September {i % 28 + 1}."
+        for i in range(30)
+    )
+    pages = _pages(tmp_path, {"handbook.txt": long_text})
+    out = tmp_path / "qa"
+
+    def responder(body):  # one pair per chunk, asking about the chunk's first rule
+        first = body["messages"][-1]["content"].split('"""')[1].strip().splitlines()[0]
+        return json.dumps([{"question": f"What does {first.split(':')[0]} say?", "answer": first}])
+
+    with FakeLLMServer(api_key=KEY, responder=responder) as srv:
+        generate(pages, out, _openai(srv), GenSettings(backend="openai", pairs_per_page=1, chunk_tokens=120))
+        page_parts = [r["body"]["messages"][-1]["content"] for r in srv.chat_requests()]
+    assert len(page_parts) > 5
+    assert all(estimate_tokens(p.split('"""')[1]) <= 120 for p in page_parts)
+    qa, fails = _outcomes(out)
+    assert fails == [] and len({q["chunk"] for q in qa}) == len(page_parts)
