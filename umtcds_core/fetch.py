@@ -16,8 +16,6 @@ scope before it is requested (an off-site redirect target is never contacted).
 from __future__ import annotations
 
 import codecs
-import email.utils
-import random
 import re
 import threading
 import time
@@ -27,6 +25,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from protego import Protego
+
+from .retry import RetryPolicy, parse_retry_after
 
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; UMTCDS-crawler/0.1; campus Q&A dataset builder)"
 DEFAULT_TIMEOUT = 20.0
@@ -242,19 +242,6 @@ def host_key(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
 def _describe(exc: requests.RequestException) -> tuple[str, str]:
     text = str(exc)
     if isinstance(exc, requests.exceptions.SSLError):
@@ -301,7 +288,7 @@ class Fetcher:
         self.delay = max(0.0, delay)
         self.respect_robots = respect_robots
         self.retries = retries
-        self.backoff = backoff
+        self.policy = RetryPolicy(max_attempts=retries + 1, base_delay=backoff, max_retry_after=MAX_RETRY_WAIT)
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("http://", adapter)
@@ -438,13 +425,12 @@ class Fetcher:
                 if res.status in RETRY_STATUSES and res.error is None:
                     res.error, res.error_kind = f"HTTP {res.status} after {attempt + 1} attempts", "http"
                 return res
-            wait = _retry_after(res.retry_after)
-            if wait is None:
-                wait = self.backoff * (2**attempt) * (1 + random.random() * 0.25)
-            if wait > MAX_RETRY_WAIT:
+            wait = parse_retry_after({"retry-after": res.retry_after})
+            if wait is not None and wait > MAX_RETRY_WAIT:
                 res.error = f"HTTP {res.status}; the server asked to wait {int(wait)} s (Retry-After), too long"
                 res.error_kind = "retry-after"
                 return res
+            wait = self.policy.delay(attempt, wait)
             self._push_back(url, wait)
             attempt += 1
 

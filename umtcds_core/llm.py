@@ -14,17 +14,15 @@ page. API keys live only in memory and in the environment; error messages are pa
 from __future__ import annotations
 
 import copy
-import email.utils
-import random
 import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import UserError
+from .retry import RetryPolicy, parse_retry_after
 from .secrets import get_secret, mask, redact
 
 Message = dict[str, str]
@@ -91,29 +89,6 @@ def _headers_of(exc: BaseException) -> Any:
     return getattr(response, "headers", None) or {}
 
 
-def parse_retry_after(headers: Any, now: float | None = None) -> float | None:
-    """Seconds to wait from ``Retry-After`` (seconds or an HTTP date) or ``retry-after-ms``; None when absent."""
-    try:
-        ms = headers.get("retry-after-ms")
-        if ms is not None:
-            return max(0.0, float(ms) / 1000)
-        value = headers.get("retry-after")
-    except AttributeError:
-        return None
-    if value is None:
-        return None
-    value = str(value).strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
-
-
 def _is_network_error(exc: BaseException) -> bool:
     if isinstance(exc, (TimeoutError, ConnectionError)):
         return True
@@ -135,22 +110,6 @@ def classify_error(exc: BaseException) -> str:
     if status in (408, 409, 425, 429) or status >= 500:
         return "transient"
     return "permanent"
-
-
-@dataclass
-class RetryPolicy:
-    """Exponential backoff with jitter: wait ``base * 2**attempt`` (capped at ``max_delay``) times a random factor in
-    [0.5, 1], or what ``Retry-After`` asks (capped at ``max_retry_after``)."""
-
-    max_attempts: int = 6
-    base_delay: float = 1.0
-    max_delay: float = 30.0
-    max_retry_after: float = 120.0
-
-    def delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        return min(self.max_delay, self.base_delay * 2**attempt) * random.uniform(0.5, 1.0)
 
 
 def call_with_retries(

@@ -185,7 +185,10 @@ def test_robots_5xx_means_disallow():
 
 
 def test_429_gives_up_after_retries_and_refuses_long_waits(site):
-    from umtcds_core.fetch import _retry_after
+    from umtcds_core.retry import parse_retry_after
+
+    def _retry_after(value):
+        return parse_retry_after({"retry-after": value})
 
     assert _retry_after("3") == 3.0 and _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     site.routes["/busy"] = (429, b"slow down", "text/plain", {"Retry-After": "0"})

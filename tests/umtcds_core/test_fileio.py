@@ -3,7 +3,15 @@ import os
 
 import pytest
 
-from umtcds_core.fileio import BadLine, append_jsonl, read_json, read_jsonl, tail_text, write_json_atomic, write_jsonl_atomic
+from umtcds_core.fileio import (
+    BadLine,
+    append_jsonl,
+    read_json,
+    read_jsonl,
+    tail_text,
+    write_json_atomic,
+    write_jsonl_atomic,
+)
 
 
 def test_atomic_json_roundtrip_and_no_temp_left(tmp_path):

@@ -14,7 +14,9 @@ def py(code: str) -> list[str]:
 
 
 def test_job_runs_logs_and_finishes(workspace):
-    job = start_job(workspace, "crawl", py("print('hello from the job'); import sys; print('to stderr', file=sys.stderr)"))
+    job = start_job(
+        workspace, "crawl", py("print('hello from the job'); import sys; print('to stderr', file=sys.stderr)")
+    )
     assert job.wait(timeout=30) == DONE
     assert job.returncode == 0
     assert "hello from the job" in job.log_tail() and "to stderr" in job.log_tail()

@@ -34,7 +34,12 @@ def test_unusable_references_get_one_sentence(ref, message):
 
 def test_old_remote_code_glm4_folder_is_explained(tmp_path):
     (tmp_path / "config.json").write_text(
-        json.dumps({"model_type": "chatglm", "auto_map": {"AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"}}),
+        json.dumps(
+            {
+                "model_type": "chatglm",
+                "auto_map": {"AutoModelForCausalLM": "modeling_chatglm.ChatGLMForConditionalGeneration"},
+            }
+        ),
         encoding="utf-8",
     )
     with pytest.raises(ModelError, match="glm-4-9b-chat-hf"):
@@ -52,7 +57,14 @@ def test_model_without_chat_template_is_refused(tmp_path):
 
     tok = models.load_tokenizer("smollm2-135m")
     tok.chat_template = None
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     LlamaForCausalLM(cfg).save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     (tmp_path / "chat_template.jinja").unlink(missing_ok=True)
@@ -79,7 +91,10 @@ def test_embedded_model_chats_and_unload_drops_it():
 
 def test_batched_generation_matches_one_at_a_time():
     backend = LocalBackend("smollm2-135m", device="cpu", batch_size=4)
-    convs = [[{"role": "user", "content": q}] for q in ("What is 2+2?", "Name a color.", "What is the capital of France? Answer briefly.")]
+    convs = [
+        [{"role": "user", "content": q}]
+        for q in ("What is 2+2?", "Name a color.", "What is the capital of France? Answer briefly.")
+    ]
     batched = backend.chat_batch(convs, max_tokens=8)
     single = [backend.chat(c, max_tokens=8) for c in convs]
     assert all(batched) and len(batched) == 3
