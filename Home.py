@@ -12,7 +12,6 @@ import streamlit as st
 
 from umtcds_core import ui
 from umtcds_core.i18n import tr
-from umtcds_core.workspace import STEPS
 
 st.set_page_config(page_title="UMTCDS", page_icon="🎓", layout="wide")
 ui.init_state()
@@ -57,8 +56,8 @@ def home() -> None:
         return
     st.subheader(tr("步骤状态", "Steps") + f" — {ws.name}")
     statuses = ws.statuses()
-    for step in STEPS:
-        path, icon, (zh, en) = STEP_PAGES[step]
+    statuses["chat"] = statuses["train"]  # chat is ready exactly when a trained model exists
+    for step, (path, icon, (zh, en)) in STEP_PAGES.items():
         c1, c2 = st.columns([3, 2])
         c1.page_link(path, label=tr(zh, en), icon=icon)
         c2.write(ui.status_label(statuses[step]))

@@ -30,7 +30,7 @@ def test_create_a_workspace_and_see_every_step_status(_isolated_workspaces):
     assert (_isolated_workspaces / "qingshan" / "workspace.json").exists()
     assert any("Steps — qingshan" in s.value for s in at.subheader)
     statuses = [m.value for m in at.markdown if "not started" in m.value]
-    assert len(statuses) == 6
+    assert len(statuses) == 7
 
 
 def test_bad_workspace_name_shows_a_message(_isolated_workspaces):
