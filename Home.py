@@ -16,7 +16,8 @@ from umtcds_core.i18n import tr
 st.set_page_config(page_title="UMTCDS", page_icon="🎓", layout="wide")
 ui.init_state()
 
-if os.environ.get("UMTCDS_WARN_PUBLIC") and not ui.get_secret("UMTCDS_PASSWORD"):
+_address = st.get_option("server.address") or "0.0.0.0"  # unset means every interface
+if not ui.is_loopback(_address) and not ui.get_secret("UMTCDS_PASSWORD"):
     st.warning(
         tr(
             "仪表盘可从外部访问但未设置 UMTCDS_PASSWORD。",

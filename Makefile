@@ -32,8 +32,7 @@ $(STAMP): $(PY) requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@if $(PY) -c "import sys; from umtcds_core.secrets import public_without_password as p; sys.exit(0 if p('$(HOST)') else 1)"; \
-	  then export UMTCDS_WARN_PUBLIC=1; fi; \
+	@$(PY) -c "from umtcds_core.secrets import public_without_password as p; p('$(HOST)')"
 	$(VENV)/bin/streamlit run Home.py --server.port $(PORT) --server.address $(HOST)
 
 test: $(STAMP)

@@ -15,7 +15,7 @@ import streamlit as st
 
 from .i18n import LANGS, tr
 from .jobs import STOPPED, Job, cli_argv, latest_job, start_job
-from .secrets import get_secret  # noqa: F401 - re-exported for pages
+from .secrets import get_secret, is_loopback  # noqa: F401 - re-exported for pages
 from .workspace import DONE, FAILED, NOT_STARTED, RUNNING, Workspace, WorkspaceError, list_workspaces
 
 STATUS_ICON = {NOT_STARTED: "⚪", RUNNING: "🔵", DONE: "🟢", FAILED: "🔴", STOPPED: "🟠"}

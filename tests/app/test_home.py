@@ -57,3 +57,13 @@ def test_password_gate(monkeypatch):
     at.run()
     assert at.session_state["authenticated"] is True
     assert "校园问答" in at.title[0].value
+
+
+def test_public_address_without_password_warns():
+    at = _home()
+    at.run()
+    assert not any("UMTCDS_PASSWORD" in w.value for w in at.warning)  # the test server binds loopback (config.toml)
+    from umtcds_core.secrets import public_without_password
+
+    assert public_without_password("0.0.0.0") is True
+    assert public_without_password("127.0.0.1") is False
