@@ -1,0 +1,1045 @@
+"""Fine-tune a chat model on the workspace's Q&A split — ``umtcds train config.yaml [--resume auto|no|DIR] [--gpus N]``.
+
+Also runnable as ``python -m umtcds_core.train config.yaml`` (what ``--gpus N`` launches under torchrun).
+
+What one run does (every feature, its flag, and its trade-off):
+
+* **Methods** (``method``): ``lora`` (adapters on the attention projections chosen per architecture, or
+  ``lora_target_modules``), ``qlora`` (the same on a 4-bit NF4 base through bitsandbytes; CUDA only: ~4× less weight
+  memory, somewhat slower), ``ptuning-v2`` (peft prefix tuning with ``num_virtual_tokens`` per layer: the original
+  UMTCDS method) and ``full`` (every weight; needs the most memory).
+* **Data**: ``data_dir/train_file`` (and ``dev_file`` for eval) in the GLM-4 ``messages`` format, ShareGPT
+  (``conversations``) or Alpaca (``instruction``/``input``/``output``). Each sample is rendered with the model's OWN
+  chat template: the prompt ids are exactly ``apply_chat_template(history, add_generation_prompt=True)`` — what chat
+  inference feeds the model — and only the final assistant answer (plus its end-of-turn token) carries loss; all
+  other labels are -100. Prompts longer than ``max_input_length`` lose their middle (the template's head and the
+  generation prompt stay); answers are cut to ``max_output_length``.
+* **Padding-free packing** (``packing``, default on): a batch is one row of concatenated samples with
+  ``position_ids`` restarting per sample (transformers' ``DataCollatorWithFlattening``); transformers turns those
+  into a block-diagonal causal mask (or FlashAttention varlen kwargs), so samples never attend to each other and no
+  compute is spent on padding. Checked at start-up on the real model; when the check fails, or for P-tuning v2 (its
+  prefix cache disables the packed mask), batches are padded instead and the log says why.
+* **Speed/memory**: gradient checkpointing (``gradient_checkpointing``; off for P-tuning v2, whose prefix cache
+  transformers drops under checkpointing), bf16/fp16/fp32 chosen by hardware (``precision: auto``), Liger's fused
+  linear+cross-entropy and kernels on CUDA when ``liger-kernel`` is installed, FlashAttention-2 when ``flash-attn``
+  is installed, otherwise SDPA.
+* **Schedule**: AdamW, warmup (``warmup_ratio``) then ``lr_scheduler`` (cosine), gradient accumulation, clipping.
+* **Eval / save**: dev loss every ``eval_steps``; a checkpoint every ``save_steps`` keeping ``save_total_limit``.
+* **Metrics**: ``output_dir/metrics.jsonl`` gets one JSON per log event (append-only, flushed), and the job's
+  progress file is updated every step, so the dashboard can draw the run live.
+* **Resume**: ``--resume auto`` continues from the newest complete checkpoint (half-written ones are skipped);
+  the Trainer restores step, optimizer, scheduler, RNG and data order. ``--resume no`` refuses to overwrite a run.
+* **Stop**: SIGTERM (the dashboard's Stop button) finishes the current step, saves a checkpoint and exits 0.
+* **Several GPUs**: ``--gpus N`` re-launches this module under ``torchrun`` (DDP for LoRA/P-tuning v2, FSDP for full).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError, TrainConfig, load_config
+from .errors import UserError
+from .fileio import DiskFullError, append_jsonl, iter_jsonl, read_json, write_json_atomic
+
+METRICS_FILE = "metrics.jsonl"
+INFO_FILE = "train_info.json"
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+WEIGHT_FILES = (
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
+
+# LoRA targets per model_type: the attention projections (GLM-4: q/k/v as in the official demo's -hf config).
+LORA_TARGETS: dict[str, list[str]] = {
+    "glm": ["q_proj", "k_proj", "v_proj"],
+    "glm4": ["q_proj", "k_proj", "v_proj"],
+    "chatglm": ["query_key_value"],
+    "gpt2": ["c_attn", "c_proj"],
+    "gpt_neox": ["query_key_value", "dense"],
+    "falcon": ["query_key_value", "dense"],
+    "phi3": ["qkv_proj", "o_proj"],
+}
+DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # llama, qwen2/3, mistral, gemma, phi, ...
+
+
+class TrainError(UserError):
+    """A training problem the user can fix; one sentence."""
+
+
+# ---- data -------------------------------------------------------------------------------------------------------
+def normalize_record(rec: dict) -> list[dict]:
+    """One dataset record (GLM-4 messages | ShareGPT | Alpaca) → a list of ``{"role", "content"}`` messages."""
+    if isinstance(rec.get("messages"), list):
+        return [{"role": m.get("role"), "content": m.get("content") or ""} for m in rec["messages"]]
+    if isinstance(rec.get("conversations"), list):
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+        msgs = [{"role": "system", "content": rec["system"]}] if rec.get("system") else []
+        for turn in rec["conversations"]:
+            role = roles.get(str(turn.get("from", turn.get("role", ""))).lower())
+            if role is None:
+                raise ValueError(f"unknown ShareGPT speaker {turn.get('from')!r}")
+            msgs.append({"role": role, "content": turn.get("value", turn.get("content")) or ""})
+        return msgs
+    if "instruction" in rec and "output" in rec:
+        prompt = rec["instruction"] + (("\n" + rec["input"]) if rec.get("input") else "")
+        msgs = [{"role": "system", "content": rec["system"]}] if rec.get("system") else []
+        return msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec["output"]}]
+    raise ValueError("expected 'messages', 'conversations' or 'instruction'/'output'")
+
+
+def load_conversations(path: Path, system_prompt: str | None = None) -> tuple[list[list[dict]], list[str]]:
+    """Conversations of a split file plus a list of problems (``file:line: why``) for records that were skipped."""
+    from .fileio import BadLine
+
+    bad: list[BadLine] = []
+    convs, problems = [], []
+    for lineno, rec in enumerate(iter_jsonl(path, errors=bad), 1):
+        try:
+            msgs = normalize_record(rec)
+        except (ValueError, TypeError, AttributeError) as exc:
+            problems.append(f"{path}:{lineno}: {exc}")
+            continue
+        msgs = [m for m in msgs if m["role"] != "system" or m["content"].strip()]
+        if system_prompt and not any(m["role"] == "system" for m in msgs):
+            msgs.insert(0, {"role": "system", "content": system_prompt})
+        if not msgs or msgs[-1]["role"] != "assistant" or not str(msgs[-1]["content"]).strip():
+            problems.append(f"{path}:{lineno}: the last message is not a non-empty assistant answer")
+            continue
+        convs.append(msgs)
+    problems = [str(b) for b in bad] + problems
+    return convs, problems
+
+
+def _ids(encoded: Any) -> list[int]:
+    """``apply_chat_template(tokenize=True)`` returns a list or a BatchEncoding depending on the version."""
+    if hasattr(encoded, "keys") and "input_ids" in encoded:
+        encoded = encoded["input_ids"]
+    return [int(t) for t in encoded]
+
+
+def stop_token_ids(tokenizer, model_dir: Path | None = None) -> list[int]:
+    """Ids that end an assistant turn at inference: the tokenizer's EOS plus the generation config's eos ids."""
+    ids = []
+    if tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    gen = read_json(model_dir / "generation_config.json", {}) if model_dir else {}
+    eos = (gen or {}).get("eos_token_id")
+    for t in eos if isinstance(eos, list) else [eos] if eos is not None else []:
+        if int(t) not in ids:
+            ids.append(int(t))
+    return ids
+
+
+def end_of_turn_id(tokenizer, stop_ids: list[int]) -> int:
+    """The token appended after an answer when the template adds none (GLM-4: ``<|user|>``, as its demo does)."""
+    user_id = tokenizer.convert_tokens_to_ids("<|user|>")
+    if isinstance(user_id, int) and user_id in stop_ids and user_id != tokenizer.unk_token_id:
+        return user_id
+    return stop_ids[0]
+
+
+@dataclass
+class EncodeStats:
+    samples: int = 0
+    prompt_truncated: int = 0
+    answer_truncated: int = 0
+    template_fallback: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def encode_conversation(
+    tokenizer, messages: list[dict], max_input_length: int, max_output_length: int, stop_ids: list[int], stats=None
+) -> dict:
+    """``{"input_ids", "labels"}`` for one conversation: loss only on the final assistant answer.
+
+    The prompt ids are exactly what chat inference feeds (``add_generation_prompt=True``); the answer ids are the rest
+    of the fully rendered conversation up to and including its first end-of-turn token (one is appended when the
+    template ends an answer with none, like GLM-4's).
+    """
+    stats = stats or EncodeStats()
+    history, answer = messages[:-1], messages[-1]
+    prompt_ids = _ids(tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True))
+    full_ids = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        answer_ids = full_ids[len(prompt_ids) :]
+    else:  # some templates render the last turn differently; fall back to the text difference
+        stats.template_fallback += 1
+        p_text = tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=False)
+        f_text = tokenizer.apply_chat_template(messages, tokenize=False)
+        rest = f_text[len(p_text) :] if f_text.startswith(p_text) else str(answer["content"])
+        answer_ids = _ids(tokenizer(rest, add_special_tokens=False)["input_ids"])
+    stops = [i for i, t in enumerate(answer_ids) if t in stop_ids]
+    if stops:
+        answer_ids = answer_ids[: stops[0] + 1]  # nothing after the end-of-turn token is ever generated
+    else:
+        answer_ids = answer_ids + [end_of_turn_id(tokenizer, stop_ids)]
+    if len(prompt_ids) > max_input_length:
+        stats.prompt_truncated += 1
+        head = max_input_length // 2
+        prompt_ids = prompt_ids[:head] + prompt_ids[len(prompt_ids) - (max_input_length - head) :]
+    if len(answer_ids) > max_output_length:
+        stats.answer_truncated += 1
+        answer_ids = answer_ids[:max_output_length]
+    stats.samples += 1
+    return {"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids}
+
+
+# ---- checkpoints --------------------------------------------------------------------------------------------------
+def is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint is complete when its weights exist and its trainer_state.json (written last) parses."""
+    m = CHECKPOINT_RE.match(path.name)
+    if not m or not path.is_dir():
+        return False
+    state = read_json(path / "trainer_state.json")
+    if not isinstance(state, dict) or state.get("global_step") != int(m.group(1)):
+        return False
+    return any((path / f).exists() for f in WEIGHT_FILES) or any(path.glob("pytorch_model_fsdp*"))
+
+
+def list_checkpoints(output_dir: Path) -> list[Path]:
+    """Checkpoint folders, oldest first (by step)."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
+
+
+def latest_complete_checkpoint(output_dir: Path) -> Path | None:
+    for ckpt in reversed(list_checkpoints(output_dir)):
+        if is_complete_checkpoint(ckpt):
+            return ckpt
+        print(f"Skipping half-written checkpoint {ckpt.name}.", file=sys.stderr)
+    return None
+
+
+def has_final_output(output_dir: Path) -> bool:
+    from .workspace import has_final_model
+
+    return has_final_model(output_dir)
+
+
+# ---- metrics (also read by the dashboard: keep this part free of torch imports) ----------------------------------
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a metrics.jsonl as the run now stands.
+
+    After a resume, the records the killed process wrote beyond the checkpoint it resumed from are dropped (the
+    resumed run writes those steps again), so a chart never shows a step twice.
+    """
+    records: list[dict] = []
+    for rec in iter_jsonl(path, errors=[]):
+        if rec.get("kind") in {"resume", "start"}:  # a fresh start after a kill before any checkpoint: step 0
+            step = rec.get("step", 0)
+            records = [r for r in records if r.get("step", 0) <= step]
+        records.append(rec)
+    return records
+
+
+def run_summary(run_dir: str | os.PathLike) -> dict:
+    """What the dashboard shows about one run folder, from its files only (no torch import)."""
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / INFO_FILE) or read_json(run_dir / "stopped.json") or {}
+    recs = read_metrics(run_dir / METRICS_FILE)
+    train_recs = [r for r in recs if r.get("kind") == "train"]
+    evals = [r for r in recs if r.get("kind") == "eval"]
+    starts = [r for r in recs if r.get("kind") in {"start", "resume"}]
+    ckpts = [c for c in list_checkpoints(run_dir) if is_complete_checkpoint(c)]
+    if has_final_output(run_dir):
+        state = "finished"
+    elif ckpts:
+        state = "resumable"
+    else:
+        state = "empty" if not recs else "no-checkpoint"
+    return {
+        "name": run_dir.name,
+        "path": str(run_dir),
+        "state": state,
+        "method": (info.get("method") or (info.get("config") or {}).get("method")),
+        "step": train_recs[-1]["step"] if train_recs else 0,
+        "max_steps": starts[-1].get("max_steps") if starts else None,
+        "loss": train_recs[-1].get("loss") if train_recs else None,
+        "eval_loss": evals[-1].get("eval_loss") if evals else None,
+        "checkpoints": [c.name for c in ckpts],
+        "started": starts[0].get("time") if starts else None,
+    }
+
+
+def output_dir_of(argv: list[str]) -> str | None:
+    """The ``--output-dir`` a train job was started with (the dashboard gives each run its own folder)."""
+    for i, a in enumerate(argv):
+        if a == "--output-dir" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--output-dir="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# ---- model set-up ---------------------------------------------------------------------------------------------------
+def linear_module_names(model) -> set[str]:
+    import torch
+
+    names = set()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"}:
+            names.add(name.rsplit(".", 1)[-1])
+    names.discard("lm_head")
+    return names
+
+
+def lora_targets(model, requested: list[str] | None) -> list[str] | str:
+    """LoRA target module names for this model: the user's list (checked) or the per-architecture default."""
+    present = linear_module_names(model)
+    model_type = getattr(model.config, "model_type", "")
+    if requested:
+        if requested in (["all-linear"], "all-linear"):
+            return "all-linear"
+        missing = [t for t in requested if t not in present]
+        if missing:
+            raise TrainError(
+                f"lora_target_modules {missing} are not layers of this {model_type or 'model'} (it has: "
+                f"{', '.join(sorted(present))}); the config was probably written for another model — remove "
+                "lora_target_modules to choose them automatically."
+            )
+        return list(requested)
+    default = LORA_TARGETS.get(model_type, DEFAULT_LORA_TARGETS)
+    chosen = [t for t in default if t in present]
+    return chosen or "all-linear"
+
+
+def pick_precision(cfg: TrainConfig, device: str) -> str:
+    want = (cfg.precision or "auto").lower()
+    if want not in {"auto", "bf16", "fp16", "fp32"}:
+        raise ConfigError(f"precision: {cfg.precision!r} is not one of auto, bf16, fp16, fp32.")
+    if want == "auto":
+        if device == "cuda":
+            import torch
+
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    if device != "cuda" and want == "fp16":
+        raise ConfigError("precision: fp16 needs a CUDA GPU; use precision: auto (fp32 on CPU).")
+    if device == "cuda" and want == "bf16":
+        import torch
+
+        if not torch.cuda.is_bf16_supported():
+            raise ConfigError("precision: bf16 is not supported by this GPU; use precision: fp16 or auto.")
+    return want
+
+
+def packing_works(model, device: str) -> tuple[bool, str]:
+    """True when the model keeps packed samples apart given restarting ``position_ids``.
+
+    Two short samples run separately, packed with restarting position_ids, and packed without them (what cross-sample
+    attention looks like); packing works when the packed logits are far closer to the separate ones than the
+    contaminated logits are. Costs four forward passes of ~11 tokens.
+    """
+    import torch
+
+    vocab = model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randint(3, min(vocab, 1000), (1, 6), generator=gen).to(device)
+    b = torch.randint(3, min(vocab, 1000), (1, 5), generator=gen).to(device)
+    both = torch.cat([a, b], 1)
+    pos = torch.tensor([list(range(6)) + list(range(5))], device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            la = model(input_ids=a, use_cache=False).logits.float()
+            lb = model(input_ids=b, use_cache=False).logits.float()
+            lp = model(input_ids=both, position_ids=pos, use_cache=False).logits.float()
+            lc = model(input_ids=both, use_cache=False).logits.float()
+    except Exception as exc:  # noqa: BLE001 - any failure means: do not pack
+        return False, f"the packed forward pass failed ({type(exc).__name__}: {exc})"
+    finally:
+        model.train(was_training)
+    err = max((lp[0, :6] - la[0]).abs().max().item(), (lp[0, 6:] - lb[0]).abs().max().item())
+    contaminated = (lc[0, 6:] - lb[0]).abs().max().item()
+    if not err <= 0.05 * contaminated:
+        return False, f"this model attends across packed samples (logit difference {err:.3g} vs {contaminated:.3g})"
+    return True, "position_ids restart per sample; the model masks attention per sample"
+
+
+# ---- the run --------------------------------------------------------------------------------------------------------
+@dataclass
+class RunPaths:
+    config_file: Path | None
+    data_dir: Path
+    output_dir: Path
+
+
+def resolve_paths(cfg: TrainConfig, config_file: Path | None, output_dir: str | None = None) -> RunPaths:
+    base = config_file.resolve().parent if config_file else Path.cwd()
+
+    def rel(p: str) -> Path:
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (base / path).resolve()
+
+    return RunPaths(config_file, rel(cfg.data_dir), Path(output_dir).resolve() if output_dir else rel(cfg.output_dir))
+
+
+def _world() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main() -> bool:
+    return _world()[0] == 0
+
+
+def _log(msg: str) -> None:
+    if _is_main():
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _check_method(cfg: TrainConfig) -> None:
+    from .config import METHODS
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method: {cfg.method!r} is not one of {', '.join(METHODS)}.")
+
+
+def prepare_data(cfg: TrainConfig, paths: RunPaths, tokenizer, stop_ids: list[int]) -> tuple[list, list, EncodeStats]:
+    train_path = paths.data_dir / cfg.train_file
+    if not train_path.exists():
+        raise TrainError(
+            f"The training file {train_path} does not exist; build the dataset first (`umtcds dataset` or the Dataset page) or fix data_dir."
+        )
+    stats = EncodeStats()
+    train_convs, problems = load_conversations(train_path, cfg.system_prompt)
+    stats.problems += problems
+    if not train_convs:
+        raise TrainError(
+            f"{train_path} holds no usable samples (each needs a user question and a non-empty assistant answer); rebuild the dataset."
+        )
+    dev_path = paths.data_dir / cfg.dev_file if cfg.dev_file else None
+    dev_convs: list = []
+    if dev_path is not None and dev_path.exists():
+        dev_convs, problems = load_conversations(dev_path, cfg.system_prompt)
+        stats.problems += problems
+
+    def enc(convs):
+        return [
+            encode_conversation(tokenizer, c, cfg.max_input_length, cfg.max_output_length, stop_ids, stats)
+            for c in convs
+        ]
+
+    return enc(train_convs), enc(dev_convs), stats
+
+
+class ListDataset:
+    """A plain list as a map-style dataset (the Trainer needs ``__len__``/``__getitem__``)."""
+
+    def __init__(self, items: list[dict]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _callbacks(cfg: TrainConfig, paths: RunPaths, stop_flag: dict, trainer_ref: dict):
+    """The metrics/progress callback and the SIGTERM stopper (built here so transformers is imported lazily)."""
+    from transformers import TrainerCallback
+
+    from .progress import Progress
+
+    metrics_path = paths.output_dir / METRICS_FILE
+
+    class MetricsCallback(TrainerCallback):
+        """Appends one JSON per log event to metrics.jsonl and keeps the job's progress file current."""
+
+        def __init__(self):
+            self.progress: Progress | None = None
+            self.last_time = None
+            self.last_tokens = 0
+            self.start_step = 0
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not state.is_world_process_zero:
+                return
+            self.progress = Progress(state.max_steps, unit="steps", desc="train", min_interval=0.5)
+            self.progress.done = state.global_step
+            self.progress.__enter__()
+            self.start_step = state.global_step
+            self.last_time = time.time()
+            self.last_tokens = trainer_ref["trainer"].tokens_seen if trainer_ref.get("trainer") else 0
+            kind = "resume" if state.global_step > 0 else "start"
+            append_jsonl(
+                metrics_path,
+                {"kind": kind, "step": state.global_step, "time": time.time(), "max_steps": state.max_steps},
+            )
+
+        def on_step_end(self, args, state, control, **kw):
+            if _world()[1] > 1:  # every rank must stop at the same step, or the next collective hangs
+                stop_flag["stop"] = _any_rank(stop_flag["stop"])
+            if stop_flag["stop"]:
+                control.should_save = True
+                control.should_training_stop = True
+                stop_flag["saved_at"] = state.global_step
+            if self.progress is not None:
+                self.progress.update(state.global_step - self.progress.done)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs:
+                return
+            now = time.time()
+            rec: dict[str, Any] = {"step": state.global_step, "time": now, "epoch": state.epoch}
+            if "eval_loss" in logs:
+                rec["kind"] = "eval"
+            elif "loss" in logs:
+                rec["kind"] = "train"
+            else:
+                rec["kind"] = "summary"
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+                    rec[k] = v
+            if rec["kind"] == "train":
+                trainer = trainer_ref.get("trainer")
+                tokens = trainer.tokens_seen if trainer else 0
+                dt = now - (self.last_time or now)
+                if dt > 0 and tokens >= self.last_tokens:
+                    rec["tokens_per_s"] = round((tokens - self.last_tokens) / dt, 1)
+                rec["tokens_seen"] = tokens
+                self.last_time, self.last_tokens = now, tokens
+            rec.update(_gpu_mem())
+            append_jsonl(metrics_path, rec)
+            if self.progress is not None and rec["kind"] == "train":
+                counters = {"loss": round(rec.get("loss", float("nan")), 4)}
+                if "tokens_per_s" in rec:
+                    counters["tokens/s"] = rec["tokens_per_s"]
+                self.progress.update(0, **counters)
+            elif self.progress is not None and rec["kind"] == "eval":
+                self.progress.update(0, eval_loss=round(rec["eval_loss"], 4))
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.progress is not None:
+                self.progress.update(state.global_step - self.progress.done)
+                self.progress.close()
+
+    return MetricsCallback()
+
+
+def _any_rank(flag: bool) -> bool:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+    t = torch.tensor([1 if flag else 0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _gpu_mem() -> dict:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gib = 1024**3
+            return {
+                "gpu_mem_gib": round(torch.cuda.memory_allocated() / gib, 3),
+                "gpu_peak_gib": round(torch.cuda.max_memory_allocated() / gib, 3),
+            }
+    except Exception:  # noqa: BLE001 - memory figures are best effort
+        pass
+    return {}
+
+
+def _make_trainer_class():
+    from transformers import Trainer
+
+    class CountingTrainer(Trainer):
+        """Trainer that counts the real (non-padding) tokens it trains on, for tokens/s."""
+
+        tokens_seen = 0
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if model.training:
+                mask = inputs.get("attention_mask")
+                self.tokens_seen += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
+            return super().compute_loss(
+                model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+            )
+
+    return CountingTrainer
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "CUDA out of memory" in str(exc)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    return (
+        isinstance(exc, DiskFullError)
+        or getattr(exc, "errno", None) == 28
+        or "No space left on device" in str(exc)
+        or "disk full" in str(exc).lower()
+    )
+
+
+def train(
+    cfg: TrainConfig,
+    config_file: str | os.PathLike | None = None,
+    resume: str = "auto",
+    output_dir: str | None = None,
+) -> dict:
+    """Run one fine-tuning job; returns the ``train_info.json`` dict (also written to ``output_dir``)."""
+    try:
+        return _train(cfg, Path(config_file) if config_file else None, resume, output_dir)
+    except UserError:
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            raise TrainError(
+                "The GPU ran out of memory; use method qlora, a smaller per_device_batch_size (raise "
+                "gradient_accumulation_steps to compensate) or shorter max_input_length/max_output_length."
+            ) from exc
+        if _is_disk_full(exc):
+            raise TrainError(
+                "The disk is full while saving the run; free some space (or lower save_total_limit) and resume with --resume auto."
+            ) from exc
+        raise
+
+
+def resume_point(out: Path, resume: str) -> Path | None:
+    """The checkpoint to continue from (``auto`` | ``no`` | a folder), or None; refuses to overwrite a run."""
+    resume = (resume or "auto").strip()
+    if resume == "auto":
+        found = latest_complete_checkpoint(out)
+        if found is None and has_final_output(out):
+            raise TrainError(
+                f"{out} already holds a finished model; set output_dir to a new folder (or delete that one) to train again."
+            )
+        return found
+    if resume == "no":
+        if list_checkpoints(out) or has_final_output(out):
+            raise TrainError(
+                f"{out} already holds a run; continue it with --resume auto, or set output_dir to a new folder."
+            )
+        return None
+    path = Path(resume).expanduser().resolve()
+    if not path.is_dir():
+        raise TrainError(
+            f"The checkpoint {path} does not exist; pass --resume auto or an existing checkpoint-N folder."
+        )
+    if not is_complete_checkpoint(path):
+        raise TrainError(
+            f"{path} is not a complete checkpoint (missing weights or trainer_state.json); pass --resume auto to pick the newest complete one."
+        )
+    return path
+
+
+@dataclass
+class Setup:
+    """What was decided about this run on this machine (recorded in train_info.json)."""
+
+    device: str
+    precision: str
+    world: int
+    local_rank: int
+    attn: str = "sdpa"
+    packing: bool = False
+    packing_note: str = ""
+    gradient_checkpointing: bool = False
+    liger: bool = False
+    targets: list[str] | str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def machine_setup(cfg: TrainConfig) -> Setup:
+    from . import models
+
+    _, world = _world()
+    device = models.best_device()
+    if device == "mps":
+        device = "cpu"  # the Trainer's mps path is not tested here
+    if cfg.method == "qlora":
+        if device != "cuda":
+            raise TrainError(
+                "QLoRA (4-bit) needs an NVIDIA GPU with CUDA; on this machine use method lora (or full for small models)."
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise TrainError("QLoRA needs the bitsandbytes package; run `pip install bitsandbytes` or use method lora.")
+        if world > 1:
+            raise TrainError("QLoRA on several GPUs is not supported here; use --gpus 1, or method lora.")
+    setup = Setup(device, pick_precision(cfg, device), world, int(os.environ.get("LOCAL_RANK", "0")))
+    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
+        setup.attn = "flash_attention_2"
+    setup.liger = device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
+    return setup
+
+
+def build_model(cfg: TrainConfig, spec, setup: Setup):
+    """Load the base (4-bit for QLoRA), decide packing/checkpointing, and wrap it with the method's peft adapter."""
+    import torch
+    import transformers
+    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+
+    from . import models
+
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    # adapters train in fp32 on a half-precision base; full fine-tuning keeps fp32 master weights (+ autocast)
+    load_dtype = torch.float32 if cfg.method == "full" or setup.precision == "fp32" else dtypes[setup.precision]
+    quant = None
+    if cfg.method == "qlora":
+        from transformers import BitsAndBytesConfig
+
+        quant = BitsAndBytesConfig(
+            load_in_4bit=cfg.qlora_bits == 4,
+            load_in_8bit=cfg.qlora_bits == 8,
+            bnb_4bit_quant_type=cfg.qlora_quant_type,
+            bnb_4bit_use_double_quant=cfg.qlora_double_quant,
+            bnb_4bit_compute_dtype=dtypes["bf16" if setup.precision == "bf16" else "fp16"],
+        )
+    device = f"cuda:{setup.local_rank}" if setup.device == "cuda" else setup.device
+    model = models.load_model(
+        spec, device=device, dtype=load_dtype, quantization_config=quant, attn_implementation=setup.attn
+    )
+    model.config.use_cache = False  # training: no KV cache (and packed masks need cache=None)
+
+    setup.gradient_checkpointing = bool(cfg.gradient_checkpointing)
+    if cfg.method == "ptuning-v2" and setup.gradient_checkpointing:
+        setup.gradient_checkpointing = False
+        setup.notes.append(
+            "gradient checkpointing is off for P-tuning v2: transformers drops the prefix cache under checkpointing"
+        )
+    setup.packing, setup.packing_note = False, "packing disabled in the config"
+    if cfg.packing:
+        if cfg.method == "ptuning-v2":
+            setup.packing_note = "P-tuning v2's prefix cache disables the packed-sequence mask; batches are padded"
+        else:
+            setup.packing, setup.packing_note = packing_works(model, device)
+            if not setup.packing:
+                setup.packing_note += "; batches are padded instead"
+
+    transformers.set_seed(cfg.seed)  # adapter init must not depend on what ran before in this process
+    if cfg.method in {"lora", "qlora"}:
+        if cfg.method == "qlora":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=setup.gradient_checkpointing,
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        setup.targets = lora_targets(model, cfg.lora_target_modules)
+        lora = LoraConfig(
+            task_type=TaskType.CAUSAL_LM,
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=setup.targets,
+        )
+        model = get_peft_model(model, lora)
+    elif cfg.method == "ptuning-v2":
+        prefix = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
+        model = get_peft_model(model, prefix)
+    return model
+
+
+def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool):
+    """The TrainingArguments of a run: every value comes from the config or from :class:`Setup`."""
+    from transformers import TrainingArguments
+
+    cuda = setup.device == "cuda"
+    return TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else -1,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=float(cfg.warmup_ratio) if 0 <= cfg.warmup_ratio < 1 else int(cfg.warmup_ratio),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim="adamw_torch_fused" if cuda else "adamw_torch",
+        logging_steps=cfg.logging_steps,
+        logging_first_step=True,
+        eval_strategy="steps" if has_dev else "no",
+        eval_steps=cfg.eval_steps if has_dev else None,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        prediction_loss_only=True,
+        activation_checkpointing=setup.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if setup.gradient_checkpointing else None,
+        bf16=setup.precision == "bf16",
+        fp16=setup.precision == "fp16",
+        use_cpu=setup.device == "cpu",
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        report_to="none",
+        disable_tqdm=True,  # umtcds_core.progress draws the bar (and feeds the dashboard)
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=cuda,
+        use_liger_kernel=setup.liger,
+        ddp_find_unused_parameters=False if setup.world > 1 else None,
+        fsdp="full_shard auto_wrap" if cfg.method == "full" and setup.world > 1 else "",
+    )
+
+
+class _StopOnSigterm:
+    """SIGTERM (the dashboard's Stop) sets a flag; the callback then saves a checkpoint and ends training."""
+
+    def __init__(self):
+        self.flag = {"stop": False, "saved_at": None}
+        self.previous = None
+
+    def _handler(self, signum, frame):
+        if not self.flag["stop"]:
+            _log("Stop requested: finishing this step and saving a checkpoint…")
+        self.flag["stop"] = True
+
+    def __enter__(self) -> dict:
+        if _is_in_main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handler)
+        return self.flag
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: str | None) -> dict:
+    _check_method(cfg)
+    paths = resolve_paths(cfg, config_file, output_dir)
+    out = paths.output_dir
+    resume_from = resume_point(out, resume)  # decided before loading anything heavy
+    if resume_from is not None:
+        _log(f"Resuming from {resume_from}.")
+
+    import torch
+    import transformers
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from . import models
+
+    with _StopOnSigterm() as stop_flag:
+        setup = machine_setup(cfg)
+        spec = models.resolve(cfg.model)
+        model_dir = models.hf_folder(spec)
+        tokenizer = models.load_tokenizer(spec, padding_side="right")
+        if not models.has_chat_template(tokenizer):
+            raise TrainError(
+                f"{spec.ref} has no chat template (a base model, not a chat/instruct one); use its -chat/-instruct variant."
+            )
+        stop_ids = stop_token_ids(tokenizer, model_dir)
+        train_items, dev_items, stats = prepare_data(cfg, paths, tokenizer, stop_ids)
+        for p in stats.problems[:20]:
+            _log(f"Skipped: {p}")
+        if not dev_items:
+            _log(f"No dev split at {paths.data_dir / (cfg.dev_file or '')}: training without evaluation.")
+        if stats.prompt_truncated or stats.answer_truncated:
+            _log(
+                f"Truncated {stats.prompt_truncated} prompt(s) to max_input_length={cfg.max_input_length} and "
+                f"{stats.answer_truncated} answer(s) to max_output_length={cfg.max_output_length}."
+            )
+
+        model = build_model(cfg, spec, setup)
+        _log(f"Packing: {'on' if setup.packing else 'off'} ({setup.packing_note}).")
+        for n in setup.notes:
+            _log(f"Note: {n}.")
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        _log(
+            f"Method {cfg.method}: {trainable:,} trainable of {total:,} parameters; precision {setup.precision}; "
+            f"attention {setup.attn}; Liger kernels {'on' if setup.liger else 'off'}."
+        )
+        if setup.packing:
+            collator = DataCollatorWithFlattening(
+                return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=setup.attn == "flash_attention_2"
+            )
+        else:
+            collator = DataCollatorForSeq2Seq(
+                tokenizer,
+                padding="longest",
+                label_pad_token_id=-100,
+                pad_to_multiple_of=8 if setup.device == "cuda" else None,
+            )
+        trainer_ref: dict = {}
+        trainer = _make_trainer_class()(
+            model=model,
+            args=training_arguments(cfg, out, setup, has_dev=bool(dev_items)),
+            train_dataset=ListDataset(train_items),
+            eval_dataset=ListDataset(dev_items) if dev_items else None,
+            data_collator=collator,
+            processing_class=tokenizer,
+            callbacks=[_callbacks(cfg, paths, stop_flag, trainer_ref)],
+        )
+        trainer_ref["trainer"] = trainer
+        if stop_flag["stop"]:
+            _log("Stopped before training started; nothing to save.")
+            return {"stopped": True, "output_dir": str(out)}
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        stopped = stop_flag["stop"]
+
+        info = {
+            "base_model": cfg.model,
+            "base_model_path": str(model_dir),
+            "method": cfg.method,
+            "lora_target_modules": setup.targets,
+            "config": cfg.to_dict(),
+            "config_file": str(config_file) if config_file else None,
+            "data_dir": str(paths.data_dir),
+            "output_dir": str(out),
+            "system_prompt": cfg.system_prompt,
+            "precision": setup.precision,
+            "attn_implementation": setup.attn,
+            "packing": setup.packing,
+            "packing_note": setup.packing_note,
+            "gradient_checkpointing": setup.gradient_checkpointing,
+            "liger_kernel": setup.liger,
+            "notes": setup.notes,
+            "device": setup.device,
+            "world_size": setup.world,
+            "num_train_samples": len(train_items),
+            "num_dev_samples": len(dev_items),
+            "truncated": {"prompts": stats.prompt_truncated, "answers": stats.answer_truncated},
+            "skipped_records": len(stats.problems),
+            "resumed_from": str(resume_from) if resume_from else None,
+            "started": started,
+            "ended": time.time(),
+            "stopped": stopped,
+            "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+            "final_metrics": _final_metrics(trainer, result),
+        }
+        if stopped:
+            _log(
+                f"Stopped at step {trainer.state.global_step}; checkpoint saved in {out}. Continue with --resume auto."
+            )
+            if trainer.is_world_process_zero():
+                write_json_atomic(out / "stopped.json", info)
+            return info
+        # ---- final adapter/model + tokenizer, ready for chat (KV cache back on)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.config.use_cache = True
+        trainer.save_model(str(out))
+        if trainer.is_world_process_zero():
+            tokenizer.save_pretrained(str(out))  # chat loads it from here (padding side is the loader's choice)
+            write_json_atomic(out / INFO_FILE, info)
+            (out / "stopped.json").unlink(missing_ok=True)
+        _log(f"Done: {cfg.method} model saved in {out}.")
+        return info
+
+
+def _is_in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _final_metrics(trainer, result) -> dict:
+    metrics: dict[str, Any] = {"global_step": trainer.state.global_step}
+    for k, v in (getattr(result, "metrics", None) or {}).items():
+        if isinstance(v, (int, float)):
+            metrics[k] = v
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if evals:
+        metrics["eval_loss"] = evals[-1]["eval_loss"]
+    losses = [h for h in trainer.state.log_history if "loss" in h]
+    if losses:
+        metrics["last_loss"] = losses[-1]["loss"]
+    metrics["tokens_seen"] = trainer.tokens_seen
+    return metrics
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="training config YAML (write one with `umtcds config`)")
+    parser.add_argument(
+        "--resume",
+        default="auto",
+        help="auto: continue from the newest complete checkpoint if any (default); no: start fresh (refuses to "
+        "overwrite a run); or a checkpoint-N folder",
+    )
+    parser.add_argument("--gpus", type=int, default=1, help="number of GPUs; >1 re-launches under torchrun (DDP/FSDP)")
+    parser.add_argument(
+        "--output-dir", default=None, help="override the config's output_dir (the dashboard gives each run a folder)"
+    )
+
+
+def _relaunch(args: argparse.Namespace) -> int:
+    import torch
+
+    available = torch.cuda.device_count()
+    if available < args.gpus:
+        raise TrainError(f"--gpus {args.gpus} asks for more GPUs than this machine has ({available}); lower --gpus.")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={args.gpus}",
+        "-m",
+        "umtcds_core.train",
+        args.config,
+        "--resume",
+        args.resume,
+    ]
+    if args.output_dir:
+        cmd += ["--output-dir", args.output_dir]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum, frame):
+        proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    return proc.wait()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gpus > 1 and "LOCAL_RANK" not in os.environ:
+        return _relaunch(args)
+    cfg = load_config(args.config)
+    info = train(cfg, config_file=args.config, resume=args.resume, output_dir=args.output_dir)
+    if _is_main() and not info.get("stopped"):
+        fm = info.get("final_metrics", {})
+        print(
+            json.dumps(
+                {
+                    "output_dir": info["output_dir"],
+                    "global_step": fm.get("global_step"),
+                    "eval_loss": fm.get("eval_loss"),
+                }
+            )
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m umtcds_core.train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except UserError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
