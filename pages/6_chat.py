@@ -1,8 +1,176 @@
-"""Step page: Chat (placeholder until its issue is built)."""
+"""Step page: chat with the base model or a tuned checkpoint; compare base vs tuned; unload; merge/export.
+
+A thin view over umtcds_core.chat (the same code as ``umtcds chat``). The loaded model lives in
+``st.cache_resource(max_entries=1)`` — one model at a time for the whole dashboard — and Unload frees it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
 
 import streamlit as st
 
+from umtcds_core import chat, ui
+from umtcds_core.errors import UserError
 from umtcds_core.i18n import tr
+from umtcds_core.models import DEFAULT_MODEL, gpu_memory
 
+ws = ui.require_workspace()
 st.header(tr("对话", "Chat"))
-st.info(tr("此步骤尚未实现。", "This step is not built yet."))
+
+
+@st.cache_resource(max_entries=1, show_spinner=False)
+def load_model(base: str, adapter: str) -> chat.ChatModel:
+    return chat.load_chat_model(base or None, adapter or None)
+
+
+def _label(p: Path) -> str:
+    try:
+        return str(p.relative_to(ws.runs_dir))
+    except ValueError:
+        return str(p)
+
+
+# ---- what to load -------------------------------------------------------------------------------------------------
+NONE, OTHER = "—", "…"
+choices = [NONE, *[str(p) for p in chat.loadable(ws.runs())], OTHER]
+with st.container(border=True):
+    c1, c2 = st.columns(2)
+    picked = c1.selectbox(
+        tr("微调检查点", "Tuned checkpoint"),
+        choices,
+        index=1 if len(choices) > 2 else 0,
+        format_func=lambda v: (
+            tr("无（仅基座模型）", "none (base model only)")
+            if v == NONE
+            else tr("其他路径…", "other path…")
+            if v == OTHER
+            else _label(Path(v))
+        ),
+        key="chat_pick",
+    )
+    adapter = ""
+    if picked == OTHER:
+        adapter = c1.text_input(tr("检查点路径", "Checkpoint path"), key="chat_other_path").strip()
+    elif picked != NONE:
+        adapter = picked
+    base = c2.text_input(
+        tr("基座模型（留空 = 检查点记录的基座）", "Base model (empty = the one the checkpoint records)"),
+        value="" if adapter else DEFAULT_MODEL,
+        key="chat_base",
+        help=tr("内置名称、模型文件夹或 .gguf 文件", "an embedded name, a model folder or a .gguf file"),
+    ).strip()
+    b1, b2 = st.columns(2)
+    if b1.button(tr("加载模型", "Load model"), type="primary", key="chat_load"):
+        if not base and not adapter:
+            base = DEFAULT_MODEL
+        previous = st.session_state.get("chat_loaded")
+        if previous and previous != [base, adapter]:  # one model at a time: free the old one before loading
+            load_model(*previous).unload()
+            load_model.clear()
+        try:
+            with st.spinner(tr("正在加载模型…", "Loading the model…")):
+                load_model(base, adapter)
+            st.session_state["chat_loaded"] = [base, adapter]
+            st.session_state["chat_history"] = []
+        except UserError as exc:
+            st.error(str(exc))
+    if b2.button(tr("卸载模型", "Unload model"), key="chat_unload", disabled="chat_loaded" not in st.session_state):
+        before = gpu_memory()
+        loaded = st.session_state.pop("chat_loaded", None)
+        if loaded:
+            load_model(*loaded).unload()
+        load_model.clear()
+        st.session_state["chat_unloaded"] = {"before": before, "after": gpu_memory()}
+
+if info := st.session_state.get("chat_unloaded"):
+    st.success(
+        tr("模型已卸载。", "Model unloaded.")
+        + f" GPU {tr('已分配', 'allocated')}: {info['before']['allocated_gib']} → {info['after']['allocated_gib']} GiB"
+    )
+
+loaded = st.session_state.get("chat_loaded")
+if not loaded:
+    st.info(tr("选择检查点并点击“加载模型”。", "Pick a checkpoint and press Load model."))
+    st.stop()
+st.session_state.pop("chat_unloaded", None)
+try:
+    cm = load_model(*loaded)
+except UserError as exc:
+    st.error(str(exc))
+    st.stop()
+mem = gpu_memory()
+st.caption(
+    f"{tr('已加载', 'Loaded')}: **{cm.name}** ({cm.adapter_kind or tr('基座模型', 'base model')}) · "
+    f"{tr('基座', 'base')}: `{cm.base_ref}` · GPU {mem['allocated_gib']} GiB"
+)
+
+# ---- options ------------------------------------------------------------------------------------------------------
+with st.expander(tr("生成设置", "Generation settings"), expanded=False):
+    system = st.text_area(tr("系统提示词", "System prompt"), value=cm.system_prompt or "", key="chat_system")
+    o1, o2, o3 = st.columns(3)
+    temperature = o1.slider(tr("温度", "Temperature"), 0.0, 1.5, 0.7, 0.05, key="chat_temp")
+    top_p = o2.slider("Top-p", 0.05, 1.0, 0.9, 0.05, key="chat_top_p")
+    max_tokens = o3.number_input(tr("最大生成长度", "Max new tokens"), 1, 4096, 256, key="chat_max_tokens")
+c1, c2 = st.columns(2)
+compare = c1.toggle(
+    tr("对比基座与微调", "Compare base vs tuned"), key="chat_compare", disabled=not cm.has_adapter, value=False
+)
+if c2.button(tr("清空对话", "Clear conversation"), key="chat_clear"):
+    st.session_state["chat_history"] = []
+
+history: list[dict] = st.session_state.setdefault("chat_history", [])
+for msg in history:
+    with st.chat_message(msg["role"]):
+        if msg.get("base") is not None:
+            left, right = st.columns(2)
+            left.caption(tr("基座模型", "Base model"))
+            left.markdown(msg["base"])
+            right.caption(tr("微调模型", "Tuned model"))
+            right.markdown(msg["content"])
+        else:
+            st.markdown(msg["content"])
+
+session = chat.ChatSession(
+    cm,
+    system=system or None,
+    options=chat.GenOptions(max_new_tokens=int(max_tokens), temperature=float(temperature), top_p=float(top_p)),
+)
+session.history = [{"role": m["role"], "content": m["content"]} for m in history]
+
+if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat_input"):
+    with st.chat_message("user"):
+        st.markdown(prompt)
+    with st.chat_message("assistant"):
+        try:
+            if compare and cm.has_adapter:
+                left, right = st.columns(2)
+                left.caption(tr("基座模型", "Base model"))
+                with left:
+                    base_answer = st.write_stream(session.stream(prompt, use_adapter=False, remember=False))
+                right.caption(tr("微调模型", "Tuned model"))
+                with right:
+                    answer = st.write_stream(session.stream(prompt))
+            else:
+                base_answer = None
+                answer = st.write_stream(session.stream(prompt))
+        except UserError as exc:
+            st.error(str(exc))
+        else:
+            history.append({"role": "user", "content": prompt})
+            history.append({"role": "assistant", "content": str(answer).strip(), "base": base_answer})
+
+# ---- merge / export -----------------------------------------------------------------------------------------------
+if cm.has_adapter and cm.adapter_kind in {"LORA", ""}:
+    with st.expander(tr("合并并导出（Hugging Face 格式）", "Merge and export (Hugging Face folder)")):
+        default_out = chat.run_dir_of(cm.adapter_dir) / "merged"
+        out_dir = st.text_input(tr("导出文件夹", "Export folder"), value=str(default_out), key="chat_merge_out")
+        if st.button(tr("合并 LoRA 并保存", "Merge LoRA and save"), key="chat_merge"):
+            from umtcds_core.export import merge_adapter
+
+            try:
+                with st.spinner(tr("正在合并…", "Merging…")):
+                    target = merge_adapter(cm.adapter_dir, ws.inside(out_dir), model=cm.base_ref)
+                st.success(tr("已保存到 ", "Saved to ") + f"`{target}`")
+            except UserError as exc:
+                st.error(str(exc))

@@ -39,3 +39,20 @@ def embedded_model():
     from umtcds_core.models import load
 
     return load("smollm2-135m", device="cpu")
+
+
+# ---- chat / evaluate / serve (issue 7) ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def fact_adapter(tmp_path_factory):
+    """A LoRA run folder (tiny llama) that has memorised tests.chat_helpers.FACTS; trained once per session."""
+    from tests.chat_helpers import train_fact_adapter
+
+    return train_fact_adapter(tmp_path_factory.mktemp("fact_adapter"))
+
+
+@pytest.fixture(scope="session")
+def fact_chat_model(fact_adapter):
+    """The fact adapter loaded once on CPU as a umtcds_core.chat.ChatModel (shared; do not unload it)."""
+    from umtcds_core.chat import load_chat_model
+
+    return load_chat_model(None, fact_adapter, device="cpu")

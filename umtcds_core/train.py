@@ -19,10 +19,15 @@ What one run does (every feature, its flag, and its trade-off):
   into a block-diagonal causal mask (or FlashAttention varlen kwargs), so samples never attend to each other and no
   compute is spent on padding. Checked at start-up on the real model; when the check fails, or for P-tuning v2 (its
   prefix cache disables the packed mask), batches are padded instead and the log says why.
-* **Speed/memory**: gradient checkpointing (``gradient_checkpointing``; off for P-tuning v2, whose prefix cache
-  transformers drops under checkpointing), bf16/fp16/fp32 chosen by hardware (``precision: auto``), Liger's fused
-  linear+cross-entropy and kernels on CUDA when ``liger-kernel`` is installed, FlashAttention-2 when ``flash-attn``
-  is installed, otherwise SDPA.
+* **Speed/memory** (``umtcds_core.speed``; figures in ``bench/results/train_*.json``): gradient checkpointing
+  (``gradient_checkpointing``; off for P-tuning v2, whose prefix cache transformers drops under checkpointing),
+  bf16/fp16/fp32 chosen by hardware (``precision: auto``); packed rows attend per sample through PyTorch's
+  FlashAttention varlen kernel on CUDA (FlashAttention-2 when ``flash-attn`` is installed, SDPA's block-diagonal
+  mask elsewhere); the loss never materialises the ``tokens × vocab`` logits (Liger's fused linear+cross-entropy on
+  CUDA with ``liger-kernel``, a chunked PyTorch version elsewhere) and only labelled positions reach the LM head;
+  Liger's RMSNorm/SwiGLU kernels on CUDA; LoRA inputs stay 16-bit under autocast; QLoRA keeps the frozen 16-bit
+  weights in 16 bits (peft's k-bit preparation copies them to fp32); on several GPUs each step's samples are dealt
+  so every rank gets about the same number of tokens.
 * **Schedule**: AdamW, warmup (``warmup_ratio``) then ``lr_scheduler`` (cosine), gradient accumulation, clipping.
 * **Eval / save**: dev loss every ``eval_steps``; a checkpoint every ``save_steps`` keeping ``save_total_limit``.
 * **Metrics**: ``output_dir/metrics.jsonl`` gets one JSON per log event (append-only, flushed), and the job's
@@ -296,8 +301,7 @@ def linear_module_names(model) -> set[str]:
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"}:
             names.add(name.rsplit(".", 1)[-1])
-    names.discard("lm_head")
-    return names
+    return names  # lm_head included: a valid (if costly) explicit target; the per-architecture defaults never pick it
 
 
 def lora_targets(model, requested: list[str] | None) -> list[str] | str:
@@ -569,6 +573,24 @@ def _make_trainer_class():
         """Trainer that counts the real (non-padding) tokens it trains on, for tokens/s."""
 
         tokens_seen = 0
+        umtcds_packing = False
+
+        def _get_train_sampler(self, train_dataset=None):
+            """On several GPUs with packing: every rank gets about the same number of tokens per step."""
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            if self.args.world_size > 1 and self.umtcds_packing and ds is not None and hasattr(ds, "__len__"):
+                from . import speed
+
+                return speed.packed_rebalance_sampler(
+                    [len(ds[i]["input_ids"]) for i in range(len(ds))],
+                    self.args.per_device_train_batch_size,
+                    self.args.world_size,
+                    self.args.process_index,
+                    self.args.gradient_accumulation_steps,
+                    seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+                    drop_last=self.args.dataloader_drop_last,
+                )
+            return super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
@@ -661,6 +683,8 @@ class Setup:
     packing_note: str = ""
     gradient_checkpointing: bool = False
     liger: bool = False
+    loss: str = "standard"
+    kernels: list[str] = field(default_factory=list)
     targets: list[str] | str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -694,7 +718,7 @@ def build_model(cfg: TrainConfig, spec, setup: Setup):
     import transformers
     from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 
-    from . import models
+    from . import models, speed
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     # adapters train in fp32 on a half-precision base; full fine-tuning keeps fp32 master weights (+ autocast)
@@ -727,20 +751,22 @@ def build_model(cfg: TrainConfig, spec, setup: Setup):
         if cfg.method == "ptuning-v2":
             setup.packing_note = "P-tuning v2's prefix cache disables the packed-sequence mask; batches are padded"
         else:
+            if setup.attn == "sdpa":  # CUDA: per-sample FlashAttention varlen instead of a dense T×T mask
+                setup.attn = speed.enable_varlen_attention(model, device)
             setup.packing, setup.packing_note = packing_works(model, device)
+            if not setup.packing and setup.attn == speed.VARLEN_ATTN:
+                model.set_attn_implementation("sdpa")
+                setup.attn = "sdpa"
+                setup.packing, setup.packing_note = packing_works(model, device)
             if not setup.packing:
                 setup.packing_note += "; batches are padded instead"
 
     transformers.set_seed(cfg.seed)  # adapter init must not depend on what ran before in this process
     if cfg.method in {"lora", "qlora"}:
         if cfg.method == "qlora":
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=setup.gradient_checkpointing,
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-            )
+            # frozen base without peft's fp32 copy of the 16-bit weights (+4.6 GiB on GLM-4-9B); the Trainer turns
+            # checkpointing on from the training arguments
+            speed.prepare_kbit_lean(model)
         setup.targets = lora_targets(model, cfg.lora_target_modules)
         lora = LoraConfig(
             task_type=TaskType.CAUSAL_LM,
@@ -753,7 +779,24 @@ def build_model(cfg: TrainConfig, spec, setup: Setup):
     elif cfg.method == "ptuning-v2":
         prefix = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
         model = get_peft_model(model, prefix)
+    speed_up(model, cfg, setup, device)
     return model
+
+
+def speed_up(model, cfg: TrainConfig, setup: Setup, device: str) -> None:
+    """The loss and kernel speed-ups of :mod:`umtcds_core.speed` on the (wrapped) model; recorded in ``setup``.
+
+    The loss never materialises ``tokens × vocab`` logits (Liger's fused kernel on CUDA, chunked elsewhere), except
+    for full fine-tuning on several GPUs, where FSDP shards the LM head. Liger's RMSNorm/SwiGLU kernels on CUDA. LoRA
+    inputs stay 16-bit under the Trainer's autocast (no fp32 copy per adapted projection).
+    """
+    from . import speed
+
+    if not (cfg.method == "full" and setup.world > 1):
+        setup.loss = speed.enable_fused_loss(model, device) or "standard"
+    setup.kernels = speed.apply_kernels(model, device)
+    if cfg.method in {"lora", "qlora"} and setup.precision in {"bf16", "fp16"}:
+        speed.lora_inputs_in_compute_dtype(model)
 
 
 def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool):
@@ -794,7 +837,7 @@ def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool)
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
-        use_liger_kernel=setup.liger,
+        use_liger_kernel=False,  # applied per model instance by umtcds_core.speed (see speed_up)
         ddp_find_unused_parameters=False if setup.world > 1 else None,
         fsdp="full_shard auto_wrap" if cfg.method == "full" and setup.world > 1 else "",
     )
@@ -832,9 +875,8 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
 
     import torch
     import transformers
-    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
 
-    from . import models
+    from . import models, speed
 
     with _StopOnSigterm() as stop_flag:
         setup = machine_setup(cfg)
@@ -865,19 +907,9 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
         total = sum(p.numel() for p in model.parameters())
         _log(
             f"Method {cfg.method}: {trainable:,} trainable of {total:,} parameters; precision {setup.precision}; "
-            f"attention {setup.attn}; Liger kernels {'on' if setup.liger else 'off'}."
+            f"attention {setup.attn}; loss {setup.loss}; kernels {', '.join(setup.kernels) or 'none'}."
         )
-        if setup.packing:
-            collator = DataCollatorWithFlattening(
-                return_position_ids=True, separator_id=-100, return_flash_attn_kwargs=setup.attn == "flash_attention_2"
-            )
-        else:
-            collator = DataCollatorForSeq2Seq(
-                tokenizer,
-                padding="longest",
-                label_pad_token_id=-100,
-                pad_to_multiple_of=8 if setup.device == "cuda" else None,
-            )
+        collator = speed.make_collator(tokenizer, setup.packing, setup.attn, setup.device)
         trainer_ref: dict = {}
         trainer = _make_trainer_class()(
             model=model,
@@ -889,6 +921,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
             callbacks=[_callbacks(cfg, paths, stop_flag, trainer_ref)],
         )
         trainer_ref["trainer"] = trainer
+        trainer.umtcds_packing = setup.packing
         if stop_flag["stop"]:
             _log("Stopped before training started; nothing to save.")
             return {"stopped": True, "output_dir": str(out)}
@@ -912,6 +945,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
             "packing_note": setup.packing_note,
             "gradient_checkpointing": setup.gradient_checkpointing,
             "liger_kernel": setup.liger,
+            "speed": {"attention": setup.attn, "loss": setup.loss, "kernels": setup.kernels},
             "notes": setup.notes,
             "device": setup.device,
             "world_size": setup.world,
@@ -936,6 +970,8 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
         # ---- final adapter/model + tokenizer, ready for chat (KV cache back on)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.config.use_cache = True
+        if setup.attn == speed.VARLEN_ATTN:
+            base.set_attn_implementation("sdpa")
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(out))  # chat loads it from here (padding side is the loader's choice)

@@ -1,0 +1,58 @@
+"""Chat page: pick a run from the workspace, load it (cached), stream answers, compare base vs tuned, unload."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from streamlit.testing.v1 import AppTest
+
+from tests.chat_helpers import FACTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _page(ws):
+    at = AppTest.from_file(str(ROOT / "pages" / "6_chat.py"), default_timeout=180)
+    at.session_state["workspace"] = str(ws.root)
+    at.session_state["lang"] = "en"
+    return at.run()
+
+
+def _texts(at) -> str:
+    return "\n".join(m.value for m in at.markdown)
+
+
+def test_chat_page_load_stream_compare_unload(workspace, fact_adapter):
+    shutil.copytree(fact_adapter, workspace.runs_dir / "run-1", ignore=shutil.ignore_patterns("eval", "merged"))
+    at = _page(workspace)
+    assert not at.exception
+    assert at.selectbox(key="chat_pick").value.endswith("run-1")  # the newest run is preselected
+    at.button(key="chat_load").click().run()
+    assert not at.exception and at.session_state["chat_loaded"][1].endswith("run-1")
+    assert any("run-1" in c.value for c in at.caption)
+
+    at.slider(key="chat_temp").set_value(0.0).run()
+    q, a = FACTS[0]
+    at.chat_input(key="chat_input").set_value(q).run()
+    assert not at.exception
+    assert a in _texts(at)
+    assert at.session_state["chat_history"][-1]["content"] == a
+
+    at.button(key="chat_clear").click().run()
+    assert at.session_state["chat_history"] == []
+
+    at.toggle(key="chat_compare").set_value(True).run()
+    q2, a2 = FACTS[2]
+    at.chat_input(key="chat_input").set_value(q2).run()
+    last = at.session_state["chat_history"][-1]
+    assert last["content"] == a2 and last["base"] and a2 not in last["base"]  # side by side: base differs
+
+    at.button(key="chat_merge").click().run()  # merge/export into the run folder, a standard HF folder
+    assert not at.exception and any("merged" in s.value for s in at.success)
+    assert (workspace.runs_dir / "run-1" / "merged" / "config.json").exists()
+
+    at.button(key="chat_unload").click().run()
+    assert not at.exception
+    assert "chat_loaded" not in at.session_state
+    assert any("unloaded" in s.value for s in at.success)

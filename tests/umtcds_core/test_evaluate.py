@@ -1,0 +1,106 @@
+"""Evaluate: test-split parsing, the GLM-4 demo's metrics (jieba + rouge_chinese + nltk BLEU-4), key facts, and a real
+base-vs-tuned run on the fact adapter (one model load, files in ``<run>/eval/``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.chat_helpers import FACTS, write_test_split
+from umtcds_core import evaluate as ev
+from umtcds_core.cli import main
+
+
+def test_split_record_formats():
+    glm4 = {
+        "messages": [
+            {"role": "system", "content": "S"},
+            {"role": "user", "content": "Q1"},
+            {"role": "assistant", "content": "A1"},
+            {"role": "user", "content": "Q2"},
+            {"role": "assistant", "content": " A2 "},
+        ]
+    }
+    prompt, ref = ev.split_record(glm4)
+    assert ref == "A2" and [m["content"] for m in prompt] == ["S", "Q1", "A1", "Q2"]
+    sharegpt = {"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}], "system": "S"}
+    assert ev.split_record(sharegpt) == ([{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}], "A")
+    alpaca = {"instruction": "Q", "input": "ctx", "output": "A"}
+    assert ev.split_record(alpaca) == ([{"role": "user", "content": "Q\nctx"}], "A")
+    assert ev.split_record({"messages": [{"role": "user", "content": "Q"}]}) is None
+    assert ev.split_record({"text": "x"}) is None
+
+
+def test_load_examples_reports_bad_input(tmp_path):
+    with pytest.raises(ev.EvalError, match="does not exist"):
+        ev.load_examples(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "no answer"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(ev.EvalError, match="holds no record"):
+        ev.load_examples(bad)
+    good = write_test_split(tmp_path / "test.jsonl")
+    assert [e["question"] for e in ev.load_examples(good, limit=2)] == [q for q, _ in FACTS[:2]]
+
+
+def test_chinese_metrics_follow_the_glm4_recipe():
+    ref = "图书馆每天早上8:00开放，晚上22:30关闭。"
+    same = ev.score(ref, ref)
+    assert same["rouge-1"] == pytest.approx(100) and same["rouge-l"] == pytest.approx(100)
+    assert same["bleu-4"] == pytest.approx(1.0) and same["key-fact"] == 100
+    worse = ev.score("图书馆晚上关闭。", ref)
+    assert 0 < worse["rouge-1"] < 100 and worse["bleu-4"] < 1 and worse["key-fact"] < 100
+    empty = ev.score("", ref)
+    assert empty["rouge-l"] == 0 and empty["bleu-4"] == 0 and empty["key-fact"] == 0
+    assert ev.tokens("我在 清华大学 学习") == ["我", "在", "清华大学", "学习"]  # no whitespace tokens
+
+
+def test_key_facts():
+    facts = ev.key_facts("The library closes at 23:30; ask Quillan Marsh in room B204 about the 1,200 seats.")
+    assert {"23:30", "Quillan", "Marsh", "B204", "1200"} <= set(facts)
+    assert "The" not in facts and "204" not in facts
+    assert ev.key_facts("Apply at the service centre.") == []  # a capitalised word that only starts a sentence
+    assert "ZV-Air-7731" in ev.key_facts("The network is ZV-Air-7731.")
+    assert ev.key_fact_score("Closes 23:30, see marsh (B204), 1,200 seats, Quillan", facts) == 100
+    assert ev.key_fact_score("no idea", facts) == 0
+    assert ev.key_fact_score("anything", []) is None
+    zh = ev.key_facts("请在2024年9月1日前到北京大学报到。")
+    assert "2024年9月1日" in zh and "北京大学" in zh and "9" not in zh
+    assert ev.mean_scores([{"key-fact": None, "bleu-4": 1.0}, {"key-fact": 50.0, "bleu-4": 0.0}])["key-fact"] == 50.0
+
+
+def test_evaluate_tuned_beats_base(tmp_path, fact_adapter, monkeypatch):
+    data = write_test_split(tmp_path / "test.jsonl")
+    monkeypatch.setenv("UMTCDS_PROGRESS_FILE", str(tmp_path / "progress.json"))
+    out = tmp_path / "run-eval" / "metrics.json"
+    rc = main(["evaluate", "--adapter", str(fact_adapter), "--data", str(data), "--out", str(out),
+               "--max-new-tokens", "20", "--batch-size", "2"])  # fmt: skip
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    base, tuned = metrics["metrics"]["base"], metrics["metrics"]["tuned"]
+    assert metrics["n"] == len(FACTS) and metrics["adapter_kind"] == "LORA"
+    for name in ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "key-fact"):
+        assert tuned[name] > base[name], name
+        assert metrics["delta"][name] == pytest.approx(tuned[name] - base[name], abs=1e-3)
+    assert tuned["key-fact"] == 100 and tuned["rouge-l"] == pytest.approx(100)
+    rows = [json.loads(line) for line in (out.parent / "examples.jsonl").read_text().splitlines()]
+    assert [r["reference"] for r in rows] == [a for _, a in FACTS]
+    assert all(r["tuned_answer"] == r["reference"] and r["base_answer"] != r["reference"] for r in rows)
+    with open(out.parent / "examples.csv", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(FACTS) and {"question", "base_answer", "tuned_answer", "tuned_rouge-l"} <= set(table[0])
+    progress = json.loads((tmp_path / "progress.json").read_text())
+    assert progress["done"] == progress["total"] == 2 * len(FACTS)
+
+
+def test_evaluate_default_out_is_the_run_eval_folder(tmp_path, fact_chat_model, fact_adapter):
+    import shutil
+
+    run = shutil.copytree(fact_adapter, tmp_path / "runs" / "run-7")  # keep the shared fixture folder clean
+    shutil.copytree(fact_adapter, run / "checkpoint-3")
+    data = write_test_split(tmp_path / "test.jsonl", FACTS[:1])
+    metrics = ev.evaluate(None, data, adapter=str(run / "checkpoint-3"), max_new_tokens=12, chat_model=fact_chat_model)
+    assert (run / "eval" / "metrics.json").exists() and metrics["n"] == 1  # a checkpoint's results go to its run
+    assert "tuned" in ev.format_report(metrics)
+    assert fact_chat_model.model is not None  # a caller's model is not unloaded

@@ -1,0 +1,466 @@
+"""Chat with a base model or a tuned checkpoint: ``umtcds chat --model NAME|PATH [--adapter DIR] [--prompt TEXT]``.
+
+Usage::
+
+    umtcds chat --adapter runs/run-1 --prompt "When does the library open?"        # one answer, then exit
+    umtcds chat --model smollm2-135m --adapter runs/run-1/checkpoint-40 --compare   # base and tuned, side by side
+    umtcds chat --model smollm2-135m                                               # interactive loop (/clear, /quit)
+    umtcds chat --adapter runs/run-1 --merge-to exported/                          # merge LoRA, save an HF folder
+
+What it loads (:func:`load_chat_model`):
+
+* the base model through :mod:`umtcds_core.models` (embedded name, HF folder or .gguf);
+* optionally a peft adapter — LoRA/QLoRA or P-tuning v2 (prefix tuning) — from a run folder (its final adapter, else
+  its newest ``checkpoint-N``) or a ``checkpoint-N`` folder. Without ``--model`` the base comes from the run's
+  ``train_info.json``, else from the adapter's ``adapter_config.json``. A full fine-tune folder given as ``--adapter``
+  is simply loaded as the model.
+
+Base vs tuned uses the *same* weights: the base answer is generated inside peft's ``disable_adapter()`` context, so the
+comparison costs no second load. Streaming uses ``TextIteratorStreamer``: ``generate`` runs in a worker thread and the
+caller iterates over text pieces as they come. One generation at a time per model (a lock), because the adapter
+switch changes shared state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .fileio import read_json
+
+Message = dict[str, str]
+
+
+class ChatError(UserError, ValueError):
+    """An unusable adapter or chat request; one sentence saying what to do."""
+
+
+# ---- finding adapters -----------------------------------------------------------------------------------------------
+def _step_of(path: Path) -> int:
+    m = re.search(r"checkpoint-(\d+)$", path.name)
+    return int(m.group(1)) if m else -1
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """``checkpoint-N`` folders of a run holding an adapter or a model, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [
+        p
+        for p in run_dir.glob("checkpoint-*")
+        if p.is_dir() and ((p / "adapter_config.json").exists() or (p / "config.json").exists())
+    ]
+    return sorted(found, key=_step_of)
+
+
+def find_adapter(path: str | Path) -> Path:
+    """The folder holding ``adapter_config.json`` for a run dir (final adapter, else newest checkpoint) or checkpoint."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ChatError(f"The adapter folder {p} does not exist; pick a run folder or one of its checkpoint-N folders.")
+    if (p / "adapter_config.json").exists():
+        return p
+    ckpts = [c for c in checkpoints(p) if (c / "adapter_config.json").exists()]
+    if ckpts:
+        return ckpts[-1]
+    raise ChatError(
+        f"{p} holds no adapter (adapter_config.json) and no checkpoint-N folder with one; "
+        "pick a finished run or one of its checkpoints."
+    )
+
+
+def loadable(runs: list[Path]) -> list[Path]:
+    """Run folders with a final adapter/model, and every checkpoint-N of each run (newest last), for pickers."""
+    out: list[Path] = []
+    for run in runs:
+        if (run / "adapter_config.json").exists() or (run / "config.json").exists():
+            out.append(run)
+        out.extend(reversed(checkpoints(run)))
+    return out
+
+
+def is_full_model(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "config.json").exists() and not (p / "adapter_config.json").exists()
+
+
+def run_dir_of(adapter_dir: str | Path) -> Path:
+    """The run folder an adapter belongs to (the parent of a ``checkpoint-N`` folder)."""
+    p = Path(adapter_dir)
+    return p.parent if _step_of(p) >= 0 else p
+
+
+def train_info(adapter_dir: str | Path) -> dict:
+    """``train_info.json`` of the adapter's folder or its run folder ({} when absent)."""
+    p = Path(adapter_dir)
+    for folder in (p, run_dir_of(p)):
+        info = read_json(folder / "train_info.json")
+        if isinstance(info, dict):
+            return info
+    return {}
+
+
+def adapter_base_ref(adapter_dir: str | Path) -> str:
+    """The base model reference an adapter was trained on: train_info.json first, then adapter_config.json."""
+    info = train_info(adapter_dir)
+    for key in ("model", "base_model", "model_ref"):
+        value = info.get(key)
+        if isinstance(value, dict):
+            value = value.get("ref") or value.get("model")
+        if isinstance(value, str) and value.strip():
+            return value
+    cfg = read_json(Path(adapter_dir) / "adapter_config.json") or {}
+    ref = cfg.get("base_model_name_or_path")
+    if not ref:
+        raise ChatError(f"Cannot tell which base model {adapter_dir} was trained on; pass it with --model.")
+    return ref
+
+
+def adapter_type(adapter_dir: str | Path) -> str:
+    """peft type of an adapter folder: ``LORA``, ``PREFIX_TUNING``, … (``""`` when unknown)."""
+    cfg = read_json(Path(adapter_dir) / "adapter_config.json") or {}
+    return str(cfg.get("peft_type", ""))
+
+
+# ---- the loaded model ---------------------------------------------------------------------------------------------
+@dataclass
+class GenOptions:
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.max_new_tokens < 1:
+            raise ChatError("max_new_tokens must be at least 1; raise --max-new-tokens.")
+        if self.temperature and self.temperature > 0:
+            if not 0 < self.top_p <= 1:
+                raise ChatError("top_p must be in (0, 1]; set --top-p to e.g. 0.9.")
+            return {
+                "max_new_tokens": self.max_new_tokens,
+                "do_sample": True,
+                "temperature": self.temperature,
+                "top_p": self.top_p,
+            }
+        # Greedy: clear the sampling knobs a model's generation_config may carry, so transformers does not warn.
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": False,
+            "temperature": None,
+            "top_p": None,
+            "top_k": None,
+        }
+
+
+class _StopOnEvent:
+    """A stopping criterion that ends generation when ``event`` is set (client gone, Stop pressed)."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+@dataclass
+class ChatModel:
+    """A tokenizer + model (maybe a peft model) that can answer as *tuned* or, with the adapter disabled, as *base*."""
+
+    tokenizer: Any
+    model: Any
+    base_ref: str
+    adapter_dir: Path | None = None
+    adapter_kind: str = ""
+    system_prompt: str | None = None  # the one training used (train_info.json), a sensible default for chat
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.adapter_dir is not None
+
+    @property
+    def name(self) -> str:
+        """A short id: the run/checkpoint name for a tuned model, else the base reference."""
+        if self.adapter_dir is None:
+            return Path(self.base_ref).name if "/" in self.base_ref else self.base_ref
+        rd = run_dir_of(self.adapter_dir)
+        return rd.name if rd == self.adapter_dir else f"{rd.name}/{self.adapter_dir.name}"
+
+    @property
+    def base_name(self) -> str:
+        return Path(self.base_ref).name if "/" in self.base_ref else self.base_ref
+
+    @contextlib.contextmanager
+    def _mode(self, use_adapter: bool):
+        """Yield the object whose ``generate`` gives tuned (adapter on) or base (adapter off) answers."""
+        if not self.has_adapter:
+            yield self.model
+        elif use_adapter:
+            yield self.model
+        else:
+            # LoRA: disable_adapter() switches the LoRA layers off. Prompt learning: it swaps the wrapper's forward;
+            # calling the inner model directly bypasses the prefix as well.
+            with self.model.disable_adapter():
+                yield self.model.get_base_model()
+
+    def encode(self, conversations: list[list[Message]]):
+        tok = self.tokenizer
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        return tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+
+    def _gen_kwargs(self, options: GenOptions) -> dict[str, Any]:
+        tok = self.tokenizer
+        return {**options.kwargs(), "pad_token_id": tok.pad_token_id}
+
+    def stream(
+        self,
+        messages: list[Message],
+        options: GenOptions | None = None,
+        *,
+        use_adapter: bool = True,
+        stop_event: threading.Event | None = None,
+        usage: dict | None = None,
+    ) -> Iterator[str]:
+        """Yield the answer to ``messages`` piece by piece (generation runs in a worker thread).
+
+        ``usage`` (a dict the caller passes) receives ``prompt_tokens``/``completion_tokens`` when done. Closing the
+        iterator early stops the generation.
+        """
+        import torch
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
+
+        options = options or GenOptions()
+        gen_kwargs = self._gen_kwargs(options)
+        stop_event = stop_event or threading.Event()
+        tok = self.tokenizer
+        enc = self.encode([messages])
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        errors: list[BaseException] = []
+        result: dict[str, Any] = {}
+
+        def work():
+            try:
+                with self.lock, self._mode(use_adapter) as m, torch.inference_mode():
+                    out = m.generate(
+                        **enc,
+                        **gen_kwargs,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]),
+                    )
+                    result["completion_tokens"] = int(out.shape[1] - enc["input_ids"].shape[1])
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread below
+                errors.append(exc)
+                streamer.end()
+
+        worker = threading.Thread(target=work, name="umtcds-generate", daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop_event.set()  # no-op when finished; stops the worker when the consumer left early
+            worker.join()
+        if errors:
+            raise errors[0]
+        if usage is not None:
+            usage["prompt_tokens"] = int(enc["input_ids"].shape[1])
+            usage["completion_tokens"] = result.get("completion_tokens", 0)
+
+    def answer(self, messages: list[Message], options: GenOptions | None = None, *, use_adapter: bool = True) -> str:
+        return "".join(self.stream(messages, options, use_adapter=use_adapter)).strip()
+
+    def answer_batch(
+        self,
+        conversations: list[list[Message]],
+        options: GenOptions | None = None,
+        *,
+        use_adapter: bool = True,
+        batch_size: int = 8,
+        on_batch=None,
+    ) -> list[str]:
+        """Answers for many conversations, batched (left padding), sorted by length so batches pad little."""
+        import torch
+
+        options = options or GenOptions(temperature=0.0)
+        gen_kwargs = self._gen_kwargs(options)
+        tok = self.tokenizer
+        lengths = [len(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False)) for c in conversations]
+        order = sorted(range(len(conversations)), key=lambda i: lengths[i])
+        out = [""] * len(conversations)
+        for start in range(0, len(order), max(1, batch_size)):
+            idx = order[start : start + max(1, batch_size)]
+            enc = self.encode([conversations[i] for i in idx])
+            with self.lock, self._mode(use_adapter) as m, torch.inference_mode():
+                gen = m.generate(**enc, **gen_kwargs)
+            new = gen[:, enc["input_ids"].shape[1] :]
+            for i, row in zip(idx, new, strict=True):
+                out[i] = tok.decode(row, skip_special_tokens=True).strip()
+            if on_batch is not None:
+                on_batch(len(idx))
+        return out
+
+    def unload(self) -> dict:
+        """Free the model (and the GPU); returns GPU memory before/after."""
+        from .models import unload
+
+        model, self.model = self.model, None
+        return unload(model)
+
+
+def load_chat_model(
+    model: str | None = None, adapter: str | Path | None = None, device: str | None = None, dtype=None
+) -> ChatModel:
+    """Load the base model (``model``, else the adapter's recorded base) and attach ``adapter`` when given."""
+    from . import models
+
+    adapter_dir: Path | None = None
+    if adapter:
+        p = Path(adapter).expanduser()
+        if p.exists() and is_full_model(p) and not any((c / "adapter_config.json").exists() for c in checkpoints(p)):
+            model, adapter = str(p), None  # a full fine-tune: it *is* the model
+        else:
+            adapter_dir = find_adapter(p)
+            model = model or adapter_base_ref(adapter_dir)
+    if not model:
+        raise ChatError("Give a model with --model (an embedded name, a model folder or a .gguf file).")
+    tok, base = models.load(model, device=device, dtype=dtype)
+    kind = ""
+    if adapter_dir is not None:
+        from peft import PeftModel
+
+        kind = adapter_type(adapter_dir)
+        try:
+            base = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=False)
+        except (ValueError, RuntimeError, KeyError, OSError) as exc:
+            models.unload(base)
+            raise ChatError(
+                f"The adapter {adapter_dir} does not fit the model {model} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "pass the base model it was trained on with --model."
+            ) from exc
+        base.eval()
+    system = train_info(adapter_dir).get("system_prompt") if adapter_dir is not None else None
+    return ChatModel(
+        tokenizer=tok, model=base, base_ref=str(model), adapter_dir=adapter_dir, adapter_kind=kind, system_prompt=system
+    )
+
+
+# ---- multi-turn session ---------------------------------------------------------------------------------------------
+class ChatSession:
+    """Multi-turn history + system prompt + generation options over one :class:`ChatModel`."""
+
+    def __init__(self, chat_model: ChatModel, system: str | None = None, options: GenOptions | None = None):
+        self.chat_model = chat_model
+        self.system = system
+        self.options = options or GenOptions()
+        self.history: list[Message] = []
+
+    def messages(self, user_text: str) -> list[Message]:
+        msgs: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
+        return [*msgs, *self.history, {"role": "user", "content": user_text}]
+
+    def stream(self, user_text: str, *, use_adapter: bool = True, remember: bool = True) -> Iterator[str]:
+        """Yield the reply piece by piece; the turn joins the history once the reply is complete."""
+        if not user_text.strip():
+            raise ChatError("The message is empty; type a question.")
+        parts: list[str] = []
+        for piece in self.chat_model.stream(self.messages(user_text), self.options, use_adapter=use_adapter):
+            parts.append(piece)
+            yield piece
+        if remember:
+            self.history += [
+                {"role": "user", "content": user_text},
+                {"role": "assistant", "content": "".join(parts).strip()},
+            ]
+
+    def ask(self, user_text: str, *, use_adapter: bool = True) -> str:
+        return "".join(self.stream(user_text, use_adapter=use_adapter)).strip()
+
+    def compare(self, user_text: str) -> tuple[str, str]:
+        """``(base answer, tuned answer)`` to the same question on the same weights; the tuned turn is remembered."""
+        if not self.chat_model.has_adapter:
+            raise ChatError("Compare needs a tuned checkpoint; pick one with --adapter.")
+        base = "".join(self.stream(user_text, use_adapter=False, remember=False)).strip()
+        tuned = self.ask(user_text)
+        return base, tuned
+
+    def clear(self) -> None:
+        self.history = []
+
+
+# ---- CLI ----------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", help="base model: embedded name, model folder or .gguf (default: the adapter's base)"
+    )
+    parser.add_argument("--adapter", help="a run folder or one of its checkpoint-N folders (LoRA or P-tuning v2)")
+    parser.add_argument("--prompt", help="answer this one question and exit (otherwise: an interactive loop)")
+    parser.add_argument("--system", help="system prompt")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="longest answer in tokens (default 256)")
+    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy, deterministic (default 0.7)")
+    parser.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling share (default 0.9)")
+    parser.add_argument("--compare", action="store_true", help="print the base answer and the tuned answer")
+    parser.add_argument("--device", help="cpu | cuda | mps (default: the best available)")
+    parser.add_argument(
+        "--merge-to", metavar="DIR", help="merge the LoRA adapter into the base, save an HF folder, exit"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.merge_to:
+        from .export import merge_adapter
+
+        if not args.adapter:
+            raise ChatError("--merge-to needs --adapter (the LoRA run or checkpoint to merge).")
+        out = merge_adapter(args.adapter, args.merge_to, model=args.model, device=args.device)
+        print(f"Merged model saved to {out}")
+        return 0
+    if not args.model and not args.adapter:
+        raise ChatError("Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.")
+    cm = load_chat_model(args.model, args.adapter, device=args.device)
+    if args.compare and not cm.has_adapter:
+        raise ChatError("--compare needs --adapter (a tuned run or checkpoint).")
+    options = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
+    session = ChatSession(cm, system=args.system if args.system is not None else cm.system_prompt, options=options)
+    label = cm.name
+    print(f"[{label}{' + base' if args.compare else ''} · {cm.adapter_kind or 'base model'}]", file=sys.stderr)
+    if args.prompt is not None:
+        _answer(session, args.prompt, args.compare)
+        return 0
+    print("Type a question; /clear forgets the conversation, /quit (or Ctrl-D) exits.", file=sys.stderr)
+    while True:
+        try:
+            text = input("> ").strip()
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        if not text:
+            continue
+        if text in {"/quit", "/exit"}:
+            return 0
+        if text == "/clear":
+            session.clear()
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        _answer(session, text, args.compare)
+
+
+def _answer(session: ChatSession, text: str, compare: bool) -> None:
+    if compare:
+        print("--- base ---", flush=True)
+        for piece in session.stream(text, use_adapter=False, remember=False):
+            print(piece, end="", flush=True)
+        print("\n--- tuned ---", flush=True)
+    for piece in session.stream(text):
+        print(piece, end="", flush=True)
+    print(flush=True)
