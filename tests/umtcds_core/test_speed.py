@@ -1,0 +1,183 @@
+"""umtcds_core.speed on a tiny random GLM (CPU): each speed piece computes the same function as the plain path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from umtcds_core import speed  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=512,
+    pad_token_id=0,
+)
+
+
+def tiny_model(seed: int = 0, lora: bool = True):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GlmConfig
+
+    transformers.set_seed(seed)
+    model = AutoModelForCausalLM.from_config(GlmConfig(**TINY), dtype=torch.float32, attn_implementation="sdpa")
+    model.config.use_cache = False
+    if lora:
+        transformers.set_seed(seed)
+        cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"])
+        model = get_peft_model(model, cfg)
+        # non-zero B so the adapters take part in the function (and get gradients)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02)
+    model.train()
+    return model
+
+
+def samples(n: int = 4, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        p, a = (int(x) for x in torch.randint(3, 12, (2,), generator=g))
+        ids = torch.randint(5, TINY["vocab_size"], (p + a,), generator=g).tolist()
+        out.append({"input_ids": ids, "labels": [-100] * p + ids[p:]})
+    return out
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad(set_to_none=True)
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return loss.detach(), grads
+
+
+def assert_same(a, b, tol=1e-5):
+    la, ga = a
+    lb, gb = b
+    assert torch.allclose(la, lb, atol=tol, rtol=tol), (la, lb)
+    assert ga.keys() == gb.keys() and ga
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=tol, rtol=1e-4), k
+
+
+def test_chunked_loss_equals_model_loss_and_grads():
+    feats = samples()
+    padded = speed.make_collator(None, packing=True)(feats)  # one packed row: the loss sees every sample
+    ref = loss_and_grads(tiny_model(), padded)
+    model = tiny_model()
+    assert speed.enable_fused_loss(model) == "chunked"  # no CUDA here: the PyTorch fallback
+    out = model(**padded)
+    assert out.logits is None  # the point: no full logits
+    assert_same(ref, loss_and_grads(model, padded))
+
+
+def test_chunked_cross_entropy_many_chunks():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 8, generator=g, requires_grad=True)
+    w = torch.randn(50, 8, generator=g, requires_grad=True)
+    y = torch.randint(0, 50, (37,), generator=g)
+    got = speed.chunked_linear_cross_entropy(h, w, y, chunk_tokens=5)
+    want = torch.nn.functional.cross_entropy(h @ w.T, y, reduction="sum")
+    assert torch.allclose(got, want, atol=1e-4)
+    gh, gw = torch.autograd.grad(got, (h, w))
+    wh, ww = torch.autograd.grad(want, (h, w))
+    assert torch.allclose(gh, wh, atol=1e-4) and torch.allclose(gw, ww, atol=1e-4)
+
+
+def test_packed_varlen_attention_matches_separate_samples():
+    """Packed + varlen attention (CPU fallback) = packed SDPA = each sample alone; loss masking unchanged."""
+    feats = samples(3)
+    packed_sdpa = tiny_model()
+    batch = speed.make_collator(None, packing=True, attn_implementation=speed.VARLEN_ATTN)(feats)
+    assert "cu_seq_lens_q" in batch and batch["position_ids"][0, 0] == 0
+    assert (batch["labels"] != -100).sum() == sum(sum(1 for y in f["labels"][1:] if y != -100) for f in feats)
+    varlen = tiny_model()
+    assert speed.enable_varlen_attention(varlen, "cpu", force=True) == speed.VARLEN_ATTN
+    plain = {k: v for k, v in batch.items() if k in ("input_ids", "labels", "position_ids")}
+    assert_same(loss_and_grads(packed_sdpa, plain), loss_and_grads(varlen, batch))
+    assert_same(loss_and_grads(varlen, plain), loss_and_grads(varlen, batch))  # boundaries from position_ids
+    varlen.eval()
+    with torch.no_grad():
+        logits = varlen(**{k: v for k, v in plain.items() if k != "labels"}).logits[0]
+        start = 0
+        for f in feats:
+            n = len(f["input_ids"])
+            alone = varlen(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            assert torch.allclose(logits[start : start + n], alone, atol=1e-4)
+            start += n
+
+
+def test_checkpointing_skip_last_and_lean_kbit():
+    model = tiny_model()
+    assert speed.set_checkpointing(model, True, skip_last=1) == 1
+    layers = speed.decoder_layers(speed.causal_lm_of(model))
+    assert [layer.gradient_checkpointing for layer in layers] == [True, False]
+    base = tiny_model(lora=False)
+    speed.prepare_kbit_lean(base)
+    assert not any(p.requires_grad for p in base.parameters())
+    assert all(p.dtype == torch.float32 for p in base.parameters())  # nothing cast (fp32 model stays fp32)
+
+
+def test_apply_kernels_is_a_noop_without_cuda():
+    assert speed.apply_kernels(tiny_model(), "cpu") == []
+    assert not speed.liger_usable("cpu")
+
+
+def test_train_bench_tiny_smoke(tmp_path):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train_bench.py"),
+            "--tiny",
+            "--methods",
+            "lora",
+            "--variants",
+            "baseline,ours",
+            "--rounds",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--batch",
+            "4",
+            "--out-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "train_cpu.json").read_text())
+    assert result["bench"] == "train" and result["method"] == "lora"
+    assert result["baseline"]["tokens_per_s"] > 0 and result["ours"]["tokens_per_s"] > 0
+    assert result["first_step_loss"]["abs_diff"] < 1e-3  # same batch, same weights: same loss (fp32 here)
+    assert result["ours"]["padding_fraction"] == 0.0 and result["baseline"]["padding_fraction"] > 0
+
+
+def test_packed_rebalance_sampler_balances_tokens_and_covers_every_sample():
+    lengths = [300, 20, 250, 40, 400, 35, 120, 90, 60, 380, 25, 200, 150, 45, 310, 80]
+    per_rank = [list(speed.packed_rebalance_sampler(lengths, 4, 2, r, grad_accum=2, seed=3)) for r in range(2)]
+    assert [len(x) for x in per_rank] == [2, 2]  # grad_accum micro-batches per rank and step
+    seen = sorted(i for mbs in per_rank for mb in mbs for i in mb)
+    assert seen == list(range(len(lengths)))  # every sample exactly once
+    for slot in range(2):
+        tokens = [sum(lengths[i] for i in per_rank[r][slot]) for r in range(2)]
+        assert abs(tokens[0] - tokens[1]) <= max(lengths)  # longest-first dealing: within one sample
+    total = [sum(lengths[i] for mb in per_rank[r] for i in mb) for r in range(2)]
+    assert abs(total[0] - total[1]) / sum(total) < 0.15

@@ -1,0 +1,512 @@
+"""Speed and memory pieces of the training path, shared by ``umtcds train`` and ``bench/train_bench.py``.
+
+Why each exists (GLM-4-9B, LoRA, bf16, one GPU; figures in ``bench/results/train_*.json``):
+
+* :func:`make_collator` — padding-free packing: one row of concatenated samples with ``position_ids`` restarting per
+  sample (transformers' ``DataCollatorWithFlattening``). transformers turns restarting positions into a per-sample
+  (block-diagonal) causal mask for SDPA/eager/flex, or varlen kwargs for FlashAttention, so no compute is spent on
+  padding and samples never see each other. Falls back to padding to the longest sample.
+* :func:`enable_varlen_attention` — per-sample attention for packed rows through PyTorch's FlashAttention varlen
+  kernel (``torch.nn.attention.varlen``), registered as a transformers attention implementation. SDPA's packed path
+  builds a dense T×T block-diagonal mask and computes the full square (8 samples of ~350 tokens: ~17× the needed
+  attention FLOPs, in the slower masked kernel); varlen computes only each sample's causal triangle.
+* :func:`enable_fused_loss` — the loss without materialising ``tokens × vocab`` logits (GLM-4: 151,552 columns, GBs
+  per step in fp32): only positions that carry a label go through the LM head, through Liger's fused
+  linear+cross-entropy Triton kernel on CUDA, or a chunked, recomputed PyTorch version elsewhere (CPU, MPS, no
+  Triton). Same value as the Hugging Face loss (sum over labelled tokens / their count or ``num_items_in_batch``).
+* :func:`apply_kernels` — Liger's fused RMSNorm and SwiGLU kernels on the model *instance* (CUDA + liger-kernel
+  only; architectures whose norm/MLP match Liger's exactly). Instance-level so other models in the process are
+  untouched.
+* :func:`prepare_kbit_lean` — QLoRA preparation that freezes the base without upcasting the frozen embeddings, norms
+  and LM head to fp32 (peft's ``prepare_model_for_kbit_training`` does: +2.5 B params × 2 bytes for GLM-4-9B).
+* :func:`packed_rebalance_sampler` — on several GPUs, each step's samples are dealt so every rank gets about the
+  same number of tokens (DDP waits for the slowest rank).
+* :func:`set_checkpointing` — per-layer activation checkpointing; ``skip_last`` leaves the last layers
+  un-checkpointed when memory allows (selective checkpointing).
+
+Every function degrades to plain PyTorch when there is no GPU, Triton or liger-kernel, and says which path it took.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import types
+from typing import Any
+
+IGNORE_INDEX = -100
+
+# Norm / MLP classes whose math is exactly Liger's RMSNorm (llama casting, offset 0) / SiLU-gated MLP.
+_LLAMA_STYLE_NORMS = {
+    "GlmRMSNorm",
+    "Glm4RMSNorm",
+    "LlamaRMSNorm",
+    "Qwen2RMSNorm",
+    "Qwen3RMSNorm",
+    "MistralRMSNorm",
+    "Phi3RMSNorm",
+}
+_FUSED_GATE_UP_MLPS = {"GlmMLP", "Glm4MLP", "Phi3MLP"}  # gate_up_proj -> chunk -> silu(gate) * up -> down_proj
+_SPLIT_GATE_UP_MLPS = {"LlamaMLP", "Qwen2MLP", "Qwen3MLP", "MistralMLP"}  # gate_proj, up_proj, down_proj
+
+
+def liger_usable(device: str | None = None) -> bool:
+    """True on CUDA when liger-kernel (and so Triton) can be imported."""
+    import torch
+
+    if device is not None and not str(device).startswith("cuda"):
+        return False
+    if not torch.cuda.is_available() or importlib.util.find_spec("liger_kernel") is None:
+        return False
+    try:
+        import liger_kernel.transformers  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken Triton/liger install means: use the PyTorch path
+        return False
+    return True
+
+
+def causal_lm_of(model):
+    """The ``*ForCausalLM`` inside DDP / peft wrappers (or the model itself): the module holding ``lm_head``.
+
+    Looks at real submodules only (``_modules``): peft forwards unknown attributes to the wrapped model, so
+    ``hasattr`` would mistake the wrapper for the model.
+    """
+    inner = model
+    for _ in range(4):
+        if "lm_head" in inner._modules and "model" in inner._modules:
+            return inner
+        if hasattr(inner, "get_base_model"):
+            inner = inner.get_base_model()
+        elif "module" in inner._modules:  # DistributedDataParallel
+            inner = inner._modules["module"]
+        else:
+            return None
+    return None
+
+
+# ---- collator ---------------------------------------------------------------------------------------------------
+def make_collator(tokenizer, packing: bool, attn_implementation: str = "sdpa", device: str = "cpu"):
+    """Padding-free packing collator, or padding to the longest sample (labels padded with -100).
+
+    With FlashAttention or :data:`VARLEN_ATTN` the packed batch also carries ``cu_seq_lens_*``/``max_length_*``, so
+    the attention kernels need not derive the sample boundaries from ``position_ids`` (a GPU→CPU sync per layer).
+    """
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    if packing:
+        return DataCollatorWithFlattening(
+            return_position_ids=True,
+            separator_id=IGNORE_INDEX,
+            return_flash_attn_kwargs=attn_implementation.startswith("flash_attention")
+            or attn_implementation == VARLEN_ATTN,
+        )
+    return DataCollatorForSeq2Seq(
+        tokenizer,
+        padding="longest",
+        label_pad_token_id=IGNORE_INDEX,
+        pad_to_multiple_of=8 if str(device).startswith("cuda") else None,
+    )
+
+
+# ---- variable-length (per-sample) attention for packed rows -----------------------------------------------------
+VARLEN_ATTN = "umtcds_varlen"
+_SEGMENTS: dict = {}  # id of the position_ids tensor of the current forward -> (tensor, cu_seqlens, max_len)
+
+
+def _varlen_kernel():
+    """PyTorch's FlashAttention varlen op and the keyword that makes it causal (2.10: is_causal; later: window)."""
+    import inspect
+
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = inspect.signature(varlen_attn).parameters
+    causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
+    return varlen_attn, causal, "enable_gqa" in params
+
+
+def _segments(position_ids, batch: int, length: int, device):
+    """``cu_seqlens`` (int32) and the longest segment of a packed row, from ``position_ids`` (cached per forward)."""
+    import torch
+
+    if position_ids is None:
+        cu = torch.arange(0, (batch + 1) * length, length, dtype=torch.int32, device=device)
+        return cu, length
+    hit = _SEGMENTS.get(id(position_ids))
+    if hit is not None and hit[0] is position_ids:
+        return hit[1], hit[2]
+    flat = position_ids.expand(batch, -1).reshape(-1).to(device)
+    first = torch.ones(1, dtype=torch.bool, device=device)
+    starts = torch.nonzero(torch.cat([first, flat[1:] - flat[:-1] != 1])).flatten()
+    # a new row of the batch always starts a new segment
+    row_starts = torch.arange(0, batch * length, length, device=device)
+    starts = torch.unique(torch.cat([starts, row_starts]))
+    cu = torch.cat([starts, torch.tensor([batch * length], device=device)]).to(torch.int32)
+    max_len = int((cu[1:] - cu[:-1]).max())
+    _SEGMENTS.clear()
+    _SEGMENTS[id(position_ids)] = (position_ids, cu, max_len)
+    return cu, max_len
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """Attention for transformers' ``AttentionInterface``: each packed sample attends only to itself, causally.
+
+    Packed rows (no 2-D mask, no cache) go through PyTorch's FlashAttention varlen kernel on CUDA: cost grows with
+    the sum of squared sample lengths instead of the square of the row length, and no T×T mask is built. The segment
+    boundaries come from the collator's ``cu_seq_lens_q`` or from restarting ``position_ids``. Anything else (padding
+    masks, KV caches, CPU) goes to SDPA, with an explicit per-sample mask where the row is packed.
+    """
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    batch, heads, length, dim = query.shape
+    kwargs.pop("is_causal", None)
+    packed = attention_mask is None and key.shape[2] == length
+    if not packed:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
+    cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu is None or batch != 1:
+        cu, max_len = _segments(kwargs.get("position_ids"), batch, length, query.device)
+    cu = cu.to(device=query.device, dtype=torch.int32)
+    if query.is_cuda and dropout == 0.0 and query.dtype in (torch.bfloat16, torch.float16):
+        kernel, causal, gqa = _varlen_kernel()
+        q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+        k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+        v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
+        extra = {}
+        if k.shape[1] != heads:
+            if gqa:
+                extra["enable_gqa"] = True
+            else:
+                k = k.repeat_interleave(heads // k.shape[1], dim=1)
+                v = v.repeat_interleave(heads // v.shape[1], dim=1)
+        out = kernel(q, k, v, cu, cu, int(max_len), int(max_len), scale=scaling, **causal, **extra)
+        return out.view(batch, length, heads, dim), None
+    # portable fallback: an explicit block-diagonal causal mask (CPU tests, fp32)
+    seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=query.device), (cu[1:] - cu[:-1]).long()).view(
+        batch, length
+    )
+    pos = torch.arange(length, device=query.device)
+    mask = (seg[:, :, None] == seg[:, None, :]) & (pos[None, :, None] >= pos[None, None, :])
+    return sdpa_attention_forward(
+        module, query, key, value, mask[:, None], dropout=dropout, scaling=scaling, is_causal=False, **kwargs
+    )
+
+
+def _varlen_mask(*args, **kwargs):
+    """Mask builder paired with :func:`varlen_attention_forward`: none for packed rows, SDPA's otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if (
+        kwargs.get("attention_mask") is None
+        and kwargs.get("q_length") == kwargs.get("kv_length")
+        and not kwargs.get("kv_offset")
+    ):
+        return None
+    return sdpa_mask(*args, **kwargs)
+
+
+_VARLEN_OK: dict = {}
+
+
+def varlen_usable(device: str | None = None) -> bool:
+    """True on CUDA when this PyTorch has the FlashAttention varlen op (torch >= 2.10) and it gives SDPA's result.
+
+    Checked once per process on two small causal segments against SDPA, so a broken or missing kernel means SDPA.
+    """
+    import torch
+
+    if device is not None and not str(device).startswith("cuda"):
+        return False
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        return False
+    if "ok" not in _VARLEN_OK:
+        try:
+            kernel, causal, gqa = _varlen_kernel()
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q, k, v = (torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+            cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
+            out = kernel(q, k, v, cu, cu, 14, 14, **causal)
+            ref = torch.cat(
+                [
+                    torch.nn.functional.scaled_dot_product_attention(
+                        *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True
+                    ).transpose(0, 1)
+                    for a, b in ((0, 10), (10, 24))
+                ]
+            )
+            _VARLEN_OK["ok"] = bool((out.float() - ref.float()).abs().max() < 2e-2)
+        except Exception:  # noqa: BLE001 - older torch or no kernel for this GPU: keep SDPA's mask
+            _VARLEN_OK["ok"] = False
+    return _VARLEN_OK["ok"]
+
+
+def enable_varlen_attention(model, device: str | None = None, force: bool = False) -> str:
+    """Switch ``model`` to :func:`varlen_attention_forward` (for packed training); returns the implementation used.
+
+    On CPU (or an old torch) the model keeps its attention unless ``force`` (tests), since the fallback builds the
+    same dense mask SDPA would. Call ``model.set_attn_implementation("sdpa")`` before generating with the model.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    lm = causal_lm_of(model) or model
+    if not (force or varlen_usable(device)):
+        return lm.config._attn_implementation
+    AttentionInterface.register(VARLEN_ATTN, varlen_attention_forward)
+    AttentionMaskInterface.register(VARLEN_ATTN, _varlen_mask)
+    lm.set_attn_implementation(VARLEN_ATTN)
+    return VARLEN_ATTN
+
+
+# ---- fused / chunked linear + cross-entropy -----------------------------------------------------------------------
+def _ce_sum(hidden, weight, bias, targets):
+    import torch.nn.functional as F
+
+    logits = F.linear(hidden, weight, bias).float()
+    return F.cross_entropy(logits, targets, reduction="sum", ignore_index=IGNORE_INDEX)
+
+
+def chunked_linear_cross_entropy(hidden, weight, targets, bias=None, chunk_tokens: int | None = None):
+    """Sum of the cross-entropy of ``hidden @ weight.T`` against ``targets`` without holding all logits at once.
+
+    Each chunk's logits are recomputed in backward (``torch.utils.checkpoint``), so memory holds one chunk of
+    ``chunk_tokens × vocab`` fp32 logits (default: about 256 MiB of them) instead of all of them.
+    """
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    n = hidden.shape[0]
+    if chunk_tokens is None:
+        chunk_tokens = max(64, (1 << 26) // max(1, weight.shape[0]))
+    total = hidden.new_zeros((), dtype=torch.float32)
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    for start in range(0, n, chunk_tokens):
+        h, y = hidden[start : start + chunk_tokens], targets[start : start + chunk_tokens]
+        if needs_grad:
+            total = total + checkpoint(_ce_sum, h, weight, bias, y, use_reentrant=False)
+        else:
+            total = total + _ce_sum(h, weight, bias, y)
+    return total
+
+
+def causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=None, shift_labels=None, use_liger=False):
+    """The Hugging Face causal-LM loss (shifted labels, -100 ignored, sum/num_items or mean) without full logits."""
+    import torch.nn.functional as F
+
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
+    hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
+    targets = shift_labels.reshape(-1).to(hidden.device)
+    keep = targets != IGNORE_INDEX
+    hidden, targets = hidden[keep], targets[keep]  # only labelled positions need the LM head at all
+    count = targets.numel()
+    if count == 0:
+        return hidden_states.sum() * 0.0  # keeps the graph (and DDP) happy on a batch without labels
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    if use_liger and hidden.is_cuda:
+        from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+        total = liger_fused_linear_cross_entropy(
+            hidden, weight, targets, bias=bias, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        if isinstance(total, tuple):
+            total = total[0]
+    else:
+        total = chunked_linear_cross_entropy(hidden, weight, targets, bias=bias)
+    denom = num_items_in_batch if num_items_in_batch is not None else count
+    if hasattr(denom, "to"):
+        denom = denom.to(total.device)
+    return total / denom
+
+
+def enable_fused_loss(model, device: str | None = None, use_liger: bool | None = None) -> str:
+    """Make ``model(..., labels=...)`` compute its loss without full logits; returns "liger", "chunked" or "".
+
+    Patches the forward of the ``*ForCausalLM`` instance (inside any peft wrapper): with labels it runs the decoder,
+    then :func:`causal_lm_loss` on the final hidden states and returns ``logits=None``; without labels (generation)
+    it is the original forward. Models without ``.model``/``.lm_head`` (or with a logit soft-cap) are left alone ("").
+    """
+    import torch
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    lm = causal_lm_of(model)
+    if lm is None or getattr(lm.config, "final_logit_softcapping", None):
+        return ""
+    if type(getattr(lm, "lm_head", None)) is not torch.nn.Linear:
+        # a LoRA/modules_to_save-wrapped LM head: its adapter would be bypassed by a loss that reads lm_head.weight
+        return ""
+    if getattr(lm, "_umtcds_fused_loss", ""):
+        return lm._umtcds_fused_loss
+    use_liger = liger_usable(device) if use_liger is None else use_liger and liger_usable(device)
+    original = lm.forward
+
+    def forward(self, *args, labels=None, logits_to_keep=0, **kwargs):
+        shift_labels = kwargs.pop("shift_labels", None)
+        if (labels is None and shift_labels is None) or args:
+            return original(*args, labels=labels, logits_to_keep=logits_to_keep, **kwargs)
+        num_items = kwargs.pop("num_items_in_batch", None)
+        kwargs.pop("return_dict", None)
+        outputs = self.model(**kwargs)
+        hidden = outputs[0]
+        loss = causal_lm_loss(
+            hidden,
+            self.lm_head,
+            labels,
+            num_items_in_batch=num_items,
+            shift_labels=shift_labels,
+            use_liger=use_liger and hidden.is_cuda and self.training,
+        )
+        return CausalLMOutputWithPast(loss=loss, logits=None)
+
+    lm.forward = types.MethodType(forward, lm)
+    lm._umtcds_fused_loss = "liger" if use_liger else "chunked"
+    return lm._umtcds_fused_loss
+
+
+# ---- Liger kernels on an instance ---------------------------------------------------------------------------------
+def apply_kernels(model, device: str | None = None) -> list[str]:
+    """Swap RMSNorm and SwiGLU forwards of ``model``'s layers for Liger's Triton kernels; returns what was patched."""
+    if not liger_usable(device):
+        return []
+    from liger_kernel.transformers.rms_norm import LigerRMSNorm
+    from liger_kernel.transformers.swiglu import LigerPhi3SwiGLUMLP, LigerSwiGLUMLP
+
+    lm = causal_lm_of(model)
+    if lm is None:
+        return []
+    hidden_act = getattr(lm.config, "hidden_act", "silu")
+    done: dict[str, int] = {}
+    for module in lm.modules():
+        name = type(module).__name__
+        if name in _LLAMA_STYLE_NORMS and hasattr(module, "weight"):
+            module.offset = 0.0
+            module.casting_mode = "llama"
+            module.variance_epsilon = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
+            module.in_place = False
+            module.row_mode = None
+            module.forward = types.MethodType(LigerRMSNorm.forward, module)
+            done["rms_norm"] = done.get("rms_norm", 0) + 1
+        elif hidden_act in ("silu", "swish") and name in _FUSED_GATE_UP_MLPS and hasattr(module, "gate_up_proj"):
+            module.forward = types.MethodType(LigerPhi3SwiGLUMLP.forward, module)
+            done["swiglu"] = done.get("swiglu", 0) + 1
+        elif hidden_act in ("silu", "swish") and name in _SPLIT_GATE_UP_MLPS and hasattr(module, "gate_proj"):
+            module.forward = types.MethodType(LigerSwiGLUMLP.forward, module)
+            done["swiglu"] = done.get("swiglu", 0) + 1
+    return [f"{k} x{v}" for k, v in done.items()]
+
+
+# ---- LoRA inputs under autocast ------------------------------------------------------------------------------------
+def lora_inputs_in_compute_dtype(model) -> int:
+    """Stop peft from copying each LoRA layer's input to fp32 before dropout; returns how many layers changed.
+
+    Only for training under autocast (the Trainer's bf16/fp16): autocast casts the input back to 16 bits for the
+    adapter matmul anyway, so the fp32 copy (one per adapted projection, three per layer for q/k/v) is pure memory
+    traffic. Dropout on the 16-bit input rounds once, exactly like dropout in fp32 followed by the cast, so the result
+    is the same.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    n = 0
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
+            n += 1
+    return n
+
+
+# ---- balanced work across data-parallel ranks ----------------------------------------------------------------------
+_SAMPLER_CLASS: list = []
+
+
+def packed_rebalance_sampler(
+    lengths: list[int],
+    batch_size: int,
+    world: int,
+    rank: int,
+    grad_accum: int = 1,
+    seed: int = 42,
+    drop_last: bool = False,
+):
+    """A rank-aware batch sampler giving every rank about the same number of *tokens* per step (packed batches).
+
+    With DDP every step waits for the slowest rank; random batches of 8 QA samples differ by ~13% in tokens, so the
+    ranks idle. transformers' ``BatchRebalanceSampler`` fixes this for padded batches (its cost is
+    ``samples × longest``); here the cost of a packed micro-batch is its token count, and each optimizer step's
+    ``batch_size × grad_accum × world`` shuffled samples are dealt longest-first to the cheapest micro-batch. It
+    subclasses transformers' sampler, so the Trainer treats it as rank-aware (no re-sharding) and the shuffle,
+    epochs and tail handling are the library's.
+    """
+    if not _SAMPLER_CLASS:
+        from transformers.trainer_pt_utils import BatchRebalanceSampler
+
+        class PackedRebalanceSampler(BatchRebalanceSampler):
+            def _assign(self, indices, lengths):
+                k = self.dp_size * self.grad_accum
+                groups: list[list[int]] = [[] for _ in range(k)]
+                cost = [0] * k
+                for idx, n in sorted(zip(indices, lengths, strict=True), key=lambda x: x[1], reverse=True):
+                    g = min(range(k), key=lambda j: (cost[j], len(groups[j])))
+                    groups[g].append(idx)
+                    cost[g] += n
+                order = sorted(range(k), key=lambda j: cost[j], reverse=True)
+                rank_mbs = [[[] for _ in range(self.grad_accum)] for _ in range(self.dp_size)]
+                for slot in range(self.grad_accum):
+                    for r in range(self.dp_size):
+                        rank_mbs[r][slot] = groups[order[slot * self.dp_size + r]]
+                return rank_mbs
+
+        _SAMPLER_CLASS.append(PackedRebalanceSampler)
+    return _SAMPLER_CLASS[0](
+        lengths=lengths,
+        effective_batch_size=batch_size * grad_accum * world,
+        dp_size=world,
+        grad_accum=grad_accum,
+        seed=seed,
+        rank=rank,
+        drop_last=drop_last,
+    )
+
+
+# ---- checkpointing and k-bit preparation --------------------------------------------------------------------------
+def decoder_layers(model) -> list:
+    """The model's checkpointable decoder layers, in order."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+
+
+def set_checkpointing(model, enabled: bool = True, skip_last: int = 0) -> int:
+    """Non-reentrant activation checkpointing on every decoder layer but the last ``skip_last``; returns how many."""
+    base = causal_lm_of(model) or model
+    if not enabled:
+        if getattr(base, "is_gradient_checkpointing", False):
+            base.gradient_checkpointing_disable()
+        return 0
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    layers = decoder_layers(base)
+    for layer in layers[len(layers) - skip_last :] if skip_last > 0 else []:
+        layer.gradient_checkpointing = False
+    return len(layers) - max(0, min(skip_last, len(layers)))
+
+
+def prepare_kbit_lean(model):
+    """Freeze a k-bit model for adapter training without upcasting its frozen 16-bit weights to fp32.
+
+    Matches what peft's ``prepare_model_for_kbit_training`` does for correctness (frozen base, input embeddings
+    that pass gradients into checkpointed layers) minus the fp32 copy of embeddings, norms and the LM head, which
+    costs ~4.6 GiB on GLM-4-9B and is not needed in bf16 (RMSNorm already computes in fp32).
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return model
+
+
+def describe(parts: dict[str, Any]) -> str:
+    """One log line of the speed set-up (``{"packing": True, "loss": "liger", ...}``)."""
+    return ", ".join(f"{k}={v}" for k, v in parts.items())
