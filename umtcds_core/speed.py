@@ -396,25 +396,6 @@ def apply_kernels(model, device: str | None = None) -> list[str]:
     return [f"{k} x{v}" for k, v in done.items()]
 
 
-# ---- LoRA inputs under autocast ------------------------------------------------------------------------------------
-def lora_inputs_in_compute_dtype(model) -> int:
-    """Stop peft from copying each LoRA layer's input to fp32 before dropout; returns how many layers changed.
-
-    Only for training under autocast (the Trainer's bf16/fp16): autocast casts the input back to 16 bits for the
-    adapter matmul anyway, so the fp32 copy (one per adapted projection, three per layer for q/k/v) is pure memory
-    traffic. Dropout on the 16-bit input rounds once, exactly like dropout in fp32 followed by the cast, so the result
-    is the same.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    n = 0
-    for module in model.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.cast_input_dtype_enabled = False
-            n += 1
-    return n
-
-
 # ---- balanced work across data-parallel ranks ----------------------------------------------------------------------
 _SAMPLER_CLASS: list = []
 

@@ -1,0 +1,620 @@
+"""Training speed and memory: the Hugging Face default path vs the path ``umtcds train`` takes. Prints JSON.
+
+Usage::
+
+    python bench/train_bench.py                              # GPU: GLM-4-9B shape, LoRA, QLoRA, P-tuning v2
+    python bench/train_bench.py --methods lora --variants baseline,ours,ours-pack --rounds 2
+    python bench/train_bench.py --tiny                       # tiny GLM on CPU: a smoke test of the same code
+    torchrun --nproc_per_node 2 bench/train_bench.py --ddp --methods lora --variants ours \
+        --compare-to bench/results/train_h200.json           # 2 GPUs, DDP; ratio to the 1-GPU "ours" figure
+
+What is measured. A random-init model of GLM-4-9B's exact shape (``transformers.GlmConfig()`` defaults, no
+download) in bf16 with SDPA attention, trained on a tokenizer-free synthetic set of QA-like samples (prompt 30-250
+tokens, answer 20-400, labels -100 on the prompt), 8 samples per optimizer step, fused AdamW (lr 5e-4), gradient
+clipping at 1.0 — the settings ``umtcds train`` uses (``--autocast`` adds bf16 autocast around the forward, as
+accelerate's mixed precision does under DDP). Every variant sees the same batches in the same order from the same
+initial weights, so the first-step losses must agree (within bf16 noise); tokens/s counts real (non-padding)
+tokens, prompt tokens included. Variants are built fresh, warmed up, and alternated over ``--rounds``.
+
+* ``baseline`` — the Hugging Face default: batches padded to the longest sample, gradient checkpointing on every
+  layer, the model's own loss (full logits upcast to fp32); QLoRA prepared with peft's
+  ``prepare_model_for_kbit_training`` (frozen 16-bit weights upcast to fp32).
+* ``ours`` — ``umtcds_core.speed`` as ``umtcds train`` applies it: padding-free packing (``position_ids`` per
+  sample) with per-sample FlashAttention varlen attention (PyTorch's kernel), the fused linear+cross-entropy loss on labelled positions only (Liger on CUDA, chunked elsewhere), Liger
+  RMSNorm/SwiGLU kernels, checkpointing; QLoRA prepared without the fp32 upcast. P-tuning v2 (prefix cache) is padded
+  and runs without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing).
+* Ablations: ``ours-noliger`` — ``ours`` with the chunked PyTorch loss and no Liger kernels (its fallback without
+  Triton); ``ours-sdpa`` — packing through SDPA's dense block-diagonal mask instead of varlen attention, chunked
+  loss; ``ours-pack`` — packing only; ``ours-skipN`` — ``ours`` with the last N layers not checkpointed.
+
+MFU counts 4·N FLOPs per real token (LoRA/QLoRA/P-tuning: forward 2N + activation gradients 2N, no weight
+gradients; N = all parameters of the base model, 9.40 B), over the bf16 dense peak (989 TFLOP/s on H100/H200) and over
+the matmul rate measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TINY = dict(
+    num_hidden_layers=2,
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    vocab_size=2048,
+)
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
+VARIANTS = {
+    # packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not
+    # checkpointed; k-bit preparation
+    "baseline": dict(packing=False, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="peft"),
+    "ours": dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean"),
+    "ours-noliger": dict(packing=True, varlen=True, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
+    "ours-sdpa": dict(packing=True, varlen=False, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
+    "ours-pack": dict(packing=True, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="lean"),
+}
+
+
+def variant_settings(name: str, method: str) -> dict:
+    if name.startswith("ours-skip"):
+        s = dict(VARIANTS["ours"], skip=int(name[len("ours-skip") :]))
+    else:
+        s = dict(VARIANTS[name])
+    if method == "ptuning-v2":  # as umtcds train: prefix cache => padded, no checkpointing
+        s.update(packing=False, varlen=False, ckpt=False, skip=0)
+    return s
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def make_samples(n: int, vocab: int, seed: int = 0, prompt=(30, 250), answer=(20, 400)) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        p, a = rng.randint(*prompt), rng.randint(*answer)
+        ids = [rng.randrange(10, vocab) for _ in range(p + a)]
+        out.append({"input_ids": ids, "labels": [-100] * p + ids[p:]})
+    return out
+
+
+def rank_batches(batches: list[list[dict]], world: int, rank: int, rebalance: bool) -> list[list[dict]]:
+    """This rank's micro-batches: round-robin, or (``rebalance``) each global batch of ``world`` micro-batches dealt
+    by ``speed.packed_rebalance_sampler`` (what ``umtcds train`` uses on several GPUs) so ranks get equal tokens."""
+    if world == 1:
+        return batches
+    if not rebalance:
+        return batches[rank::world]
+    from umtcds_core import speed
+
+    out = []
+    for g in range(0, len(batches) - world + 1, world):
+        flat = [f for b in batches[g : g + world] for f in b]
+        sampler = speed.packed_rebalance_sampler(
+            [len(f["input_ids"]) for f in flat], len(batches[g]), world, rank, drop_last=True
+        )
+        sampler.shuffle = False
+        out.extend([flat[i] for i in idx] for idx in sampler)
+    return out
+
+
+def pad_collate(features: list[dict], pad_id: int) -> dict:
+    """The Hugging Face default: right-pad to the longest sample (DataCollatorForSeq2Seq, padding='longest')."""
+    import torch
+
+    longest = max(len(f["input_ids"]) for f in features)
+    ids, mask, labels = [], [], []
+    for f in features:
+        k = longest - len(f["input_ids"])
+        ids.append(f["input_ids"] + [pad_id] * k)
+        mask.append([1] * len(f["input_ids"]) + [0] * k)
+        labels.append(f["labels"] + [-100] * k)
+    return {"input_ids": torch.tensor(ids), "attention_mask": torch.tensor(mask), "labels": torch.tensor(labels)}
+
+
+# ---- model --------------------------------------------------------------------------------------------------------
+def quantize_4bit_(model, compute_dtype):
+    """Swap every decoder nn.Linear for a bitsandbytes NF4 Linear4bit (double quant), as a 4-bit load does."""
+    import bitsandbytes as bnb
+    import torch
+
+    lm = model
+    for parent in list(lm.model.layers.modules()):
+        for child_name, child in list(parent.named_children()):
+            if type(child) is not torch.nn.Linear:
+                continue
+            q = bnb.nn.Linear4bit(
+                child.in_features,
+                child.out_features,
+                bias=child.bias is not None,
+                compute_dtype=compute_dtype,
+                compress_statistics=True,
+                quant_type="nf4",
+                device="meta",
+            )
+            w = bnb.nn.Params4bit(
+                child.weight.data, requires_grad=False, compress_statistics=True, quant_type="nf4", module=q
+            )
+            q.weight = w.to(child.weight.device)
+            if child.bias is not None:
+                q.bias = torch.nn.Parameter(child.bias.data, requires_grad=False)
+            setattr(parent, child_name, q)
+            del child, w
+    model.is_loaded_in_4bit = True
+    gc.collect()
+    torch.cuda.empty_cache()
+    return model
+
+
+def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0):
+    """A fresh model for one variant: same seed, same weights; returns (model, description of the speed path)."""
+    import torch
+    import transformers
+    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from umtcds_core import speed
+    from umtcds_core.config import TrainConfig
+    from umtcds_core.train import lora_targets
+
+    tc = TrainConfig()  # the defaults users get: r=8, alpha 32, dropout 0.1, 128 virtual tokens
+    transformers.set_seed(seed)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation="sdpa")
+    model.config.use_cache = False
+    info: dict = {}
+    if method == "qlora":
+        quantize_4bit_(model, dtype)
+        if settings["kbit"] == "peft":
+            from peft import prepare_model_for_kbit_training
+
+            model = prepare_model_for_kbit_training(
+                model,
+                use_gradient_checkpointing=settings["ckpt"],
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        else:
+            speed.prepare_kbit_lean(model)
+        info["kbit_preparation"] = settings["kbit"]
+    if settings["ckpt"]:
+        info["checkpointed_layers"] = speed.set_checkpointing(model, True, skip_last=settings["skip"])
+    transformers.set_seed(seed)
+    if method in ("lora", "qlora"):
+        targets = lora_targets(model, tc.lora_target_modules)
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                task_type=TaskType.CAUSAL_LM,
+                r=tc.lora_r,
+                lora_alpha=tc.lora_alpha,
+                lora_dropout=tc.lora_dropout,
+                target_modules=targets,
+            ),
+        )
+        info["lora_targets"] = targets
+    elif method == "ptuning-v2":
+        model = get_peft_model(
+            model, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=tc.num_virtual_tokens)
+        )
+        info["num_virtual_tokens"] = tc.num_virtual_tokens
+    info["attention"] = "sdpa"
+    if settings["varlen"]:
+        info["attention"] = speed.enable_varlen_attention(model, device)
+    if settings["fused"]:
+        info["loss"] = speed.enable_fused_loss(model, device, use_liger=settings["liger"]) or "standard"
+        info["kernels"] = speed.apply_kernels(model, device) if settings["liger"] else []
+    else:
+        info["loss"] = "standard (full logits, fp32 upcast)"
+    model.train()
+    return model, info
+
+
+# ---- one timed run -------------------------------------------------------------------------------------------------
+def run_variant(
+    name,
+    method,
+    hf_cfg,
+    batches,
+    warmup,
+    steps,
+    device,
+    dtype,
+    rank=0,
+    world=1,
+    log=print,
+    profile=None,
+    rebalance=True,
+    use_autocast=False,
+) -> dict:
+    import torch
+
+    from umtcds_core import speed
+
+    settings = variant_settings(name, method)
+    cuda = device.startswith("cuda")
+    t0 = time.perf_counter()
+    model, info = build(hf_cfg, method, settings, device, dtype)
+    build_s = time.perf_counter() - t0
+    pad_id = hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0
+    attn = info["attention"]
+    collator = speed.make_collator(None, packing=True, attn_implementation=attn) if settings["packing"] else None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[torch.cuda.current_device()], find_unused_parameters=False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=5e-4, fused=cuda)
+    autocast = torch.autocast("cuda", dtype=dtype) if cuda and use_autocast else contextlib.nullcontext()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    mine = rank_batches(batches, world, rank, rebalance and settings["packing"])[: warmup + steps]
+    losses, real, processed, supervised, max_positions = [], 0, 0, 0, 0
+    start = None
+    for i, feats in enumerate(mine):
+        if i == warmup:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        batch = collator(feats) if collator else pad_collate(feats, pad_id)
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        with autocast:
+            out = model(**batch)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(out.loss.detach())
+        if i >= warmup:
+            real += sum(len(f["input_ids"]) for f in feats)
+            processed += batch["input_ids"].numel()
+            max_positions = max(max_positions, batch["input_ids"].numel())
+            supervised += sum(sum(1 for y in f["labels"][1:] if y != -100) for f in feats)
+        del out, batch
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    if profile:  # two more steps under the profiler: where the step time goes
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with torch_profile(activities=acts) as prof:
+            for feats in mine[:2]:
+                batch = collator(feats) if collator else pad_collate(feats, pad_id)
+                batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+                with autocast:
+                    out = model(**batch)
+                out.loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize()
+        key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        Path(profile).write_text(prof.key_averages().table(sort_by=key, row_limit=40), encoding="utf-8")
+    if world > 1:
+        t = torch.tensor([real, processed, supervised], device=device, dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        real, processed, supervised = (int(x) for x in t.tolist())
+        sec = torch.tensor([seconds], device=device)
+        torch.distributed.all_reduce(sec, op=torch.distributed.ReduceOp.MAX)
+        seconds = float(sec)
+    res = {
+        "variant": name,
+        "settings": {**settings, **info},
+        "tokens_per_s": round(real / seconds, 1),
+        "real_tokens": real,
+        "processed_positions": processed,
+        "padding_fraction": round(1 - real / processed, 3) if processed else 0.0,
+        "max_step_positions": max_positions,
+        "supervised_tokens": supervised,
+        "steps_timed": steps,
+        "ddp_batches": ("rebalanced" if rebalance and settings["packing"] else "round-robin") if world > 1 else None,
+        "seconds": round(seconds, 3),
+        "step_s": round(seconds / steps, 4),
+        "first_step_loss": round(float(losses[0]), 5),
+        "last_loss": round(float(losses[-1]), 5),
+        "build_s": round(build_s, 1),
+    }
+    if cuda:
+        gib = 1024**3
+        res["peak_gib"] = round(torch.cuda.max_memory_allocated() / gib, 2)
+        res["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
+    del model, opt, params
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    log(
+        f"[{method} {name}] {res['tokens_per_s']} tok/s, peak {res.get('peak_gib')} GiB, loss0 {res['first_step_loss']}"
+    )
+    return res
+
+
+def measure_matmul_tflops() -> float | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    torch.cuda.synchronize()
+    return round(2 * n**3 * 10 / (time.perf_counter() - t) / 1e12, 1)
+
+
+def summarize(method, runs: list[dict], n_params: float, peak_tflops, matmul_tflops) -> dict:
+    """Per variant: mean tokens/s over rounds, max peak; headline baseline vs ours."""
+    by: dict[str, list[dict]] = {}
+    for r in runs:
+        by.setdefault(r["variant"], []).append(r)
+    variants = {}
+    for name, rs in by.items():
+        tps = [r["tokens_per_s"] for r in rs if "tokens_per_s" in r]
+        if not tps:
+            variants[name] = {"error": rs[-1].get("error")}
+            continue
+        mean = sum(tps) / len(tps)
+        v = {
+            "tokens_per_s": round(mean, 1),
+            "tokens_per_s_rounds": tps,
+            "peak_gib": max((r.get("peak_gib") or 0) for r in rs) or None,
+            "first_step_loss": rs[0]["first_step_loss"],
+            "padding_fraction": rs[0]["padding_fraction"],
+            "supervised_tokens": rs[0]["supervised_tokens"],
+            "settings": rs[0]["settings"],
+            "step_s": round(sum(r["step_s"] for r in rs if "step_s" in r) / len(tps), 4),
+        }
+        if peak_tflops:
+            v["mfu_4n_spec"] = round(mean * 4 * n_params / (peak_tflops * 1e12), 4)
+        if matmul_tflops:
+            v["mfu_4n_measured_matmul"] = round(mean * 4 * n_params / (matmul_tflops * 1e12), 4)
+        variants[name] = v
+    out: dict = {"method": method}
+    base, ours = variants.get("baseline"), variants.get("ours")
+    if base is not None:
+        out["baseline"] = base
+    if ours is not None:
+        out["ours"] = ours
+    if base and ours and "tokens_per_s" in base and "tokens_per_s" in ours:
+        out["speedup"] = round(ours["tokens_per_s"] / base["tokens_per_s"], 3)
+        l0, l1 = base["first_step_loss"], ours["first_step_loss"]
+        out["first_step_loss"] = {"baseline": l0, "ours": l1, "abs_diff": round(abs(l0 - l1), 5)}
+    out["variants"] = variants
+    out["runs"] = runs
+    return out
+
+
+def gpu_slug(name: str | None) -> str:
+    if not name:
+        return "cpu"
+    for key in ("H200", "H100", "A100", "L40S", "4090", "A10"):
+        if key in name:
+            return key.lower()
+    return name.lower().replace(" ", "_")
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny GlmConfig (CPU smoke test)")
+    ap.add_argument("--methods", default="lora,qlora,ptuning-v2")
+    ap.add_argument(
+        "--variants", default="baseline,ours,ours-noliger,ours-sdpa", help="for LoRA; other methods run baseline,ours"
+    )
+    ap.add_argument("--rounds", type=int, default=2, help="LoRA rounds (other methods: 1)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per variant run")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=8, help="samples per step (per GPU)")
+    ap.add_argument("--ddp", action="store_true", help="under torchrun: DDP over the visible GPUs")
+    ap.add_argument("--autocast", action="store_true", help="bf16 autocast around the forward")
+    ap.add_argument("--no-rebalance", action="store_true", help="DDP: round-robin batches instead of rebalanced")
+    ap.add_argument("--compare-to", help="a 1-GPU result JSON: report the DDP/1-GPU ratio of 'ours'")
+    ap.add_argument("--time-budget", type=float, default=1e9, help="seconds; skip what would start after it")
+    ap.add_argument("--out-dir", help="write train_<method>_<gpu>.json files here")
+    ap.add_argument("--profile", help="write a torch.profiler table of two 'ours' LoRA steps to this file")
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers
+    from transformers import GlmConfig
+
+    t_start = time.perf_counter()
+    rank, world = 0, 1
+    if args.ddp:
+        import torch.distributed as dist
+
+        dist.init_process_group("nccl")
+        rank, world = dist.get_rank(), dist.get_world_size()
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", rank)))
+
+    def log(msg: str) -> None:
+        if rank == 0:
+            print(msg, file=sys.stderr, flush=True)
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    hf_cfg = GlmConfig(**(TINY if args.tiny else {}))
+    if args.tiny:
+        hf_cfg.pad_token_id = 0
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf_cfg).parameters())
+    gpu = torch.cuda.get_device_name(0) if cuda else None
+    peak = next((v for k, v in PEAK_TFLOPS.items() if gpu and k in gpu), None)
+    matmul = measure_matmul_tflops() if cuda and rank == 0 else None
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    lora_variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    n_batches = (args.warmup + args.steps) * world
+    lengths = dict(prompt=(5, 25), answer=(3, 40)) if args.tiny else {}  # CPU smoke test: short samples
+    samples = make_samples(n_batches * args.batch, hf_cfg.vocab_size, seed=1, **lengths)
+    batches = [samples[i * args.batch : (i + 1) * args.batch] for i in range(n_batches)]
+    versions = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    for pkg in ("peft", "liger_kernel", "bitsandbytes", "triton", "accelerate"):
+        try:
+            versions[pkg] = __import__(pkg).__version__
+        except Exception:  # noqa: BLE001 - not installed (e.g. CPU CI)
+            versions[pkg] = None
+    results = []
+    for method in methods:
+        if method == "qlora" and (not cuda or versions["bitsandbytes"] is None):
+            log("[qlora] skipped: needs CUDA and bitsandbytes")
+            continue
+        names = lora_variants if method == "lora" else ["baseline", "ours"]
+        rounds = args.rounds if method == "lora" else 1
+        runs = []
+        for r in range(rounds):
+            for name in names:
+                if time.perf_counter() - t_start > args.time_budget:
+                    log(f"[{method} {name}] skipped: time budget")
+                    continue
+                try:
+                    prof = args.profile if (method == "lora" and name == "ours" and r == rounds - 1) else None
+                    res = run_variant(
+                        name,
+                        method,
+                        hf_cfg,
+                        batches,
+                        args.warmup,
+                        args.steps,
+                        device,
+                        dtype,
+                        rank,
+                        world,
+                        log,
+                        prof,
+                        not args.no_rebalance,
+                        args.autocast,
+                    )
+                except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
+                    if cuda:
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                    res = {"variant": name, "error": f"{type(exc).__name__}: {str(exc)[:400]}"}
+                    log(f"[{method} {name}] FAILED {res['error']}")
+                res["round"] = r
+                runs.append(res)
+        if not runs:
+            continue
+        summary = summarize(method, runs, n_params, peak, matmul)
+        result = {
+            "bench": "train",
+            "gpu": gpu or "cpu (tiny smoke test)" if args.tiny else gpu,
+            "gpus": world,
+            **summary,
+            "model": "GlmConfig() defaults = GLM-4-9B shape, random init" if not args.tiny else "tiny GlmConfig",
+            "params": n_params,
+            "flops_basis": "4 x params per real token",
+            "peak_tflops_spec": peak,
+            "matmul_tflops_measured": matmul,
+            "data": {
+                "samples_per_step_per_gpu": args.batch,
+                "prompt_tokens": list(lengths.get("prompt", (30, 250))),
+                "answer_tokens": list(lengths.get("answer", (20, 400))),
+                "labels": "-100 on the prompt",
+                "warmup_steps": args.warmup,
+                "timed_steps": args.steps,
+                "rounds": rounds,
+            },
+            "train_settings": "bf16 weights, fp32 adapters, fused AdamW lr 5e-4, clip 1.0, LoRA r8/a32/d0.1 q,k,v"
+            + (", bf16 autocast" if args.autocast else ", no autocast"),
+            "versions": versions,
+        }
+        if method == "lora" and not args.ddp and "ours" in summary.get("variants", {}):
+            result["memory_estimate"] = memory_estimate_check(summary, runs, args.batch, args.tiny)
+        if args.compare_to and "ours" in summary.get("variants", {}):
+            result["vs_one_gpu"] = compare(args.compare_to, summary)
+        results.append(result)
+        if rank == 0:
+            text = json.dumps(result, indent=2)
+            if args.out_dir:
+                Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+                tag = f"{gpu_slug(gpu)}x{world}" if world > 1 else gpu_slug(gpu)
+                fname = f"train_{tag}.json" if method == "lora" else f"train_{method}_{tag}.json"
+                Path(args.out_dir, fname).write_text(text + "\n", encoding="utf-8")
+            print(text, flush=True)
+    if args.ddp:
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(json.dumps([headline(r) for r in results]), flush=True)
+    return results
+
+
+def headline(r: dict) -> dict:
+    keep = {"bench": r["bench"], "gpu": r["gpu"], "gpus": r.get("gpus"), "method": r["method"]}
+    for side in ("baseline", "ours"):
+        if side in r:
+            keep[side] = {k: r[side].get(k) for k in ("tokens_per_s", "peak_gib", "mfu_4n_spec", "first_step_loss")}
+    for k in ("speedup", "vs_one_gpu"):
+        if k in r:
+            keep[k] = r[k]
+    return keep
+
+
+def compare(path: str, summary: dict) -> dict:
+    one = json.loads(Path(path).read_text(encoding="utf-8"))
+    base = (one.get("ours") or {}).get("tokens_per_s")
+    mine = summary["variants"]["ours"].get("tokens_per_s")
+    return {
+        "one_gpu_file": path,
+        "one_gpu_tokens_per_s": base,
+        "ddp_tokens_per_s": mine,
+        "ratio": round(mine / base, 3) if base and mine else None,
+    }
+
+
+def memory_estimate_check(summary: dict, runs: list[dict], batch: int, tiny: bool) -> dict:
+    """``umtcds_core.config.estimate_memory`` for the measured steps vs the measured peaks (error %)."""
+    try:
+        from umtcds_core.config import estimate_glm4_9b_lora
+    except ImportError as exc:
+        return {"error": f"estimate not available: {exc}"}
+    if tiny:
+        return {"note": "tiny shape: the estimate is for GLM-4-9B, compared on GPU runs only"}
+    out = {}
+    for name in ("baseline", "ours"):
+        v = summary["variants"].get(name) or {}
+        rs = [r for r in runs if r["variant"] == name and "processed_positions" in r]
+        if not rs or not v.get("peak_gib"):
+            continue
+        # the peak comes from the largest step of the run
+        tokens = max(r["max_step_positions"] for r in rs)
+        est = estimate_glm4_9b_lora(batch_size=1, tokens=tokens)
+        measured = v["peak_gib"]
+        out[name] = {
+            "tokens_per_step_used": tokens,
+            "estimate_peak_allocated_gib": est["peak_allocated_gib"],
+            "measured_peak_gib": measured,
+            "error_pct": round(100 * (est["peak_allocated_gib"] - measured) / measured, 1),
+        }
+    out["note"] = (
+        "tokens = positions of the largest timed step (the estimate assumes full fp32 logits; 'ours' does not "
+        "materialise them, so its estimate is an upper bound)"
+    )
+    return out
+
+
+if __name__ == "__main__":
+    main()
