@@ -636,6 +636,7 @@ def estimate_memory(
     tokens: int | None = None,
     gpus: list[dict] | None = None,
     verdict: bool = True,
+    fused_loss: bool = True,
 ) -> dict:
     """Expected peak GPU memory of one training step of ``cfg`` on one GPU, in GiB, with a verdict.
 
@@ -656,8 +657,11 @@ def estimate_memory(
       score matrix); MLP ``a·(h + 4I)``; each LoRA-wrapped linear its fp32 input copy plus a dropout mask
       (``(4 + 1)·in``). Without gradient checkpointing all ``L`` layers are kept; with it, each layer's input
       (``a·h·L``) plus one layer recomputed during backward.
-    * **logits**: the loss upcasts ``N × vocab`` logits to fp32 and keeps log-softmax and its gradient:
-      ``12·V`` bytes per token (``16·V`` with an fp32 head, i.e. QLoRA or fp32).
+    * **logits**: a standard loss upcasts ``N × vocab`` logits to fp32 and keeps log-softmax and its gradient:
+      ``12·V`` bytes per token (``16·V`` in fp32). ``umtcds train`` computes the loss in chunks of ``2**26 / V``
+      tokens (``fused_loss=True``, the default), so only one chunk counts — unless ``lm_head`` is a LoRA target.
+      ``fused_loss=False`` describes the Hugging Face default path (e.g. the benchmark's baseline).
+    * QLoRA's non-quantised parts (embeddings, head, norms) stay 16-bit (``speed.prepare_kbit_lean``).
     * **overhead**: 5% allocator fragmentation + 0.5 GiB CUDA context; ``peak_allocated_gib`` leaves it out (compare
       it with ``torch.cuda.max_memory_allocated``), ``total_gib`` includes it (compare with nvidia-smi).
 
@@ -679,7 +683,8 @@ def estimate_memory(
     # weights
     if method == "qlora":
         rest = P - pc["linear"]
-        weights = pc["linear"] * (cfg.qlora_bits / 8 + (0.127 if cfg.qlora_double_quant else 0.5) / 8) + rest * 4
+        # embeddings, head and norms stay 16-bit: speed.prepare_kbit_lean skips peft's fp32 upcast
+        weights = pc["linear"] * (cfg.qlora_bits / 8 + (0.127 if cfg.qlora_double_quant else 0.5) / 8) + rest * a
     else:
         weights = P * a
 
@@ -710,8 +715,12 @@ def estimate_memory(
     activations = act_per_token * N
     if method == "ptuning-v2":
         activations += cfg.per_device_batch_size * cfg.num_virtual_tokens * L * 2 * kvd * a
-    fp32_head = method == "qlora" or precision == "fp32"
-    logits = N * V * (16 if fp32_head else 12)
+    fp32_head = precision == "fp32"
+    # umtcds train computes the loss chunk by chunk (speed.chunked_linear_cross_entropy / Liger's fused kernel on
+    # CUDA): only one chunk of logits is alive at a time. A LoRA on lm_head falls back to full logits.
+    head_targeted = "lm_head" in (cfg.lora_target_modules or [])
+    logit_tokens = N if (head_targeted or not fused_loss) else min(N, max(64, (1 << 26) // V))
+    logits = logit_tokens * V * (16 if fp32_head else 12)
 
     peak = weights + state + activations + logits
     overhead = 0.05 * peak + 0.5 * GIB
@@ -820,6 +829,7 @@ def estimate_glm4_9b_lora(
     max_output_length: int = 512,
     tokens: int | None = None,
     gradient_checkpointing: bool = True,
+    fused_loss: bool = True,
 ) -> dict:
     """The estimate for GLM-4-9B's shape (``GlmConfig()`` defaults), LoRA r=8 on q/k/v, bf16 — for comparing with a
     measured ``torch.cuda.max_memory_allocated`` (use ``peak_allocated_gib``; pass ``tokens`` = batch × padded length
@@ -837,7 +847,7 @@ def estimate_glm4_9b_lora(
         max_output_length=max_output_length,
         gradient_checkpointing=gradient_checkpointing,
     )
-    return estimate_memory(cfg, shape=glm4_9b_shape(), tokens=tokens, gpus=[])
+    return estimate_memory(cfg, shape=glm4_9b_shape(), tokens=tokens, gpus=[], fused_loss=fused_loss)
 
 
 def describe_estimate(est: dict) -> str:

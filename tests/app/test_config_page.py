@@ -96,7 +96,10 @@ def test_unknown_model_path_warns_instead_of_crashing(_isolated_workspaces):
 def test_verdict_names_the_fix_in_the_ui_language(_isolated_workspaces):
     ws = _workspace(_isolated_workspaces)
     at = _page(ws)
-    at.number_input(key="cfg_w_per_device_batch_size").set_value(256).run()
+    # the loss is computed in chunks, so only a really large step (512 × 1024 tokens) overflows 24 GB
+    at.number_input(key="cfg_w_per_device_batch_size").set_value(512).run()
+    at.number_input(key="cfg_w_max_input_length").set_value(512).run()
+    at.number_input(key="cfg_w_max_output_length").set_value(512).run()
     assert any("needs batch size 1" in m.value and "to fit 24 GB" in m.value for m in at.markdown)
     at.session_state["lang"] = "zh"
     at.run()
