@@ -39,8 +39,12 @@ TOPICS = [
 ]
 
 
-def make_prompts(count: int) -> list[list[dict]]:
-    """``count`` different Q&A conversations built with the real default templates and few-shot example."""
+def make_prompts(count: int, long_pages: bool = False) -> list[list[dict]]:
+    """``count`` different Q&A conversations built with the real default templates and few-shot example.
+
+    ``long_pages``: each page also carries 2–23 sentences of the other topics, so whole prompts span about 300–700
+    tokens (issue 9's generation setting) instead of ~260.
+    """
     from umtcds_core.qa import DEFAULT_PROMPTS, _qa_conversation
 
     prompts = DEFAULT_PROMPTS["en"]
@@ -52,6 +56,11 @@ def make_prompts(count: int) -> list[list[dict]]:
             + body.format(n=i % 9 + 1, h=i % 5 + 7)
             + ("\nMore details are on the office website." * (i % 3))
         )
+        if long_pages:
+            extra = 2 + (i * 7) % 22
+            text += "\n" + " ".join(
+                TOPICS[(i + j) % len(TOPICS)][1].format(n=(i + j) % 9 + 1, h=j % 5 + 7) for j in range(1, extra + 1)
+            )
         convs.append(_qa_conversation(prompts, text, title, 3))
     return convs
 
@@ -125,6 +134,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch-size", type=int, help="batch size (default 8 CPU, 32 GPU)")
     ap.add_argument("--new-tokens", type=int, help="fixed new tokens per prompt (default 32 CPU, 128 GPU)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--long-pages", action="store_true", help="pages long enough for 300-700-token prompts")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         model = load_model(args.model, device=device)
         model_desc = f"{args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params"
-    convs = make_prompts(n_prompts)
+    convs = make_prompts(n_prompts, long_pages=args.long_pages)
     prompt_tokens = [
         len(
             tok(tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False), add_special_tokens=False)[
@@ -183,6 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
             "new_tokens_per_prompt": new,
             "greedy": True,
             "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+            "prompt_tokens_min": min(prompt_tokens),
+            "prompt_tokens_max": max(prompt_tokens),
             "batch_size": batch,
         },
         "loop_one_prompt_at_a_time": {

@@ -837,6 +837,16 @@ def _read_raw(path: Path) -> list[tuple[str, dict | None]]:
     return out
 
 
+def _local_batch_hint(backend) -> int:
+    """Pages per wave for a local backend: its batch size, or for the automatic one 128 on a GPU and 8 on CPU."""
+    if getattr(backend, "batch_size", None):
+        return backend.batch_size
+    import torch
+
+    device = getattr(backend, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu")
+    return 128 if str(device).startswith("cuda") else 8
+
+
 def generate(
     in_dir: str | Path,
     out_dir: str | Path,
@@ -908,7 +918,7 @@ def generate(
             dedupe.add(o["question"])
 
     local = getattr(backend, "name", "") == "local"
-    group = group_size or (2 * getattr(backend, "batch_size", 8) if local else 2 * max(1, concurrency))
+    group = group_size or (2 * _local_batch_hint(backend) if local else 2 * max(1, concurrency))
     gen = Generator(backend, settings, concurrency=concurrency, dedupe=dedupe)
     model_name = settings.model or getattr(backend, "model", "") or getattr(backend, "model_ref", "") or ""
     start, tokens0 = time.time(), getattr(backend, "tokens_out", 0)
@@ -1005,7 +1015,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--pairs-per-page", type=int, default=5, metavar="N", help="pairs asked per page chunk (5)")
     parser.add_argument("--concurrency", type=int, default=4, metavar="K", help="parallel requests, remote (4)")
-    parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate() call, local (8)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="prompts per generate() call, local (default auto: 8 on CPU, as many as GPU memory allows up to 256)",
+    )
     parser.add_argument(
         "--clean",
         action=argparse.BooleanOptionalAction,
@@ -1033,7 +1048,7 @@ def _raise_interrupt(signum, frame):
 def run(args: argparse.Namespace) -> int:
     from .llm import make_backend
 
-    if args.concurrency < 1 or args.batch_size < 1:
+    if args.concurrency < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise UserError("--concurrency and --batch-size must be at least 1.")
     settings = settings_from_args(args)
     out_dir = Path(args.out)
