@@ -139,11 +139,20 @@ if st.button(tr("测试连接", "Test connection"), key="gen_test"):
 s1, s2, s3, s4 = st.columns(4)
 pairs = s1.number_input(tr("每页问答对数", "Pairs per page"), 1, 30, int(saved["pairs"]), key="gen_pairs")
 concurrency = s2.number_input(
-    tr("并发数" if backend != "local" else "批大小", "Concurrency" if backend != "local" else "Batch size"),
-    1,
-    64,
+    tr(
+        "并发数" if backend != "local" else "批大小（0=自动）",
+        "Concurrency" if backend != "local" else "Batch size (0 = auto)",
+    ),
+    0 if backend == "local" else 1,
+    256,
     int(saved["concurrency"]),
     key="gen_concurrency",
+    help=tr(
+        "本地模型：0 表示按显存自动选择（GPU 上最多 256，CPU 上 8）。",
+        "Local model: 0 picks it from free GPU memory (up to 256 on a GPU, 8 on CPU).",
+    )
+    if backend == "local"
+    else None,
 )
 lang = s3.selectbox(
     tr("提示词语言", "Prompt language"),
@@ -193,7 +202,11 @@ with st.expander(tr("提示词模板（可编辑）", "Prompt templates (editabl
 
 def _args(retry_failed: bool = False) -> tuple[list[str], dict[str, str]]:
     args = [str(ws.pages_dir), "--out", str(ws.qa_dir), "--backend", backend, "--pairs-per-page", str(pairs)]
-    args += ["--concurrency" if backend != "local" else "--batch-size", str(concurrency), "--lang", lang]
+    if backend != "local":
+        args += ["--concurrency", str(concurrency)]
+    elif concurrency:
+        args += ["--batch-size", str(concurrency)]
+    args += ["--lang", lang]
     args.append("--clean" if clean else "--no-clean")
     if model:
         args += ["--model", model]
