@@ -47,6 +47,9 @@ def home() -> None:
             "Turn your university's website into a campus Q&A assistant: crawl → Q&A → dataset → config → train → chat & evaluate.",
         )
     )
+    from umtcds_core.demo import render_demo_card
+
+    render_demo_card()
     box = st.container(border=True)
     ws = ui.workspace_picker(location=box, key="home")
     ui.workspace_creator(location=box)

@@ -161,13 +161,32 @@ lang = s3.selectbox(
     key="gen_lang",
 )
 clean = s4.toggle(
-    tr("先清洗文本", "Clean text first"), value=bool(saved["clean"]) and backend != "local", key="gen_clean"
+    tr("先清洗文本", "Clean text first"),
+    value=bool(saved["clean"]) and backend != "local",
+    key=f"gen_clean_{backend}",  # per backend: a small local model defaults to no extra cleaning pass
+    help=tr("多一次模型调用，去掉残留的导航等噪声。", "One more LLM call per page to strip leftover navigation noise."),
+)
+max_tokens = s4.number_input(
+    tr("回复最多 token", "Max reply tokens"),
+    32,
+    8192,
+    int(saved.get("max_tokens", 1024 if backend != "local" else 384)),
+    step=32,
+    key=f"gen_max_tokens_{backend}",
+    help=tr("越小越快；太小会截断问答对。", "Lower: faster; too low cuts pairs off."),
 )
 j1, j2 = st.columns(2)
 judge = j1.checkbox(tr("让模型给问答对打分（1–5）并过滤", "Let the LLM rate pairs (1–5) and filter"), key="gen_judge")
 threshold = j2.slider(tr("最低分", "Lowest score kept"), 1, 5, 3, disabled=not judge, key="gen_threshold")
 saved.update(
-    backend=backend, model=model, base_url=base_url, key_env=key_env, pairs=pairs, concurrency=concurrency, clean=clean
+    backend=backend,
+    model=model,
+    base_url=base_url,
+    key_env=key_env,
+    pairs=pairs,
+    concurrency=concurrency,
+    clean=clean,
+    max_tokens=max_tokens,
 )
 
 # ---- prompt editor -------------------------------------------------------------------------------------------------
@@ -208,6 +227,7 @@ def _args(retry_failed: bool = False) -> tuple[list[str], dict[str, str]]:
         args += ["--batch-size", str(concurrency)]
     args += ["--lang", lang]
     args.append("--clean" if clean else "--no-clean")
+    args += ["--max-tokens", str(max_tokens)]
     if model:
         args += ["--model", model]
     if base_url:

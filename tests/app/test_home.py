@@ -5,6 +5,10 @@ from streamlit.testing.v1 import AppTest
 HOME = str(Path(__file__).resolve().parents[2] / "Home.py")
 
 
+def _create_button(at: AppTest):
+    return next(b for b in at.button if b.label in ("创建项目", "Create project"))
+
+
 def _home() -> AppTest:
     return AppTest.from_file(HOME, default_timeout=60)
 
@@ -24,7 +28,7 @@ def test_create_a_workspace_and_see_every_step_status(_isolated_workspaces):
     at.session_state["lang"] = "en"
     at.run()
     at.text_input(key="_ws_new_name").set_value("qingshan")
-    at.button[0].click()
+    _create_button(at).click()
     at.run()
     assert not at.exception
     assert (_isolated_workspaces / "qingshan" / "workspace.json").exists()
@@ -36,7 +40,7 @@ def test_create_a_workspace_and_see_every_step_status(_isolated_workspaces):
 def test_bad_workspace_name_shows_a_message(_isolated_workspaces):
     at = _home().run()
     at.text_input(key="_ws_new_name").set_value("../escape")
-    at.button[0].click()
+    _create_button(at).click()
     at.run()
     assert not at.exception
     assert any("workspace name" in e.value for e in at.error)
