@@ -855,3 +855,24 @@ def run(args) -> int:
     )
     print(describe(report))
     return 0
+
+
+def record_to_messages(rec: dict) -> list[dict]:
+    """One split record (GLM-4 messages | ShareGPT | Alpaca, as :func:`write_splits` writes them) → ``{"role", "content"}``
+    messages; ``ValueError`` for anything else. Training and evaluation both read split files through this."""
+    if isinstance(rec.get("messages"), list):
+        return [{"role": m.get("role"), "content": m.get("content") or ""} for m in rec["messages"]]
+    if isinstance(rec.get("conversations"), list):
+        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+        msgs = [{"role": "system", "content": rec["system"]}] if rec.get("system") else []
+        for turn in rec["conversations"]:
+            role = roles.get(str(turn.get("from", turn.get("role", ""))).lower())
+            if role is None:
+                raise ValueError(f"unknown ShareGPT speaker {turn.get('from')!r}")
+            msgs.append({"role": role, "content": turn.get("value", turn.get("content")) or ""})
+        return msgs
+    if "instruction" in rec and "output" in rec:
+        prompt = rec["instruction"] + (("\n" + rec["input"]) if rec.get("input") else "")
+        msgs = [{"role": "system", "content": rec["system"]}] if rec.get("system") else []
+        return msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec["output"]}]
+    raise ValueError("expected 'messages', 'conversations' or 'instruction'/'output'")

@@ -39,6 +39,7 @@ import sys
 import time
 from pathlib import Path
 
+from .dataset import record_to_messages
 from .errors import UserError
 from .fileio import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 
@@ -52,23 +53,9 @@ class EvalError(UserError, ValueError):
 # ---- reading the test split ---------------------------------------------------------------------------------------
 def split_record(rec: dict) -> tuple[list[dict], str] | None:
     """``(prompt messages, reference)`` of one record, or None when it has no assistant answer to score."""
-    if isinstance(rec.get("messages"), list):
-        msgs = [m for m in rec["messages"] if isinstance(m, dict) and isinstance(m.get("content"), str)]
-    elif isinstance(rec.get("conversations"), list):
-        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-        msgs = [
-            {"role": roles.get(m.get("from", ""), "user"), "content": m.get("value", "")}
-            for m in rec["conversations"]
-            if isinstance(m, dict) and isinstance(m.get("value"), str)
-        ]
-        if rec.get("system"):
-            msgs.insert(0, {"role": "system", "content": rec["system"]})
-    elif "instruction" in rec and "output" in rec:
-        user = "\n".join(x for x in (rec.get("instruction") or "", rec.get("input") or "") if x)
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": rec["output"] or ""}]
-        if rec.get("system"):
-            msgs.insert(0, {"role": "system", "content": rec["system"]})
-    else:
+    try:
+        msgs = record_to_messages(rec)
+    except (ValueError, TypeError, AttributeError):
         return None
     last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
     if last is None or not any(m.get("role") == "user" for m in msgs[:last]):
@@ -78,7 +65,7 @@ def split_record(rec: dict) -> tuple[list[dict], str] | None:
         for m in msgs[:last]
         if m["role"] in ("system", "user", "assistant")
     ]
-    return prompt, msgs[last]["content"].strip()
+    return prompt, str(msgs[last]["content"]).strip()
 
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError, TrainConfig, load_config
+from .dataset import record_to_messages
 from .errors import UserError
 from .fileio import DiskFullError, append_jsonl, iter_jsonl, read_json, write_json_atomic
 
@@ -87,43 +88,24 @@ class TrainError(UserError):
 
 
 # ---- data -------------------------------------------------------------------------------------------------------
-def normalize_record(rec: dict) -> list[dict]:
-    """One dataset record (GLM-4 messages | ShareGPT | Alpaca) → a list of ``{"role", "content"}`` messages."""
-    if isinstance(rec.get("messages"), list):
-        return [{"role": m.get("role"), "content": m.get("content") or ""} for m in rec["messages"]]
-    if isinstance(rec.get("conversations"), list):
-        roles = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-        msgs = [{"role": "system", "content": rec["system"]}] if rec.get("system") else []
-        for turn in rec["conversations"]:
-            role = roles.get(str(turn.get("from", turn.get("role", ""))).lower())
-            if role is None:
-                raise ValueError(f"unknown ShareGPT speaker {turn.get('from')!r}")
-            msgs.append({"role": role, "content": turn.get("value", turn.get("content")) or ""})
-        return msgs
-    if "instruction" in rec and "output" in rec:
-        prompt = rec["instruction"] + (("\n" + rec["input"]) if rec.get("input") else "")
-        msgs = [{"role": "system", "content": rec["system"]}] if rec.get("system") else []
-        return msgs + [{"role": "user", "content": prompt}, {"role": "assistant", "content": rec["output"]}]
-    raise ValueError("expected 'messages', 'conversations' or 'instruction'/'output'")
-
-
 def load_conversations(path: Path, system_prompt: str | None = None) -> tuple[list[list[dict]], list[str]]:
-    """Conversations of a split file plus a list of problems (``file:line: why``) for records that were skipped."""
+    """Conversations of a split file plus a list of problems for what was skipped: broken lines as ``file:line: why``,
+    readable records that are no conversation as ``file: record N: why`` (N counts readable records only)."""
     from .fileio import BadLine
 
     bad: list[BadLine] = []
     convs, problems = [], []
-    for lineno, rec in enumerate(iter_jsonl(path, errors=bad), 1):
+    for n, rec in enumerate(iter_jsonl(path, errors=bad), 1):
         try:
-            msgs = normalize_record(rec)
+            msgs = record_to_messages(rec)
         except (ValueError, TypeError, AttributeError) as exc:
-            problems.append(f"{path}:{lineno}: {exc}")
+            problems.append(f"{path}: record {n}: {exc}")
             continue
         msgs = [m for m in msgs if m["role"] != "system" or m["content"].strip()]
         if system_prompt and not any(m["role"] == "system" for m in msgs):
             msgs.insert(0, {"role": "system", "content": system_prompt})
         if not msgs or msgs[-1]["role"] != "assistant" or not str(msgs[-1]["content"]).strip():
-            problems.append(f"{path}:{lineno}: the last message is not a non-empty assistant answer")
+            problems.append(f"{path}: record {n}: the last message is not a non-empty assistant answer")
             continue
         convs.append(msgs)
     problems = [str(b) for b in bad] + problems
