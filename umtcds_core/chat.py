@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from typing import Any
 
 from .errors import UserError
 from .fileio import read_json
+from .train import CHECKPOINT_RE, list_checkpoints
 
 Message = dict[str, str]
 
@@ -44,22 +44,13 @@ class ChatError(UserError, ValueError):
 
 
 # ---- finding adapters -----------------------------------------------------------------------------------------------
-def _step_of(path: Path) -> int:
-    m = re.search(r"checkpoint-(\d+)$", path.name)
-    return int(m.group(1)) if m else -1
-
-
 def checkpoints(run_dir: str | Path) -> list[Path]:
     """``checkpoint-N`` folders of a run holding an adapter or a model, oldest first."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = [
+    return [
         p
-        for p in run_dir.glob("checkpoint-*")
-        if p.is_dir() and ((p / "adapter_config.json").exists() or (p / "config.json").exists())
+        for p in list_checkpoints(Path(run_dir))
+        if (p / "adapter_config.json").exists() or (p / "config.json").exists()
     ]
-    return sorted(found, key=_step_of)
 
 
 def find_adapter(path: str | Path) -> Path:
@@ -96,7 +87,7 @@ def is_full_model(path: str | Path) -> bool:
 def run_dir_of(adapter_dir: str | Path) -> Path:
     """The run folder an adapter belongs to (the parent of a ``checkpoint-N`` folder)."""
     p = Path(adapter_dir)
-    return p.parent if _step_of(p) >= 0 else p
+    return p.parent if CHECKPOINT_RE.match(p.name) else p
 
 
 def train_info(adapter_dir: str | Path) -> dict:
