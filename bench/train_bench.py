@@ -66,6 +66,24 @@ VARIANTS = {
     "ours-noliger": dict(packing=True, varlen=True, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
     "ours-sdpa": dict(packing=True, varlen=False, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
     "ours-pack": dict(packing=True, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="lean"),
+    "ours-compile": dict(
+        packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=False
+    ),
+    "ours-compile-tf32": dict(
+        packing=True,
+        varlen=True,
+        fused=True,
+        liger=True,
+        ckpt=True,
+        skip=0,
+        kbit="lean",
+        compile=True,
+        kernels=False,
+        tf32=True,
+    ),
+    "ours-compile-liger": dict(
+        packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=True
+    ),
 }
 
 
@@ -214,9 +232,13 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
         info["attention"] = speed.enable_varlen_attention(model, device)
     if settings["fused"]:
         info["loss"] = speed.enable_fused_loss(model, device, use_liger=settings["liger"]) or "standard"
-        info["kernels"] = speed.apply_kernels(model, device) if settings["liger"] else []
+        info["kernels"] = (
+            speed.apply_kernels(model, device) if settings["liger"] and settings.get("kernels", True) else []
+        )
     else:
         info["loss"] = "standard (full logits, fp32 upcast)"
+    if settings.get("compile"):
+        info["compiled_layers"] = speed.compile_layers(model, device, force=device == "cpu")
     model.train()
     return model, info
 
@@ -257,6 +279,8 @@ def run_variant(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=5e-4, fused=cuda)
     autocast = torch.autocast("cuda", dtype=dtype) if cuda and use_autocast else contextlib.nullcontext()
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(settings.get("tf32", tf32_before))
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -303,7 +327,13 @@ def run_variant(
             if cuda:
                 torch.cuda.synchronize()
         key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
-        Path(profile).write_text(prof.key_averages().table(sort_by=key, row_limit=40), encoding="utf-8")
+        tables = [prof.key_averages().table(sort_by=key, row_limit=40)]
+        if cuda:
+            tables.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30))
+            res_gaps = gpu_idle_gaps(prof)
+            tables.append(json.dumps(res_gaps, indent=1))
+        Path(profile).write_text("\n\n".join(tables), encoding="utf-8")
+    syncs = sync_sites(model, collator, mine[:1], pad_id, device, autocast) if cuda else None
     if world > 1:
         t = torch.tensor([real, processed, supervised], device=device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
@@ -328,10 +358,13 @@ def run_variant(
         "last_loss": round(float(losses[-1]), 5),
         "build_s": round(build_s, 1),
     }
+    if syncs is not None:
+        res["host_syncs_per_step"] = syncs
     if cuda:
         gib = 1024**3
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / gib, 2)
         res["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
+    torch.backends.cuda.matmul.allow_tf32 = tf32_before
     del model, opt, params
     gc.collect()
     if cuda:
@@ -340,6 +373,80 @@ def run_variant(
         f"[{method} {name}] {res['tokens_per_s']} tok/s, peak {res.get('peak_gib')} GiB, loss0 {res['first_step_loss']}"
     )
     return res
+
+
+def gpu_idle_gaps(prof, top: int = 12) -> dict:
+    """From a profile: GPU busy vs wall time of the profiled steps, and the CPU ops running in the longest idle gaps."""
+    kernels = sorted(
+        (e for e in prof.events() if getattr(e, "device_type", None) is not None and "CUDA" in str(e.device_type)),
+        key=lambda e: e.time_range.start,
+    )
+    if not kernels:
+        return {}
+    busy, gaps, end = 0.0, [], kernels[0].time_range.start
+    for e in kernels:
+        if e.time_range.start > end:
+            gaps.append((e.time_range.start - end, end, e.time_range.start))
+        busy += max(0, e.time_range.end - max(e.time_range.start, end))
+        end = max(end, e.time_range.end)
+    wall = end - kernels[0].time_range.start
+    cpu_ops = [e for e in prof.events() if "CPU" in str(getattr(e, "device_type", ""))]
+    worst = []
+    for length, a, b in sorted(gaps, reverse=True)[:top]:
+        inside = sorted(
+            {
+                e.name
+                for e in cpu_ops
+                if e.time_range.start < b and e.time_range.end > a and e.name.startswith(("aten", "cuda"))
+            }
+        )
+        worst.append({"gap_us": round(length, 1), "cpu_ops": inside[:12]})
+    hist = {"<10us": 0, "10-100us": 0, "0.1-1ms": 0, ">1ms": 0}
+    total = {"<10us": 0.0, "10-100us": 0.0, "0.1-1ms": 0.0, ">1ms": 0.0}
+    for length, _, _ in gaps:
+        k = "<10us" if length < 10 else "10-100us" if length < 100 else "0.1-1ms" if length < 1000 else ">1ms"
+        hist[k] += 1
+        total[k] += length / 1000
+    return {
+        "gpu_busy_ms": round(busy / 1000, 1),
+        "wall_ms": round(wall / 1000, 1),
+        "idle_gaps_count": hist,
+        "idle_gaps_ms": {k: round(v, 1) for k, v in total.items()},
+        "longest_gaps": worst,
+    }
+
+
+def sync_sites(model, collator, feats_list, pad_id, device, autocast) -> dict:
+    """One more step under ``torch.cuda.set_sync_debug_mode``: where the host waits for the GPU (call sites, counts)."""
+    import traceback
+    import warnings
+
+    import torch
+
+    sites: dict = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [f for f in traceback.extract_stack()[:-1] if "warnings" not in f.filename][-6:]
+        key = " <- ".join(f"{Path(f.filename).name}:{f.lineno}" for f in reversed(frames))
+        sites[key] = sites.get(key, 0) + 1
+
+    old = warnings.showwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            for feats in feats_list:
+                batch = collator(feats) if collator else pad_collate(feats, pad_id)
+                batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+                with autocast:
+                    out = model(**batch)
+                out.loss.backward()
+                model.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = old
+    return {"total": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1])[:10])}
 
 
 def measure_matmul_tflops() -> float | None:
@@ -418,6 +525,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument(
         "--variants", default="baseline,ours,ours-noliger,ours-sdpa", help="for LoRA; other methods run baseline,ours"
     )
+    ap.add_argument("--other-variants", default="baseline,ours", help="variants for QLoRA and P-tuning v2")
     ap.add_argument("--rounds", type=int, default=2, help="LoRA rounds (other methods: 1)")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per variant run")
     ap.add_argument("--warmup", type=int, default=3)
@@ -428,7 +536,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--compare-to", help="a 1-GPU result JSON: report the DDP/1-GPU ratio of 'ours'")
     ap.add_argument("--time-budget", type=float, default=1e9, help="seconds; skip what would start after it")
     ap.add_argument("--out-dir", help="write train_<method>_<gpu>.json files here")
-    ap.add_argument("--profile", help="write a torch.profiler table of two 'ours' LoRA steps to this file")
+    ap.add_argument("--profile", help="write torch.profiler tables of two LoRA steps to FILE_<variant>.txt")
+    ap.add_argument("--profile-variants", default="ours", help="comma-separated variants to profile")
     args = ap.parse_args(argv)
 
     import torch
@@ -482,7 +591,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if method == "qlora" and (not cuda or versions["bitsandbytes"] is None):
             log("[qlora] skipped: needs CUDA and bitsandbytes")
             continue
-        names = lora_variants if method == "lora" else ["baseline", "ours"]
+        names = lora_variants if method == "lora" else [v for v in args.other_variants.split(",") if v]
         rounds = args.rounds if method == "lora" else 1
         runs = []
         for r in range(rounds):
@@ -491,7 +600,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     log(f"[{method} {name}] skipped: time budget")
                     continue
                 try:
-                    prof = args.profile if (method == "lora" and name == "ours" and r == rounds - 1) else None
+                    prof = (
+                        args.profile.replace(".txt", f"_{name}.txt")
+                        if (
+                            args.profile
+                            and method == "lora"
+                            and name in args.profile_variants.split(",")
+                            and r == rounds - 1
+                        )
+                        else None
+                    )
                     res = run_variant(
                         name,
                         method,

@@ -29,6 +29,7 @@ Every function degrades to plain PyTorch when there is no GPU, Triton or liger-k
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import types
 from typing import Any
@@ -112,15 +113,24 @@ VARLEN_ATTN = "umtcds_varlen"
 _SEGMENTS: dict = {}  # id of the position_ids tensor of the current forward -> (tensor, cu_seqlens, max_len)
 
 
+_KERNEL: list = []
+
+
 def _varlen_kernel():
-    """PyTorch's FlashAttention varlen op and the keyword that makes it causal (2.10: is_causal; later: window)."""
+    """PyTorch's FlashAttention varlen op and the keyword that makes it causal (2.10: is_causal; later: window).
+
+    Looked up once (``inspect`` does not trace under torch.compile; the first call is ``varlen_usable``'s check).
+    """
+    if _KERNEL:
+        return _KERNEL[0]
     import inspect
 
     from torch.nn.attention.varlen import varlen_attn
 
     params = inspect.signature(varlen_attn).parameters
     causal = {"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True}
-    return varlen_attn, causal, "enable_gqa" in params
+    _KERNEL.append((varlen_attn, causal, "enable_gqa" in params))
+    return _KERNEL[0]
 
 
 def _segments(position_ids, batch: int, length: int, device):
@@ -182,10 +192,11 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
                 v = v.repeat_interleave(heads // v.shape[1], dim=1)
         out = kernel(q, k, v, cu, cu, int(max_len), int(max_len), scale=scaling, **causal, **extra)
         return out.view(batch, length, heads, dim), None
-    # portable fallback: an explicit block-diagonal causal mask (CPU tests, fp32)
-    seg = torch.repeat_interleave(torch.arange(cu.numel() - 1, device=query.device), (cu[1:] - cu[:-1]).long()).view(
-        batch, length
-    )
+    # portable fallback: an explicit block-diagonal causal mask (CPU tests, fp32); static shapes, so it also traces
+    # under torch.compile
+    starts = torch.zeros(batch * length, dtype=torch.int32, device=query.device)
+    starts[cu[1:-1].long()] = 1
+    seg = torch.cumsum(starts, 0).view(batch, length)
     pos = torch.arange(length, device=query.device)
     mask = (seg[:, :, None] == seg[:, None, :]) & (pos[None, :, None] >= pos[None, None, :])
     return sdpa_attention_forward(
@@ -394,6 +405,74 @@ def apply_kernels(model, device: str | None = None) -> list[str]:
             module.forward = types.MethodType(LigerSwiGLUMLP.forward, module)
             done["swiglu"] = done.get("swiglu", 0) + 1
     return [f"{k} x{v}" for k, v in done.items()]
+
+
+# ---- torch.compile of the repeated decoder layer ------------------------------------------------------------------
+_COMPILE_OK: dict = {}
+
+
+def compile_usable(device: str | None = None) -> bool:
+    """True on CUDA when torch.compile's GPU back end (Inductor + Triton) is importable.
+
+    Compiling pays on a GPU, where eager LoRA training of a 9B model is bound by Python and kernel launches (dozens
+    of small elementwise kernels per layer: LoRA casts/scales/adds, RoPE, norms); on CPU the compile costs more
+    than it saves for the small models people train there.
+    """
+    import torch
+
+    if device is not None and not str(device).startswith("cuda"):
+        return False
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 7:
+        return False
+    if "ok" not in _COMPILE_OK:
+        _COMPILE_OK["ok"] = importlib.util.find_spec("triton") is not None and hasattr(torch, "compile")
+    return _COMPILE_OK["ok"]
+
+
+def compile_layers(model, device: str | None = None, force: bool = False) -> int:
+    """``torch.compile`` each decoder layer (regional compilation); returns how many layers were compiled.
+
+    All layers share one compiled function (same code, the layer passed as an argument), so the compile is paid
+    once (about a minute for GLM-4-9B), with dynamic shapes so packed rows of any length reuse it. Activation
+    checkpointing stays PyTorch's eager, non-reentrant ``checkpoint`` *around* the compiled layer (tracing the
+    checkpoint inside the graph trips Inductor's partitioner on these layers), so the recompute in backward runs
+    the compiled code too. Inductor fuses each layer's elementwise work (LoRA dropout/scale/add and dtype casts,
+    RoPE, RMSNorm, SwiGLU, residual adds) into a few kernels, which removes the launch-bound gaps of eager mode.
+    On CPU (or without Triton) nothing changes unless ``force`` (tests: the same code through Inductor's C++
+    back end).
+    """
+    if not (force or compile_usable(device)):
+        return 0
+    import torch
+
+    layers = decoder_layers(causal_lm_of(model) or model)
+    # one graph for training, one for evaluation (no grad), a few for shape changes: stay well below the limit
+    name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 32))
+    compiled: dict = {}
+    for layer in layers:
+        # transformers wraps the class's forward in its checkpointing shim; compile what it wraps
+        inner = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
+        if inner not in compiled:
+            compiled[inner] = torch.compile(inner, dynamic=True)
+        layer.forward = types.MethodType(_checkpointed(compiled[inner]), layer)
+    return len(layers)
+
+
+def _checkpointed(fn):
+    """A layer forward running compiled ``fn`` inside the layer's own checkpointing when that is on."""
+
+    def forward(self, *args, **kwargs):
+        import torch
+
+        if getattr(self, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+            for key in ("past_key_values", "past_key_value", "cache", "layer_past"):
+                if kwargs.get(key) is not None:
+                    kwargs[key] = None  # as transformers' shim: a cache is not replayed under checkpointing
+            return self._gradient_checkpointing_func(functools.partial(fn, self, **kwargs), *args)
+        return fn(self, *args, **kwargs)
+
+    return forward
 
 
 # ---- balanced work across data-parallel ranks ----------------------------------------------------------------------
