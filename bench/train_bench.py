@@ -62,13 +62,20 @@ VARIANTS = {
     # packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not
     # checkpointed; k-bit preparation
     "baseline": dict(packing=False, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="peft"),
-    "ours": dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean"),
+    # = umtcds train on one CUDA GPU: + torch.compile of the layers (speed.COMPILE_DEFAULTS) and TF32 adapter matmuls
+    "ours": dict(
+        packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=False
+    )
+    | {"tf32": True},
+    # the eager path (umtcds train with compile: off, or where torch.compile is unavailable)
+    "ours-eager": dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean"),
     "ours-noliger": dict(packing=True, varlen=True, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
     "ours-sdpa": dict(packing=True, varlen=False, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
     "ours-pack": dict(packing=True, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="lean"),
     "ours-compile": dict(
         packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=False
-    ),
+    )
+    | {"cpp": False, "reentrant": False, "noguard": False},
     "ours-compile-tf32": dict(
         packing=True,
         varlen=True,
@@ -80,7 +87,28 @@ VARIANTS = {
         compile=True,
         kernels=False,
         tf32=True,
+        cpp=False,
+        reentrant=False,
+        noguard=False,
     ),
+    **{
+        name: dict(
+            packing=True,
+            varlen=True,
+            fused=True,
+            liger=True,
+            ckpt=True,
+            skip=0,
+            kbit="lean",
+            compile=True,
+            kernels=False,
+            tf32=True,
+            cpp="cpp" in name,
+            reentrant="reent" in name,
+            noguard=name.endswith("-ng"),
+        )
+        for name in ("ours-cpp", "ours-reent", "ours-cpp-reent", "ours-reent-ng", "ours-cpp-reent-ng", "ours-ng")
+    },
     "ours-compile-liger": dict(
         packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=True
     ),
@@ -238,7 +266,14 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
     else:
         info["loss"] = "standard (full logits, fp32 upcast)"
     if settings.get("compile"):
-        info["compiled_layers"] = speed.compile_layers(model, device, force=device == "cpu")
+        torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
+        torch._inductor.config.cpp_wrapper = False
+        opts = dict(speed.COMPILE_DEFAULTS)
+        for key, opt in (("cpp", "cpp_wrapper"), ("reentrant", "reentrant"), ("noguard", "skip_module_guards")):
+            if key in settings:
+                opts[opt] = settings[key]
+        info["compile_options"] = opts
+        info["compiled_layers"] = speed.compile_layers(model, device, force=device == "cpu", **opts)
     model.train()
     return model, info
 
@@ -292,12 +327,15 @@ def run_variant(
             if cuda:
                 torch.cuda.synchronize()
             start = time.perf_counter()
+            warmup_s = start - t0 - build_s
         batch = collator(feats) if collator else pad_collate(feats, pad_id)
         batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
         with autocast:
             out = model(**batch)
         out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        if i == 0:
+            first_norm = norm.detach()
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(out.loss.detach())
@@ -355,8 +393,10 @@ def run_variant(
         "seconds": round(seconds, 3),
         "step_s": round(seconds / steps, 4),
         "first_step_loss": round(float(losses[0]), 5),
+        "first_step_grad_norm": round(float(first_norm), 5),
         "last_loss": round(float(losses[-1]), 5),
         "build_s": round(build_s, 1),
+        "warmup_s": round(warmup_s, 1),
     }
     if syncs is not None:
         res["host_syncs_per_step"] = syncs
@@ -627,6 +667,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                         args.autocast,
                     )
                 except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
+                    torch._dynamo.reset()  # compiled graphs of a failed variant hold its model
                     if cuda:
                         gc.collect()
                         torch.cuda.empty_cache()

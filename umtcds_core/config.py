@@ -32,6 +32,7 @@ from .errors import UserError
 
 METHODS = ("lora", "qlora", "ptuning-v2", "full")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+COMPILE_MODES = ("auto", "on", "off")
 SCHEDULERS = (
     "cosine",
     "linear",
@@ -99,6 +100,8 @@ class TrainConfig:
     packing: bool = True
     precision: str = "auto"
     """auto | bf16 | fp16 | fp32 (auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU)."""
+    compile: str = "auto"
+    """auto | on | off: torch.compile of the decoder layers (auto: on for LoRA/QLoRA on one CUDA GPU)."""
     seed: int = 42
     output_dir: str = "output"
     extra: dict = field(default_factory=dict)
@@ -171,7 +174,7 @@ _INT = {
 _FLOAT = {"lora_dropout", "num_epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"}
 _BOOL = {"qlora_double_quant", "gradient_checkpointing", "packing"}
 _STR = {"model", "data_dir", "train_file", "dev_file", "test_file", "method", "qlora_quant_type", "lr_scheduler"}
-_STR |= {"precision", "output_dir"}
+_STR |= {"precision", "output_dir", "compile"}
 
 
 def _coerce(key: str, value):
@@ -228,6 +231,8 @@ def validate(cfg: TrainConfig) -> list[str]:
         check(d["method"] in METHODS, f"method: '{d['method']}' is not one of {', '.join(METHODS)}; pick one")
     if isinstance(d.get("precision"), str) and d["precision"].strip():
         check(d["precision"] in PRECISIONS, f"precision: '{d['precision']}' is not one of {', '.join(PRECISIONS)}")
+    if isinstance(d.get("compile"), str) and d["compile"].strip():
+        check(d["compile"] in COMPILE_MODES, f"compile: '{d['compile']}' is not one of {', '.join(COMPILE_MODES)}")
     if isinstance(d.get("lr_scheduler"), str) and d["lr_scheduler"].strip():
         check(
             d["lr_scheduler"] in SCHEDULERS,
@@ -340,6 +345,7 @@ COMMENTS = {
     "gradient_checkpointing": "true: far less activation memory, ~30% slower",
     "packing": "true: several samples per sequence, faster; samples never attend to each other",
     "precision": "auto picks bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on CPU",
+    "compile": "auto: torch.compile on one CUDA GPU for LoRA/QLoRA (~1 min at start, then faster); off: eager",
     "seed": "same seed + same data = same run",
     "output_dir": "checkpoints, metrics.jsonl and the final adapter; relative to this YAML's folder",
     "extra": "free-form notes; ignored by training",
@@ -882,6 +888,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lora-targets", help="comma-separated module names (default: per architecture)")
     parser.add_argument("--virtual-tokens", type=int, dest="num_virtual_tokens")
     parser.add_argument("--precision", choices=PRECISIONS)
+    parser.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile of the layers (default auto)")
     parser.add_argument("--no-gradient-checkpointing", action="store_true")
     parser.add_argument("--no-packing", action="store_true")
     parser.add_argument("--system-prompt")
@@ -922,6 +929,7 @@ def run(args) -> int:
             "lora_dropout",
             "num_virtual_tokens",
             "precision",
+            "compile",
             "system_prompt",
             "seed",
         )

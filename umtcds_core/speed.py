@@ -133,6 +133,28 @@ def _varlen_kernel():
     return _KERNEL[0]
 
 
+def flash_varlen(q, k, v, cu, max_len: int, scale=None):
+    """Causal FlashAttention over the packed segments ``cu`` of ``q/k/v`` (total_tokens, heads, dim); GQA native.
+
+    Calls ATen's ``_flash_attention_forward`` (autograd and torch.compile support are ATen's own, and Inductor's
+    C++ wrapper can launch it), or ``torch.nn.attention.varlen`` where that op is missing.
+    """
+    import torch
+
+    op = getattr(torch.ops.aten, "_flash_attention_forward", None)
+    if op is not None:
+        return op(q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)[0]
+    kernel, causal, gqa = _varlen_kernel()
+    extra = {}
+    if k.shape[1] != q.shape[1]:
+        if gqa:
+            extra["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    return kernel(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal, **extra)
+
+
 def _segments(position_ids, batch: int, length: int, device):
     """``cu_seqlens`` (int32) and the longest segment of a packed row, from ``position_ids`` (cached per forward)."""
     import torch
@@ -179,18 +201,10 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         cu, max_len = _segments(kwargs.get("position_ids"), batch, length, query.device)
     cu = cu.to(device=query.device, dtype=torch.int32)
     if query.is_cuda and dropout == 0.0 and query.dtype in (torch.bfloat16, torch.float16):
-        kernel, causal, gqa = _varlen_kernel()
         q = query.transpose(1, 2).reshape(batch * length, heads, dim)
         k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
         v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
-        extra = {}
-        if k.shape[1] != heads:
-            if gqa:
-                extra["enable_gqa"] = True
-            else:
-                k = k.repeat_interleave(heads // k.shape[1], dim=1)
-                v = v.repeat_interleave(heads // v.shape[1], dim=1)
-        out = kernel(q, k, v, cu, cu, int(max_len), int(max_len), scale=scaling, **causal, **extra)
+        out = flash_varlen(q, k, v, cu, int(max_len), scaling)
         return out.view(batch, length, heads, dim), None
     # portable fallback: an explicit block-diagonal causal mask (CPU tests, fp32); static shapes, so it also traces
     # under torch.compile
@@ -233,20 +247,31 @@ def varlen_usable(device: str | None = None) -> bool:
         return False
     if "ok" not in _VARLEN_OK:
         try:
-            kernel, causal, gqa = _varlen_kernel()
             g = torch.Generator(device="cuda").manual_seed(0)
-            q, k, v = (torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+            q = torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
+            k, v = (
+                torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
+                for _ in range(2)
+            )  # grouped-query: 4 query heads share 2 key/value heads
             cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
-            out = kernel(q, k, v, cu, cu, 14, 14, **causal)
+            out = flash_varlen(q, k, v, cu, 14)
+            (grad,) = torch.autograd.grad(out.float().square().sum(), q)
+            q2 = q.detach().clone().requires_grad_(True)
             ref = torch.cat(
                 [
                     torch.nn.functional.scaled_dot_product_attention(
-                        *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True
+                        q2[a:b].transpose(0, 1),
+                        k[a:b].detach().repeat_interleave(2, dim=1).transpose(0, 1),
+                        v[a:b].detach().repeat_interleave(2, dim=1).transpose(0, 1),
+                        is_causal=True,
                     ).transpose(0, 1)
                     for a, b in ((0, 10), (10, 24))
                 ]
             )
-            _VARLEN_OK["ok"] = bool((out.float() - ref.float()).abs().max() < 2e-2)
+            (ref_grad,) = torch.autograd.grad(ref.float().square().sum(), q2)
+            _VARLEN_OK["ok"] = bool(
+                (out.float() - ref.float()).abs().max() < 2e-2 and (grad - ref_grad).abs().max() < 5e-2
+            )
         except Exception:  # noqa: BLE001 - older torch or no kernel for this GPU: keep SDPA's mask
             _VARLEN_OK["ok"] = False
     return _VARLEN_OK["ok"]
@@ -429,7 +454,27 @@ def compile_usable(device: str | None = None) -> bool:
     return _COMPILE_OK["ok"]
 
 
-def compile_layers(model, device: str | None = None, force: bool = False) -> int:
+# what ``umtcds train`` uses (bench/results/train_*.json: measured against the alternatives on an H200)
+COMPILE_DEFAULTS = {"reentrant": True, "skip_module_guards": True}
+
+
+def uncompile_layers(model) -> None:
+    """Undo :func:`compile_layers`: the layers' class forward (eager) again, compiled code dropped."""
+    import torch
+
+    for layer in decoder_layers(causal_lm_of(model) or model):
+        layer.__dict__.pop("forward", None)
+    torch._dynamo.reset()
+
+
+def compile_layers(
+    model,
+    device: str | None = None,
+    force: bool = False,
+    cpp_wrapper: bool = False,
+    reentrant: bool = False,
+    skip_module_guards: bool = False,
+) -> int:
     """``torch.compile`` each decoder layer (regional compilation); returns how many layers were compiled.
 
     All layers share one compiled function (same code, the layer passed as an argument), so the compile is paid
@@ -440,37 +485,68 @@ def compile_layers(model, device: str | None = None, force: bool = False) -> int
     RoPE, RMSNorm, SwiGLU, residual adds) into a few kernels, which removes the launch-bound gaps of eager mode.
     On CPU (or without Triton) nothing changes unless ``force`` (tests: the same code through Inductor's C++
     back end).
+
+    ``cpp_wrapper``: Inductor's C++ wrapper launches the layer's kernels instead of generated Python (set
+    process-wide: backward graphs compile lazily, after a scoped option would have ended). ``reentrant``: the
+    checkpointed forward runs without autograd (a cheaper inference graph) and the layer is re-run with autograd in
+    backward, instead of recording and discarding the forward's saved tensors. ``skip_module_guards``: the
+    training function does not re-check every module attribute and parameter on each call (all decoder layers
+    have the same structure, and training never changes it).
     """
     if not (force or compile_usable(device)):
         return 0
     import torch
 
+    if cpp_wrapper:
+        torch._inductor.config.cpp_wrapper = True
+    if reentrant and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # reentrant checkpointing needs an input that requires grad
+
     layers = decoder_layers(causal_lm_of(model) or model)
     # one graph for training, one for evaluation (no grad), a few for shape changes: stay well below the limit
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 32))
-    compiled: dict = {}
+    options = {}
+    if skip_module_guards and hasattr(torch.compiler, "skip_guard_on_all_nn_modules_unsafe"):
+        options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
+    # training and evaluation/generation get separate compiled functions (separate code objects, separate caches),
+    # so skipping module guards for training can never reuse a training graph (dropout on) in eval mode
+    train_fn = torch.compile(_layer_train, dynamic=True, options=options or None)
+    eval_fn = torch.compile(_layer_eval, dynamic=True)
     for layer in layers:
         # transformers wraps the class's forward in its checkpointing shim; compile what it wraps
         inner = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
-        if inner not in compiled:
-            compiled[inner] = torch.compile(inner, dynamic=True)
-        layer.forward = types.MethodType(_checkpointed(compiled[inner]), layer)
+        layer.forward = types.MethodType(_checkpointed(inner, train_fn, eval_fn, reentrant), layer)
     return len(layers)
 
 
-def _checkpointed(fn):
-    """A layer forward running compiled ``fn`` inside the layer's own checkpointing when that is on."""
+def _layer_train(inner, layer, *args, **kwargs):
+    return inner(layer, *args, **kwargs)
+
+
+def _layer_eval(inner, layer, *args, **kwargs):
+    return inner(layer, *args, **kwargs)
+
+
+def _checkpointed(inner, train_fn, eval_fn, reentrant: bool = False):
+    """A layer forward running the compiled layer, inside the layer's own checkpointing when that is on."""
 
     def forward(self, *args, **kwargs):
         import torch
 
-        if getattr(self, "gradient_checkpointing", False) and self.training and torch.is_grad_enabled():
+        if not self.training:
+            return eval_fn(inner, self, *args, **kwargs)
+        if getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled():
             for key in ("past_key_values", "past_key_value", "cache", "layer_past"):
                 if kwargs.get(key) is not None:
                     kwargs[key] = None  # as transformers' shim: a cache is not replayed under checkpointing
-            return self._gradient_checkpointing_func(functools.partial(fn, self, **kwargs), *args)
-        return fn(self, *args, **kwargs)
+            call = functools.partial(train_fn, inner, self, **kwargs)
+            if reentrant:
+                from torch.utils.checkpoint import checkpoint
+
+                return checkpoint(call, *args, use_reentrant=True)
+            return self._gradient_checkpointing_func(call, *args)
+        return train_fn(inner, self, *args, **kwargs)
 
     return forward
 

@@ -674,6 +674,7 @@ class Setup:
     liger: bool = False
     loss: str = "standard"
     kernels: list[str] = field(default_factory=list)
+    compiled: int = 0
     targets: list[str] | str | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -782,7 +783,70 @@ def speed_up(model, cfg: TrainConfig, setup: Setup, device: str) -> None:
 
     if not (cfg.method == "full" and setup.world > 1):
         setup.loss = speed.enable_fused_loss(model, device) or "standard"
-    setup.kernels = speed.apply_kernels(model, device)
+    wanted = cfg.compile == "on" or (
+        cfg.compile == "auto" and cfg.method in ("lora", "qlora") and setup.world == 1 and setup.device == "cuda"
+    )
+    if wanted and speed.compile_usable(device):
+        # Inductor fuses RMSNorm/SwiGLU itself (Liger's kernels do not trace), so they are not swapped in
+        setup.compiled = compile_checked(model, cfg, setup, device)
+    elif cfg.compile == "on":
+        setup.notes.append("compile: on needs a CUDA GPU with Triton; running eager")
+    if not setup.compiled:
+        setup.kernels = speed.apply_kernels(model, device)
+
+
+def compile_checked(model, cfg: TrainConfig, setup: Setup, device: str) -> int:
+    """:func:`speed.compile_layers`, proven by one small training step before the real run; 0 if it failed.
+
+    The compile happens at the first call, so a failure (a missing compiler, an op Inductor cannot lower) would
+    otherwise surface in the middle of the Trainer; here it is caught, the layers go back to eager mode, and the
+    reason is noted. The probe's graphs (dynamic shapes) are the ones training reuses, so the check costs no
+    extra compile; its gradients are discarded.
+    """
+    import torch
+
+    from . import speed
+
+    n = speed.compile_layers(model, device, **speed.COMPILE_DEFAULTS)
+    if not n:
+        return 0
+    if setup.gradient_checkpointing:
+        speed.set_checkpointing(model, True)  # the probe must take the training path (the Trainer re-applies it)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    feats = []
+    for length in (7, 5):
+        ids = torch.randint(3, min(vocab, 1000), (length,), generator=gen).tolist()
+        feats.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
+    collator = speed.make_collator(None, setup.packing, setup.attn, device) if setup.packing else None
+    t0 = time.perf_counter()
+    was_training = model.training
+    model.train()
+    try:
+        if collator is not None:
+            batch = collator(feats)
+        else:
+            batch = {
+                "input_ids": torch.tensor([feats[0]["input_ids"]]),
+                "labels": torch.tensor([feats[0]["labels"]]),
+            }
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+        model(**batch).loss.backward()
+    except Exception as exc:  # noqa: BLE001 - any compile/runtime failure means: train eager
+        speed.uncompile_layers(model)
+        setup.notes.append(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training runs eager")
+        return 0
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    setup.notes.append(f"compiled {n} decoder layers with torch.compile in {time.perf_counter() - t0:.0f} s")
+    return n
+
+
+def _capability() -> int:
+    import torch
+
+    return torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
 
 
 def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool):
@@ -814,6 +878,8 @@ def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool)
         activation_checkpointing=setup.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if setup.gradient_checkpointing else None,
         bf16=setup.precision == "bf16",
+        # TF32 for the fp32 adapter matmuls (LoRA A/B): Ampere+ only
+        tf32=True if cuda and _capability() >= 8 else None,
         fp16=setup.precision == "fp16",
         use_cpu=setup.device == "cpu",
         seed=cfg.seed,
@@ -893,7 +959,8 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
         total = sum(p.numel() for p in model.parameters())
         _log(
             f"Method {cfg.method}: {trainable:,} trainable of {total:,} parameters; precision {setup.precision}; "
-            f"attention {setup.attn}; loss {setup.loss}; kernels {', '.join(setup.kernels) or 'none'}."
+            f"attention {setup.attn}; loss {setup.loss}; kernels {', '.join(setup.kernels) or 'none'}; "
+            f"compiled layers {setup.compiled or 'none'}."
         )
         collator = speed.make_collator(tokenizer, setup.packing, setup.attn, setup.device)
         trainer_ref: dict = {}
@@ -931,7 +998,12 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
             "packing_note": setup.packing_note,
             "gradient_checkpointing": setup.gradient_checkpointing,
             "liger_kernel": setup.liger,
-            "speed": {"attention": setup.attn, "loss": setup.loss, "kernels": setup.kernels},
+            "speed": {
+                "attention": setup.attn,
+                "loss": setup.loss,
+                "kernels": setup.kernels,
+                "compiled_layers": setup.compiled,
+            },
             "notes": setup.notes,
             "device": setup.device,
             "world_size": setup.world,
