@@ -134,16 +134,8 @@ def _varlen_kernel():
 
 
 def flash_varlen(q, k, v, cu, max_len: int, scale=None):
-    """Causal FlashAttention over the packed segments ``cu`` of ``q/k/v`` (total_tokens, heads, dim); GQA native.
-
-    Calls ATen's ``_flash_attention_forward`` (autograd and torch.compile support are ATen's own, and Inductor's
-    C++ wrapper can launch it), or ``torch.nn.attention.varlen`` where that op is missing.
-    """
-    import torch
-
-    op = getattr(torch.ops.aten, "_flash_attention_forward", None)
-    if op is not None:
-        return op(q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale)[0]
+    """Causal FlashAttention over the packed segments ``cu`` of ``q/k/v`` (total_tokens, heads, dim), GQA included,
+    through ``torch.nn.attention.varlen`` (its own autograd, and traceable by torch.compile)."""
     kernel, causal, gqa = _varlen_kernel()
     extra = {}
     if k.shape[1] != q.shape[1]:
@@ -248,30 +240,18 @@ def varlen_usable(device: str | None = None) -> bool:
     if "ok" not in _VARLEN_OK:
         try:
             g = torch.Generator(device="cuda").manual_seed(0)
-            q = torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-            k, v = (
-                torch.randn(24, 2, 64, device="cuda", dtype=torch.bfloat16, generator=g, requires_grad=True)
-                for _ in range(2)
-            )  # grouped-query: 4 query heads share 2 key/value heads
+            q, k, v = (torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
             cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
             out = flash_varlen(q, k, v, cu, 14)
-            (grad,) = torch.autograd.grad(out.float().square().sum(), q)
-            q2 = q.detach().clone().requires_grad_(True)
             ref = torch.cat(
                 [
                     torch.nn.functional.scaled_dot_product_attention(
-                        q2[a:b].transpose(0, 1),
-                        k[a:b].detach().repeat_interleave(2, dim=1).transpose(0, 1),
-                        v[a:b].detach().repeat_interleave(2, dim=1).transpose(0, 1),
-                        is_causal=True,
+                        *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True
                     ).transpose(0, 1)
                     for a, b in ((0, 10), (10, 24))
                 ]
             )
-            (ref_grad,) = torch.autograd.grad(ref.float().square().sum(), q2)
-            _VARLEN_OK["ok"] = bool(
-                (out.float() - ref.float()).abs().max() < 2e-2 and (grad - ref_grad).abs().max() < 5e-2
-            )
+            _VARLEN_OK["ok"] = bool((out.float() - ref.float()).abs().max() < 2e-2)
         except Exception:  # noqa: BLE001 - older torch or no kernel for this GPU: keep SDPA's mask
             _VARLEN_OK["ok"] = False
     return _VARLEN_OK["ok"]
