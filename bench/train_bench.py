@@ -57,6 +57,7 @@ TINY = dict(
     head_dim=16,
     vocab_size=2048,
 )
+_OPTIONS: dict = {}  # process-wide bench options (set by main)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
 VARIANTS = {
     # packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not
@@ -204,7 +205,7 @@ def quantize_4bit_(model, compute_dtype):
     return model
 
 
-def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0):
+def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0, compile_on_cpu: bool = False):
     """A fresh model for one variant: same seed, same weights; returns (model, description of the speed path)."""
     import torch
     import transformers
@@ -273,7 +274,7 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
             if key in settings:
                 opts[opt] = settings[key]
         info["compile_options"] = opts
-        info["compiled_layers"] = speed.compile_layers(model, device, force=device == "cpu", **opts)
+        info["compiled_layers"] = speed.compile_layers(model, device, force=compile_on_cpu, **opts)
     model.train()
     return model, info
 
@@ -302,7 +303,7 @@ def run_variant(
     settings = variant_settings(name, method)
     cuda = device.startswith("cuda")
     t0 = time.perf_counter()
-    model, info = build(hf_cfg, method, settings, device, dtype)
+    model, info = build(hf_cfg, method, settings, device, dtype, compile_on_cpu=_OPTIONS.get("compile_on_cpu", False))
     build_s = time.perf_counter() - t0
     pad_id = hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0
     attn = info["attention"]
@@ -406,6 +407,8 @@ def run_variant(
         res["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
     torch.backends.cuda.matmul.allow_tf32 = tf32_before
     del model, opt, params
+    if settings.get("compile"):
+        torch._dynamo.reset()  # compiled graphs keep the model alive: the next variant's peak would include it
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
@@ -577,8 +580,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--time-budget", type=float, default=1e9, help="seconds; skip what would start after it")
     ap.add_argument("--out-dir", help="write train_<method>_<gpu>.json files here")
     ap.add_argument("--profile", help="write torch.profiler tables of two LoRA steps to FILE_<variant>.txt")
+    ap.add_argument(
+        "--compile-on-cpu", action="store_true", help="CPU: torch.compile the layers anyway (umtcds train does not)"
+    )
     ap.add_argument("--profile-variants", default="ours", help="comma-separated variants to profile")
     args = ap.parse_args(argv)
+    _OPTIONS["compile_on_cpu"] = args.compile_on_cpu
 
     import torch
     import transformers

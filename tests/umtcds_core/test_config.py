@@ -38,7 +38,7 @@ def test_field_names_are_the_contract():
         "lora_target_modules qlora_bits qlora_quant_type qlora_double_quant num_virtual_tokens max_input_length "
         "max_output_length num_epochs max_steps per_device_batch_size gradient_accumulation_steps learning_rate "
         "lr_scheduler warmup_ratio weight_decay max_grad_norm eval_steps save_steps logging_steps save_total_limit "
-        "gradient_checkpointing packing precision seed output_dir extra"
+        "gradient_checkpointing packing precision compile seed output_dir extra"
     ).split():
         assert key in names
 
@@ -174,7 +174,10 @@ def test_embedded_model_shape_and_cli(tmp_path, capsys):
     assert rc == 0 and "Memory estimate" in printed and "GB card" in printed
     cfg = C.load_config(out)
     assert (cfg.max_steps, cfg.save_steps, cfg.learning_rate, cfg.output_dir) == (30, 10, 1e-3, "runs/a")
-    assert cfg.data_dir == "dataset" and cfg.lora_r == 16
+    assert cfg.data_dir == "dataset" and cfg.lora_r == 16 and cfg.compile == "auto"
+    assert cli_main([*argv, "--compile", "off", "--no-estimate"]) == 0 and C.load_config(out).compile == "off"
+    with pytest.raises(C.ConfigError, match="compile: 'fast' is not one of auto, on, off"):
+        C.TrainConfig.from_dict({"compile": "fast"})
     rc = cli_main([*argv, "--lora-r", "0", "--no-estimate"])
     assert rc == 1 and "lora_r: 0 is out of range" in capsys.readouterr().err
     rc = cli_main(["config", "--method", "full", "--model", "smollm2-135m", "--data", str(tmp_path), "--out", str(out)])

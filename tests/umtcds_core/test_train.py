@@ -304,3 +304,38 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model):
     assert not (out / "adapter_model.safetensors").exists()  # a stopped run is not a finished model
     cfg = yaml.safe_load(cfg_path.read_text())
     assert cfg["max_steps"] == 200
+
+
+def test_failed_compile_falls_back_to_eager_with_a_note(monkeypatch):
+    """A torch.compile failure shows up at the first call; the probe step catches it before the Trainer starts."""
+    import types
+
+    import torch
+    from transformers import AutoModelForCausalLM, GlmConfig
+
+    from umtcds_core import speed
+    from umtcds_core.config import TrainConfig
+    from umtcds_core.train import Setup, compile_checked
+
+    shape = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2)
+    glm = GlmConfig(**shape, num_key_value_heads=1, head_dim=16, vocab_size=256, pad_token_id=0)
+    model = AutoModelForCausalLM.from_config(glm, dtype=torch.float32, attn_implementation="sdpa")
+
+    def broken_compile(m, device=None, **options):
+        def forward(self, *args, **kwargs):
+            raise RuntimeError("Inductor could not lower an op")
+
+        for layer in speed.decoder_layers(m):
+            layer.forward = types.MethodType(forward, layer)
+        return 2
+
+    monkeypatch.setattr(speed, "compile_layers", broken_compile)
+    setup = Setup("cpu", "fp32", 1, 0, attn="sdpa", packing=True, gradient_checkpointing=True)
+    assert compile_checked(model, TrainConfig(), setup, "cpu") == 0
+    assert any(
+        "torch.compile failed (RuntimeError: Inductor could not lower an op); training runs eager" in n
+        for n in setup.notes
+    )
+    assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
+    out = model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))
+    assert torch.isfinite(out.loss)
