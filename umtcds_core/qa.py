@@ -23,8 +23,9 @@ Features, each with its flag and trade-off:
   ``--judge`` an LLM rating 1–5 kept on the pair (``--judge-threshold``).
 * **Resumable**: each page is keyed by its content hash and the generation settings; a re-run skips pages already in
   ``qa.jsonl`` (or failed for good) and retries pages that failed on the LLM (``--retry-failed``: all failures).
-* **Throughput**: remote calls run ``--concurrency`` at a time (threads); local generation is batched
-  (``--batch-size``) and the model is freed when the run ends.
+* **Throughput**: with a remote API, ``--concurrency`` pages are in flight at a time, each through its own stages,
+  and the next page starts as soon as one finishes (a slow reply holds back only its page); local generation is
+  batched in waves of pages (``--batch-size``) and the model is freed when the run ends.
 
 Every page ends either with pairs in ``OUT_DIR/qa.jsonl`` or with one line in ``OUT_DIR/failures.jsonl`` saying why.
 A rejected API key stops the whole run at once; pages not reached stay pending for the next run.
@@ -641,6 +642,7 @@ class Generator:
         self.s = settings
         self.completer = Completer(backend, concurrency)
         self.dedupe = dedupe if dedupe is not None else NearDuplicateIndex(settings.limits.near_duplicate)
+        self._dedupe_lock = threading.Lock()  # remote runs process several pages at once (see ``generate``)
         self._count = getattr(backend, "count_tokens", None)
 
     def _count_tokens(self, text: str) -> int:
@@ -743,10 +745,11 @@ class Generator:
             seen_here = seen.setdefault(i, NearDuplicateIndex(s.limits.near_duplicate))
             for pair in pairs:
                 why, score = check_pair(pair, g, s.limits)
-                if why is None and (
-                    self.dedupe.is_duplicate(pair["question"]) or seen_here.is_duplicate(pair["question"])
-                ):
-                    why = "duplicate question"
+                if why is None:
+                    with self._dedupe_lock:
+                        earlier = self.dedupe.is_duplicate(pair["question"])
+                    if earlier or seen_here.is_duplicate(pair["question"]):
+                        why = "duplicate question"
                 if why is None and normalize(pair["answer"]) in answers[i]:
                     why = "duplicate answer"
                 if why:
@@ -777,10 +780,13 @@ class Generator:
         for i, j, pair in candidates:
             if results[i].reason:
                 continue
-            if self.dedupe.is_duplicate(pair["question"]):  # another page of this group asked it first
+            with self._dedupe_lock:  # check and claim in one step: pages finishing together cannot both keep it
+                duplicate = self.dedupe.is_duplicate(pair["question"])
+                if not duplicate:
+                    self.dedupe.add(pair["question"])
+            if duplicate:  # another page (of this group, or finished meanwhile) asked it first
                 dropped[i]["duplicate question"] += 1
                 continue
-            self.dedupe.add(pair["question"])
             results[i].pairs.append({**pair, "chunk": chunk_no.get(j, 0)})
         for i, r in enumerate(results):
             if r.reason or r.pairs:
@@ -856,8 +862,13 @@ def generate(
     concurrency: int = 4,
     retry_failed: bool = False,
     group_size: int | None = None,
+    schedule: str = "auto",
 ) -> Summary:
-    """Process the pages of ``in_dir`` still missing from ``out_dir`` and append their outcome; see the module doc."""
+    """Process the pages of ``in_dir`` still missing from ``out_dir`` and append their outcome; see the module doc.
+
+    ``schedule``: "auto" — waves of pages for a local model (batched generation), a sliding window of pages for a
+    remote API; "waves" forces waves (``bench/generate_remote_bench.py`` measures one against the other).
+    """
     from .progress import Progress
 
     in_dir, out_dir = Path(in_dir), Path(out_dir)
@@ -918,7 +929,6 @@ def generate(
             dedupe.add(o["question"])
 
     local = getattr(backend, "name", "") == "local"
-    group = group_size or (2 * _local_batch_hint(backend) if local else 2 * max(1, concurrency))
     gen = Generator(backend, settings, concurrency=concurrency, dedupe=dedupe)
     model_name = settings.model or getattr(backend, "model", "") or getattr(backend, "model_ref", "") or ""
     start, tokens0 = time.time(), getattr(backend, "tokens_out", 0)
@@ -926,9 +936,15 @@ def generate(
     try:
         with Progress(len(todo), unit="pages", desc="generate") as prog:
             prog.update(0, pages=0, pairs=0, failures=0, tokens_per_s=0.0, skipped=summary.skipped)
-            for g0 in range(0, len(todo), group):
-                batch = [(p, keys[p.rel]) for p in todo[g0 : g0 + group]]
-                for r in gen.run_group(batch):
+            units = (
+                _local_waves(
+                    gen, todo, keys, group_size or (2 * _local_batch_hint(backend) if local else 2 * concurrency)
+                )
+                if local or schedule == "waves"
+                else _remote_window(gen, todo, keys, max(1, concurrency), group_size or 1)
+            )
+            for batch in units:
+                for r in batch:
                     with lock:
                         if r.pairs:
                             for pair in r.pairs:
@@ -978,6 +994,43 @@ def generate(
         summary.seconds = time.time() - start
         summary.tokens_out = getattr(backend, "tokens_out", 0) - tokens0
     return summary
+
+
+def _local_waves(gen: Generator, todo: list[Page], keys: dict, group: int):
+    """Local model: pages in waves of ``group``, so each stage of a wave is one batched ``generate`` call."""
+    for g0 in range(0, len(todo), group):
+        yield gen.run_group([(p, keys[p.rel]) for p in todo[g0 : g0 + group]])
+
+
+def _remote_window(gen: Generator, todo: list[Page], keys: dict, concurrency: int, group: int = 1):
+    """Remote API: each page runs its clean → Q&A → judge stages on its own, ``concurrency`` pages at a time, and a
+    new page starts as soon as one finishes — a slow reply holds back only its own page, not a whole wave. Results
+    are yielded (and so written) as pages finish, so a stopped run loses only the pages still in flight; a fatal
+    error (bad key) stops everything at once."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor
+    from concurrent.futures import wait as wait_futures
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="umtcds-page")
+    pending = iter(range(0, len(todo), group))
+    in_flight: set = set()
+
+    def submit_next() -> None:
+        g0 = next(pending, None)
+        if g0 is not None:
+            in_flight.add(pool.submit(gen.run_group, [(p, keys[p.rel]) for p in todo[g0 : g0 + group]]))
+
+    try:
+        for _ in range(concurrency):
+            submit_next()
+        while in_flight:
+            done, _ = wait_futures(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                in_flight.discard(future)
+                results = future.result()
+                submit_next()
+                yield results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def settings_from_args(args: argparse.Namespace) -> GenSettings:

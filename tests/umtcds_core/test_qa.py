@@ -349,3 +349,50 @@ def test_long_pages_are_chunked_so_each_request_stays_within_budget(tmp_path):
     assert all(estimate_tokens(p.split('"""')[1]) <= 120 for p in page_parts)
     qa, fails = _outcomes(out)
     assert fails == [] and len({q["chunk"] for q in qa}) == len(page_parts)
+
+
+def test_a_slow_reply_holds_back_only_its_own_page(tmp_path):
+    """Remote generation is a sliding window, not waves: while one page's request hangs, every other page is
+    requested, finished and written (with waves of 2 x concurrency pages, pages beyond the slow page's wave would
+    wait for it)."""
+    import time
+
+    from fake_llm_server import default_responder
+
+    words = ["Bookshop", "Canteen", "Dormitory", "Gymnasium", "Hospital", "Laboratory", "Museum"]
+    pages = {"a_slow.txt": "Slowpoke Hall opens at 9:00 and closes at 17:00 on weekdays.\n"}
+    for w in words:
+        pages[f"b_{w.lower()}.txt"] = f"{w} services open at 8:00 and close at 20:00 on every weekday.\n"
+    out = tmp_path / "qa"
+    written_while_slow: list[int] = []
+
+    def written() -> int:
+        path = out / "qa.jsonl"
+        return len(path.read_text(encoding="utf-8").splitlines()) if path.exists() else 0
+
+    def responder(body: dict) -> str:
+        if "Slowpoke" in body["messages"][-1]["content"]:
+            deadline = time.monotonic() + 4  # below the client's 5 s timeout
+            while written() < len(words) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            written_while_slow.append(written())
+        return default_responder(body)
+
+    with FakeLLMServer(api_key=KEY, responder=responder) as srv:
+        settings = GenSettings(backend="openai", clean=False, pairs_per_page=1)
+        summary = generate(_pages(tmp_path, pages), out, _openai(srv), settings, concurrency=2)
+    assert written_while_slow == [len(words)]  # all other pages were written while the slow reply was pending
+    qa, fails = _outcomes(out)
+    assert not fails and summary.pairs == len(pages)
+    assert {q["file"] for q in qa} == set(pages) and qa[-1]["file"] == "a_slow.txt"
+
+
+def test_remote_schedule_bench_smoke():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import generate_remote_bench
+
+    result = generate_remote_bench.main(["--pages", "6", "--concurrency", "2", "--median-s", "0.005"])
+    assert result["bench"] == "generate_remote" and result["speedup"] > 0
+    for side in ("baseline", "ours"):
+        assert result[side]["pages"] == 6 and result[side]["failures"] == 0 and result[side]["pairs"] >= 6
+    assert (result["baseline"]["schedule"], result["ours"]["schedule"]) == ("waves", "window")
