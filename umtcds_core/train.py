@@ -889,6 +889,8 @@ def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool)
         remove_unused_columns=False,
         dataloader_num_workers=0,
         dataloader_pin_memory=cuda,
+        # pinned batches copied without blocking the host (the copy no longer waits for the previous step's kernels)
+        accelerator_config={"non_blocking": cuda},
         use_liger_kernel=False,  # applied per model instance by umtcds_core.speed (see speed_up)
         ddp_find_unused_parameters=False if setup.world > 1 else None,
         fsdp="full_shard auto_wrap" if cfg.method == "full" and setup.world > 1 else "",
