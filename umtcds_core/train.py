@@ -25,7 +25,8 @@ What one run does (every feature, its flag, and its trade-off):
   FlashAttention varlen kernel on CUDA (FlashAttention-2 when ``flash-attn`` is installed, SDPA's block-diagonal
   mask elsewhere); the loss never materialises the ``tokens × vocab`` logits (Liger's fused linear+cross-entropy on
   CUDA with ``liger-kernel``, a chunked PyTorch version elsewhere) and only labelled positions reach the LM head;
-  Liger's RMSNorm/SwiGLU kernels on CUDA; QLoRA keeps the frozen 16-bit
+  on one CUDA GPU, LoRA/QLoRA compile each decoder layer with ``torch.compile`` (``compile: auto``; checked by a
+  probe step, eager on failure), else Liger's RMSNorm/SwiGLU kernels on CUDA; QLoRA keeps the frozen 16-bit
   weights in 16 bits (peft's k-bit preparation copies them to fp32); on several GPUs each step's samples are dealt
   so every rank gets about the same number of tokens.
 * **Schedule**: AdamW, warmup (``warmup_ratio``) then ``lr_scheduler`` (cosine), gradient accumulation, clipping.
@@ -777,7 +778,8 @@ def speed_up(model, cfg: TrainConfig, setup: Setup, device: str) -> None:
     """The loss and kernel speed-ups of :mod:`umtcds_core.speed` on the (wrapped) model; recorded in ``setup``.
 
     The loss never materialises ``tokens × vocab`` logits (Liger's fused kernel on CUDA, chunked elsewhere), except
-    for full fine-tuning on several GPUs, where FSDP shards the LM head. Liger's RMSNorm/SwiGLU kernels on CUDA.
+    for full fine-tuning on several GPUs, where FSDP shards the LM head. On one CUDA GPU, LoRA/QLoRA compile their
+    decoder layers (``compile: auto``; :func:`compile_checked`); otherwise Liger's RMSNorm/SwiGLU kernels on CUDA.
     """
     from . import speed
 
