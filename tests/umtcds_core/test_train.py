@@ -339,3 +339,28 @@ def test_failed_compile_falls_back_to_eager_with_a_note(monkeypatch):
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
     out = model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))
     assert torch.isfinite(out.loss)
+
+
+def test_compiled_layers_through_the_trainer_match_eager(tmp_path, tiny_model, monkeypatch):
+    """`compile: on` end to end through the Trainer (probe step, reentrant checkpointing, eval, save), on CPU via
+    Inductor's C++ back end: the same per-step losses as the eager run, and the adapter is written."""
+    from umtcds_core import speed
+
+    eager = train_tiny_adapter(tmp_path / "eager", steps=4, model=tiny_model, eval_steps=4, save_steps=4)
+    monkeypatch.setattr(speed, "compile_usable", lambda device=None: True)  # a GPU would say so
+    compiled = train_tiny_adapter(
+        tmp_path / "compiled", steps=4, model=tiny_model, eval_steps=4, save_steps=4, compile="on"
+    )
+    info = json.loads((compiled / "train_info.json").read_text())
+    assert info["speed"]["compiled_layers"] == 2 and info["speed"]["kernels"] == []
+    assert any(n.startswith("compiled 2 decoder layers with torch.compile") for n in info["notes"])
+    la = [r["loss"] for r in _train_records(eager)]
+    lb = [r["loss"] for r in _train_records(compiled)]
+    assert len(la) == len(lb) == 4 and all(abs(a - b) < 1e-3 for a, b in zip(la, lb, strict=True)), (la, lb)
+    evals = [r for r in read_metrics(compiled / "metrics.jsonl") if r.get("kind") == "eval"]
+    assert len(evals) == 1 and abs(evals[0]["eval_loss"] - read_eval(eager)) < 1e-3
+    assert (compiled / "adapter_model.safetensors").exists()
+
+
+def read_eval(run: Path) -> float:
+    return next(r["eval_loss"] for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval")
