@@ -59,60 +59,30 @@ TINY = dict(
 )
 _OPTIONS: dict = {}  # process-wide bench options (set by main)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
+# packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not checkpointed;
+# k-bit preparation
+EAGER = dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean")
+# + torch.compile of the layers (Inductor fuses RMSNorm/SwiGLU, so no Liger layer kernels); compile options not named
+# in a variant are speed.COMPILE_DEFAULTS
+COMPILED = EAGER | {"compile": True, "kernels": False}
+FIRST_COMPILE = {"cpp": False, "reentrant": False, "noguard": False}  # the first compile options measured
 VARIANTS = {
-    # packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not
-    # checkpointed; k-bit preparation
     "baseline": dict(packing=False, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="peft"),
-    # = umtcds train on one CUDA GPU: + torch.compile of the layers (speed.COMPILE_DEFAULTS) and TF32 adapter matmuls
-    "ours": dict(
-        packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=False
-    )
-    | {"tf32": True},
+    # = umtcds train on one CUDA GPU: compiled layers and TF32 adapter matmuls
+    "ours": COMPILED | {"tf32": True},
     # the eager path (umtcds train with compile: off, or where torch.compile is unavailable)
-    "ours-eager": dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean"),
-    "ours-noliger": dict(packing=True, varlen=True, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
-    "ours-sdpa": dict(packing=True, varlen=False, fused=True, liger=False, ckpt=True, skip=0, kbit="lean"),
-    "ours-pack": dict(packing=True, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="lean"),
-    "ours-compile": dict(
-        packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=False
-    )
-    | {"cpp": False, "reentrant": False, "noguard": False},
-    "ours-compile-tf32": dict(
-        packing=True,
-        varlen=True,
-        fused=True,
-        liger=True,
-        ckpt=True,
-        skip=0,
-        kbit="lean",
-        compile=True,
-        kernels=False,
-        tf32=True,
-        cpp=False,
-        reentrant=False,
-        noguard=False,
-    ),
+    "ours-eager": EAGER,
+    "ours-noliger": EAGER | {"liger": False},
+    "ours-sdpa": EAGER | {"varlen": False, "liger": False},
+    "ours-pack": EAGER | {"varlen": False, "fused": False, "liger": False},
+    "ours-compile": COMPILED | FIRST_COMPILE,
+    "ours-compile-tf32": COMPILED | FIRST_COMPILE | {"tf32": True},
     **{
-        name: dict(
-            packing=True,
-            varlen=True,
-            fused=True,
-            liger=True,
-            ckpt=True,
-            skip=0,
-            kbit="lean",
-            compile=True,
-            kernels=False,
-            tf32=True,
-            cpp="cpp" in name,
-            reentrant="reent" in name,
-            noguard=name.endswith("-ng"),
-        )
+        name: COMPILED
+        | {"tf32": True, "cpp": "cpp" in name, "reentrant": "reent" in name, "noguard": name.endswith("-ng")}
         for name in ("ours-cpp", "ours-reent", "ours-cpp-reent", "ours-reent-ng", "ours-cpp-reent-ng", "ours-ng")
     },
-    "ours-compile-liger": dict(
-        packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", compile=True, kernels=True
-    ),
+    "ours-compile-liger": COMPILED | {"kernels": True},
 }
 
 
@@ -280,6 +250,16 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
 
 
 # ---- one timed run -------------------------------------------------------------------------------------------------
+def forward_backward(model, feats, collator, pad_id, device, autocast):
+    """One micro-batch: collate (packed or padded), copy to ``device``, forward, backward; returns (output, batch)."""
+    batch = collator(feats) if collator else pad_collate(feats, pad_id)
+    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    with autocast:
+        out = model(**batch)
+    out.loss.backward()
+    return out, batch
+
+
 def run_variant(
     name,
     method,
@@ -329,11 +309,7 @@ def run_variant(
                 torch.cuda.synchronize()
             start = time.perf_counter()
             warmup_s = start - t0 - build_s
-        batch = collator(feats) if collator else pad_collate(feats, pad_id)
-        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-        with autocast:
-            out = model(**batch)
-        out.loss.backward()
+        out, batch = forward_backward(model, feats, collator, pad_id, device, autocast)
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         if i == 0:
             first_norm = norm.detach()
@@ -356,11 +332,7 @@ def run_variant(
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with torch_profile(activities=acts) as prof:
             for feats in mine[:2]:
-                batch = collator(feats) if collator else pad_collate(feats, pad_id)
-                batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-                with autocast:
-                    out = model(**batch)
-                out.loss.backward()
+                forward_backward(model, feats, collator, pad_id, device, autocast)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             if cuda:
@@ -480,11 +452,7 @@ def sync_sites(model, collator, feats_list, pad_id, device, autocast) -> dict:
             warnings.showwarning = record
             torch.cuda.set_sync_debug_mode("warn")
             for feats in feats_list:
-                batch = collator(feats) if collator else pad_collate(feats, pad_id)
-                batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-                with autocast:
-                    out = model(**batch)
-                out.loss.backward()
+                forward_backward(model, feats, collator, pad_id, device, autocast)
                 model.zero_grad(set_to_none=True)
     finally:
         torch.cuda.set_sync_debug_mode(0)
