@@ -193,6 +193,19 @@ with form:
         st.rerun()
 
     new: dict = {"model": model, "method": method}
+
+    def number(col, key: str, label: str, help: str | None = None, **bounds) -> None:
+        """A number input for config ``key``; its value is typed like its lower bound (int or float)."""
+        new[key] = col.number_input(
+            label, value=type(bounds["min_value"])(values[key]), key=W + key, help=help, **bounds
+        )
+
+    def choice(col, key: str, label: str, options, help: str | None = None) -> None:
+        """A select box for config ``key``; an unknown current value falls back to the first option."""
+        opts = list(options)
+        index = opts.index(values[key]) if values[key] in opts else 0
+        new[key] = col.selectbox(label, opts, index=index, key=W + key, help=help)
+
     if method in ("lora", "qlora"):
         st.markdown(tr("**LoRA 参数**", "**LoRA settings**"))
         c1, c2, c3 = st.columns(3)
@@ -206,21 +219,21 @@ with form:
                 "Higher: more capacity, more memory and a bigger adapter; 8–16 is usually enough.",
             ),
         )
-        new["lora_alpha"] = c2.number_input(
+        number(
+            c2,
+            "lora_alpha",
             "alpha",
+            tr("更新的缩放（alpha/r）；通常取 r 的 2–4 倍。", "Scale of the update (alpha/r); 2–4× r is usual."),
             min_value=1,
-            value=int(values["lora_alpha"]),
-            key=W + "lora_alpha",
-            help=tr("更新的缩放（alpha/r）；通常取 r 的 2–4 倍。", "Scale of the update (alpha/r); 2–4× r is usual."),
         )
-        new["lora_dropout"] = c3.number_input(
+        number(
+            c3,
+            "lora_dropout",
             "dropout",
+            tr("数据少时调高可减少过拟合。", "Raise it on small datasets to overfit less."),
             min_value=0.0,
             max_value=0.9,
             step=0.05,
-            value=float(values["lora_dropout"]),
-            key=W + "lora_dropout",
-            help=tr("数据少时调高可减少过拟合。", "Raise it on small datasets to overfit less."),
         )
         targets = st.text_input(
             tr("目标模块（逗号分隔，留空=按架构自动）", "Target modules (comma-separated, empty = per architecture)"),
@@ -235,21 +248,13 @@ with form:
     if method == "qlora":
         st.markdown(tr("**量化**", "**Quantisation**"))
         c1, c2, c3 = st.columns(3)
-        new["qlora_bits"] = c1.selectbox(
-            tr("位数", "Bits"),
-            [4, 8],
-            index=[4, 8].index(values["qlora_bits"]) if values["qlora_bits"] in (4, 8) else 0,
-            key=W + "qlora_bits",
-            help=tr("4 位最省显存。", "4 bits use the least memory."),
-        )
-        new["qlora_quant_type"] = c2.selectbox(
+        choice(c1, "qlora_bits", tr("位数", "Bits"), [4, 8], tr("4 位最省显存。", "4 bits use the least memory."))
+        choice(
+            c2,
+            "qlora_quant_type",
             tr("量化类型", "Quant type"),
-            list(C.QUANT_TYPES),
-            index=list(C.QUANT_TYPES).index(values["qlora_quant_type"])
-            if values["qlora_quant_type"] in C.QUANT_TYPES
-            else 0,
-            key=W + "qlora_quant_type",
-            help=tr("nf4 适合正态分布的权重（推荐）。", "nf4 suits normally distributed weights (recommended)."),
+            C.QUANT_TYPES,
+            tr("nf4 适合正态分布的权重（推荐）。", "nf4 suits normally distributed weights (recommended)."),
         )
         new["qlora_double_quant"] = c3.checkbox(
             tr("双重量化", "Double quantisation"),
@@ -258,16 +263,16 @@ with form:
             help=tr("连缩放系数也量化，每个权重再省约 0.4 位。", "Also quantise the scales: ~0.4 bit/weight less."),
         )
     if method == "ptuning-v2":
-        new["num_virtual_tokens"] = st.number_input(
+        number(
+            st,
+            "num_virtual_tokens",
             tr("虚拟 token 数（前缀长度）", "Virtual tokens (prefix length)"),
-            min_value=1,
-            max_value=2048,
-            value=int(values["num_virtual_tokens"]),
-            key=W + "num_virtual_tokens",
-            help=tr(
+            tr(
                 "越多：容量越大，显存越多；原版 UMTCDS 用 128。",
                 "More: more capacity and memory; the original used 128.",
             ),
+            min_value=1,
+            max_value=2048,
         )
     if method == "full":
         st.info(
@@ -279,91 +284,66 @@ with form:
 
     st.subheader(tr("长度与训练计划", "Lengths and schedule"))
     c1, c2 = st.columns(2)
-    new["max_input_length"] = c1.number_input(
+    number(
+        c1,
+        "max_input_length",
         tr("最大输入长度（token）", "Max input length (tokens)"),
+        tr("越长越能容纳长问题，显存随之增加。", "Longer fits longer questions; memory grows with it."),
         min_value=16,
         max_value=32768,
         step=64,
-        value=int(values["max_input_length"]),
-        key=W + "max_input_length",
-        help=tr("越长越能容纳长问题，显存随之增加。", "Longer fits longer questions; memory grows with it."),
     )
-    new["max_output_length"] = c2.number_input(
+    number(
+        c2,
+        "max_output_length",
         tr("最大输出长度（token）", "Max output length (tokens)"),
+        tr("越长越能容纳长答案，显存随之增加。", "Longer fits longer answers; memory grows with it."),
         min_value=16,
         max_value=32768,
         step=64,
-        value=int(values["max_output_length"]),
-        key=W + "max_output_length",
-        help=tr("越长越能容纳长答案，显存随之增加。", "Longer fits longer answers; memory grows with it."),
     )
     c1, c2 = st.columns(2)
-    new["num_epochs"] = c1.number_input(
+    number(
+        c1,
+        "num_epochs",
         tr("训练轮数", "Epochs"),
+        tr("遍历训练集的次数；太多会过拟合。", "Passes over the data; too many overfit."),
         min_value=0.1,
         max_value=100.0,
         step=0.5,
-        value=float(values["num_epochs"]),
-        key=W + "num_epochs",
-        help=tr("遍历训练集的次数；太多会过拟合。", "Passes over the data; too many overfit."),
     )
-    new["max_steps"] = c2.number_input(
-        tr("最大步数（-1 = 按轮数）", "Max steps (-1 = use epochs)"),
-        min_value=-1,
-        step=10,
-        value=int(values["max_steps"]),
-        key=W + "max_steps",
-    )
+    number(c2, "max_steps", tr("最大步数（-1 = 按轮数）", "Max steps (-1 = use epochs)"), min_value=-1, step=10)
     c1, c2, c3 = st.columns(3)
-    new["per_device_batch_size"] = c1.number_input(
+    number(
+        c1,
+        "per_device_batch_size",
         tr("批大小", "Batch size"),
+        tr("越大越快，显存越多。", "Higher: faster, more memory."),
         min_value=1,
         max_value=512,
-        value=int(values["per_device_batch_size"]),
-        key=W + "per_device_batch_size",
-        help=tr("越大越快，显存越多。", "Higher: faster, more memory."),
     )
-    new["gradient_accumulation_steps"] = c2.number_input(
+    number(
+        c2,
+        "gradient_accumulation_steps",
         tr("梯度累积", "Gradient accumulation"),
+        tr("等效批大小 = 批大小 × 累积；不增加显存。", "Effective batch = batch × this; no extra memory."),
         min_value=1,
         max_value=512,
-        value=int(values["gradient_accumulation_steps"]),
-        key=W + "gradient_accumulation_steps",
-        help=tr("等效批大小 = 批大小 × 累积；不增加显存。", "Effective batch = batch × this; no extra memory."),
     )
-    new["learning_rate"] = c3.number_input(
+    number(
+        c3,
+        "learning_rate",
         tr("学习率", "Learning rate"),
+        tr("LoRA 约 5e-4，全参数约 5e-5；太大会发散。", "LoRA ~5e-4, full ~5e-5; too high diverges."),
         min_value=1e-7,
         max_value=0.5,
-        value=float(values["learning_rate"]),
         step=1e-5,
         format="%.1e",
-        key=W + "learning_rate",
-        help=tr("LoRA 约 5e-4，全参数约 5e-5；太大会发散。", "LoRA ~5e-4, full ~5e-5; too high diverges."),
     )
     c1, c2, c3 = st.columns(3)
-    new["lr_scheduler"] = c1.selectbox(
-        tr("学习率调度", "Schedule"),
-        list(C.SCHEDULERS),
-        index=list(C.SCHEDULERS).index(values["lr_scheduler"]) if values["lr_scheduler"] in C.SCHEDULERS else 0,
-        key=W + "lr_scheduler",
-    )
-    new["warmup_ratio"] = c2.number_input(
-        tr("预热比例", "Warmup ratio"),
-        min_value=0.0,
-        max_value=0.5,
-        step=0.01,
-        value=float(values["warmup_ratio"]),
-        key=W + "warmup_ratio",
-    )
-    new["weight_decay"] = c3.number_input(
-        tr("权重衰减", "Weight decay"),
-        min_value=0.0,
-        max_value=1.0,
-        step=0.01,
-        value=float(values["weight_decay"]),
-        key=W + "weight_decay",
-    )
+    choice(c1, "lr_scheduler", tr("学习率调度", "Schedule"), C.SCHEDULERS)
+    number(c2, "warmup_ratio", tr("预热比例", "Warmup ratio"), min_value=0.0, max_value=0.5, step=0.01)
+    number(c3, "weight_decay", tr("权重衰减", "Weight decay"), min_value=0.0, max_value=1.0, step=0.01)
 
     st.subheader(tr("评估、保存与日志", "Evaluation, checkpoints, logging"))
     c1, c2, c3, c4 = st.columns(4)
@@ -373,7 +353,7 @@ with form:
         (c3, "logging_steps", "日志间隔（步）", "Log every (steps)"),
         (c4, "save_total_limit", "最多保留检查点", "Checkpoints kept"),
     ):
-        new[key] = col.number_input(tr(zh, en), min_value=1, value=int(values[key]), key=W + key)
+        number(col, key, tr(zh, en), min_value=1)
 
     st.subheader(tr("速度与显存", "Speed and memory"))
     c1, c2, c3, c4 = st.columns(4)
@@ -392,23 +372,23 @@ with form:
             "Several samples per sequence, faster; they never see each other.",
         ),
     )
-    new["precision"] = c3.selectbox(
+    choice(
+        c3,
+        "precision",
         tr("精度", "Precision"),
-        list(C.PRECISIONS),
-        index=list(C.PRECISIONS).index(values["precision"]) if values["precision"] in C.PRECISIONS else 0,
-        key=W + "precision",
-        help=tr(
+        C.PRECISIONS,
+        tr(
             "auto：新显卡用 bf16，旧显卡 fp16，CPU 用 fp32。",
             "auto: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU.",
         ),
     )
-    new["seed"] = c4.number_input(tr("随机种子", "Seed"), min_value=0, value=int(values["seed"]), key=W + "seed")
-    new["compile"] = c3.selectbox(
+    number(c4, "seed", tr("随机种子", "Seed"), min_value=0)
+    choice(
+        c3,
+        "compile",
         tr("编译加速 (torch.compile)", "Compile (torch.compile)"),
-        list(C.COMPILE_MODES),
-        index=list(C.COMPILE_MODES).index(values["compile"]) if values["compile"] in C.COMPILE_MODES else 0,
-        key=W + "compile",
-        help=tr(
+        C.COMPILE_MODES,
+        tr(
             "auto：单块 NVIDIA GPU 上的 LoRA/QLoRA 会编译模型层，开头多花约 1 分钟，之后更快；off：不编译。",
             "auto: LoRA/QLoRA on one NVIDIA GPU compiles the layers, ~1 min extra at the start, faster after; "
             "off: no compile.",
