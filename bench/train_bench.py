@@ -41,6 +41,7 @@ import json
 import os
 import platform
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,8 @@ _OPTIONS: dict = {}  # process-wide bench options (set by main)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
 # packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not checkpointed;
 # k-bit preparation
-EAGER = dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean")
+# k-bit preparation; pinned batches copied without a host wait (umtcds train's Trainer settings)
+EAGER = dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", pinned=True)
 # + torch.compile of the layers (Inductor fuses RMSNorm/SwiGLU, so no Liger layer kernels); compile options not named
 # in a variant are speed.COMPILE_DEFAULTS
 COMPILED = EAGER | {"compile": True, "kernels": False}
@@ -83,6 +85,11 @@ VARIANTS = {
         for name in ("ours-cpp", "ours-reent", "ours-cpp-reent", "ours-reent-ng", "ours-cpp-reent-ng", "ours-ng")
     },
     "ours-compile-liger": COMPILED | {"kernels": True},
+    # fewer Python/Dynamo calls per step: layers compiled and checkpointed in runs of 2; guard evaluation skipped
+    **{
+        name: COMPILED | {"tf32": True, "group": 2 if "g2" in name else 1, "sg": name.endswith("-sg")}
+        for name in ("ours-g2", "ours-sg", "ours-g2-sg")
+    },
 }
 
 
@@ -240,7 +247,13 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
         torch._inductor.config.cpp_wrapper = False
         opts = dict(speed.COMPILE_DEFAULTS)
-        for key, opt in (("cpp", "cpp_wrapper"), ("reentrant", "reentrant"), ("noguard", "skip_module_guards")):
+        for key, opt in (
+            ("cpp", "cpp_wrapper"),
+            ("reentrant", "reentrant"),
+            ("noguard", "skip_module_guards"),
+            ("group", "group"),
+            ("sg", "skip_guard_eval"),
+        ):
             if key in settings:
                 opts[opt] = settings[key]
         info["compile_options"] = opts
@@ -250,10 +263,17 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
 
 
 # ---- one timed run -------------------------------------------------------------------------------------------------
-def forward_backward(model, feats, collator, pad_id, device, autocast):
-    """One micro-batch: collate (packed or padded), copy to ``device``, forward, backward; returns (output, batch)."""
+def forward_backward(model, feats, collator, pad_id, device, autocast, pinned=False):
+    """One micro-batch: collate (packed or padded), copy to ``device``, forward, backward; returns (output, batch).
+
+    ``pinned``: page-locked batches copied without blocking the host, as ``umtcds train``'s Trainer does
+    (``dataloader_pin_memory`` + ``non_blocking``); otherwise a plain copy, the Hugging Face default's host wait.
+    """
     batch = collator(feats) if collator else pad_collate(feats, pad_id)
-    batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
+    if pinned:
+        batch = {k: v.pin_memory().to(device, non_blocking=True) if hasattr(v, "to") else v for k, v in batch.items()}
+    else:
+        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
     with autocast:
         out = model(**batch)
     out.loss.backward()
@@ -282,6 +302,7 @@ def run_variant(
 
     settings = variant_settings(name, method)
     cuda = device.startswith("cuda")
+    pinned = cuda and settings.get("pinned", False)
     t0 = time.perf_counter()
     model, info = build(hf_cfg, method, settings, device, dtype, compile_on_cpu=_OPTIONS.get("compile_on_cpu", False))
     build_s = time.perf_counter() - t0
@@ -309,7 +330,7 @@ def run_variant(
                 torch.cuda.synchronize()
             start = time.perf_counter()
             warmup_s = start - t0 - build_s
-        out, batch = forward_backward(model, feats, collator, pad_id, device, autocast)
+        out, batch = forward_backward(model, feats, collator, pad_id, device, autocast, pinned)
         norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
         if i == 0:
             first_norm = norm.detach()
@@ -332,7 +353,7 @@ def run_variant(
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
         with torch_profile(activities=acts) as prof:
             for feats in mine[:2]:
-                forward_backward(model, feats, collator, pad_id, device, autocast)
+                forward_backward(model, feats, collator, pad_id, device, autocast, pinned)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             if cuda:
@@ -344,7 +365,7 @@ def run_variant(
             res_gaps = gpu_idle_gaps(prof)
             tables.append(json.dumps(res_gaps, indent=1))
         Path(profile).write_text("\n\n".join(tables), encoding="utf-8")
-    syncs = sync_sites(model, collator, mine[:1], pad_id, device, autocast) if cuda else None
+    syncs = sync_sites(model, collator, mine[:1], pad_id, device, autocast, pinned) if cuda else None
     if world > 1:
         t = torch.tensor([real, processed, supervised], device=device, dtype=torch.float64)
         torch.distributed.all_reduce(t)
@@ -431,7 +452,7 @@ def gpu_idle_gaps(prof, top: int = 12) -> dict:
     }
 
 
-def sync_sites(model, collator, feats_list, pad_id, device, autocast) -> dict:
+def sync_sites(model, collator, feats_list, pad_id, device, autocast, pinned=False) -> dict:
     """One more step under ``torch.cuda.set_sync_debug_mode``: where the host waits for the GPU (call sites, counts)."""
     import traceback
     import warnings
@@ -452,7 +473,7 @@ def sync_sites(model, collator, feats_list, pad_id, device, autocast) -> dict:
             warnings.showwarning = record
             torch.cuda.set_sync_debug_mode("warn")
             for feats in feats_list:
-                forward_backward(model, feats, collator, pad_id, device, autocast)
+                forward_backward(model, feats, collator, pad_id, device, autocast, pinned)
                 model.zero_grad(set_to_none=True)
     finally:
         torch.cuda.set_sync_debug_mode(0)
@@ -493,6 +514,7 @@ def summarize(method, runs: list[dict], n_params: float, peak_tflops, matmul_tfl
         v = {
             "tokens_per_s": round(mean, 1),
             "tokens_per_s_rounds": tps,
+            "tokens_per_s_median": round(statistics.median(tps), 1),
             "peak_gib": max((r.get("peak_gib") or 0) for r in rs) or None,
             "first_step_loss": rs[0]["first_step_loss"],
             "padding_fraction": rs[0]["padding_fraction"],
@@ -513,6 +535,11 @@ def summarize(method, runs: list[dict], n_params: float, peak_tflops, matmul_tfl
         out["ours"] = ours
     if base and ours and "tokens_per_s" in base and "tokens_per_s" in ours:
         out["speedup"] = round(ours["tokens_per_s"] / base["tokens_per_s"], 3)
+        # the same ratio from medians, and round by round (baseline and ours of one round ran back to back)
+        out["speedup_median"] = round(ours["tokens_per_s_median"] / base["tokens_per_s_median"], 3)
+        out["speedup_rounds"] = [
+            round(o / b, 3) for o, b in zip(ours["tokens_per_s_rounds"], base["tokens_per_s_rounds"], strict=False)
+        ]
         l0, l1 = base["first_step_loss"], ours["first_step_loss"]
         out["first_step_loss"] = {"baseline": l0, "ours": l1, "abs_diff": round(abs(l0 - l1), 5)}
     out["variants"] = variants
@@ -701,7 +728,7 @@ def headline(r: dict) -> dict:
     for side in ("baseline", "ours"):
         if side in r:
             keep[side] = {k: r[side].get(k) for k in ("tokens_per_s", "peak_gib", "mfu_4n_spec", "first_step_loss")}
-    for k in ("speedup", "vs_one_gpu"):
+    for k in ("speedup", "speedup_median", "speedup_rounds", "vs_one_gpu"):
         if k in r:
             keep[k] = r[k]
     return keep

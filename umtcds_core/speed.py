@@ -317,8 +317,10 @@ def causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=None, shif
         shift_labels = F.pad(labels, (0, 1), value=IGNORE_INDEX)[..., 1:]
     hidden = hidden_states.reshape(-1, hidden_states.shape[-1])
     targets = shift_labels.reshape(-1).to(hidden.device)
-    keep = targets != IGNORE_INDEX
-    hidden, targets = hidden[keep], targets[keep]  # only labelled positions need the LM head at all
+    # only labelled positions need the LM head at all; one host sync for their count (a boolean-mask index on
+    # each of the two tensors would wait for the GPU twice)
+    keep = (targets != IGNORE_INDEX).nonzero().squeeze(1)
+    hidden, targets = hidden.index_select(0, keep), targets.index_select(0, keep)
     count = targets.numel()
     if count == 0:
         return hidden_states.sum() * 0.0  # keeps the graph (and DDP) happy on a batch without labels
@@ -447,6 +449,7 @@ def uncompile_layers(model) -> None:
 
     for layer in decoder_layers(causal_lm_of(model) or model):
         layer.__dict__.pop("forward", None)
+        layer.__dict__.pop("_umtcds_passthrough", None)
     torch._dynamo.reset()
 
 
@@ -457,10 +460,12 @@ def compile_layers(
     cpp_wrapper: bool = False,
     reentrant: bool = False,
     skip_module_guards: bool = False,
+    group: int = 1,
+    skip_guard_eval: bool = False,
 ) -> int:
     """``torch.compile`` each decoder layer (regional compilation); returns how many layers were compiled.
 
-    All layers share one compiled function (same code, the layer passed as an argument), so the compile is paid
+    All layers share one compiled function (same code, the layers passed as an argument), so the compile is paid
     once (about a minute for GLM-4-9B), with dynamic shapes so packed rows of any length reuse it. Activation
     checkpointing stays PyTorch's eager ``checkpoint`` *around* the compiled layer (tracing the checkpoint inside
     the graph trips Inductor's partitioner on these layers), so the recompute in backward runs the compiled code
@@ -471,12 +476,16 @@ def compile_layers(
 
     ``cpp_wrapper``: Inductor's C++ wrapper launches the layer's kernels instead of generated Python (set
     process-wide: backward graphs compile lazily, after a scoped option would have ended). Measured, not used:
-    it cannot call ``torch.nn.attention.varlen``'s op, and where it ran (SDPA) the step was already GPU-bound. ``reentrant``: the
-    checkpointed forward runs without autograd (a cheaper inference graph) and the layer is re-run with autograd in
-    backward, instead of recording and discarding the forward's saved tensors (else: the layer's own non-reentrant
-    checkpointing). ``skip_module_guards``: the
-    training function does not re-check every module attribute and parameter on each call (all decoder layers
-    have the same structure, and training never changes it).
+    it cannot call ``torch.nn.attention.varlen``'s op, and where it ran (SDPA) the step was already GPU-bound.
+    ``reentrant``: the checkpointed forward runs without autograd (a cheaper inference graph) and the layer is re-run
+    with autograd in backward, instead of recording and discarding the forward's saved tensors (else: the layer's
+    own non-reentrant checkpointing). ``skip_module_guards``: the training function does not re-check every module
+    attribute and parameter on each call (all decoder layers have the same structure, and training never changes
+    it). ``group``: in training, each run of ``group`` consecutive layers is one compiled call and one checkpoint
+    (the first layer of the run computes them all, the others pass its output through): fewer Python/Dynamo calls
+    per step, the same arithmetic; the recompute then holds a group's activations at once. ``skip_guard_eval``:
+    once both training graphs exist (no-grad forward and recompute), calls evaluate only the guards that tell
+    cached graphs apart (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
     """
     if not (force or compile_usable(device)):
         return 0
@@ -496,42 +505,92 @@ def compile_layers(
         options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
     # training and evaluation/generation get separate compiled functions (separate code objects, separate caches),
     # so skipping module guards for training can never reuse a training graph (dropout on) in eval mode
-    train_fn = torch.compile(_layer_train, dynamic=True, options=options or None)
+    train_fn = torch.compile(_layers_train, dynamic=True, options=options or None)
+    if skip_guard_eval and hasattr(torch.compiler, "set_stance"):
+        train_fn = _GuardSkipping(train_fn)
     eval_fn = torch.compile(_layer_eval, dynamic=True)
-    for layer in layers:
-        # transformers wraps the class's forward in its checkpointing shim; compile what it wraps
-        inner = getattr(type(layer).forward, "__wrapped__", type(layer).forward)
-        layer.forward = types.MethodType(_checkpointed(inner, train_fn, eval_fn, reentrant), layer)
+    group = max(1, int(group))
+    # transformers wraps the class's forward in its checkpointing shim; compile what it wraps
+    inner = getattr(type(layers[0]).forward, "__wrapped__", type(layers[0]).forward) if layers else None
+    for i, layer in enumerate(layers):
+        run = tuple(layers[i : i + group]) if i % group == 0 else None
+        layer.forward = types.MethodType(_checkpointed(inner, train_fn, eval_fn, reentrant, run), layer)
+        layer._umtcds_passthrough = False
     return len(layers)
 
 
-def _layer_train(inner, layer, *args, **kwargs):
-    return inner(layer, *args, **kwargs)
+def _layers_train(inner, layers, hidden, *args, **kwargs):
+    for layer in layers:
+        hidden = inner(layer, hidden, *args, **kwargs)
+    return hidden
 
 
 def _layer_eval(inner, layer, *args, **kwargs):
     return inner(layer, *args, **kwargs)
 
 
-def _checkpointed(inner, train_fn, eval_fn, reentrant: bool = False):
-    """A layer forward running the compiled layer, inside the layer's own checkpointing when that is on."""
+class _GuardSkipping:
+    """Calls a compiled layer function under ``skip_guard_eval_unsafe`` (only the guards that tell its cached graphs
+    apart are evaluated) for call kinds it has compiled before: grad mode × layers per call. A first call of a kind
+    runs with all guards and compiles; a recompile the stance refuses (PyTorch raises rather than guess) is retried
+    the same way, so a new shape class costs one exception, never a wrong graph."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.seen: set = set()
+
+    def __call__(self, inner, layers, *args, **kwargs):
+        import torch
+
+        key = (torch.is_grad_enabled(), len(layers))
+        if key in self.seen:
+            try:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return self.fn(inner, layers, *args, **kwargs)
+            except RuntimeError as exc:
+                if "skip_guard_eval_unsafe" not in str(exc):
+                    raise
+        out = self.fn(inner, layers, *args, **kwargs)
+        self.seen.add(key)
+        return out
+
+
+def _checkpointed(inner, train_fn, eval_fn, reentrant: bool = False, run: tuple | None = None):
+    """A layer forward running the compiled layer, inside the layer's own checkpointing when that is on.
+
+    ``run``: the layers this one computes in training (itself and the rest of its group); None for a layer that
+    another one computed, which passes its input through.
+    """
 
     def forward(self, *args, **kwargs):
         import torch
 
         if not self.training:
             return eval_fn(inner, self, *args, **kwargs)
+        if self._umtcds_passthrough:  # the group's first layer already ran this one
+            self._umtcds_passthrough = False
+            return args[0] if args else kwargs["hidden_states"]
+        layers = run or (self,)
+        if args:
+            hidden, args = args[0], args[1:]
+        else:
+            hidden = kwargs.pop("hidden_states")
         if getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled():
             for key in ("past_key_values", "past_key_value", "cache", "layer_past"):
                 if kwargs.get(key) is not None:
                     kwargs[key] = None  # as transformers' shim: a cache is not replayed under checkpointing
-            call = functools.partial(train_fn, inner, self, **kwargs)
+            call = functools.partial(train_fn, inner, layers, **kwargs)
             if reentrant:
                 from torch.utils.checkpoint import checkpoint
 
-                return checkpoint(call, *args, use_reentrant=True)
-            return self._gradient_checkpointing_func(call, *args)
-        return train_fn(inner, self, *args, **kwargs)
+                out = checkpoint(call, hidden, *args, use_reentrant=True)
+            else:
+                out = self._gradient_checkpointing_func(call, hidden, *args)
+        else:
+            out = train_fn(inner, layers, hidden, *args, **kwargs)
+        for other in layers[1:]:  # set only once the group's output exists
+            other._umtcds_passthrough = True
+        return out
 
     return forward
 

@@ -27,12 +27,13 @@ TINY = dict(
 )
 
 
-def tiny_model(seed: int = 0, lora: bool = True):
+def tiny_model(seed: int = 0, lora: bool = True, layers: int | None = None):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, GlmConfig
 
     transformers.set_seed(seed)
-    model = AutoModelForCausalLM.from_config(GlmConfig(**TINY), dtype=torch.float32, attn_implementation="sdpa")
+    shape = TINY if layers is None else dict(TINY, num_hidden_layers=layers)
+    model = AutoModelForCausalLM.from_config(GlmConfig(**shape), dtype=torch.float32, attn_implementation="sdpa")
     model.config.use_cache = False
     if lora:
         transformers.set_seed(seed)
@@ -210,3 +211,31 @@ def test_compiled_layers_match_eager_in_training_and_eval():
     assert all("forward" not in layer.__dict__ for layer in speed.decoder_layers(compiled))
     with torch.no_grad():
         assert torch.allclose(eager(**batch).loss, compiled(**batch).loss, atol=1e-5)
+
+
+def test_grouped_compiled_layers_with_guard_skipping_match_eager():
+    """Layers compiled in runs of two (one compiled call and one checkpoint per run; an odd layer count leaves a
+    run of one) with guard evaluation skipped after warm-up give eager's losses and gradients over several steps of
+    different packed lengths, and evaluation still runs every layer."""
+    torch._dynamo.reset()
+    models = []
+    for _ in range(2):
+        m = tiny_model(layers=TINY["num_hidden_layers"] + 1)
+        speed.enable_varlen_attention(m, "cpu", force=True)
+        speed.set_checkpointing(m, True)
+        models.append(m)
+    eager, compiled = models
+    layers = speed.decoder_layers(compiled)
+    assert len(layers) == TINY["num_hidden_layers"] + 1
+    opts = dict(speed.COMPILE_DEFAULTS, group=2, skip_guard_eval=True)
+    assert speed.compile_layers(compiled, "cpu", force=True, **opts) == len(layers)
+    collator = speed.make_collator(None, packing=True, attn_implementation=speed.VARLEN_ATTN)
+    for seed, n in ((1, 4), (7, 3), (9, 4)):
+        batch = collator(samples(n, seed=seed))
+        assert_same(loss_and_grads(eager, batch), loss_and_grads(compiled, batch), tol=1e-4)
+    assert not any(layer._umtcds_passthrough for layer in layers)  # every pass-through flag was consumed
+    for m in models:
+        m.eval()
+    with torch.no_grad():
+        assert torch.allclose(eager(**batch).loss, compiled(**batch).loss, atol=1e-4)
+    speed.uncompile_layers(compiled)
