@@ -85,10 +85,12 @@ VARIANTS = {
         for name in ("ours-cpp", "ours-reent", "ours-cpp-reent", "ours-reent-ng", "ours-cpp-reent-ng", "ours-ng")
     },
     "ours-compile-liger": COMPILED | {"kernels": True},
-    # fewer Python/Dynamo calls per step: layers compiled and checkpointed in runs of 2; guard evaluation skipped
+    # fewer Python/Dynamo calls per step: layers compiled and checkpointed in runs of 2 (g2); guard evaluation
+    # skipped (sg); adapters computed under 16-bit autocast (ac)
     **{
-        name: COMPILED | {"tf32": True, "group": 2 if "g2" in name else 1, "sg": name.endswith("-sg")}
-        for name in ("ours-g2", "ours-sg", "ours-g2-sg")
+        name: COMPILED
+        | {"tf32": True, "group": 2 if "-g2" in name else 1, "sg": name.endswith("-sg"), "ac": "-ac" in name}
+        for name in ("ours-g2", "ours-sg", "ours-g2-sg", "ours-ac", "ours-ac-g2")
     },
 }
 
@@ -253,6 +255,7 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
             ("noguard", "skip_module_guards"),
             ("group", "group"),
             ("sg", "skip_guard_eval"),
+            ("ac", "adapter_autocast"),
         ):
             if key in settings:
                 opts[opt] = settings[key]
@@ -481,7 +484,9 @@ def sync_sites(model, collator, feats_list, pad_id, device, autocast, pinned=Fal
     return {"total": sum(sites.values()), "sites": dict(sorted(sites.items(), key=lambda kv: -kv[1])[:10])}
 
 
-def measure_matmul_tflops() -> float | None:
+def measure_matmul_tflops(warm_s: float = 0.0) -> float | None:
+    """bf16 8192² matmul rate; first ``warm_s`` seconds of matmuls so clocks and power settle before any variant
+    runs (otherwise the first variant of a process runs on a GPU still ramping up)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -489,9 +494,13 @@ def measure_matmul_tflops() -> float | None:
     n = 8192
     a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    for _ in range(3):
-        a @ b
-    torch.cuda.synchronize()
+    end = time.perf_counter() + warm_s
+    while True:
+        for _ in range(3):
+            a @ b
+        torch.cuda.synchronize()
+        if time.perf_counter() >= end:
+            break
     t = time.perf_counter()
     for _ in range(10):
         a @ b
@@ -579,6 +588,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--compile-on-cpu", action="store_true", help="CPU: torch.compile the layers anyway (umtcds train does not)"
     )
     ap.add_argument("--profile-variants", default="ours", help="comma-separated variants to profile")
+    ap.add_argument("--gpu-warmup", type=float, default=15.0, help="seconds of matmuls before the first variant")
     args = ap.parse_args(argv)
     _OPTIONS["compile_on_cpu"] = args.compile_on_cpu
 
@@ -611,7 +621,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf_cfg).parameters())
     gpu = torch.cuda.get_device_name(0) if cuda else None
     peak = next((v for k, v in PEAK_TFLOPS.items() if gpu and k in gpu), None)
-    matmul = measure_matmul_tflops() if cuda and rank == 0 else None
+    matmul = measure_matmul_tflops(args.gpu_warmup) if cuda and rank == 0 else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     lora_variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     n_batches = (args.warmup + args.steps) * world
@@ -696,6 +706,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 "answer_tokens": list(lengths.get("answer", (20, 400))),
                 "labels": "-100 on the prompt",
                 "warmup_steps": args.warmup,
+                "gpu_warmup_s": args.gpu_warmup if cuda else 0,
                 "timed_steps": args.steps,
                 "rounds": rounds,
             },

@@ -309,6 +309,28 @@ def chunked_linear_cross_entropy(hidden, weight, targets, bias=None, chunk_token
     return total
 
 
+LIGER_LOGITS_BUDGET = 128 << 20  # bytes of transient 16-bit logits per chunk in Liger's fused loss
+_LIGER_ARGS: dict = {}
+
+
+def _liger_chunking(fn, tokens: int, hidden: int, vocab: int, budget: int = LIGER_LOGITS_BUDGET) -> dict:
+    """``chunk_mem_const`` for Liger's fused linear+cross-entropy: chunks of about ``budget`` bytes of logits.
+
+    Liger's default budget is ``tokens × hidden`` logits, which for a 151,552-word vocabulary means chunks of 64
+    tokens: each chunk re-reads the whole 1.2 GB LM head twice (logits, input gradient), so the loss becomes
+    memory-bound (~26 chunks per 8-sample step). Chunks of a few hundred tokens keep the matmuls compute-bound
+    for a transient buffer of ~128 MiB. Empty where this Liger has no such argument.
+    """
+    if "ok" not in _LIGER_ARGS:
+        import inspect
+
+        _LIGER_ARGS["ok"] = "chunk_mem_const" in inspect.signature(fn).parameters
+    if not _LIGER_ARGS["ok"] or tokens <= 0:
+        return {}
+    target = max(1, budget // (vocab * 2))  # tokens per chunk within the budget (bf16/fp16 logits)
+    return {"chunk_mem_const": max(1, (vocab * target) // (hidden * tokens))}
+
+
 def causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=None, shift_labels=None, use_liger=False):
     """The Hugging Face causal-LM loss (shifted labels, -100 ignored, sum/num_items or mean) without full logits."""
     import torch.nn.functional as F
@@ -329,7 +351,13 @@ def causal_lm_loss(hidden_states, lm_head, labels, num_items_in_batch=None, shif
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
 
         total = liger_fused_linear_cross_entropy(
-            hidden, weight, targets, bias=bias, ignore_index=IGNORE_INDEX, reduction="sum"
+            hidden,
+            weight,
+            targets,
+            bias=bias,
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+            **_liger_chunking(liger_fused_linear_cross_entropy, count, weight.shape[1], weight.shape[0]),
         )
         if isinstance(total, tuple):
             total = total[0]
@@ -462,6 +490,7 @@ def compile_layers(
     skip_module_guards: bool = False,
     group: int = 1,
     skip_guard_eval: bool = False,
+    adapter_autocast: bool = False,
 ) -> int:
     """``torch.compile`` each decoder layer (regional compilation); returns how many layers were compiled.
 
@@ -486,6 +515,9 @@ def compile_layers(
     per step, the same arithmetic; the recompute then holds a group's activations at once. ``skip_guard_eval``:
     once both training graphs exist (no-grad forward and recompute), calls evaluate only the guards that tell
     cached graphs apart (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
+    ``adapter_autocast``: training layers of a 16-bit model run under autocast to that dtype, so the fp32 adapters
+    (peft keeps LoRA weights in fp32) compute in 16-bit with fp32 accumulation, as mixed-precision training does,
+    instead of TF32 matmuls on fp32 copies of every adapter input; evaluation is unchanged.
     """
     if not (force or compile_usable(device)):
         return 0
@@ -505,7 +537,9 @@ def compile_layers(
         options["guard_filter_fn"] = torch.compiler.skip_guard_on_all_nn_modules_unsafe
     # training and evaluation/generation get separate compiled functions (separate code objects, separate caches),
     # so skipping module guards for training can never reuse a training graph (dropout on) in eval mode
-    train_fn = torch.compile(_layers_train, dynamic=True, options=options or None)
+    train_fn = torch.compile(
+        _layers_train_autocast if adapter_autocast else _layers_train, dynamic=True, options=options or None
+    )
     if skip_guard_eval and hasattr(torch.compiler, "set_stance"):
         train_fn = _GuardSkipping(train_fn)
     eval_fn = torch.compile(_layer_eval, dynamic=True)
@@ -523,6 +557,15 @@ def _layers_train(inner, layers, hidden, *args, **kwargs):
     for layer in layers:
         hidden = inner(layer, hidden, *args, **kwargs)
     return hidden
+
+
+def _layers_train_autocast(inner, layers, hidden, *args, **kwargs):
+    import torch
+
+    if hidden.dtype not in (torch.bfloat16, torch.float16):
+        return _layers_train(inner, layers, hidden, *args, **kwargs)
+    with torch.autocast(hidden.device.type, dtype=hidden.dtype):
+        return _layers_train(inner, layers, hidden, *args, **kwargs)
 
 
 def _layer_eval(inner, layer, *args, **kwargs):

@@ -239,3 +239,47 @@ def test_grouped_compiled_layers_with_guard_skipping_match_eager():
     with torch.no_grad():
         assert torch.allclose(eager(**batch).loss, compiled(**batch).loss, atol=1e-4)
     speed.uncompile_layers(compiled)
+
+
+def test_adapter_autocast_matches_eager_autocast_and_leaves_fp32_models_alone():
+    """adapter_autocast: the compiled training layers of a bf16 model compute like eager under bf16 autocast (the
+    fp32 LoRA weights multiply in bf16); an fp32 model is unaffected (same as without the option)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GlmConfig
+
+    torch._dynamo.reset()
+    collator = speed.make_collator(None, packing=True, attn_implementation=speed.VARLEN_ATTN)
+    batch = collator(samples(4))
+
+    def bf16_model():
+        transformers.set_seed(0)
+        m = AutoModelForCausalLM.from_config(GlmConfig(**TINY), dtype=torch.bfloat16, attn_implementation="sdpa")
+        m.config.use_cache = False
+        transformers.set_seed(0)
+        m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.02)
+        assert {p.dtype for n, p in m.named_parameters() if "lora_" in n} == {torch.float32}
+        speed.enable_varlen_attention(m, "cpu", force=True)
+        speed.set_checkpointing(m, True)
+        return m.train()
+
+    eager, compiled = bf16_model(), bf16_model()
+    speed.compile_layers(compiled, "cpu", force=True, adapter_autocast=True, **speed.COMPILE_DEFAULTS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = loss_and_grads(eager, batch)
+    got = loss_and_grads(compiled, batch)
+    assert torch.allclose(want[0].float(), got[0].float(), atol=2e-2)
+    for k in want[1]:
+        a, b = want[1][k].float(), got[1][k].float()
+        assert (a - b).norm() <= 0.05 * a.norm() + 1e-6, k
+    speed.uncompile_layers(compiled)
+
+    fp32_eager, fp32_compiled = tiny_model(), tiny_model()
+    for m in (fp32_eager, fp32_compiled):
+        speed.enable_varlen_attention(m, "cpu", force=True)
+        speed.set_checkpointing(m, True)
+    speed.compile_layers(fp32_compiled, "cpu", force=True, adapter_autocast=True, **speed.COMPILE_DEFAULTS)
+    assert_same(loss_and_grads(fp32_eager, batch), loss_and_grads(fp32_compiled, batch), tol=1e-4)
+    speed.uncompile_layers(fp32_compiled)
