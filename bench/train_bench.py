@@ -95,8 +95,25 @@ VARIANTS = {
 }
 
 
+# composable flags: "ours+ac+g2+sg+cpp" = ours with those compile options; "+ta" = attention through
+# torch.nn.attention.varlen's Python op instead of ATen's flash op
+FLAGS = {
+    "ac": {"ac": True},
+    "g2": {"group": 2},
+    "g4": {"group": 4},
+    "sg": {"sg": True},
+    "cpp": {"cpp": True},
+    "ta": {"attn_op": "torch_attn"},
+}
+
+
 def variant_settings(name: str, method: str) -> dict:
-    if name.startswith("ours-skip"):
+    if "+" in name:
+        base, *flags = name.split("+")
+        s = dict(VARIANTS[base])
+        for f in flags:
+            s.update(FLAGS[f])
+    elif name.startswith("ours-skip"):
         s = dict(VARIANTS["ours"], skip=int(name[len("ours-skip") :]))
     else:
         s = dict(VARIANTS[name])
@@ -245,6 +262,10 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
         )
     else:
         info["loss"] = "standard (full logits, fp32 upcast)"
+    if settings["varlen"] and info["attention"] == speed.VARLEN_ATTN:
+        aten_ok = _OPTIONS.setdefault("aten_ok", speed._VARLEN_IMPL["aten"])  # the check's verdict (first build)
+        speed._VARLEN_IMPL["aten"] = aten_ok and settings.get("attn_op", "aten") == "aten"
+        info["attention_op"] = "aten._flash_attention_forward" if speed._VARLEN_IMPL["aten"] else "torch_attn"
     if settings.get("compile"):
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
         torch._inductor.config.cpp_wrapper = False
