@@ -95,15 +95,13 @@ VARIANTS = {
 }
 
 
-# composable flags: "ours+ac+g2+sg+cpp" = ours with those compile options; "+ta" = attention through
-# torch.nn.attention.varlen's Python op instead of ATen's flash op
+# composable flags: "ours+sg+cpp" = ours with those compile options
 FLAGS = {
     "ac": {"ac": True},
     "g2": {"group": 2},
     "g4": {"group": 4},
     "sg": {"sg": True},
     "cpp": {"cpp": True},
-    "ta": {"attn_op": "torch_attn"},
 }
 
 
@@ -262,10 +260,6 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
         )
     else:
         info["loss"] = "standard (full logits, fp32 upcast)"
-    if settings["varlen"] and info["attention"] == speed.VARLEN_ATTN:
-        aten_ok = _OPTIONS.setdefault("aten_ok", speed._VARLEN_IMPL["aten"])  # the check's verdict (first build)
-        speed._VARLEN_IMPL["aten"] = aten_ok and settings.get("attn_op", "aten") == "aten"
-        info["attention_op"] = "aten._flash_attention_forward" if speed._VARLEN_IMPL["aten"] else "torch_attn"
     if settings.get("compile"):
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
         torch._inductor.config.cpp_wrapper = False

@@ -136,22 +136,9 @@ def _varlen_kernel():
     return _KERNEL[0]
 
 
-_VARLEN_IMPL = {"aten": False}  # set by varlen_usable's check
-
-
 def flash_varlen(q, k, v, cu, max_len: int, scale=None):
-    """Causal FlashAttention over the packed segments ``cu`` of ``q/k/v`` (total_tokens, heads, dim), GQA included.
-
-    Through ATen's ``_flash_attention_forward`` (C++ op with its own derivative: no Python on each call, and
-    Inductor's C++ wrapper can call it) where ``varlen_usable`` proved it on this GPU, else through
-    ``torch.nn.attention.varlen`` (a Python custom op over the same kernel).
-    """
-    if _VARLEN_IMPL["aten"]:
-        import torch
-
-        return torch.ops.aten._flash_attention_forward(
-            q, k, v, cu, cu, max_len, max_len, 0.0, True, False, scale=scale
-        )[0]
+    """Causal FlashAttention over the packed segments ``cu`` of ``q/k/v`` (total_tokens, heads, dim), GQA included,
+    through ``torch.nn.attention.varlen`` (its own autograd, and traceable by torch.compile)."""
     kernel, causal, gqa = _varlen_kernel()
     extra = {}
     if k.shape[1] != q.shape[1]:
@@ -254,49 +241,23 @@ def varlen_usable(device: str | None = None) -> bool:
     if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
         return False
     if "ok" not in _VARLEN_OK:
-        _VARLEN_OK["ok"] = False
-        for aten in (True, False):  # the direct ATen call first, then torch.nn.attention.varlen
-            _VARLEN_IMPL["aten"] = aten
-            try:
-                if _varlen_matches_sdpa():
-                    _VARLEN_OK["ok"] = True
-                    break
-            except Exception:  # noqa: BLE001 - older torch or no kernel for this GPU: try the next, else SDPA's mask
-                pass
-        else:
-            _VARLEN_IMPL["aten"] = False
+        try:
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q, k, v = (torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
+            cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
+            out = flash_varlen(q, k, v, cu, 14)
+            ref = torch.cat(
+                [
+                    torch.nn.functional.scaled_dot_product_attention(
+                        *(t[a:b].transpose(0, 1) for t in (q, k, v)), is_causal=True
+                    ).transpose(0, 1)
+                    for a, b in ((0, 10), (10, 24))
+                ]
+            )
+            _VARLEN_OK["ok"] = bool((out.float() - ref.float()).abs().max() < 2e-2)
+        except Exception:  # noqa: BLE001 - older torch or no kernel for this GPU: keep SDPA's mask
+            _VARLEN_OK["ok"] = False
     return _VARLEN_OK["ok"]
-
-
-def _varlen_matches_sdpa() -> bool:
-    """:func:`flash_varlen` on two causal segments with grouped KV heads: SDPA's output and gradients."""
-    import torch
-    import torch.nn.functional as F
-
-    g = torch.Generator(device="cuda").manual_seed(0)
-
-    def rand(heads):
-        return torch.randn(24, heads, 64, device="cuda", dtype=torch.bfloat16, generator=g).requires_grad_()
-
-    q, k, v = rand(4), rand(2), rand(2)
-    cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
-    out = flash_varlen(q, k, v, cu, 14)
-    grad = torch.randn(out.shape, device="cuda", dtype=out.dtype, generator=g)
-    got = torch.autograd.grad(out, (q, k, v), grad)
-    ref = torch.cat(
-        [
-            F.scaled_dot_product_attention(
-                q[a:b].transpose(0, 1),
-                k[a:b].repeat_interleave(2, dim=1).transpose(0, 1),
-                v[a:b].repeat_interleave(2, dim=1).transpose(0, 1),
-                is_causal=True,
-            ).transpose(0, 1)
-            for a, b in ((0, 10), (10, 24))
-        ]
-    )
-    want = torch.autograd.grad(ref, (q, k, v), grad)
-    close = [(x.float() - y.float()).abs().max() < 3e-2 for x, y in zip((out, *got), (ref, *want), strict=True)]
-    return bool(all(close))
 
 
 def enable_varlen_attention(model, device: str | None = None, force: bool = False) -> str:
@@ -507,7 +468,7 @@ def compile_usable(device: str | None = None) -> bool:
 
 
 # what ``umtcds train`` uses (bench/results/train_*.json: measured against the alternatives on an H200)
-COMPILE_DEFAULTS = {"reentrant": True, "skip_module_guards": True}
+COMPILE_DEFAULTS = {"reentrant": True, "skip_module_guards": True, "group": 2, "adapter_autocast": True}
 
 
 def uncompile_layers(model) -> None:
