@@ -65,7 +65,7 @@ PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090
 # k-bit preparation; pinned batches copied without a host wait (umtcds train's Trainer settings)
 EAGER = dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", pinned=True)
 # + torch.compile of the layers (Inductor fuses RMSNorm/SwiGLU, so no Liger layer kernels); compile options not named
-# in a variant are speed.COMPILE_DEFAULTS
+# in a variant are speed.compile_options(method)
 COMPILED = EAGER | {"compile": True, "kernels": False}
 FIRST_COMPILE = {"cpp": False, "reentrant": False, "noguard": False}  # the first compile options measured
 VARIANTS = {
@@ -263,7 +263,7 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
     if settings.get("compile"):
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
         torch._inductor.config.cpp_wrapper = False
-        opts = dict(speed.COMPILE_DEFAULTS)
+        opts = speed.compile_options(method)
         for key, opt in (
             ("cpp", "cpp_wrapper"),
             ("reentrant", "reentrant"),

@@ -389,8 +389,8 @@ with form:
         tr("编译加速 (torch.compile)", "Compile (torch.compile)"),
         C.COMPILE_MODES,
         tr(
-            "auto：单块 NVIDIA GPU 上的 LoRA/QLoRA 会编译模型层，开头多花约 1 分钟，之后更快；off：不编译。",
-            "auto: LoRA/QLoRA on one NVIDIA GPU compiles the layers, ~1 min extra at the start, faster after; "
+            "auto：单块 NVIDIA GPU 上的 LoRA/QLoRA 会编译模型层，开头多花 1–2 分钟，之后更快；off：不编译。",
+            "auto: LoRA/QLoRA on one NVIDIA GPU compiles the layers, 1-2 min extra at the start, faster after; "
             "off: no compile.",
         ),
     )

@@ -345,7 +345,7 @@ COMMENTS = {
     "gradient_checkpointing": "true: far less activation memory, ~30% slower",
     "packing": "true: several samples per sequence, faster; samples never attend to each other",
     "precision": "auto picks bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on CPU",
-    "compile": "auto: torch.compile on one CUDA GPU for LoRA/QLoRA (~1 min at start, then faster); off: eager",
+    "compile": "auto: torch.compile on one CUDA GPU for LoRA/QLoRA (1-2 min at start, then faster); off: eager",
     "seed": "same seed + same data = same run",
     "output_dir": "checkpoints, metrics.jsonl and the final adapter; relative to this YAML's folder",
     "extra": "free-form notes; ignored by training",

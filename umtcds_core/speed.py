@@ -24,8 +24,9 @@ Why each exists (GLM-4-9B, LoRA, bf16, one GPU; figures in ``bench/results/train
 * :func:`set_checkpointing` — per-layer activation checkpointing; ``skip_last`` leaves the last layers
   un-checkpointed when memory allows (selective checkpointing).
 * :func:`compile_layers` — ``torch.compile`` of the decoder layers (one shared compiled function, dynamic shapes,
-  reentrant checkpointing around it): eager LoRA on a 9B model is launch-bound, the GPU idled ~45% of each step;
-  compiled it is busy ~86% (1.50× → 2.01× the Hugging Face default on an H200, ``bench/results/train_h200.json``).
+  two layers per call inside reentrant checkpointing, adapters under 16-bit autocast): eager LoRA on a 9B model is
+  launch-bound, the GPU idled ~45% of each step; compiled, with Liger's loss in larger chunks, it trains 1.94× as fast
+  as the Hugging Face default on an H200 in steady rounds (``bench/results/train_h200.json``).
 
 Every function degrades to plain PyTorch when there is no GPU, Triton or liger-kernel, and says which path it took.
 """
@@ -469,6 +470,15 @@ def compile_usable(device: str | None = None) -> bool:
 
 # what ``umtcds train`` uses (bench/results/train_*.json: measured against the alternatives on an H200)
 COMPILE_DEFAULTS = {"reentrant": True, "skip_module_guards": True, "group": 2, "adapter_autocast": True}
+
+
+def compile_options(method: str = "lora") -> dict:
+    """:data:`COMPILE_DEFAULTS` for a training method. QLoRA compiles one layer per call: its compiled path was
+    measured that way (runs of two were measured for LoRA only), and autocast is skipped for k-bit models anyway."""
+    opts = dict(COMPILE_DEFAULTS)
+    if method == "qlora":
+        opts["group"] = 1
+    return opts
 
 
 def uncompile_layers(model) -> None:

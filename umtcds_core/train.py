@@ -25,8 +25,9 @@ What one run does (every feature, its flag, and its trade-off):
   FlashAttention varlen kernel on CUDA (FlashAttention-2 when ``flash-attn`` is installed, SDPA's block-diagonal
   mask elsewhere); the loss never materialises the ``tokens × vocab`` logits (Liger's fused linear+cross-entropy on
   CUDA with ``liger-kernel``, a chunked PyTorch version elsewhere) and only labelled positions reach the LM head;
-  on one CUDA GPU, LoRA/QLoRA compile each decoder layer with ``torch.compile`` (``compile: auto``; checked by a
-  probe step, eager on failure), else Liger's RMSNorm/SwiGLU kernels on CUDA; QLoRA keeps the frozen 16-bit
+  on one CUDA GPU, LoRA/QLoRA compile the decoder layers with ``torch.compile`` (``compile: auto``; two layers per
+  compiled call and checkpoint, LoRA adapters under 16-bit autocast; checked by a probe step, eager on failure),
+  else Liger's RMSNorm/SwiGLU kernels on CUDA; QLoRA keeps the frozen 16-bit
   weights in 16 bits (peft's k-bit preparation copies them to fp32); on several GPUs each step's samples are dealt
   so every rank gets about the same number of tokens.
 * **Schedule**: AdamW, warmup (``warmup_ratio``) then ``lr_scheduler`` (cosine), gradient accumulation, clipping.
@@ -809,7 +810,7 @@ def compile_checked(model, cfg: TrainConfig, setup: Setup, device: str) -> int:
 
     from . import speed
 
-    n = speed.compile_layers(model, device, **speed.COMPILE_DEFAULTS)
+    n = speed.compile_layers(model, device, **speed.compile_options(cfg.method))
     if not n:
         return 0
     if setup.gradient_checkpointing:

@@ -242,8 +242,9 @@ def test_grouped_compiled_layers_with_guard_skipping_match_eager():
 
 
 def test_adapter_autocast_matches_eager_autocast_and_leaves_fp32_models_alone():
-    """adapter_autocast: the compiled training layers of a bf16 model compute like eager under bf16 autocast (the
-    fp32 LoRA weights multiply in bf16); an fp32 model is unaffected (same as without the option)."""
+    """adapter_autocast (a default): the compiled training layers of a bf16 model compute like eager under bf16
+    autocast (the fp32 LoRA weights multiply in bf16); an fp32 model is unaffected (same as without the option)."""
+    assert speed.COMPILE_DEFAULTS["adapter_autocast"] and speed.compile_options("qlora")["group"] == 1
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, GlmConfig
 
@@ -266,7 +267,7 @@ def test_adapter_autocast_matches_eager_autocast_and_leaves_fp32_models_alone():
         return m.train()
 
     eager, compiled = bf16_model(), bf16_model()
-    speed.compile_layers(compiled, "cpu", force=True, adapter_autocast=True, **speed.COMPILE_DEFAULTS)
+    speed.compile_layers(compiled, "cpu", force=True, **speed.COMPILE_DEFAULTS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         want = loss_and_grads(eager, batch)
     got = loss_and_grads(compiled, batch)
@@ -280,6 +281,35 @@ def test_adapter_autocast_matches_eager_autocast_and_leaves_fp32_models_alone():
     for m in (fp32_eager, fp32_compiled):
         speed.enable_varlen_attention(m, "cpu", force=True)
         speed.set_checkpointing(m, True)
-    speed.compile_layers(fp32_compiled, "cpu", force=True, adapter_autocast=True, **speed.COMPILE_DEFAULTS)
+    speed.compile_layers(fp32_compiled, "cpu", force=True, **speed.COMPILE_DEFAULTS)
     assert_same(loss_and_grads(fp32_eager, batch), loss_and_grads(fp32_compiled, batch), tol=1e-4)
     speed.uncompile_layers(fp32_compiled)
+
+
+def test_liger_chunking_keeps_loss_matmuls_large_within_the_logits_budget():
+    """For GLM-4's 151,552-word vocabulary Liger's default makes 64-token chunks (each re-reads the LM head); the
+    chosen ``chunk_mem_const`` gives chunks of a few hundred tokens whose logits stay within about the budget.
+    A Liger without the argument gets none."""
+    import math
+
+    def liger_chunk(tokens, hidden, vocab, const):  # Liger's own sizing (ops/fused_linear_cross_entropy.py)
+        inc = math.ceil(vocab / (const * hidden))
+        return min(1 << (math.ceil(tokens / inc) - 1).bit_length(), tokens)
+
+    def fn_with(tokens, chunk_mem_const=1):
+        return None
+
+    def fn_without(tokens):
+        return None
+
+    speed._LIGER_ARGS.clear()
+    hidden, vocab = 4096, 151552
+    for tokens in (1666, 3000, 16000):
+        const = speed._liger_chunking(fn_with, tokens, hidden, vocab)["chunk_mem_const"]
+        chunk = liger_chunk(tokens, hidden, vocab, const)
+        assert chunk >= 8 * liger_chunk(tokens, hidden, vocab, 1) or chunk >= 512
+        assert chunk * vocab * 2 <= 2 * speed.LIGER_LOGITS_BUDGET  # next-power-of-two rounding at most doubles
+    assert speed._liger_chunking(fn_with, 0, hidden, vocab) == {}
+    speed._LIGER_ARGS.clear()
+    assert speed._liger_chunking(fn_without, 1666, hidden, vocab) == {}
+    speed._LIGER_ARGS.clear()
