@@ -489,6 +489,11 @@ def shingles(text: str) -> frozenset[str]:
     return frozenset(norm[i : i + n] for i in range(len(norm) - n + 1))
 
 
+def numbers(text: str) -> frozenset[str]:
+    """The numbers in a question (building, year, course code): questions that differ in them are never duplicates."""
+    return frozenset(_NUM_RE.findall(unicodedata.normalize("NFKC", text)))
+
+
 def jaccard(a: frozenset, b: frozenset) -> float:
     if not a or not b:
         return 0.0
@@ -521,7 +526,7 @@ def find_groups(questions: list[str], threshold: float = DEFAULT_THRESHOLD) -> l
             parent[max(ri, rj)] = min(ri, rj)
 
     sh = [shingles(q) for q in questions]
-    nums = [frozenset(_NUM_RE.findall(unicodedata.normalize("NFKC", q))) for q in questions]
+    nums = [numbers(q) for q in questions]
     df: dict[str, int] = defaultdict(int)
     for s in sh:
         for g in s:

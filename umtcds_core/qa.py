@@ -48,6 +48,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import dataset
 from .errors import UserError
 from .fileio import BadLine, append_jsonl, iter_jsonl, write_text_atomic
 
@@ -389,41 +390,42 @@ def parse_score(reply: str) -> int | None:
 
 # ---- curation -----------------------------------------------------------------------------------------------------
 class NearDuplicateIndex:
-    """Exact and near-duplicate detection by character n-gram Jaccard similarity (an inverted index keeps it fast).
-
-    Character n-grams need no word segmentation, so Chinese works like English (bigrams for CJK, trigrams else).
+    """Questions already kept, for dropping repeats while generating: the same test as the dataset step's grouping
+    (:func:`umtcds_core.dataset.find_groups`), online. A question is a duplicate when its normalised text was seen,
+    or when an earlier one has the same numbers (3号楼 vs 4号楼 are different questions) and a Jaccard similarity of
+    :func:`~umtcds_core.dataset.shingles` (characters + bigrams for Chinese, trigrams else: no word segmenter
+    needed) of at least ``threshold``. An inverted index over shingles keeps each check fast.
     """
 
     def __init__(self, threshold: float = 0.85):
         self.threshold = threshold
         self._exact: set[str] = set()
-        self._grams: list[set[str]] = []
+        self._kept: list[tuple[frozenset[str], frozenset[str]]] = []  # (shingles, numbers) per question
         self._index: dict[str, list[int]] = defaultdict(list)
 
     def __len__(self) -> int:
-        return len(self._grams)
+        return len(self._kept)
 
     def is_duplicate(self, text: str) -> bool:
-        norm = normalize(text)
-        if norm in self._exact:
+        if dataset.normalize(text) in self._exact:
             return True
-        grams = char_ngrams(norm, _n_for(text))
+        grams, nums = dataset.shingles(text), dataset.numbers(text)
         if not grams:
             return False
         hits: Counter[int] = Counter()
         for g in grams:
             hits.update(self._index.get(g, ()))
         for i, shared in hits.items():
-            if shared / (len(grams) + len(self._grams[i]) - shared) >= self.threshold:
+            kept, kept_nums = self._kept[i]
+            if kept_nums == nums and shared / (len(grams) + len(kept) - shared) >= self.threshold:
                 return True
         return False
 
     def add(self, text: str) -> None:
-        norm = normalize(text)
-        self._exact.add(norm)
-        grams = char_ngrams(norm, _n_for(text))
-        idx = len(self._grams)
-        self._grams.append(grams)
+        self._exact.add(dataset.normalize(text))
+        grams = dataset.shingles(text)
+        idx = len(self._kept)
+        self._kept.append((grams, dataset.numbers(text)))
         for g in grams:
             self._index[g].append(idx)
 
