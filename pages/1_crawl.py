@@ -16,7 +16,7 @@ from umtcds_core.crawl import MANIFEST, CrawlConfig, url_verdict
 from umtcds_core.errors import UserError
 from umtcds_core.fetch import DEFAULT_TIMEOUT, DEFAULT_USER_AGENT
 from umtcds_core.fileio import read_jsonl
-from umtcds_core.i18n import tr
+from umtcds_core.i18n import error_text, tr
 from umtcds_core.jobs import running_job
 
 ws = ui.require_workspace()
@@ -143,7 +143,7 @@ with st.expander(tr("测试一个网址是否会被爬取", "Test whether a URL 
         try:
             reason = url_verdict(probe.strip(), _config())
         except UserError as exc:
-            st.error(str(exc))
+            st.error(error_text(exc))
         else:
             if reason is None:
                 st.success(
@@ -161,7 +161,7 @@ if st.button(tr("开始爬取", "Start crawl"), type="primary", disabled=active 
     try:
         cfg = _config()
     except UserError as exc:
-        st.error(str(exc))
+        st.error(error_text(exc))
     else:
         args = [
             cfg.start_url,

@@ -6,7 +6,7 @@ import streamlit as st
 
 from umtcds_core import ui
 from umtcds_core.errors import UserError
-from umtcds_core.i18n import tr
+from umtcds_core.i18n import error_text, tr
 from umtcds_core.jobs import running_job
 from umtcds_core.llm import BACKENDS, DEFAULT_KEY_ENV, DEFAULT_MODELS, RetryPolicy, make_backend, ping
 from umtcds_core.qa import PROMPTS_FILE, dump_prompts, load_prompts, load_results, prompts_from_yaml, read_pages
@@ -133,7 +133,7 @@ if st.button(tr("测试连接", "Test connection"), key="gen_test"):
                 client.close()
             st.success(tr("连接成功", "Connected") + f" · {client.model} · {seconds:.1f} s · “{reply[:60]}”")
     except UserError as exc:
-        st.error(str(exc))
+        st.error(error_text(exc))
 
 # ---- generation settings -------------------------------------------------------------------------------------------
 s1, s2, s3, s4 = st.columns(4)
@@ -207,7 +207,7 @@ with st.expander(tr("提示词模板（可编辑）", "Prompt templates (editabl
         try:
             prompts_from_yaml(edited, where=tr("提示词", "The prompts"))
         except UserError as exc:
-            st.error(str(exc))
+            st.error(error_text(exc))
         else:
             from umtcds_core.fileio import write_text_atomic
 

@@ -16,7 +16,7 @@ from umtcds_core import dataset as ds
 from umtcds_core import ui
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import write_jsonl_atomic
-from umtcds_core.i18n import tr
+from umtcds_core.i18n import error_text, tr
 
 ws = ui.require_workspace()
 st.header(tr("3 · 数据集", "3 · Dataset"))
@@ -278,7 +278,7 @@ if st.button(tr("划分并导出", "Split and export"), type="primary", key="ds_
             shown_path or EDITED, ws.dataset_dir, ratios, int(seed), fmt, system_prompt, pairs=pairs
         )
     except UserError as exc:
-        st.error(str(exc))
+        st.error(error_text(exc))
     else:
         ws.update_meta(
             dataset={

@@ -14,7 +14,7 @@ import streamlit as st
 from umtcds_core import config as C
 from umtcds_core import ui
 from umtcds_core.errors import UserError
-from umtcds_core.i18n import tr
+from umtcds_core.i18n import error_text, tr
 from umtcds_core.models import DEFAULT_MODEL, EMBEDDED
 
 ws = ui.require_workspace()
@@ -123,7 +123,7 @@ def _apply_preset() -> None:
     try:
         values = _preset_values(method, model, st.session_state.get("cfg_values"))
     except UserError as exc:
-        st.session_state["cfg_load_error"] = str(exc)
+        st.session_state["cfg_load_error"] = error_text(exc)
         return
     _set_values(values, keep=("method", "model"))
 
@@ -133,7 +133,7 @@ def _initial_values() -> dict:
         try:
             return C.load_config(ws.config_file).to_dict()
         except UserError as exc:
-            st.session_state["cfg_load_error"] = str(exc)
+            st.session_state["cfg_load_error"] = error_text(exc)
     return _preset_values("lora", DEFAULT_MODEL)
 
 
@@ -150,7 +150,7 @@ with st.expander(tr("载入已有配置", "Load an existing config")):
             st.session_state.pop("cfg_load_error", None)
             st.rerun()
         except UserError as exc:
-            st.session_state["cfg_load_error"] = str(exc)
+            st.session_state["cfg_load_error"] = error_text(exc)
     uploaded = c2.file_uploader(tr("或上传一个 YAML", "or upload a YAML"), type=["yaml", "yml"], key="cfg_upload")
     if uploaded is not None and c2.button(tr("使用上传的配置", "Use the uploaded config"), key="cfg_use_upload"):
         try:
@@ -158,7 +158,7 @@ with st.expander(tr("载入已有配置", "Load an existing config")):
             st.session_state.pop("cfg_load_error", None)
             st.rerun()
         except (UserError, UnicodeDecodeError) as exc:
-            st.session_state["cfg_load_error"] = str(exc)
+            st.session_state["cfg_load_error"] = error_text(exc)
 if st.session_state.get("cfg_load_error"):
     st.error(st.session_state["cfg_load_error"])
 
@@ -426,7 +426,7 @@ try:
     cfg = C.TrainConfig.from_dict(values)
 except C.ConfigError as exc:
     with form:
-        st.error(str(exc))
+        st.error(error_text(exc))
 
 # ---- estimate, preview, save ---------------------------------------------------------------------------------------
 with side:
@@ -436,7 +436,7 @@ with side:
             est = C.estimate_memory(cfg)
         except UserError as exc:
             est = None
-            st.warning(str(exc))
+            st.warning(error_text(exc))
         if est is not None:
             st.metric(tr("预计峰值显存", "Expected peak GPU memory"), f"{est['total_gib']:.1f} GiB")
             st.markdown(f"**{verdict_text(est)}**")
@@ -481,7 +481,7 @@ with side:
             try:
                 C.save_config(cfg, ws.config_file)
             except UserError as exc:
-                st.error(str(exc))
+                st.error(error_text(exc))
             else:
                 st.session_state.pop("cfg_load_error", None)
                 st.success(tr("已保存 ", "Saved ") + f"`{os.path.relpath(ws.config_file, ws.root)}`")

@@ -17,7 +17,7 @@ from plotly.subplots import make_subplots
 from umtcds_core import ui
 from umtcds_core.config import load_config
 from umtcds_core.errors import UserError
-from umtcds_core.i18n import tr
+from umtcds_core.i18n import error_text, tr
 from umtcds_core.jobs import latest_job
 from umtcds_core.train import output_dir_of, read_metrics, run_summary
 from umtcds_core.workspace import RUNNING
@@ -40,7 +40,7 @@ if not ws.config_file.exists():
 try:
     cfg = load_config(ws.config_file)
 except UserError as exc:
-    st.error(str(exc))
+    st.error(error_text(exc))
     st.stop()
 
 steps_text = str(cfg.max_steps) if cfg.max_steps and cfg.max_steps > 0 else f"{cfg.num_epochs:g} " + tr("轮", "epochs")

@@ -12,7 +12,7 @@ import streamlit as st
 
 from umtcds_core import chat, ui
 from umtcds_core.errors import UserError
-from umtcds_core.i18n import tr
+from umtcds_core.i18n import error_text, tr
 from umtcds_core.models import DEFAULT_MODEL, gpu_memory
 
 ws = ui.require_workspace()
@@ -74,7 +74,7 @@ with st.container(border=True):
             st.session_state["chat_loaded"] = [base, adapter]
             st.session_state["chat_history"] = []
         except UserError as exc:
-            st.error(str(exc))
+            st.error(error_text(exc))
     if b2.button(tr("卸载模型", "Unload model"), key="chat_unload", disabled="chat_loaded" not in st.session_state):
         before = gpu_memory()
         loaded = st.session_state.pop("chat_loaded", None)
@@ -97,7 +97,7 @@ st.session_state.pop("chat_unloaded", None)
 try:
     cm = load_model(*loaded)
 except UserError as exc:
-    st.error(str(exc))
+    st.error(error_text(exc))
     st.stop()
 mem = gpu_memory()
 st.caption(
@@ -155,7 +155,7 @@ if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat
                 base_answer = None
                 answer = st.write_stream(session.stream(prompt))
         except UserError as exc:
-            st.error(str(exc))
+            st.error(error_text(exc))
         else:
             history.append({"role": "user", "content": prompt})
             history.append({"role": "assistant", "content": str(answer).strip(), "base": base_answer})
@@ -173,4 +173,4 @@ if cm.has_adapter and cm.adapter_kind in {"LORA", ""}:
                     target = merge_adapter(cm.adapter_dir, ws.inside(out_dir), model=cm.base_ref)
                 st.success(tr("已保存到 ", "Saved to ") + f"`{target}`")
             except UserError as exc:
-                st.error(str(exc))
+                st.error(error_text(exc))

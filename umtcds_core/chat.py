@@ -57,7 +57,10 @@ def find_adapter(path: str | Path) -> Path:
     """The folder holding ``adapter_config.json`` for a run dir (final adapter, else newest checkpoint) or checkpoint."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ChatError(f"The adapter folder {p} does not exist; pick a run folder or one of its checkpoint-N folders.")
+        raise ChatError(
+            f"The adapter folder {p} does not exist; pick a run folder or one of its checkpoint-N folders.",
+            zh=f"适配器文件夹 {p} 不存在；请选择一个训练输出文件夹或其中的 checkpoint-N 文件夹。",
+        )
     if (p / "adapter_config.json").exists():
         return p
     ckpts = [c for c in checkpoints(p) if (c / "adapter_config.json").exists()]
@@ -363,7 +366,7 @@ class ChatSession:
     def stream(self, user_text: str, *, use_adapter: bool = True, remember: bool = True) -> Iterator[str]:
         """Yield the reply piece by piece; the turn joins the history once the reply is complete."""
         if not user_text.strip():
-            raise ChatError("The message is empty; type a question.")
+            raise ChatError("The message is empty; type a question.", zh="消息是空的；请输入一个问题。")
         parts: list[str] = []
         for piece in self.chat_model.stream(self.messages(user_text), self.options, use_adapter=use_adapter):
             parts.append(piece)

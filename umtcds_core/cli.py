@@ -24,6 +24,7 @@ import importlib
 import sys
 
 from .errors import UserError
+from .i18n import current_lang
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except UserError as exc:
         print(f"Error: {exc}", file=sys.stderr)
+        if exc.zh and current_lang() == "zh":  # a job the dashboard started in Chinese
+            print(f"错误：{exc.zh}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Interrupted; what was already written is kept.", file=sys.stderr)

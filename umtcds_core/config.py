@@ -49,8 +49,8 @@ QUANT_TYPES = ("nf4", "fp4")
 class ConfigError(UserError, ValueError):
     """A config problem; the message names the key and the fix."""
 
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, problems: list[str] | None = None, zh: str | None = None):
+        super().__init__(message, zh=zh)
         self.problems = problems or [message]
 
 
@@ -401,14 +401,20 @@ def parse_yaml(text: str, where: str = "The config") -> TrainConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{where} is not valid YAML{at} ({getattr(exc, 'problem', exc)}); fix that line.") from exc
+        raise ConfigError(
+            f"{where} is not valid YAML{at} ({getattr(exc, 'problem', exc)}); fix that line.",
+            zh=f"{where} 不是有效的 YAML{at}（{getattr(exc, 'problem', exc)}）；请修正那一行。",
+        ) from exc
     return TrainConfig.from_dict(data or {}, where=where)
 
 
 def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"Config file {path} does not exist; write one with `umtcds config` or the Config page.")
+        raise ConfigError(
+            f"Config file {path} does not exist; write one with `umtcds config` or the Config page.",
+            zh=f"配置文件 {path} 不存在；请在“配置”页面（或用 `umtcds config`）生成一个。",
+        )
     return parse_yaml(path.read_text(encoding="utf-8"), where=str(path))
 
 

@@ -81,21 +81,31 @@ def validate_start_url(url: str) -> str:
     url = (url or "").strip()
     if not url:
         raise UserError(
-            "No start URL given; enter the address of the site's home page, e.g. https://www.example.edu.cn/."
+            "No start URL given; enter the address of the site's home page, e.g. https://www.example.edu.cn/.",
+            zh="没有填写起始网址；请输入网站首页的地址，例如 https://www.example.edu.cn/。",
         )
     parts = urlsplit(url)
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         if "://" not in url and "." in url.split("/")[0]:
-            raise UserError(f"'{url}' has no http:// or https:// in front; write it as https://{url} (or http://).")
+            raise UserError(
+                f"'{url}' has no http:// or https:// in front; write it as https://{url} (or http://).",
+                zh=f"“{url}”前面缺少 http:// 或 https://；请写成 https://{url}（或 http://）。",
+            )
         raise UserError(
-            f"'{url}' is not a web address; write it as https://host/path, e.g. https://www.example.edu.cn/."
+            f"'{url}' is not a web address; write it as https://host/path, e.g. https://www.example.edu.cn/.",
+            zh=f"“{url}”不是网址；请写成 https://主机/路径，例如 https://www.example.edu.cn/。",
         )
     try:
         parts.port  # noqa: B018 - raises on a malformed port
     except ValueError:
-        raise UserError(f"'{url}' has an invalid port number; check the address.") from None
+        raise UserError(
+            f"'{url}' has an invalid port number; check the address.", zh=f"“{url}”的端口号无效；请检查地址。"
+        ) from None
     if " " in parts.netloc:
-        raise UserError(f"'{url}' contains a space in the host name; check the address.")
+        raise UserError(
+            f"'{url}' contains a space in the host name; check the address.",
+            zh=f"“{url}”的主机名里有空格；请检查地址。",
+        )
     return url
 
 
@@ -106,7 +116,8 @@ def compile_patterns(patterns: list[str] | tuple[str, ...], flag: str) -> list[r
             compiled.append(re.compile(p))
         except re.error as exc:
             raise UserError(
-                f"{flag} pattern '{p}' is not a valid regular expression ({exc}); fix or remove it."
+                f"{flag} pattern '{p}' is not a valid regular expression ({exc}); fix or remove it.",
+                zh=f"{flag} 规则“{p}”不是有效的正则表达式（{exc}）；请修改或删除。",
             ) from None
     return compiled
 

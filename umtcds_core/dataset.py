@@ -327,7 +327,10 @@ def input_files(inp: str | Path) -> list[Path]:
     reviewed copy) replaces the other pair files of its folder and subfolders, because it already holds them."""
     inp = Path(inp).expanduser()
     if not inp.exists():
-        raise DatasetError(f"{inp} does not exist; give a qa.jsonl file, a folder of them, or a JSONL/CSV of pairs.")
+        raise DatasetError(
+            f"{inp} does not exist; give a qa.jsonl file, a folder of them, or a JSONL/CSV of pairs.",
+            zh=f"{inp} 不存在；请给出 qa.jsonl 文件、包含它们的文件夹，或问答对的 JSONL/CSV 文件。",
+        )
     if inp.is_file():
         if inp.suffix.lower() not in INPUT_SUFFIXES:
             raise DatasetError(f"{inp} is not a .jsonl, .json or .csv file; convert it to one of those.")
@@ -337,7 +340,10 @@ def input_files(inp: str | Path) -> list[Path]:
             return [inp / "dataset" / EDITED_NAME]
         inp = inp / "qa"
         if not inp.is_dir():
-            raise DatasetError(f"The workspace {inp.parent} has no Q&A pairs yet; run step 2 (generate) first.")
+            raise DatasetError(
+                f"The workspace {inp.parent} has no Q&A pairs yet; run step 2 (generate) first.",
+                zh=f"项目 {inp.parent} 还没有问答对；请先运行第 2 步（生成问答）。",
+            )
     files = sorted(
         p
         for p in inp.rglob("*")
@@ -580,7 +586,8 @@ def parse_split(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3 or any(v < 0 for v in values) or values[0] <= 0:
         raise DatasetError(
-            f"The split '{text}' is not three non-negative numbers with train > 0; write it like 8:1:1 or 0.8,0.1,0.1."
+            f"The split '{text}' is not three non-negative numbers with train > 0; write it like 8:1:1 or 0.8,0.1,0.1.",
+            zh=f"划分比例“{text}”不是三个非负数（训练集须大于 0）；请写成 8:1:1 或 0.8,0.1,0.1。",
         )
     return values  # type: ignore[return-value]
 
@@ -624,7 +631,10 @@ def split_pairs(
     targets = dict(zip(SPLITS, split_counts(n, ratios), strict=True))
     warnings: list[str] = []
     if n == 0:
-        raise DatasetError("There are no valid pairs to split; fix the input (see the problems listed) and run again.")
+        raise DatasetError(
+            "There are no valid pairs to split; fix the input (see the problems listed) and run again.",
+            zh="没有可划分的有效问答对；请按列出的问题修正输入后重试。",
+        )
     if n < TINY:
         warnings.append(
             f"Only {n} pairs: the split is {targets['train']}/{targets['dev']}/{targets['test']} "

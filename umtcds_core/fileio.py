@@ -24,7 +24,9 @@ class DiskFullError(UserError, OSError):
 def _raise_friendly(exc: OSError, path: Path) -> None:
     if exc.errno == 28:  # ENOSPC
         raise DiskFullError(
-            28, f"The disk is full while writing {path}; free some space and run the step again."
+            28,
+            f"The disk is full while writing {path}; free some space and run the step again.",
+            zh=f"写入 {path} 时磁盘已满；请清理一些空间后重新运行这一步。",
         ) from exc
     raise exc
 

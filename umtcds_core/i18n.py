@@ -30,3 +30,9 @@ def current_lang() -> str:
 def tr(zh: str, en: str) -> str:
     """The string for the current language."""
     return en if current_lang() == "en" else zh
+
+
+def error_text(exc: BaseException) -> str:
+    """An error's message for the current language: its Chinese sentence where it has one (``UserError(zh=...)``)."""
+    zh = getattr(exc, "zh", None)
+    return zh if zh and current_lang() != "en" else str(exc)

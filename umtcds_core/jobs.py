@@ -114,7 +114,7 @@ class Job:
     def error_summary(self, lines: int = 6) -> str:
         """The last meaningful lines of the log: what a failed job says about itself."""
         text = [ln for ln in self.log_tail(8000).splitlines() if ln.strip() and "\r" not in ln and "it/s]" not in ln]
-        marked = [ln for ln in text if ln.startswith(("Error", "error:", "ERROR")) or "Error:" in ln]
+        marked = [ln for ln in text if ln.startswith(("Error", "error:", "ERROR", "错误")) or "Error:" in ln]
         return "\n".join(marked[-2:] if marked else text[-lines:])
 
     def wait(self, timeout: float | None = None, poll: float = 0.2) -> str:

@@ -136,16 +136,19 @@ def call_with_retries(
             detail = redact(f"{type(exc).__name__}: {exc}", list(secrets or []))[:500]
             if kind == "auth":
                 raise AuthError(
-                    f"The server refused the API key (HTTP {status}): {detail}; check the key (or its balance) and run again."
+                    f"The server refused the API key (HTTP {status}): {detail}; check the key (or its balance) and run again.",
+                    zh=f"服务器拒绝了 API 密钥（HTTP {status}）：{detail}；请检查密钥（或账户余额）后重试。",
                 ) from None
             if kind == "config":
                 raise BackendConfigError(
-                    f"The server has no such endpoint or model (HTTP 404): {detail}; check --base-url and --model."
+                    f"The server has no such endpoint or model (HTTP 404): {detail}; check --base-url and --model.",
+                    zh=f"服务器上没有这个接口或模型（HTTP 404）：{detail}；请检查服务地址（base URL）和模型名。",
                 ) from None
             last = attempt == policy.max_attempts - 1
             if kind == "permanent" or last:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
-                raise LLMError(f"{what} failed{tries}: {detail}") from None
+                zh_tries = f"（已尝试 {attempt + 1} 次）" if attempt else ""
+                raise LLMError(f"{what} failed{tries}: {detail}", zh=f"{what} 失败{zh_tries}：{detail}") from None
             wait = policy.delay(attempt, parse_retry_after(_headers_of(exc)))
             if on_retry is not None:
                 on_retry(attempt + 1, wait, exc)
@@ -443,7 +446,10 @@ def make_backend(
     (default ``ZHIPUAI_API_KEY`` / ``OPENAI_API_KEY``) in the environment or ``.streamlit/secrets.toml``.
     """
     if kind not in BACKENDS:
-        raise UserError(f"Unknown backend '{kind}'; choose one of {', '.join(BACKENDS)}.")
+        raise UserError(
+            f"Unknown backend '{kind}'; choose one of {', '.join(BACKENDS)}.",
+            zh=f"未知的后端“{kind}”；请从 {', '.join(BACKENDS)} 中选择。",
+        )
     if kind == "local":
         return LocalBackend(model or DEFAULT_MODELS["local"], batch_size=batch_size, device=device)
     key, env = (api_key, api_key_env or DEFAULT_KEY_ENV[kind]) if api_key else resolve_api_key(kind, api_key_env)
@@ -452,21 +458,27 @@ def make_backend(
         if not key:
             raise AuthError(
                 f"No Zhipu API key: set {env} (or name another variable with --api-key-env, or put it in "
-                ".streamlit/secrets.toml); get a free key at https://bigmodel.cn/."
+                ".streamlit/secrets.toml); get a free key at https://bigmodel.cn/.",
+                zh=f"没有智谱 API 密钥：请设置环境变量 {env}（或写入 .streamlit/secrets.toml，或在页面上输入）；"
+                "可在 https://bigmodel.cn/ 免费申请。",
             )
         return ZhipuBackend(model or DEFAULT_MODELS["zhipuai"], key, base_url, **common)
     if not key:
         if not base_url:
             raise AuthError(
                 f"No API key for the OpenAI-compatible backend: set {env} (or --api-key-env VAR), or give --base-url "
-                "of a server that needs none (vLLM, Ollama)."
+                "of a server that needs none (vLLM, Ollama).",
+                zh=f"OpenAI 兼容后端没有 API 密钥：请设置环境变量 {env}，或填写不需要密钥的服务地址（vLLM、Ollama）。",
             )
         key = "EMPTY"  # local servers (vLLM, Ollama) accept any key
     backend = OpenAIBackend(model or "", key, base_url, **common)
     if not backend.model:
         names = backend.served_models()
         if not names:
-            raise BackendConfigError("The server lists no models; give the model name with --model.")
+            raise BackendConfigError(
+                "The server lists no models; give the model name with --model.",
+                zh="服务器没有列出任何模型；请填写模型名。",
+            )
         backend.model = names[0]
     return backend
 

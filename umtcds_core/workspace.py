@@ -90,7 +90,8 @@ class Workspace:
         """Create (or open) the workspace ``name`` under ``root`` (default ``data/workspaces``)."""
         if not _NAME_RE.match(name) or name in {".", ".."}:
             raise WorkspaceError(
-                f"'{name}' is not a usable workspace name; use letters, digits, '-', '_', '.' or spaces (max 64)."
+                f"'{name}' is not a usable workspace name; use letters, digits, '-', '_', '.' or spaces (max 64).",
+                zh=f"“{name}”不能用作项目名；请使用字母、数字、“-”、“_”、“.”或空格（最多 64 个字符）。",
             )
         ws = cls((root or workspaces_root()) / name)
         ws.root.mkdir(parents=True, exist_ok=True)

@@ -103,3 +103,16 @@ def test_failed_crawl_shows_the_sentence_and_progress_counters(ws):
     at.run()
     assert any("connection refused" in e.value for e in at.error)
     assert (job.progress() or {}).get("desc") == "crawl"
+
+
+def test_errors_are_shown_in_chinese_in_the_chinese_dashboard(ws):
+    at = AppTest.from_file(PAGE, default_timeout=30)
+    at.session_state["workspace"] = str(ws.root)
+    at.session_state["lang"] = "zh"
+    at.run()
+    at.text_input(key="crawl_url").set_value("www.example.edu.cn")
+    at.button(key="crawl_start").click().run()
+    assert [e.value for e in at.error] == [
+        "“www.example.edu.cn”前面缺少 http:// 或 https://；请写成 https://www.example.edu.cn（或 http://）。"
+    ]
+    assert latest_job(ws, "crawl") is None

@@ -46,3 +46,24 @@ def test_user_errors_print_one_sentence_and_exit_1(tmp_path):
     )
     assert proc.returncode == 1
     assert proc.stderr.strip() == "Error: The disk is full; free space and retry."
+
+
+def test_user_errors_also_print_their_chinese_sentence_for_the_chinese_dashboard(tmp_path):
+    """A job the dashboard starts in Chinese (UMTCDS_LANG=zh) prints the English line tools read and the Chinese
+    one; the job's error summary (what the page shows) keeps both; without the variable only English is printed."""
+    import os
+
+    from umtcds_core.jobs import start_job
+    from umtcds_core.workspace import Workspace
+
+    argv = [sys.executable, "-m", "umtcds_core.cli", "crawl", "www.example.edu.cn", "--out", str(tmp_path / "pages")]
+    env = {k: v for k, v in os.environ.items() if k != "UMTCDS_LANG"}
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1
+    assert "Error: 'www.example.edu.cn' has no http://" in proc.stderr and "错误" not in proc.stderr
+    ws = Workspace.create("campus", root=tmp_path)
+    job = start_job(ws, "crawl", argv, env={"UMTCDS_LANG": "zh"})
+    assert job.wait(timeout=120) == "failed"
+    summary = job.error_summary()
+    assert "Error: 'www.example.edu.cn' has no http://" in summary
+    assert "错误：“www.example.edu.cn”前面缺少 http:// 或 https://" in summary
