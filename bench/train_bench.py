@@ -19,13 +19,25 @@ tokens, prompt tokens included. Variants are built fresh, warmed up, and alterna
 * ``baseline`` — the Hugging Face default: batches padded to the longest sample, gradient checkpointing on every
   layer, the model's own loss (full logits upcast to fp32); QLoRA prepared with peft's
   ``prepare_model_for_kbit_training`` (frozen 16-bit weights upcast to fp32).
-* ``ours`` — ``umtcds_core.speed`` as ``umtcds train`` applies it: padding-free packing (``position_ids`` per
-  sample) with per-sample FlashAttention varlen attention (PyTorch's kernel), the fused linear+cross-entropy loss on labelled positions only (Liger on CUDA, chunked elsewhere), Liger
-  RMSNorm/SwiGLU kernels, checkpointing; QLoRA prepared without the fp32 upcast. P-tuning v2 (prefix cache) is padded
-  and runs without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing).
-* Ablations: ``ours-noliger`` — ``ours`` with the chunked PyTorch loss and no Liger kernels (its fallback without
-  Triton); ``ours-sdpa`` — packing through SDPA's dense block-diagonal mask instead of varlen attention, chunked
-  loss; ``ours-pack`` — packing only; ``ours-skipN`` — ``ours`` with the last N layers not checkpointed.
+* ``ours`` — ``umtcds_core.speed`` as ``umtcds train`` applies it on one CUDA GPU: padding-free packing
+  (``position_ids`` per sample) with per-sample FlashAttention varlen attention (PyTorch's kernel), the fused
+  linear+cross-entropy loss on labelled positions only (Liger on CUDA in ~128 MiB chunks of logits, chunked PyTorch
+  elsewhere), the decoder layers compiled with ``torch.compile`` (``speed.compile_options``: two layers per compiled
+  call inside reentrant checkpointing, adapters under bf16 autocast; QLoRA one layer per call), TF32, pinned batches
+  copied without a host wait; QLoRA prepared without the fp32 upcast. P-tuning v2 (prefix cache) is padded and runs
+  without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing).
+* Ablations: ``ours-eager`` — the same without compile (``compile: off``; Liger RMSNorm/SwiGLU kernels instead);
+  ``ours-noliger`` — eager with the chunked PyTorch loss and no Liger kernels (its fallback without Triton);
+  ``ours-sdpa`` — packing through SDPA's dense block-diagonal mask instead of varlen attention; ``ours-pack`` —
+  packing only; ``ours-skipN`` — ``ours`` with the last N layers not checkpointed; compile options as named
+  variants (``ours-g2``, ``ours-sg``, ``ours-ac``, ``ours-reent``, ``ours-cpp``…, see ``VARIANTS``) or composed:
+  ``ours+sg+cpp`` = ``ours`` plus guard-eval skipping and Inductor's C++ wrapper (flags in ``FLAGS``).
+
+Every variant is built fresh, warmed up (``--warmup`` steps, which include the compile) and the variants alternate over
+``--rounds``; the JSON gives the mean (``speedup``), the median (``speedup_median``) and the per-round ratios
+(``speedup_rounds``) — the baseline's first round in a process has been slow in every H200 run, so read the later
+rounds. The headline of ``bench/results/train_h200.json``: ``--methods lora --variants baseline,ours --rounds 3
+--steps 12``.
 
 MFU counts 4·N FLOPs per real token (LoRA/QLoRA/P-tuning: forward 2N + activation gradients 2N, no weight
 gradients; N = all parameters of the base model, 9.40 B), over the bf16 dense peak (989 TFLOP/s on H100/H200) and over
