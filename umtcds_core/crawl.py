@@ -684,37 +684,68 @@ class Crawler:
 # ---- user-facing failure sentences ------------------------------------------------------------------------------
 
 
-def failure_sentence(out: Outcome, cfg: CrawlConfig, robots_note: str | None = None) -> str:
-    """One sentence for a start page that gave nothing, saying what to do."""
+def failure_sentence(out: Outcome, cfg: CrawlConfig, robots_note: str | None = None) -> tuple[str, str]:
+    """One sentence for a start page that gave nothing, saying what to do: (English, Chinese)."""
     url, res = out.url, out.res
     host = urlsplit(url).netloc
     kind = out.error_kind
     if kind == "dns":
-        return f"The host {host} could not be found; check the spelling of the address and the network connection."
+        return (
+            f"The host {host} could not be found; check the spelling of the address and the network connection.",
+            f"找不到主机 {host}；请检查网址拼写和网络连接。",
+        )
     if kind == "refused":
-        return f"Could not connect to {host} (connection refused); check the address and that the site is up."
+        return (
+            f"Could not connect to {host} (connection refused); check the address and that the site is up.",
+            f"无法连接到 {host}（连接被拒绝）；请检查网址，并确认网站正在运行。",
+        )
     if kind == "tls":
-        return f"The TLS certificate of {host} could not be verified; check the address, or try http:// if the site has no valid HTTPS."
+        return (
+            f"The TLS certificate of {host} could not be verified; check the address, or try http:// if the site has no valid HTTPS.",
+            f"无法验证 {host} 的 TLS 证书；请检查网址，如果网站没有有效的 HTTPS，可以试试 http://。",
+        )
     if kind == "timeout":
-        return f"{url} did not answer within {cfg.timeout:g} s; try again later or raise --timeout."
+        return (
+            f"{url} did not answer within {cfg.timeout:g} s; try again later or raise --timeout.",
+            f"{url} 在 {cfg.timeout:g} 秒内没有响应；请稍后再试，或调大超时时间。",
+        )
     if kind == "robots":
         why = f" ({robots_note})" if robots_note else ""
         return (
             f"robots.txt of {host} does not allow crawling {url}{why}; ask the site owner, "
-            "or use --ignore-robots only with their permission."
+            "or use --ignore-robots only with their permission.",
+            f"{host} 的 robots.txt 不允许爬取 {url}{why}；请联系网站管理者，只有在获得许可后才可忽略 robots.txt。",
         )
     if kind == "offsite":
         target = res.redirects[-1] if res.redirects else res.final_url
-        return f"{url} redirects to {target}, which is outside the site; start from {target} instead (or use --subdomains)."
+        return (
+            f"{url} redirects to {target}, which is outside the site; start from {target} instead (or use --subdomains).",
+            f"{url} 跳转到了站外的 {target}；请改从 {target} 开始爬取（或允许子域名）。",
+        )
     if kind == "http":
-        return f"The start page {url} answered HTTP {res.status}; check the address."
+        return (
+            f"The start page {url} answered HTTP {res.status}; check the address.",
+            f"起始页 {url} 返回了 HTTP {res.status}；请检查网址。",
+        )
     if kind == "not-html":
-        return f"The start page {url} is not a readable web page ({out.error}); give the address of an HTML page."
+        return (
+            f"The start page {url} is not a readable web page ({out.error}); give the address of an HTML page.",
+            f"起始页 {url} 不是可读取的网页（{out.error}）；请给出一个 HTML 网页的地址。",
+        )
     if kind == "too-large":
-        return f"The start page {url} is {out.error}; start from a normal web page."
+        return (
+            f"The start page {url} is {out.error}; start from a normal web page.",
+            f"起始页 {url} 过大（{out.error}）；请从普通网页开始。",
+        )
     if kind == "empty":
-        return f"No text could be extracted from {url}; the page may be empty or built by JavaScript."
-    return f"Nothing could be crawled from {url}: {out.error}; check the address and try again."
+        return (
+            f"No text could be extracted from {url}; the page may be empty or built by JavaScript.",
+            f"无法从 {url} 提取正文；页面可能是空的，或由 JavaScript 生成。",
+        )
+    return (
+        f"Nothing could be crawled from {url}: {out.error}; check the address and try again.",
+        f"无法从 {url} 爬取任何内容：{out.error}；请检查网址后重试。",
+    )
 
 
 def crawl(cfg: CrawlConfig, log=None, progress=None) -> CrawlSummary:
@@ -724,13 +755,18 @@ def crawl(cfg: CrawlConfig, log=None, progress=None) -> CrawlSummary:
     if summary.saved == 0 and summary.saved_before == 0:
         start = summary.start_outcome
         if start is not None and start.error:
-            raise UserError(failure_sentence(start, cfg, crawler.fetcher.robots_note(start.url)))
+            en, zh = failure_sentence(start, cfg, crawler.fetcher.robots_note(start.url))
+            raise UserError(en, zh=zh)
         if start is not None:
             raise UserError(
                 f"No page with text was found at {cfg.start_url} within depth {cfg.depth}; "
-                "check --include/--exclude or raise --depth."
+                "check --include/--exclude or raise --depth.",
+                zh=f"在 {cfg.start_url}（深度 {cfg.depth}）内没有找到有正文的网页；请检查包含/排除规则，或加大爬取深度。",
             )
-        raise UserError(f"Nothing to crawl at {cfg.start_url}; check the address.")
+        raise UserError(
+            f"Nothing to crawl at {cfg.start_url}; check the address.",
+            zh=f"{cfg.start_url} 没有可爬取的内容；请检查网址。",
+        )
     return summary
 
 

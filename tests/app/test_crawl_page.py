@@ -116,3 +116,18 @@ def test_errors_are_shown_in_chinese_in_the_chinese_dashboard(ws):
         "“www.example.edu.cn”前面缺少 http:// 或 https://；请写成 https://www.example.edu.cn（或 http://）。"
     ]
     assert latest_job(ws, "crawl") is None
+
+
+def test_a_failed_crawl_job_explains_itself_in_chinese_in_the_chinese_dashboard(ws):
+    with FixtureSite() as site:
+        dead = site.url("/")
+    at = AppTest.from_file(PAGE, default_timeout=30)
+    at.session_state["workspace"] = str(ws.root)
+    at.session_state["lang"] = "zh"
+    at.run()
+    at.text_input(key="crawl_url").set_value(dead)
+    at.button(key="crawl_start").click().run()
+    assert latest_job(ws, "crawl").wait(timeout=60) == "failed"
+    at.run()
+    shown = "\n".join(e.value for e in at.error)
+    assert "（连接被拒绝）" in shown and "connection refused" in shown  # the Chinese line and the English one
