@@ -411,14 +411,16 @@ def prepare_data(cfg: TrainConfig, paths: RunPaths, tokenizer, stop_ids: list[in
     train_path = paths.data_dir / cfg.train_file
     if not train_path.exists():
         raise TrainError(
-            f"The training file {train_path} does not exist; build the dataset first (`umtcds dataset` or the Dataset page) or fix data_dir."
+            f"The training file {train_path} does not exist; build the dataset first (`umtcds dataset` or the Dataset page) or fix data_dir.",
+            zh=f"训练文件 {train_path} 不存在；请先在“数据集”页面（或用 `umtcds dataset`）生成数据集，或修改 data_dir。",
         )
     stats = EncodeStats()
     train_convs, problems = load_conversations(train_path, cfg.system_prompt)
     stats.problems += problems
     if not train_convs:
         raise TrainError(
-            f"{train_path} holds no usable samples (each needs a user question and a non-empty assistant answer); rebuild the dataset."
+            f"{train_path} holds no usable samples (each needs a user question and a non-empty assistant answer); rebuild the dataset.",
+            zh=f"{train_path} 里没有可用的样本（每条都需要用户问题和非空的回答）；请重新生成数据集。",
         )
     dev_path = paths.data_dir / cfg.dev_file if cfg.dev_file else None
     dev_convs: list = []
@@ -624,11 +626,14 @@ def train(
         if _is_oom(exc):
             raise TrainError(
                 "The GPU ran out of memory; use method qlora, a smaller per_device_batch_size (raise "
-                "gradient_accumulation_steps to compensate) or shorter max_input_length/max_output_length."
+                "gradient_accumulation_steps to compensate) or shorter max_input_length/max_output_length.",
+                zh="GPU 显存不足；请改用 qlora 方法、减小 per_device_batch_size（同时加大 gradient_accumulation_steps），"
+                "或缩短 max_input_length/max_output_length。",
             ) from exc
         if _is_disk_full(exc):
             raise TrainError(
-                "The disk is full while saving the run; free some space (or lower save_total_limit) and resume with --resume auto."
+                "The disk is full while saving the run; free some space (or lower save_total_limit) and resume with --resume auto.",
+                zh="保存训练结果时磁盘已满；请清理空间（或减小 save_total_limit），然后从检查点继续训练。",
             ) from exc
         raise
 
@@ -640,13 +645,15 @@ def resume_point(out: Path, resume: str) -> Path | None:
         found = latest_complete_checkpoint(out)
         if found is None and has_final_output(out):
             raise TrainError(
-                f"{out} already holds a finished model; set output_dir to a new folder (or delete that one) to train again."
+                f"{out} already holds a finished model; set output_dir to a new folder (or delete that one) to train again.",
+                zh=f"{out} 里已经有训练完成的模型；要重新训练，请把 output_dir 设为新的文件夹（或删除那个文件夹）。",
             )
         return found
     if resume == "no":
         if list_checkpoints(out) or has_final_output(out):
             raise TrainError(
-                f"{out} already holds a run; continue it with --resume auto, or set output_dir to a new folder."
+                f"{out} already holds a run; continue it with --resume auto, or set output_dir to a new folder.",
+                zh=f"{out} 里已经有一次训练；请选择从检查点继续，或把 output_dir 设为新的文件夹。",
             )
         return None
     path = Path(resume).expanduser().resolve()
@@ -691,7 +698,8 @@ def machine_setup(cfg: TrainConfig) -> Setup:
     if cfg.method == "qlora":
         if device != "cuda":
             raise TrainError(
-                "QLoRA (4-bit) needs an NVIDIA GPU with CUDA; on this machine use method lora (or full for small models)."
+                "QLoRA (4-bit) needs an NVIDIA GPU with CUDA; on this machine use method lora (or full for small models).",
+                zh="QLoRA（4 比特）需要支持 CUDA 的 NVIDIA GPU；这台机器请使用 lora 方法（小模型也可用 full）。",
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise TrainError("QLoRA needs the bitsandbytes package; run `pip install bitsandbytes` or use method lora.")
@@ -942,7 +950,8 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
         tokenizer = models.load_tokenizer(spec, padding_side="right")
         if not models.has_chat_template(tokenizer):
             raise TrainError(
-                f"{spec.ref} has no chat template (a base model, not a chat/instruct one); use its -chat/-instruct variant."
+                f"{spec.ref} has no chat template (a base model, not a chat/instruct one); use its -chat/-instruct variant.",
+                zh=f"{spec.ref} 没有对话模板（是基座模型，不是对话模型）；请改用它的 -chat/-instruct 版本。",
             )
         stop_ids = stop_token_ids(tokenizer, model_dir)
         train_items, dev_items, stats = prepare_data(cfg, paths, tokenizer, stop_ids)
