@@ -43,8 +43,14 @@ def test_bad_workspace_name_shows_a_message(_isolated_workspaces):
     _create_button(at).click()
     at.run()
     assert not at.exception
-    assert any("workspace name" in e.value for e in at.error)
+    assert any("“../escape”不能用作项目名" in e.value for e in at.error)  # the dashboard's default language
     assert not any(_isolated_workspaces.parent.glob("escape"))
+    at.session_state["lang"] = "en"
+    at.run()
+    at.text_input(key="_ws_new_name").set_value("../escape")
+    _create_button(at).click()
+    at.run()
+    assert any("'../escape' is not a usable workspace name" in e.value for e in at.error)
 
 
 def test_password_gate(monkeypatch):
