@@ -25,7 +25,8 @@ tokens, prompt tokens included. Variants are built fresh, warmed up, and alterna
   elsewhere), the decoder layers compiled with ``torch.compile`` (``speed.compile_options``: two layers per compiled
   call inside reentrant checkpointing, adapters under bf16 autocast; QLoRA one layer per call), TF32, pinned batches
   copied without a host wait; QLoRA prepared without the fp32 upcast. P-tuning v2 (prefix cache) is padded and runs
-  without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing).
+  without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing). Under ``--ddp``
+  ``ours`` is ``ours-eager``, since ``umtcds train`` does not compile on several GPUs.
 * Ablations: ``ours-eager`` — the same without compile (``compile: off``; Liger RMSNorm/SwiGLU kernels instead);
   ``ours-noliger`` — eager with the chunked PyTorch loss and no Liger kernels (its fallback without Triton);
   ``ours-sdpa`` — packing through SDPA's dense block-diagonal mask instead of varlen attention; ``ours-pack`` —
@@ -117,7 +118,9 @@ FLAGS = {
 }
 
 
-def variant_settings(name: str, method: str) -> dict:
+def variant_settings(name: str, method: str, world: int = 1) -> dict:
+    if name == "ours" and world > 1:  # as umtcds train: no compile on several GPUs (compile: auto)
+        name = "ours-eager"
     if "+" in name:
         base, *flags = name.split("+")
         s = dict(VARIANTS[base])
@@ -330,7 +333,7 @@ def run_variant(
 
     from umtcds_core import speed
 
-    settings = variant_settings(name, method)
+    settings = variant_settings(name, method, world)
     cuda = device.startswith("cuda")
     pinned = cuda and settings.get("pinned", False)
     t0 = time.perf_counter()
