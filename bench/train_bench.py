@@ -516,7 +516,7 @@ def sync_sites(model, collator, feats_list, pad_id, device, autocast, pinned=Fal
 
 def measure_matmul_tflops(warm_s: float = 0.0) -> float | None:
     """bf16 8192² matmul rate; first ``warm_s`` seconds of matmuls so clocks and power settle before any variant
-    runs (otherwise the first variant of a process runs on a GPU still ramping up)."""
+    runs (on the H200 the baseline's first round stayed slow even so: ``bench/results/TRAIN_GPU_RUNS.md``)."""
     import torch
 
     if not torch.cuda.is_available():
