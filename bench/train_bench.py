@@ -115,6 +115,10 @@ FLAGS = {
     "g4": {"group": 4},
     "sg": {"sg": True},
     "cpp": {"cpp": True},
+    "nodrop": {"lora_dropout": 0.0},  # diagnostic: what LoRA dropout costs (not the users' default)
+    "nosd": {"sd": False},  # a dropout mask per projection (peft's default) instead of one per attention
+    "nokl": {"kl": False},  # the last run of layers checkpointed too
+    "fr": {"fr": True},  # Inductor calls eager random kernels (fallback_random) instead of generating in Triton
 }
 
 
@@ -255,7 +259,7 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
                 task_type=TaskType.CAUSAL_LM,
                 r=tc.lora_r,
                 lora_alpha=tc.lora_alpha,
-                lora_dropout=tc.lora_dropout,
+                lora_dropout=settings.get("lora_dropout", tc.lora_dropout),
                 target_modules=targets,
             ),
         )
@@ -268,6 +272,7 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
     info["attention"] = "sdpa"
     if settings["varlen"]:
         info["attention"] = speed.enable_varlen_attention(model, device)
+        info["attention_op"] = speed.varlen_path()
     if settings["fused"]:
         info["loss"] = speed.enable_fused_loss(model, device, use_liger=settings["liger"]) or "standard"
         info["kernels"] = (
@@ -278,6 +283,7 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
     if settings.get("compile"):
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
         torch._inductor.config.cpp_wrapper = False
+        torch._inductor.config.fallback_random = bool(settings.get("fr", False))
         opts = speed.compile_options(method)
         for key, opt in (
             ("cpp", "cpp_wrapper"),
@@ -286,6 +292,8 @@ def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0
             ("group", "group"),
             ("sg", "skip_guard_eval"),
             ("ac", "adapter_autocast"),
+            ("kl", "keep_last"),
+            ("sd", "shared_dropout"),
         ):
             if key in settings:
                 opts[opt] = settings[key]

@@ -137,9 +137,14 @@ def _varlen_kernel():
     return _KERNEL[0]
 
 
-def flash_varlen(q, k, v, cu, max_len: int, scale=None):
+def flash_varlen(q, k, v, cu, max_len: int, scale=None, use_op: bool | None = None):
     """Causal FlashAttention over the packed segments ``cu`` of ``q/k/v`` (total_tokens, heads, dim), GQA included,
-    through ``torch.nn.attention.varlen`` (its own autograd, and traceable by torch.compile)."""
+    through :func:`varlen_op` once :func:`enable_varlen_attention` has checked it (``use_op``), else through
+    ``torch.nn.attention.varlen`` (both have their own autograd and trace under torch.compile)."""
+    if use_op is None:
+        use_op = _OPS.get("ok", False)
+    if use_op:
+        return varlen_op()(q, k, v, cu, max_len, float(q.shape[-1] ** -0.5 if scale is None else scale))[0]
     kernel, causal, gqa = _varlen_kernel()
     extra = {}
     if k.shape[1] != q.shape[1]:
@@ -149,6 +154,163 @@ def flash_varlen(q, k, v, cu, max_len: int, scale=None):
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
     return kernel(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal, **extra)
+
+
+# ---- our own varlen op: the same FlashAttention kernel, callable from Inductor's C++ wrapper ----------------------
+VARLEN_OP = "umtcds::varlen_attn"
+_OPS: dict = {}
+
+
+def _varlen_reference(q, k, v, cu, scale: float, grad=None):
+    """Per-segment causal attention in fp32, the op's implementation off CUDA (CPU tests): ``(out, lse)`` with lse
+    shaped ``(heads, tokens)`` as FlashAttention's; with ``grad`` (d out), ``(dq, dk, dv)`` instead, written out
+    (a custom op's implementation runs below autograd)."""
+    import torch
+
+    total, heads, dim = q.shape
+    group = heads // k.shape[1]
+    kf = k.float().repeat_interleave(group, dim=1)
+    vf = v.float().repeat_interleave(group, dim=1)
+    seg = torch.zeros(total, dtype=torch.int64, device=q.device)
+    seg[cu[1:-1].long()] = 1
+    seg = torch.cumsum(seg, 0)
+    pos = torch.arange(total, device=q.device)
+    allowed = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])
+    scores = torch.einsum("thd,shd->hts", q.float(), kf) * scale
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    out = torch.einsum("hts,shd->thd", probs, vf)
+    if grad is None:
+        lse = torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+        return out.to(q.dtype).contiguous(), lse.contiguous()
+    g = grad.float()
+    dv = torch.einsum("hts,thd->shd", probs, g)
+    dp = torch.einsum("thd,shd->hts", g, vf)
+    ds = probs * (dp - (g * out).sum(-1).transpose(0, 1)[:, :, None]) * scale
+    dq = torch.einsum("hts,shd->thd", ds, kf)
+    dk = torch.einsum("hts,thd->shd", ds, q.float())
+
+    def fold(t):  # grouped query heads share one KV head: sum their gradients
+        return t.view(total, k.shape[1], group, dim).sum(2)
+
+    return (dq.to(q.dtype).contiguous(), fold(dk).to(k.dtype).contiguous(), fold(dv).to(v.dtype).contiguous())
+
+
+def _torch_varlen_call(op, values: dict):
+    """Call one of ``torch.nn.attention.varlen``'s private ops by argument name: its schema moved between releases
+    (2.10: ``is_causal``; later also ``window_size``, ``enable_gqa``); names it lacks are dropped, a required one we
+    do not know raises (and the start-up check then keeps the public path)."""
+    args = {}
+    for arg in op.default._schema.arguments:
+        if arg.name in values:
+            args[arg.name] = values[arg.name]
+        elif not arg.has_default_value():
+            raise TypeError(f"{op} needs {arg.name}")
+    return op(**args)
+
+
+def varlen_op():
+    """``torch.ops.umtcds.varlen_attn(q, k, v, cu_seqlens, max_len, scale) -> (out, lse, rng_state)``: causal
+    per-segment attention (GQA included) with its own backward op, defined once per process.
+
+    On CUDA it runs PyTorch's FlashAttention varlen kernel (through ``torch.nn.attention.varlen``'s private ops, so
+    the result is the public path's); elsewhere the fp32 reference. Why a second op: torch's has a ``list[int]``
+    argument that Inductor's C++ wrapper cannot pass, and the C++ wrapper is what takes the per-kernel Python
+    launch cost off a host-bound LoRA step. Only tensors, an int and a float cross this op's boundary.
+    """
+    if "fwd" in _OPS:
+        return _OPS["fwd"]
+    import torch
+
+    def causal_kwargs(q, k, v, cu, max_len, scale):
+        return {
+            "query": q, "key": k, "value": v, "cu_seq_q": cu, "cu_seq_k": cu, "max_q": max_len, "max_k": max_len,
+            "is_causal": True, "scale": scale, "window_size": [-1, 0], "enable_gqa": k.shape[1] != q.shape[1],
+        }  # fmt: skip
+
+    @torch.library.custom_op(
+        VARLEN_OP,
+        mutates_args=(),
+        schema="(Tensor q, Tensor k, Tensor v, Tensor cu, SymInt max_len, float scale) -> (Tensor, Tensor, Tensor)",
+    )
+    def fwd(q, k, v, cu, max_len, scale):
+        if q.is_cuda:
+            from torch.nn.attention import varlen  # noqa: F401 - registers torch_attn ops
+
+            out, lse, rng = _torch_varlen_call(torch.ops.torch_attn._varlen_attn, causal_kwargs(q, k, v, cu, max_len, scale))
+            return out, lse, rng
+        out, lse = _varlen_reference(q, k, v, cu, scale)
+        return out, lse, torch.zeros(2, dtype=torch.int64, device=q.device)
+
+    @fwd.register_fake
+    def _(q, k, v, cu, max_len, scale):
+        rng_dtype = torch.uint64 if q.is_cuda else torch.int64
+        return (
+            torch.empty_like(q),
+            q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32),
+            q.new_empty((2,), dtype=rng_dtype),
+        )
+
+    @torch.library.custom_op(
+        VARLEN_OP + "_backward",
+        mutates_args=(),
+        schema="(Tensor grad, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor rng, Tensor cu, "
+        "SymInt max_len, float scale) -> (Tensor, Tensor, Tensor)",
+    )
+    def bwd(grad, q, k, v, out, lse, rng, cu, max_len, scale):
+        if q.is_cuda:
+            values = causal_kwargs(q, k, v, cu, max_len, scale) | {
+                "grad_out": grad, "out": out, "lse": lse, "rng_state": rng,
+            }  # fmt: skip
+            dq, dk, dv = _torch_varlen_call(torch.ops.torch_attn._varlen_attn_backward, values)
+            return dq, dk, dv
+        return _varlen_reference(q, k, v, cu, scale, grad=grad)
+
+    @bwd.register_fake
+    def _(grad, q, k, v, out, lse, rng, cu, max_len, scale):
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, cu, max_len, scale = inputs
+        out, lse, rng = output
+        ctx.save_for_backward(q, k, v, out, lse, rng, cu)
+        ctx.max_len, ctx.scale = max_len, scale
+
+    def backward(ctx, grad, _grad_lse, _grad_rng):
+        q, k, v, out, lse, rng, cu = ctx.saved_tensors
+        dq, dk, dv = bwd(grad.contiguous(), q, k, v, out, lse, rng, cu, ctx.max_len, ctx.scale)
+        return dq, dk, dv, None, None, None
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+    _OPS["fwd"] = torch.ops.umtcds.varlen_attn
+    return _OPS["fwd"]
+
+
+def varlen_op_usable() -> bool:
+    """True when :func:`varlen_op` gives the public ``torch.nn.attention.varlen`` path's output and gradients on
+    this GPU (checked once: two causal segments, grouped KV heads, relative tolerance for bf16)."""
+    import torch
+
+    if "ok" not in _OPS:
+        _OPS["ok"] = False
+        try:
+            g = torch.Generator(device="cuda").manual_seed(0)
+            shapes = ((40, 8, 64), (40, 2, 64), (40, 2, 64))
+            base = [torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g) for s in shapes]
+            cu = torch.tensor([0, 17, 40], device="cuda", dtype=torch.int32)
+            grad = torch.randn(40, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+            results = []
+            for use_op in (True, False):
+                leaves = [t.clone().requires_grad_(True) for t in base]
+                out = flash_varlen(*leaves, cu, 23, 0.125, use_op=use_op)
+                out.backward(grad)
+                results.append([out, *(t.grad for t in leaves)])
+            _OPS["ok"] = all(
+                bool(((a.float() - b.float()).abs() <= 2e-2 * b.float().abs().max() + 1e-2).all())
+                for a, b in zip(*results)
+            )
+        except Exception:  # noqa: BLE001 - an op schema or kernel we do not know: the public path
+            _OPS["ok"] = False
+    return _OPS["ok"]
 
 
 def _segments(position_ids, batch: int, length: int, device):
@@ -246,7 +408,7 @@ def varlen_usable(device: str | None = None) -> bool:
             g = torch.Generator(device="cuda").manual_seed(0)
             q, k, v = (torch.randn(24, 4, 64, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(3))
             cu = torch.tensor([0, 10, 24], device="cuda", dtype=torch.int32)
-            out = flash_varlen(q, k, v, cu, 14)
+            out = flash_varlen(q, k, v, cu, 14, use_op=False)
             ref = torch.cat(
                 [
                     torch.nn.functional.scaled_dot_product_attention(
@@ -273,10 +435,17 @@ def enable_varlen_attention(model, device: str | None = None, force: bool = Fals
     lm = causal_lm_of(model) or model
     if not (force or varlen_usable(device)):
         return lm.config._attn_implementation
+    if not force:
+        varlen_op_usable()  # packed rows then go through our op (same kernel; C++-wrapper friendly)
     AttentionInterface.register(VARLEN_ATTN, varlen_attention_forward)
     AttentionMaskInterface.register(VARLEN_ATTN, _varlen_mask)
     lm.set_attn_implementation(VARLEN_ATTN)
     return VARLEN_ATTN
+
+
+def varlen_path() -> str:
+    """Which op packed rows go through after :func:`enable_varlen_attention` (for run notes and the bench)."""
+    return VARLEN_OP if _OPS.get("ok") else "torch.nn.attention.varlen"
 
 
 # ---- fused / chunked linear + cross-entropy -----------------------------------------------------------------------
@@ -469,7 +638,14 @@ def compile_usable(device: str | None = None) -> bool:
 
 
 # what ``umtcds train`` uses (bench/results/train_*.json: measured against the alternatives on an H200)
-COMPILE_DEFAULTS = {"reentrant": True, "skip_module_guards": True, "group": 2, "adapter_autocast": True}
+COMPILE_DEFAULTS = {
+    "reentrant": True,
+    "skip_module_guards": True,
+    "group": 2,
+    "adapter_autocast": True,
+    "keep_last": True,
+    "shared_dropout": True,
+}
 
 
 def compile_options(method: str = "lora") -> dict:
@@ -488,6 +664,7 @@ def uncompile_layers(model) -> None:
     for layer in decoder_layers(causal_lm_of(model) or model):
         layer.__dict__.pop("forward", None)
         layer.__dict__.pop("_umtcds_passthrough", None)
+    unshare_lora_dropout(model)
     torch._dynamo.reset()
 
 
@@ -501,6 +678,8 @@ def compile_layers(
     group: int = 1,
     skip_guard_eval: bool = False,
     adapter_autocast: bool = False,
+    keep_last: bool = False,
+    shared_dropout: bool = False,
 ) -> int:
     """``torch.compile`` each decoder layer (regional compilation); returns how many layers were compiled.
 
@@ -529,6 +708,9 @@ def compile_layers(
     ``adapter_autocast``: training layers of a 16-bit model run under autocast to that dtype, so the fp32 adapters
     (peft keeps LoRA weights in fp32) compute in 16-bit with fp32 accumulation, as mixed-precision training does,
     instead of TF32 matmuls on fp32 copies of every adapter input; evaluation is unchanged.
+    ``keep_last``: the last run of layers is not checkpointed. Backward would recompute it first, holding the same
+    activations the forward now keeps, so the peak does not grow (measured: 19.21 vs 19.24 GiB) and one run's
+    recompute per step is saved. ``shared_dropout``: :func:`share_lora_dropout`.
     """
     if not (force or compile_usable(device)):
         return 0
@@ -540,6 +722,8 @@ def compile_layers(
         model.enable_input_require_grads()  # reentrant checkpointing needs an input that requires grad
 
     layers = decoder_layers(causal_lm_of(model) or model)
+    if shared_dropout:
+        share_lora_dropout(model)
     # one graph for training, one for evaluation (no grad), a few for shape changes: stay well below the limit
     name = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 32))
@@ -563,9 +747,102 @@ def compile_layers(
     inner = getattr(type(layers[0]).forward, "__wrapped__", type(layers[0]).forward) if layers else None
     for i, layer in enumerate(layers):
         run = tuple(layers[i : i + group]) if i % group == 0 else None
-        layer.forward = types.MethodType(_checkpointed(inner, train_fn, eval_fn, reentrant, run), layer)
+        last = keep_last and run is not None and layers[-1] in run
+        layer.forward = types.MethodType(_checkpointed(inner, train_fn, eval_fn, reentrant, run, last), layer)
         layer._umtcds_passthrough = False
     return len(layers)
+
+
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+_SHARED_DROPOUT: list = []
+
+
+def _shared_dropout_class():
+    if _SHARED_DROPOUT:
+        return _SHARED_DROPOUT[0]
+    import torch
+
+    class SharedLoraDropout(torch.nn.Module):
+        """One dropout mask for the LoRA inputs of a layer's q/k/v projections (see :func:`share_lora_dropout`).
+
+        The attention calls q, k and v in turn on the same hidden states: the first call draws the mask, the next
+        ``users - 1`` calls of the same shape reuse it, and the last one drops it. Anything else (another shape, a
+        call sequence cut short) draws a fresh mask, so the result is always a valid dropout.
+        """
+
+        def __init__(self, p: float, users: int):
+            super().__init__()
+            self.p, self.users = float(p), int(users)
+            self._mask = None
+            self._left = 0
+
+        def forward(self, x):
+            if not self.training or self.p == 0.0:
+                return x
+            mask = self._mask
+            if self._left <= 0 or mask is None or mask.shape != x.shape or mask.device != x.device:
+                mask = torch.rand_like(x, dtype=torch.float32) >= self.p
+                self._left = self.users
+            self._left -= 1
+            self._mask = mask if self._left > 0 else None
+            return x * mask.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+        def extra_repr(self) -> str:
+            return f"p={self.p}, shared by {self.users} projections"
+
+    _SHARED_DROPOUT.append(SharedLoraDropout)
+    return SharedLoraDropout
+
+
+def share_lora_dropout(model) -> int:
+    """Give each attention's q/k/v LoRA adapters one dropout mask per forward instead of three; returns the
+    attentions changed.
+
+    GLM-4's own checkpoint has one fused ``query_key_value`` projection, so LoRA there drops the same input units
+    for q, k and v; transformers' GLM splits it in three and peft then draws three masks of ``tokens × hidden``
+    random numbers per layer and pass. Measured on the H200 (GLM-4-9B shape, ``ours+nodrop``), LoRA dropout costs
+    ~3% of the step, almost all of it random-number generation. Only plain single-adapter LoRA with the same
+    dropout on all three is changed, and only in attentions that call q, k, v in turn on one input.
+    """
+    import torch
+
+    cls = _shared_dropout_class()
+    changed = 0
+    for module in (causal_lm_of(model) or model).modules():
+        projs = [getattr(module, n, None) for n in _QKV]
+        dicts = [getattr(p, "lora_dropout", None) for p in projs]
+        if not all(isinstance(d, torch.nn.ModuleDict) and len(d) == 1 for d in dicts):
+            continue
+        keys = {next(iter(d)) for d in dicts}
+        if len(keys) != 1 or any(getattr(p, "lora_variant", {}) for p in projs):
+            continue
+        key = keys.pop()
+        drops = [d[key] for d in dicts]
+        if all(isinstance(d, cls) for d in drops) or not all(type(d) is torch.nn.Dropout for d in drops):
+            continue
+        if len({d.p for d in drops}) != 1 or drops[0].p == 0.0:
+            continue
+        shared = cls(drops[0].p, len(drops))
+        shared.train(drops[0].training)
+        for d in dicts:
+            d[key] = shared
+        changed += 1
+    return changed
+
+
+def unshare_lora_dropout(model) -> None:
+    """Undo :func:`share_lora_dropout`: each projection its own ``nn.Dropout`` again."""
+    import torch
+
+    for module in (causal_lm_of(model) or model).modules():
+        for d in (getattr(getattr(module, n, None), "lora_dropout", None) for n in _QKV):
+            if isinstance(d, torch.nn.ModuleDict):
+                for key, drop in list(d.items()):
+                    if _SHARED_DROPOUT and isinstance(drop, _SHARED_DROPOUT[0]):
+                        d[key] = torch.nn.Dropout(drop.p)
+                        d[key].train(drop.training)
 
 
 def _layers_train(inner, layers, hidden, *args, **kwargs):
@@ -613,11 +890,12 @@ class _GuardSkipping:
         return out
 
 
-def _checkpointed(inner, train_fn, eval_fn, reentrant: bool = False, run: tuple | None = None):
+def _checkpointed(inner, train_fn, eval_fn, reentrant: bool = False, run: tuple | None = None, last: bool = False):
     """A layer forward running the compiled layer, inside the layer's own checkpointing when that is on.
 
     ``run``: the layers this one computes in training (itself and the rest of its group); None for a layer that
-    another one computed, which passes its input through.
+    another one computed, which passes its input through. ``last``: the model's last run, never checkpointed
+    (``keep_last`` of :func:`compile_layers`).
     """
 
     def forward(self, *args, **kwargs):
@@ -633,7 +911,7 @@ def _checkpointed(inner, train_fn, eval_fn, reentrant: bool = False, run: tuple 
             hidden, args = args[0], args[1:]
         else:
             hidden = kwargs.pop("hidden_states")
-        if getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled():
+        if getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled() and not last:
             for key in ("past_key_values", "past_key_value", "cache", "layer_past"):
                 if kwargs.get(key) is not None:
                     kwargs[key] = None  # as transformers' shim: a cache is not replayed under checkpointing
