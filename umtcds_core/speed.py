@@ -23,9 +23,12 @@ Why each exists (GLM-4-9B, LoRA, bf16, one GPU; figures in ``bench/results/train
   same number of tokens (DDP waits for the slowest rank).
 * :func:`set_checkpointing` — per-layer activation checkpointing; ``skip_last`` leaves the last layers
   un-checkpointed when memory allows (selective checkpointing).
+* :func:`varlen_op` — the same FlashAttention varlen kernel behind an op of our own whose arguments Inductor's C++
+  wrapper can pass (torch's has a ``list[int]``); packed rows use it once a start-up check has matched it to torch's.
 * :func:`compile_layers` — ``torch.compile`` of the decoder layers (one shared compiled function, dynamic shapes,
-  two layers per call inside reentrant checkpointing, adapters under 16-bit autocast): eager LoRA on a 9B model is
-  launch-bound, the GPU idled ~45% of each step; compiled, with Liger's loss in larger chunks, it trains 1.94× as fast
+  two layers per call inside reentrant checkpointing, the last run of layers not checkpointed, adapters under 16-bit
+  autocast, one LoRA dropout mask per attention — :func:`share_lora_dropout`): eager LoRA on a 9B model is
+  launch-bound, the GPU idled ~45% of each step; compiled, with Liger's loss in larger chunks, it trains 2.06× as fast
   as the Hugging Face default on an H200 in steady rounds (``bench/results/train_h200.json``).
 
 Every function degrades to plain PyTorch when there is no GPU, Triton or liger-kernel, and says which path it took.
@@ -693,8 +696,9 @@ def compile_layers(
     back end).
 
     ``cpp_wrapper``: Inductor's C++ wrapper launches the layer's kernels instead of generated Python (set
-    process-wide: backward graphs compile lazily, after a scoped option would have ended). Measured, not used:
-    it cannot call ``torch.nn.attention.varlen``'s op, and where it ran (SDPA) the step was already GPU-bound.
+    process-wide: backward graphs compile lazily, after a scoped option would have ended). Measured, not used: with
+    :func:`varlen_op` it compiles and runs, at the same speed (9,840 vs 9,859 tok/s on the H200,
+    ``train_h200_s4_run1_own_op_cpp.json``): the idle GPU time is not the wrapper's kernel launches.
     ``reentrant``: the checkpointed forward runs without autograd (a cheaper inference graph) and the layer is re-run
     with autograd in backward, instead of recording and discarding the forward's saved tensors (else: the layer's
     own non-reentrant checkpointing). ``skip_module_guards``: the training function does not re-check every module
@@ -803,7 +807,9 @@ def share_lora_dropout(model) -> int:
     GLM-4's own checkpoint has one fused ``query_key_value`` projection, so LoRA there drops the same input units
     for q, k and v; transformers' GLM splits it in three and peft then draws three masks of ``tokens × hidden``
     random numbers per layer and pass. Measured on the H200 (GLM-4-9B shape, ``ours+nodrop``), LoRA dropout costs
-    ~3% of the step, almost all of it random-number generation. Only plain single-adapter LoRA with the same
+    ~3% of the step, almost all of it random-number generation in the fused RMSNorm+dropout kernels; one mask
+    instead of three gave +2% (10,401–10,412 vs 10,180–10,224 tok/s, ``train_h200.json``, ``ours+nosd``). It
+    applies where the layers are compiled (``umtcds train`` on one GPU). Only plain single-adapter LoRA with the same
     dropout on all three is changed, and only in attentions that call q, k, v in turn on one input.
     """
     import torch

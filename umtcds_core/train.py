@@ -1020,6 +1020,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
                 "loss": setup.loss,
                 "kernels": setup.kernels,
                 "compiled_layers": setup.compiled,
+                "attention_op": speed.varlen_path() if setup.attn == speed.VARLEN_ATTN else None,
             },
             "notes": setup.notes,
             "device": setup.device,

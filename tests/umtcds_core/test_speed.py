@@ -27,7 +27,7 @@ TINY = dict(
 )
 
 
-def tiny_model(seed: int = 0, lora: bool = True, layers: int | None = None):
+def tiny_model(seed: int = 0, lora: bool = True, layers: int | None = None, dropout: float = 0.0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, GlmConfig
 
@@ -37,7 +37,7 @@ def tiny_model(seed: int = 0, lora: bool = True, layers: int | None = None):
     model.config.use_cache = False
     if lora:
         transformers.set_seed(seed)
-        cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"])
+        cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=dropout, target_modules=["q_proj", "k_proj", "v_proj"])
         model = get_peft_model(model, cfg)
         # non-zero B so the adapters take part in the function (and get gradients)
         for n, p in model.named_parameters():
@@ -313,3 +313,159 @@ def test_liger_chunking_keeps_loss_matmuls_large_within_the_logits_budget():
     speed._LIGER_ARGS.clear()
     assert speed._liger_chunking(fn_without, 1666, hidden, vocab) == {}
     speed._LIGER_ARGS.clear()
+
+
+def _segment_sdpa(q, k, v, bounds, scale):
+    """Reference: causal SDPA per segment of packed (tokens, heads, dim) tensors, grouped KV heads expanded."""
+    group = q.shape[1] // k.shape[1]
+    outs = []
+    for a, b in bounds:
+        qq = q[a:b].transpose(0, 1)
+        kk = k[a:b].repeat_interleave(group, dim=1).transpose(0, 1)
+        vv = v[a:b].repeat_interleave(group, dim=1).transpose(0, 1)
+        outs.append(torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=scale))
+    return torch.cat([o.transpose(0, 1) for o in outs])
+
+
+def test_varlen_op_matches_per_segment_attention_and_runs_under_the_cpp_wrapper():
+    """``umtcds::varlen_attn`` (off CUDA: its fp32 reference) gives per-segment causal attention and its gradients
+    with grouped KV heads, passes torch's custom-op checks, and compiles with Inductor's C++ wrapper (the reason it
+    exists: torch's own varlen op has a list argument the wrapper cannot pass)."""
+    op = speed.varlen_op()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(30, h, 16, generator=g) for h in (4, 2, 2))
+    cu = torch.tensor([0, 11, 30], dtype=torch.int32)
+    grad = torch.randn(30, 4, 16, generator=g)
+    leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    out, lse, _ = op(*leaves, cu, 19, 0.25)
+    out.backward(grad)
+    ref_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    ref = _segment_sdpa(*ref_leaves, ((0, 11), (11, 30)), 0.25)
+    ref.backward(grad)
+    assert torch.allclose(out, ref, atol=1e-5)
+    for a, b in zip(leaves, ref_leaves):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5)
+    assert lse.shape == (4, 30)
+    assert torch.allclose(lse[:, 0], (q[0] * k[0].repeat_interleave(2, 0)).sum(-1) * 0.25, atol=1e-5)  # 1 key
+    torch.library.opcheck(op, ([t.clone().requires_grad_(True) for t in (q, k, v)], cu, 19, 0.25)[0] + [cu, 19, 0.25])
+
+    def f(q, k, v, cu, n):
+        return (op(torch.nn.functional.silu(q), k, v, cu, n, 0.25)[0] * 3).sum()
+
+    torch._dynamo.reset()
+    with torch._inductor.config.patch(cpp_wrapper=True):
+        compiled = torch.compile(f, dynamic=True)
+        c_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+        y = compiled(*c_leaves, cu, 19)
+        y.backward()
+    e_leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+    y_ref = f(*e_leaves, cu, 19)
+    y_ref.backward()
+    assert torch.allclose(y, y_ref, atol=1e-4)
+    for a, b in zip(c_leaves, e_leaves):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4)
+    torch._dynamo.reset()
+
+
+def _dropout_masks(model):
+    """Forward hooks recording, per layer and projection, which LoRA input units were dropped."""
+    seen: dict = {}
+    handles = []
+    for i, layer in enumerate(speed.decoder_layers(speed.causal_lm_of(model))):
+        for name in ("q_proj", "k_proj", "v_proj"):
+            lora_a = getattr(layer.self_attn, name).lora_A["default"]
+
+            def hook(mod, inp, out, i=i, name=name):
+                seen.setdefault(i, {})[name] = inp[0] == 0
+
+            handles.append(lora_a.register_forward_hook(hook))
+    return seen, handles
+
+
+def test_shared_lora_dropout_draws_one_mask_per_attention():
+    """share_lora_dropout: q, k and v of a layer see the same dropped units (one mask, as GLM-4's fused
+    query_key_value), layers draw their own, evaluation drops nothing, and unsharing restores peft's modules."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, GlmConfig
+
+    transformers.set_seed(0)
+    base = AutoModelForCausalLM.from_config(GlmConfig(**dict(TINY, num_hidden_layers=3)), dtype=torch.float32)
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "k_proj", "v_proj"])
+    )
+    assert speed.share_lora_dropout(model) == 3
+    assert speed.share_lora_dropout(model) == 0  # already shared
+    layer0 = speed.decoder_layers(speed.causal_lm_of(model))[0].self_attn
+    assert layer0.q_proj.lora_dropout["default"] is layer0.v_proj.lora_dropout["default"]
+    seen, handles = _dropout_masks(model)
+    model.train()
+    ids = torch.randint(3, TINY["vocab_size"], (1, 24))
+    model(input_ids=ids, labels=ids).loss.backward()
+    for masks in seen.values():
+        assert torch.equal(masks["q_proj"], masks["k_proj"]) and torch.equal(masks["q_proj"], masks["v_proj"])
+        assert 0.3 < masks["q_proj"].float().mean() < 0.7  # p = 0.5 (inputs are never exactly 0 otherwise)
+    assert not torch.equal(seen[0]["q_proj"], seen[1]["q_proj"])
+    assert layer0.q_proj.lora_dropout["default"]._mask is None  # nothing held between forwards
+    drop = layer0.q_proj.lora_dropout["default"]
+    x = torch.ones(2, 5)
+    drop(x)  # a call sequence cut short: the mask is held for the next two users ...
+    assert drop(torch.ones(3, 5)).shape == (3, 5)  # ... but another shape draws a fresh one
+    drop._left, drop._mask = 0, None
+    model.eval()
+    seen.clear()
+    with torch.no_grad():
+        model(input_ids=ids)
+    assert not any(m.any() for masks in seen.values() for m in masks.values())
+    for h in handles:
+        h.remove()
+    speed.unshare_lora_dropout(model)
+    assert type(layer0.q_proj.lora_dropout["default"]) is torch.nn.Dropout
+    assert layer0.q_proj.lora_dropout["default"] is not layer0.k_proj.lora_dropout["default"]
+
+
+def test_keep_last_leaves_the_last_run_unchecked_and_compiles_with_shared_dropout(monkeypatch):
+    """keep_last (a default): the model's last run of layers is not checkpointed (its recompute would come first in
+    backward anyway); the others are. Compiled with the shipped defaults and LoRA dropout on, a training step runs
+    through the shared dropout, and the gradients equal eager's once dropout is off."""
+    import torch.utils.checkpoint as ckpt
+
+    calls = []
+    real = ckpt.checkpoint
+
+    def counting(fn, *args, **kwargs):
+        calls.append(1)
+        return real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "checkpoint", counting)
+    collator = speed.make_collator(None, packing=True, attn_implementation=speed.VARLEN_ATTN)
+    batch = collator(samples(4))
+    counts = {}
+    for keep_last in (False, True):
+        torch._dynamo.reset()
+        m = tiny_model(layers=3)
+        speed.enable_varlen_attention(m, "cpu", force=True)
+        speed.set_checkpointing(m, True)
+        speed.compile_layers(m, "cpu", force=True, **dict(speed.COMPILE_DEFAULTS, group=2, keep_last=keep_last))
+        calls.clear()
+        m(**batch)  # checkpoint is entered in the forward
+        counts[keep_last] = len(calls)
+        speed.uncompile_layers(m)
+    assert counts == {False: 2, True: 1}  # runs [0, 1] and [2]: the last one is kept
+
+    torch._dynamo.reset()
+    eager, compiled = tiny_model(layers=3, dropout=0.3), tiny_model(layers=3, dropout=0.3)
+    for m in (eager, compiled):
+        speed.enable_varlen_attention(m, "cpu", force=True)
+        speed.set_checkpointing(m, True)
+    speed.compile_layers(compiled, "cpu", force=True, **speed.COMPILE_DEFAULTS)
+    layer0 = speed.decoder_layers(speed.causal_lm_of(compiled))[0].self_attn
+    assert type(layer0.q_proj.lora_dropout["default"]).__name__ == "SharedLoraDropout"
+    loss, grads = loss_and_grads(compiled, batch)
+    assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
+    for m in (eager, compiled):
+        for mod in m.modules():
+            if hasattr(mod, "p") and isinstance(getattr(mod, "p"), float):
+                mod.p = 0.0
+    assert_same(loss_and_grads(eager, batch), loss_and_grads(compiled, batch), tol=1e-4)
+    speed.uncompile_layers(compiled)
+    assert type(layer0.q_proj.lora_dropout["default"]) is torch.nn.Dropout
