@@ -239,7 +239,9 @@ def varlen_op():
         if q.is_cuda:
             from torch.nn.attention import varlen  # noqa: F401 - registers torch_attn ops
 
-            out, lse, rng = _torch_varlen_call(torch.ops.torch_attn._varlen_attn, causal_kwargs(q, k, v, cu, max_len, scale))
+            out, lse, rng = _torch_varlen_call(
+                torch.ops.torch_attn._varlen_attn, causal_kwargs(q, k, v, cu, max_len, scale)
+            )
             return out, lse, rng
         out, lse = _varlen_reference(q, k, v, cu, scale)
         return out, lse, torch.zeros(2, dtype=torch.int64, device=q.device)
@@ -309,7 +311,7 @@ def varlen_op_usable() -> bool:
                 results.append([out, *(t.grad for t in leaves)])
             _OPS["ok"] = all(
                 bool(((a.float() - b.float()).abs() <= 2e-2 * b.float().abs().max() + 1e-2).all())
-                for a, b in zip(*results)
+                for a, b in zip(*results, strict=True)
             )
         except Exception:  # noqa: BLE001 - an op schema or kernel we do not know: the public path
             _OPS["ok"] = False
@@ -660,6 +662,12 @@ def compile_options(method: str = "lora") -> dict:
     return opts
 
 
+def is_kbit(model) -> bool:
+    """True for a quantised model (bitsandbytes 4/8-bit, or any transformers quantiser): its layers keep their own
+    compute-dtype handling, and their matmuls round differently for different batch shapes."""
+    return any(getattr(model, a, False) for a in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"))
+
+
 def uncompile_layers(model) -> None:
     """Undo :func:`compile_layers`: the layers' class forward (eager) again, compiled code dropped."""
     import torch
@@ -737,7 +745,7 @@ def compile_layers(
     # training and evaluation/generation get separate compiled functions (separate code objects, separate caches),
     # so skipping module guards for training can never reuse a training graph (dropout on) in eval mode
     # k-bit layers keep their own compute-dtype handling (bitsandbytes casts per layer)
-    kbit = any(getattr(model, a, False) for a in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"))
+    kbit = is_kbit(model)
     train_fn = torch.compile(
         _layers_train_autocast if adapter_autocast and not kbit else _layers_train,
         dynamic=True,

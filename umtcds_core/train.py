@@ -363,8 +363,9 @@ def packing_works(model, device: str) -> tuple[bool, str]:
     err = max((lp[0, :6] - la[0]).abs().max().item(), (lp[0, 6:] - lb[0]).abs().max().item())
     contaminated = (lc[0, 6:] - lb[0]).abs().max().item()
     leak = (lo[0, 6:] - lp[0, 6:]).abs().max().item()
-    quantized = any(getattr(model, k, False) for k in ("is_loaded_in_4bit", "is_loaded_in_8bit"))
-    if not (err <= (0.25 if quantized else 0.05) * contaminated and leak <= 0.01 * contaminated):
+    from .speed import is_kbit
+
+    if not (err <= (0.25 if is_kbit(model) else 0.05) * contaminated and leak <= 0.01 * contaminated):
         return False, f"this model attends across packed samples (logit difference {err:.3g} vs {contaminated:.3g})"
     return True, "position_ids restart per sample; the model masks attention per sample"
 

@@ -343,7 +343,7 @@ def test_varlen_op_matches_per_segment_attention_and_runs_under_the_cpp_wrapper(
     ref = _segment_sdpa(*ref_leaves, ((0, 11), (11, 30)), 0.25)
     ref.backward(grad)
     assert torch.allclose(out, ref, atol=1e-5)
-    for a, b in zip(leaves, ref_leaves):
+    for a, b in zip(leaves, ref_leaves, strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-5)
     assert lse.shape == (4, 30)
     assert torch.allclose(lse[:, 0], (q[0] * k[0].repeat_interleave(2, 0)).sum(-1) * 0.25, atol=1e-5)  # 1 key
@@ -362,7 +362,7 @@ def test_varlen_op_matches_per_segment_attention_and_runs_under_the_cpp_wrapper(
     y_ref = f(*e_leaves, cu, 19)
     y_ref.backward()
     assert torch.allclose(y, y_ref, atol=1e-4)
-    for a, b in zip(c_leaves, e_leaves):
+    for a, b in zip(c_leaves, e_leaves, strict=True):
         assert torch.allclose(a.grad, b.grad, atol=1e-4)
     torch._dynamo.reset()
 
@@ -464,7 +464,7 @@ def test_keep_last_leaves_the_last_run_unchecked_and_compiles_with_shared_dropou
     assert torch.isfinite(loss) and all(torch.isfinite(g).all() for g in grads.values())
     for m in (eager, compiled):
         for mod in m.modules():
-            if hasattr(mod, "p") and isinstance(getattr(mod, "p"), float):
+            if hasattr(mod, "p") and isinstance(mod.p, float):
                 mod.p = 0.0
     assert_same(loss_and_grads(eager, batch), loss_and_grads(compiled, batch), tol=1e-4)
     speed.uncompile_layers(compiled)
