@@ -789,6 +789,12 @@ def _shared_dropout_class():
             self.p, self.users = float(p), int(users)
             self._mask = None
             self._left = 0
+            self._hook = None
+
+        def reset(self, *_args) -> None:
+            """Forget a held mask (a forward pre-hook of the attention)."""
+            self._mask = None
+            self._left = 0
 
         def forward(self, x):
             if not self.training or self.p == 0.0:
@@ -842,6 +848,8 @@ def share_lora_dropout(model) -> int:
         shared.train(drops[0].training)
         for d in dicts:
             d[key] = shared
+        # each attention call starts a new mask, whatever an interrupted call (an exception mid-layer) left behind
+        shared._hook = module.register_forward_pre_hook(shared.reset)
         changed += 1
     return changed
 
@@ -855,6 +863,9 @@ def unshare_lora_dropout(model) -> None:
             if isinstance(d, torch.nn.ModuleDict):
                 for key, drop in list(d.items()):
                     if _SHARED_DROPOUT and isinstance(drop, _SHARED_DROPOUT[0]):
+                        if drop._hook is not None:
+                            drop._hook.remove()
+                            drop._hook = None
                         d[key] = torch.nn.Dropout(drop.p)
                         d[key].train(drop.training)
 

@@ -410,7 +410,10 @@ def test_shared_lora_dropout_draws_one_mask_per_attention():
     x = torch.ones(2, 5)
     drop(x)  # a call sequence cut short: the mask is held for the next two users ...
     assert drop(torch.ones(3, 5)).shape == (3, 5)  # ... but another shape draws a fresh one
-    drop._left, drop._mask = 0, None
+    assert drop._mask is not None
+    seen.clear()
+    model(input_ids=ids)  # the attention's pre-hook starts each call afresh: still one mask per layer
+    assert all(torch.equal(m["q_proj"], m["v_proj"]) and torch.equal(m["q_proj"], m["k_proj"]) for m in seen.values())
     model.eval()
     seen.clear()
     with torch.no_grad():
