@@ -145,17 +145,29 @@ class CrawlConfig:
         self.start_url = validate_start_url(self.start_url)
         self.out_dir = Path(self.out_dir)
         if self.depth < 0:
-            raise UserError("--depth must be 0 or more (0 = only the start page).")
+            raise UserError(
+                "--depth must be 0 or more (0 = only the start page).",
+                zh="--depth 必须大于或等于 0（0 表示只爬起始页）。",
+            )
         if self.max_pages < 1:
-            raise UserError("--max-pages must be at least 1.")
+            raise UserError("--max-pages must be at least 1.", zh="--max-pages 至少为 1。")
         if not 1 <= self.concurrency <= 32:
-            raise UserError("--concurrency must be between 1 and 32; 4 is kind to a campus server.")
+            raise UserError(
+                "--concurrency must be between 1 and 32; 4 is kind to a campus server.",
+                zh="--concurrency 必须在 1 到 32 之间；设为 4 对学校的服务器比较友好。",
+            )
         if self.delay < 0:
-            raise UserError("--delay cannot be negative; use 0 for no pause between requests.")
+            raise UserError(
+                "--delay cannot be negative; use 0 for no pause between requests.",
+                zh="--delay 不能为负数；如果请求之间不需要停顿，请设为 0。",
+            )
         if self.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds.")
+            raise UserError("--timeout must be a positive number of seconds.", zh="--timeout 必须是大于 0 的秒数。")
         if not self.user_agent.strip():
-            raise UserError("--user-agent cannot be empty; leave it out to use the default.")
+            raise UserError(
+                "--user-agent cannot be empty; leave it out to use the default.",
+                zh="--user-agent 不能为空；不填写即可使用默认值。",
+            )
         self.include_re = compile_patterns(self.include, "--include")
         self.exclude_re = compile_patterns(self.exclude, "--exclude")
 
@@ -418,12 +430,16 @@ class Crawler:
     # ---- state ---------------------------------------------------------------------------------------------------
     def _prepare_dir(self) -> None:
         if self.out.exists() and not self.out.is_dir():
-            raise UserError(f"{self.out} is a file, not a folder; choose another --out.")
+            raise UserError(
+                f"{self.out} is a file, not a folder; choose another --out.",
+                zh=f"{self.out} 是一个文件，不是文件夹；请换一个 --out。",
+            )
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(
-                f"Cannot create the output folder {self.out} ({exc.strerror}); choose another --out."
+                f"Cannot create the output folder {self.out} ({exc.strerror}); choose another --out.",
+                zh=f"无法创建输出文件夹 {self.out}（{exc.strerror}）；请换一个 --out。",
             ) from None
         self.taken = {p.name.lower() for p in self.out.glob("*.txt")}
         self._lock_file = open(self.out / LOCK, "a")  # noqa: SIM115 - held for the whole crawl, closed in run()
@@ -432,7 +448,8 @@ class Crawler:
         except OSError:
             self._lock_file.close()
             raise UserError(
-                f"Another crawl is already writing into {self.out}; wait for it to finish or stop it first."
+                f"Another crawl is already writing into {self.out}; wait for it to finish or stop it first.",
+                zh=f"另一个爬取任务正在写入 {self.out}；请等它结束，或先停止它。",
             ) from None
 
     def _load_state(self) -> list[tuple[str, int]]:

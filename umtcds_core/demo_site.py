@@ -63,7 +63,8 @@ class DemoSite:
             from .errors import UserError
 
             raise UserError(
-                f"The demo site is missing ({root}/index.html); restore data/demo_site from the repository."
+                f"The demo site is missing ({root}/index.html); restore data/demo_site from the repository.",
+                zh=f"演示网站缺失（{root}/index.html）；请从代码仓库恢复 data/demo_site。",
             )
         handler = functools.partial(_Handler, directory=str(root))
         try:
@@ -72,7 +73,8 @@ class DemoSite:
             from .errors import UserError
 
             raise UserError(
-                f"Cannot serve the demo site on {host}:{port} ({exc.strerror}); choose another port."
+                f"Cannot serve the demo site on {host}:{port} ({exc.strerror}); choose another port.",
+                zh=f"无法在 {host}:{port} 上运行演示网站（{exc.strerror}）；请换一个端口。",
             ) from exc
         self._server.requests = []
         self._thread = threading.Thread(target=self._server.serve_forever, name="demo-site", daemon=True)

@@ -358,7 +358,10 @@ class _RemoteBackend:
     def _reply(resp: Any) -> tuple[str, int]:
         choices = getattr(resp, "choices", None) or []
         if not choices:
-            raise LLMError("The server answered without any choice; is it a chat-completions endpoint?")
+            raise LLMError(
+                "The server answered without any choice; is it a chat-completions endpoint?",
+                zh="服务器的回复里没有任何 choice；请确认它是一个 chat-completions 接口。",
+            )
         text = getattr(choices[0].message, "content", None) or ""
         usage = getattr(resp, "usage", None)
         used = getattr(usage, "completion_tokens", None)

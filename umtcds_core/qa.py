@@ -126,7 +126,10 @@ def load_prompts(path: str | Path | None = None) -> dict[str, dict[str, str]]:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise UserError(f"Cannot read the prompt file {p} ({exc.strerror}); check the path.") from None
+        raise UserError(
+            f"Cannot read the prompt file {p} ({exc.strerror}); check the path.",
+            zh=f"无法读取提示词文件 {p}（{exc.strerror}）；请检查路径。",
+        ) from None
     return prompts_from_yaml(text, where=str(p))
 
 
@@ -138,24 +141,37 @@ def prompts_from_yaml(text: str, where: str = "the prompt text") -> dict[str, di
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise UserError(f"{where} is not valid YAML ({exc}); fix it or delete it to get the defaults.") from None
+        raise UserError(
+            f"{where} is not valid YAML ({exc}); fix it or delete it to get the defaults.",
+            zh=f"{where} 不是有效的 YAML（{exc}）；请修正它，或删除它以使用默认提示词。",
+        ) from None
     if not isinstance(data, dict) or not set(data) <= set(DEFAULT_PROMPTS):
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
-        raise UserError(f"{where} must map 'zh' and/or 'en' to templates; found {found}.")
+        raise UserError(
+            f"{where} must map 'zh' and/or 'en' to templates; found {found}.",
+            zh=f"{where} 的顶层只能是 'zh' 和/或 'en'，其下各是一组模板；实际找到的是 {found}。",
+        )
     for lang, templates in data.items():
         if not isinstance(templates, dict):
-            raise UserError(f"In {where}, '{lang}' must hold key: template lines.")
+            raise UserError(
+                f"In {where}, '{lang}' must hold key: template lines.",
+                zh=f"{where} 中 '{lang}' 下面必须是“键: 模板”形式的行。",
+            )
         unknown = set(templates) - set(PROMPT_KEYS)
         if unknown:
             raise UserError(
-                f"Unknown prompt keys {sorted(unknown)} in {where} ({lang}); valid keys: {', '.join(PROMPT_KEYS)}."
+                f"Unknown prompt keys {sorted(unknown)} in {where} ({lang}); valid keys: {', '.join(PROMPT_KEYS)}.",
+                zh=f"{where}（{lang}）中有未知的提示词键 {sorted(unknown)}；有效的键为：{', '.join(PROMPT_KEYS)}。",
             )
         for key, value in templates.items():
             prompts[lang][key] = "" if value is None else str(value)
     for lang, t in prompts.items():
         for key in ("clean_user", "qa_user", "judge_user"):
             if "{text}" not in t[key]:
-                raise UserError(f"The prompt '{key}' ({lang}) in {where} lacks the {{text}} placeholder; add it back.")
+                raise UserError(
+                    f"The prompt '{key}' ({lang}) in {where} lacks the {{text}} placeholder; add it back.",
+                    zh=f"{where} 中的提示词 '{key}'（{lang}）缺少 {{text}} 占位符；请把它加回去。",
+                )
     return prompts
 
 
@@ -512,7 +528,8 @@ def read_pages(in_dir: str | Path) -> list[Page]:
     in_dir = Path(in_dir)
     if not in_dir.is_dir():
         raise UserError(
-            f"The input folder {in_dir} does not exist; run the crawl step first or give a folder of .txt files."
+            f"The input folder {in_dir} does not exist; run the crawl step first or give a folder of .txt files.",
+            zh=f"输入文件夹 {in_dir} 不存在；请先运行爬取步骤，或指定一个包含 .txt 文件的文件夹。",
         )
     urls = _manifest_urls(in_dir)
     pages = []
@@ -551,13 +568,16 @@ class GenSettings:
 
     def __post_init__(self):
         if self.pairs_per_page < 1:
-            raise UserError("--pairs-per-page must be at least 1.")
+            raise UserError("--pairs-per-page must be at least 1.", zh="--pairs-per-page 至少为 1。")
         if self.lang not in ("auto", "zh", "en"):
-            raise UserError(f"--lang must be auto, zh or en, not '{self.lang}'.")
+            raise UserError(
+                f"--lang must be auto, zh or en, not '{self.lang}'.",
+                zh=f"--lang 必须是 auto、zh 或 en，不能是“{self.lang}”。",
+            )
         if not 1 <= self.judge_threshold <= 5:
-            raise UserError("--judge-threshold must be between 1 and 5.")
+            raise UserError("--judge-threshold must be between 1 and 5.", zh="--judge-threshold 必须在 1 到 5 之间。")
         if self.max_tokens < 16:
-            raise UserError("--max-tokens must be at least 16.")
+            raise UserError("--max-tokens must be at least 16.", zh="--max-tokens 至少为 16。")
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
@@ -876,7 +896,10 @@ def generate(
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     pages = read_pages(in_dir)
     if not pages:
-        raise UserError(f"No .txt or .md pages in {in_dir}; run the crawl step first or put text files there.")
+        raise UserError(
+            f"No .txt or .md pages in {in_dir}; run the crawl step first or put text files there.",
+            zh=f"{in_dir} 里没有 .txt 或 .md 页面；请先运行爬取步骤，或把文本文件放到那里。",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     qa_path, fail_path = out_dir / "qa.jsonl", out_dir / "failures.jsonl"
     skey = settings.key()
@@ -1104,12 +1127,17 @@ def run(args: argparse.Namespace) -> int:
     from .llm import make_backend
 
     if args.concurrency < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise UserError("--concurrency and --batch-size must be at least 1.")
+        raise UserError(
+            "--concurrency and --batch-size must be at least 1.", zh="--concurrency 和 --batch-size 都至少为 1。"
+        )
     settings = settings_from_args(args)
     out_dir = Path(args.out)
     pages = read_pages(args.in_dir)  # fail early on a bad IN_DIR, before loading a model
     if not pages:
-        raise UserError(f"No .txt or .md pages in {args.in_dir}; run the crawl step first or put text files there.")
+        raise UserError(
+            f"No .txt or .md pages in {args.in_dir}; run the crawl step first or put text files there.",
+            zh=f"{args.in_dir} 里没有 .txt 或 .md 页面；请先运行爬取步骤，或把文本文件放到那里。",
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     prompt_out = out_dir / PROMPTS_FILE
     if not args.prompt_file or Path(args.prompt_file).resolve() != prompt_out.resolve():

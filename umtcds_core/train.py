@@ -300,7 +300,10 @@ def lora_targets(model, requested: list[str] | None) -> list[str] | str:
             raise TrainError(
                 f"lora_target_modules {missing} are not layers of this {model_type or 'model'} (it has: "
                 f"{', '.join(sorted(present))}); the config was probably written for another model — remove "
-                "lora_target_modules to choose them automatically."
+                "lora_target_modules to choose them automatically.",
+                zh=f"lora_target_modules {missing} 不是这个 {model_type or '模型'} 的层（它有："
+                f"{', '.join(sorted(present))}）；这份配置可能是为别的模型写的——删除 "
+                "lora_target_modules 即可自动选择。",
             )
         return list(requested)
     default = LORA_TARGETS.get(model_type, DEFAULT_LORA_TARGETS)
@@ -660,11 +663,13 @@ def resume_point(out: Path, resume: str) -> Path | None:
     path = Path(resume).expanduser().resolve()
     if not path.is_dir():
         raise TrainError(
-            f"The checkpoint {path} does not exist; pass --resume auto or an existing checkpoint-N folder."
+            f"The checkpoint {path} does not exist; pass --resume auto or an existing checkpoint-N folder.",
+            zh=f"检查点 {path} 不存在；请使用 --resume auto，或指定一个已有的 checkpoint-N 文件夹。",
         )
     if not is_complete_checkpoint(path):
         raise TrainError(
-            f"{path} is not a complete checkpoint (missing weights or trainer_state.json); pass --resume auto to pick the newest complete one."
+            f"{path} is not a complete checkpoint (missing weights or trainer_state.json); pass --resume auto to pick the newest complete one.",
+            zh=f"{path} 不是完整的检查点（缺少权重或 trainer_state.json）；请使用 --resume auto 自动选择最新的完整检查点。",
         )
     return path
 
@@ -703,9 +708,15 @@ def machine_setup(cfg: TrainConfig) -> Setup:
                 zh="QLoRA（4 比特）需要支持 CUDA 的 NVIDIA GPU；这台机器请使用 lora 方法（小模型也可用 full）。",
             )
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise TrainError("QLoRA needs the bitsandbytes package; run `pip install bitsandbytes` or use method lora.")
+            raise TrainError(
+                "QLoRA needs the bitsandbytes package; run `pip install bitsandbytes` or use method lora.",
+                zh="QLoRA 需要 bitsandbytes 包；请运行 `pip install bitsandbytes`，或改用 lora 方法。",
+            )
         if world > 1:
-            raise TrainError("QLoRA on several GPUs is not supported here; use --gpus 1, or method lora.")
+            raise TrainError(
+                "QLoRA on several GPUs is not supported here; use --gpus 1, or method lora.",
+                zh="这里不支持在多块 GPU 上运行 QLoRA；请使用 --gpus 1，或改用 lora 方法。",
+            )
     setup = Setup(device, pick_precision(cfg, device), world, int(os.environ.get("LOCAL_RANK", "0")))
     if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         setup.attn = "flash_attention_2"
@@ -1099,7 +1110,10 @@ def _relaunch(args: argparse.Namespace) -> int:
 
     available = torch.cuda.device_count()
     if available < args.gpus:
-        raise TrainError(f"--gpus {args.gpus} asks for more GPUs than this machine has ({available}); lower --gpus.")
+        raise TrainError(
+            f"--gpus {args.gpus} asks for more GPUs than this machine has ({available}); lower --gpus.",
+            zh=f"--gpus {args.gpus} 超过了这台机器的 GPU 数量（{available}）；请调小 --gpus。",
+        )
     cmd = [
         sys.executable,
         "-m",
