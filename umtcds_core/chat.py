@@ -68,7 +68,9 @@ def find_adapter(path: str | Path) -> Path:
         return ckpts[-1]
     raise ChatError(
         f"{p} holds no adapter (adapter_config.json) and no checkpoint-N folder with one; "
-        "pick a finished run or one of its checkpoints."
+        "pick a finished run or one of its checkpoints.",
+        zh=f"{p} 里既没有适配器（adapter_config.json），也没有包含适配器的 checkpoint-N 文件夹；"
+        "请选择一个已完成的训练输出文件夹或其中的检查点。",
     )
 
 
@@ -115,7 +117,10 @@ def adapter_base_ref(adapter_dir: str | Path) -> str:
     cfg = read_json(Path(adapter_dir) / "adapter_config.json") or {}
     ref = cfg.get("base_model_name_or_path")
     if not ref:
-        raise ChatError(f"Cannot tell which base model {adapter_dir} was trained on; pass it with --model.")
+        raise ChatError(
+            f"Cannot tell which base model {adapter_dir} was trained on; pass it with --model.",
+            zh=f"无法判断 {adapter_dir} 是在哪个基础模型上训练的；请用 --model 指定。",
+        )
     return ref
 
 
@@ -134,10 +139,16 @@ class GenOptions:
 
     def kwargs(self) -> dict[str, Any]:
         if self.max_new_tokens < 1:
-            raise ChatError("max_new_tokens must be at least 1; raise --max-new-tokens.")
+            raise ChatError(
+                "max_new_tokens must be at least 1; raise --max-new-tokens.",
+                zh="max_new_tokens 至少为 1；请调大 --max-new-tokens。",
+            )
         if self.temperature and self.temperature > 0:
             if not 0 < self.top_p <= 1:
-                raise ChatError("top_p must be in (0, 1]; set --top-p to e.g. 0.9.")
+                raise ChatError(
+                    "top_p must be in (0, 1]; set --top-p to e.g. 0.9.",
+                    zh="top_p 必须在 (0, 1] 之内；请把 --top-p 设为 0.9 之类的值。",
+                )
             return {
                 "max_new_tokens": self.max_new_tokens,
                 "do_sample": True,
@@ -327,7 +338,10 @@ def load_chat_model(
             adapter_dir = find_adapter(p)
             model = model or adapter_base_ref(adapter_dir)
     if not model:
-        raise ChatError("Give a model with --model (an embedded name, a model folder or a .gguf file).")
+        raise ChatError(
+            "Give a model with --model (an embedded name, a model folder or a .gguf file).",
+            zh="请用 --model 指定模型（内置模型名、模型文件夹或 .gguf 文件）。",
+        )
     tok, base = models.load(model, device=device, dtype=dtype)
     kind = ""
     if adapter_dir is not None:
@@ -340,7 +354,9 @@ def load_chat_model(
             models.unload(base)
             raise ChatError(
                 f"The adapter {adapter_dir} does not fit the model {model} ({type(exc).__name__}: {str(exc)[:200]}); "
-                "pass the base model it was trained on with --model."
+                "pass the base model it was trained on with --model.",
+                zh=f"适配器 {adapter_dir} 与模型 {model} 不匹配（{type(exc).__name__}: {str(exc)[:200]}）；"
+                "请用 --model 指定训练它时使用的基础模型。",
             ) from exc
         base.eval()
     system = train_info(adapter_dir).get("system_prompt") if adapter_dir is not None else None
@@ -383,7 +399,10 @@ class ChatSession:
     def compare(self, user_text: str) -> tuple[str, str]:
         """``(base answer, tuned answer)`` to the same question on the same weights; the tuned turn is remembered."""
         if not self.chat_model.has_adapter:
-            raise ChatError("Compare needs a tuned checkpoint; pick one with --adapter.")
+            raise ChatError(
+                "Compare needs a tuned checkpoint; pick one with --adapter.",
+                zh="对比需要一个微调后的检查点；请用 --adapter 选择一个。",
+            )
         base = "".join(self.stream(user_text, use_adapter=False, remember=False)).strip()
         tuned = self.ask(user_text)
         return base, tuned
@@ -415,15 +434,24 @@ def run(args: argparse.Namespace) -> int:
         from .export import merge_adapter
 
         if not args.adapter:
-            raise ChatError("--merge-to needs --adapter (the LoRA run or checkpoint to merge).")
+            raise ChatError(
+                "--merge-to needs --adapter (the LoRA run or checkpoint to merge).",
+                zh="--merge-to 需要同时指定 --adapter（要合并的 LoRA 训练输出或检查点）。",
+            )
         out = merge_adapter(args.adapter, args.merge_to, model=args.model, device=args.device)
         print(f"Merged model saved to {out}")
         return 0
     if not args.model and not args.adapter:
-        raise ChatError("Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.")
+        raise ChatError(
+            "Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.",
+            zh="请指定 --model（内置模型名、模型文件夹或 .gguf 文件），可选再加上 --adapter。",
+        )
     cm = load_chat_model(args.model, args.adapter, device=args.device)
     if args.compare and not cm.has_adapter:
-        raise ChatError("--compare needs --adapter (a tuned run or checkpoint).")
+        raise ChatError(
+            "--compare needs --adapter (a tuned run or checkpoint).",
+            zh="--compare 需要同时指定 --adapter（微调后的训练输出或检查点）。",
+        )
     options = GenOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p)
     session = ChatSession(cm, system=args.system if args.system is not None else cm.system_prompt, options=options)
     label = cm.name

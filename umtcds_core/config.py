@@ -119,7 +119,10 @@ class TrainConfig:
     def from_dict(cls, data: dict, where: str = "The config") -> TrainConfig:
         """Build from a plain dict (e.g. a loaded YAML): unknown keys and every invalid value are reported at once."""
         if not isinstance(data, dict):
-            raise ConfigError(f"{where} is not a mapping of keys to values; write `key: value` lines.")
+            raise ConfigError(
+                f"{where} is not a mapping of keys to values; write `key: value` lines.",
+                zh=f"{where} 不是“键: 值”的映射；请按 `key: value` 的格式逐行书写。",
+            )
         known = {f.name for f in fields(cls)}
         problems = []
         for key in data:
@@ -480,7 +483,10 @@ SMALL_MODEL_PARAMS = 1.0e9
 def preset_name(method: str, model: str | None = None) -> str:
     """``small-<method>`` for the embedded model or any model under 1B parameters, else ``glm4-<method>``."""
     if method not in METHODS:
-        raise ConfigError(f"method: '{method}' is not one of {', '.join(METHODS)}; pick one.")
+        raise ConfigError(
+            f"method: '{method}' is not one of {', '.join(METHODS)}; pick one.",
+            zh=f"method：“{method}”不是 {', '.join(METHODS)} 之一；请从中选择一个。",
+        )
     small = True
     if model:
         from .models import EMBEDDED
@@ -519,7 +525,10 @@ def shape_from_hf_config(cfg: dict) -> dict:
     heads = _pick(cfg, "num_attention_heads", "n_head")
     vocab = _pick(cfg, "vocab_size", "padded_vocab_size")
     if not all(isinstance(x, int) and x > 0 for x in (h, layers, heads, vocab)):
-        raise ConfigError("The model's config.json lacks hidden_size/num_hidden_layers/vocab_size; is it a causal LM?")
+        raise ConfigError(
+            "The model's config.json lacks hidden_size/num_hidden_layers/vocab_size; is it a causal LM?",
+            zh="模型的 config.json 缺少 hidden_size/num_hidden_layers/vocab_size；请确认它是因果语言模型（causal LM）。",
+        )
     model_type = str(cfg.get("model_type") or "")
     return {
         "model_type": model_type,
@@ -915,9 +924,15 @@ def run(args) -> int:
     out = Path(args.out)
     data = Path(args.data)
     if not data.is_dir():
-        raise ConfigError(f"--data {data} is not a folder; run `umtcds dataset … --out {data}` first.")
+        raise ConfigError(
+            f"--data {data} is not a folder; run `umtcds dataset … --out {data}` first.",
+            zh=f"--data {data} 不是文件夹；请先运行 `umtcds dataset … --out {data}`。",
+        )
     if not (data / "train.jsonl").exists():
-        raise ConfigError(f"--data {data} has no train.jsonl; run `umtcds dataset … --out {data}` first.")
+        raise ConfigError(
+            f"--data {data} has no train.jsonl; run `umtcds dataset … --out {data}` first.",
+            zh=f"--data {data} 里没有 train.jsonl；请先运行 `umtcds dataset … --out {data}`。",
+        )
     overrides = {
         k: getattr(args, k)
         for k in (

@@ -333,7 +333,10 @@ def input_files(inp: str | Path) -> list[Path]:
         )
     if inp.is_file():
         if inp.suffix.lower() not in INPUT_SUFFIXES:
-            raise DatasetError(f"{inp} is not a .jsonl, .json or .csv file; convert it to one of those.")
+            raise DatasetError(
+                f"{inp} is not a .jsonl, .json or .csv file; convert it to one of those.",
+                zh=f"{inp} 不是 .jsonl、.json 或 .csv 文件；请把它转换成其中一种格式。",
+            )
         return [inp]
     if (inp / "workspace.json").exists():  # a whole workspace: its reviewed copy, else step 2's output
         if (inp / "dataset" / EDITED_NAME).exists():
@@ -359,7 +362,10 @@ def input_files(inp: str | Path) -> list[Path]:
     # the edited copy already holds everything the dashboard showed (qa.jsonl + imports below it)
     files = [p for p in files if p.name == EDITED_NAME or not any(d == p.parent or d in p.parents for d in edited_dirs)]
     if not files:
-        raise DatasetError(f"{inp} holds no .jsonl, .json or .csv files of pairs; run step 2 first or pick the file.")
+        raise DatasetError(
+            f"{inp} holds no .jsonl, .json or .csv files of pairs; run step 2 first or pick the file.",
+            zh=f"{inp} 里没有问答对的 .jsonl、.json 或 .csv 文件；请先运行第 2 步，或直接选择那个文件。",
+        )
     return files
 
 
@@ -705,7 +711,10 @@ def to_record(pair: Pair, fmt: str = "glm4", system_prompt: str | None = None) -
         if pair.history:
             rec["history"] = pair.history
         return rec
-    raise DatasetError(f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.")
+    raise DatasetError(
+        f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.",
+        zh=f"未知格式“{fmt}”；请使用 {', '.join(FORMATS)} 之一。",
+    )
 
 
 def dataset_info(fmt: str, prefix: str = "umtcds") -> dict:
@@ -728,7 +737,10 @@ def dataset_info(fmt: str, prefix: str = "umtcds") -> dict:
             },
         }
     else:
-        raise DatasetError(f"LLaMA-Factory reads sharegpt or alpaca, not '{fmt}'.")
+        raise DatasetError(
+            f"LLaMA-Factory reads sharegpt or alpaca, not '{fmt}'.",
+            zh=f"LLaMA-Factory 只读取 sharegpt 或 alpaca 格式，不支持“{fmt}”。",
+        )
     return {f"{prefix}_{s}": {"file_name": f"{s}.jsonl", **spec} for s in SPLITS}
 
 
@@ -737,10 +749,16 @@ def write_dataset(
 ) -> dict:
     """Write the three split files (+ ``dataset_info.json`` for sharegpt/alpaca); return ``{split: path}``."""
     if fmt not in FORMATS:
-        raise DatasetError(f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.")
+        raise DatasetError(
+            f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.",
+            zh=f"未知格式“{fmt}”；请使用 {', '.join(FORMATS)} 之一。",
+        )
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out} is a file; --out must be a folder.")
+        raise DatasetError(
+            f"{out} is a file; --out must be a folder.",
+            zh=f"{out} 是一个文件；--out 必须是文件夹。",
+        )
     paths = {}
     for s in SPLITS:
         paths[s] = str(
@@ -770,10 +788,16 @@ def build_dataset(
     ``pairs`` given (the dashboard's edited table) replaces reading ``inp``; ``inp`` is then only named in the report.
     """
     if fmt not in FORMATS:
-        raise DatasetError(f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.")
+        raise DatasetError(
+            f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.",
+            zh=f"未知格式“{fmt}”；请使用 {', '.join(FORMATS)} 之一。",
+        )
     ratios = parse_split(split) if isinstance(split, str) else tuple(split)
     if not 0 < threshold <= 1:
-        raise DatasetError(f"The duplicate threshold {threshold} must be in (0, 1]; 0.5 is a good start.")
+        raise DatasetError(
+            f"The duplicate threshold {threshold} must be in (0, 1]; 0.5 is a good start.",
+            zh=f"重复阈值 {threshold} 必须在 (0, 1] 之内；可以先试 0.5。",
+        )
     if pairs is None:
         loaded = load_pairs(inp)
     else:
@@ -782,8 +806,10 @@ def build_dataset(
     problems = loaded.problems + dups
     if not kept:
         first = f" (first: {problems[0]})" if problems else ""
+        first_zh = f"（第一条：{problems[0]}）" if problems else ""
         raise DatasetError(
-            f"No valid question-answer pairs in {inp}: {len(problems)} broken record(s){first}; fix them and run again."
+            f"No valid question-answer pairs in {inp}: {len(problems)} broken record(s){first}; fix them and run again.",
+            zh=f"{inp} 里没有有效的问答对：{len(problems)} 条记录有问题{first_zh}；请修正后重新运行。",
         )
     result = split_pairs(kept, ratios, seed, threshold)
     files = write_dataset(result, out_dir, fmt, system_prompt)

@@ -157,7 +157,8 @@ def prepare_workspace(path: str | Path | None = None) -> Workspace:
         meta = Workspace(root).meta()
         if not meta.get("demo"):
             raise WorkspaceError(
-                f"{root} already holds files that the demo did not make; pass an empty or new folder to --workspace."
+                f"{root} already holds files that the demo did not make; pass an empty or new folder to --workspace.",
+                zh=f"{root} 里已经有不是演示生成的文件；请给 --workspace 指定一个空的或新的文件夹。",
             )
     ws = Workspace.create(root.name, root=root.parent)
     ws.update_meta(demo=True)

@@ -72,7 +72,10 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:
     """Test examples ``{"id", "prompt", "question", "reference"}``; broken lines are reported, not fatal."""
     path = Path(path)
     if not path.is_file():
-        raise EvalError(f"The test file {path} does not exist; build the dataset first (step 3) or give --data.")
+        raise EvalError(
+            f"The test file {path} does not exist; build the dataset first (step 3) or give --data.",
+            zh=f"测试文件 {path} 不存在；请先生成数据集（第 3 步），或用 --data 指定。",
+        )
     errors: list = []
     records = read_jsonl(path, errors=errors)
     for bad in errors[:5]:
@@ -89,7 +92,8 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:
             break
     if not examples:
         raise EvalError(
-            f"{path} holds no record with a user question and an assistant answer; check that it is a dataset split."
+            f"{path} holds no record with a user question and an assistant answer; check that it is a dataset split.",
+            zh=f"{path} 里没有同时包含用户问题和助手回答的记录；请确认它是数据集的划分文件。",
         )
     return examples
 
@@ -226,7 +230,10 @@ def evaluate(
     from .progress import Progress
 
     if max_new_tokens < 1 or batch_size < 1:
-        raise EvalError("--max-new-tokens and --batch-size must be at least 1.")
+        raise EvalError(
+            "--max-new-tokens and --batch-size must be at least 1.",
+            zh="--max-new-tokens 和 --batch-size 都至少为 1。",
+        )
     examples = load_examples(data, limit)
     out_path = Path(out) if out else default_out(adapter)
     if out_path.suffix.lower() != ".json":
@@ -331,7 +338,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if not args.model and not args.adapter:
-        raise EvalError("Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.")
+        raise EvalError(
+            "Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.",
+            zh="请指定 --model（内置模型名、模型文件夹或 .gguf 文件），可选再加上 --adapter。",
+        )
     metrics = evaluate(
         args.model,
         args.data,

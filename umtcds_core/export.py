@@ -62,11 +62,15 @@ def merge_adapter(
     if kind and kind not in MERGEABLE:
         raise ExportError(
             f"{adapter_dir} is a {kind} adapter, which cannot be merged into the weights; "
-            "serve it with `umtcds serve --adapter` instead."
+            "serve it with `umtcds serve --adapter` instead.",
+            zh=f"{adapter_dir} 是 {kind} 适配器，无法合并进模型权重；请改用 `umtcds serve --adapter` 来部署它。",
         )
     out = Path(out_dir).expanduser()
     if out.exists() and any(out.iterdir()):
-        raise ExportError(f"{out} already exists and is not empty; choose a new folder or delete it first.")
+        raise ExportError(
+            f"{out} already exists and is not empty; choose a new folder or delete it first.",
+            zh=f"{out} 已存在且不是空的；请换一个新文件夹，或先删除它。",
+        )
     base_ref = model or adapter_base_ref(adapter_dir)
     spec = models.resolve(base_ref)
     # The best device and dtype (fp32 on CPU, bf16/fp16 on a GPU: the dtype the model is served in anyway).
@@ -81,7 +85,8 @@ def merge_adapter(
         peft_model = PeftModel.from_pretrained(base, str(adapter_dir))
     except (ValueError, RuntimeError, KeyError, OSError) as exc:
         raise ExportError(
-            f"The adapter {adapter_dir} does not fit {base_ref} ({type(exc).__name__}); pass its base with --model."
+            f"The adapter {adapter_dir} does not fit {base_ref} ({type(exc).__name__}); pass its base with --model.",
+            zh=f"适配器 {adapter_dir} 与 {base_ref} 不匹配（{type(exc).__name__}）；请用 --model 指定它的基础模型。",
         ) from exc
     merged = peft_model.merge_and_unload()
     merged.config.use_cache = True

