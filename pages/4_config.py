@@ -14,7 +14,7 @@ import streamlit as st
 from umtcds_core import config as C
 from umtcds_core import ui
 from umtcds_core.errors import UserError
-from umtcds_core.i18n import error_text, tr
+from umtcds_core.i18n import current_lang, error_text, tr
 from umtcds_core.models import DEFAULT_MODEL, EMBEDDED
 
 ws = ui.require_workspace()
@@ -458,7 +458,7 @@ with side:
                     f"{est['tokens_per_step']} tokens per step (batch × max length, the worst case).",
                 )
             )
-        for note in C.advice(cfg):
+        for note in C.advice(cfg, current_lang()):
             st.caption(f"💡 {note}")
 
     st.subheader(tr("config.yaml 预览", "config.yaml preview"))

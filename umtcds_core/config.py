@@ -278,23 +278,46 @@ def validate(cfg: TrainConfig) -> list[str]:
     return p
 
 
-def advice(cfg: TrainConfig) -> list[str]:
-    """Legal but doubtful choices, as short sentences (shown, never blocking)."""
-    out = []
+def advice(cfg: TrainConfig, lang: str = "en") -> list[str]:
+    """Legal but doubtful choices, as short sentences (shown, never blocking); ``lang`` "zh" gives them in Chinese."""
+    out: list[tuple[str, str]] = []
     if cfg.method == "full" and cfg.learning_rate > 1e-4:
-        out.append(f"learning_rate {cfg.learning_rate:g} is high for full fine-tuning; the GLM-4 demo uses 5e-5.")
+        out.append(
+            (
+                f"learning_rate {cfg.learning_rate:g} is high for full fine-tuning; the GLM-4 demo uses 5e-5.",
+                f"全量微调用 learning_rate {cfg.learning_rate:g} 偏高；GLM-4 官方示例用 5e-5。",
+            )
+        )
     if cfg.method in ("lora", "qlora") and cfg.learning_rate < 1e-5:
-        out.append(f"learning_rate {cfg.learning_rate:g} is very low for LoRA; 1e-4 to 5e-4 is usual.")
+        out.append(
+            (
+                f"learning_rate {cfg.learning_rate:g} is very low for LoRA; 1e-4 to 5e-4 is usual.",
+                f"LoRA 用 learning_rate {cfg.learning_rate:g} 太低；常用 1e-4 到 5e-4。",
+            )
+        )
     if cfg.precision == "fp16":
-        out.append("fp16 can give NaN losses (GLM-4 needs bf16); prefer auto or bf16 on a GPU that supports it.")
+        out.append(
+            (
+                "fp16 can give NaN losses (GLM-4 needs bf16); prefer auto or bf16 on a GPU that supports it.",
+                "fp16 可能让损失变成 NaN（GLM-4 需要 bf16）；GPU 支持时请选 auto 或 bf16。",
+            )
+        )
     if cfg.save_steps % cfg.eval_steps and cfg.eval_steps <= cfg.save_steps:
-        out.append("save_steps is not a multiple of eval_steps; the best checkpoint may miss its eval score.")
+        out.append(
+            (
+                "save_steps is not a multiple of eval_steps; the best checkpoint may miss its eval score.",
+                "save_steps 不是 eval_steps 的整数倍；最好的检查点可能没有对应的验证分数。",
+            )
+        )
     if cfg.method == "ptuning-v2" and cfg.packing:
         out.append(
-            "P-tuning v2 prefixes attend across packed samples' boundaries only through position ids; "
-            "turn packing off if the loss looks odd."
+            (
+                "P-tuning v2 prefixes attend across packed samples' boundaries only through position ids; "
+                "turn packing off if the loss looks odd.",
+                "P-tuning v2 的前缀只靠位置编号区分拼接在一起的样本；如果损失看起来不正常，请关闭 packing。",
+            )
         )
-    return out
+    return [zh if lang == "zh" else en for en, zh in out]
 
 
 def _default(key: str):

@@ -204,3 +204,15 @@ def test_param_count_matches_real_models_built_on_meta():
             model = AutoModelForCausalLM.from_config(hf_cfg)
         real = sum(p.numel() for p in model.parameters())
         assert C.count_params(C.shape_from_hf_config(hf_cfg.to_dict()))["total"] == real
+
+
+def test_advice_in_both_languages():
+    """Legal but doubtful choices get a sentence in the dashboard's language; sound choices get none."""
+    from umtcds_core.config import TrainConfig, advice
+
+    risky = TrainConfig(method="lora", precision="fp16", learning_rate=1e-6, save_steps=150, eval_steps=100)
+    en, zh = advice(risky), advice(risky, "zh")
+    assert len(en) == len(zh) == 3
+    assert any("fp16" in s and "bf16" in s for s in en) and any("NaN" in s and "bf16" in s for s in zh)
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in s) for s in zh)
+    assert advice(TrainConfig(method="lora", save_steps=200, eval_steps=100), "zh") == []
