@@ -108,9 +108,10 @@ class TrainConfig:
     """Free-form, ignored by training (UI notes)."""
 
     def __post_init__(self) -> None:
-        problems = validate(self)
-        if problems:
-            raise ConfigError(_problems_message("The config", problems), problems)
+        pairs = _problems(self)
+        if pairs:
+            en, zh = [e for e, _ in pairs], [z for _, z in pairs]
+            raise ConfigError(_problems_message("The config", en), en, zh=_problems_message("The config", zh, "zh"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,15 +122,27 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(
                 f"{where} is not a mapping of keys to values; write `key: value` lines.",
-                zh=f"{where} 不是“键: 值”的映射；请按 `key: value` 的格式逐行书写。",
+                zh=f"{_where_zh(where)}不是“键: 值”的映射；请按 `key: value` 的格式逐行书写。",
             )
         known = {f.name for f in fields(cls)}
-        problems = []
+        pairs: list[tuple[str, str]] = []
         for key in data:
             if key not in known:
                 close = difflib.get_close_matches(str(key), known, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else "remove it (see `umtcds config --help` for the keys)"
-                problems.append(f"{key}: unknown key; {hint}")
+                if close:
+                    pairs.append(
+                        (
+                            f"{key}: unknown key; did you mean '{close[0]}'?",
+                            f"{key}：未知的键；是不是想写“{close[0]}”？",
+                        )
+                    )
+                else:
+                    pairs.append(
+                        (
+                            f"{key}: unknown key; remove it (see `umtcds config --help` for the keys)",
+                            f"{key}：未知的键；请删除它（可用的键见 `umtcds config --help`）",
+                        )
+                    )
         values = {k: _coerce(k, v) for k, v in data.items() if k in known}
         cfg = cls.__new__(cls)  # fill without __post_init__ so all problems are collected together
         for f in fields(cls):
@@ -139,9 +152,10 @@ class TrainConfig:
                 setattr(cfg, f.name, f.default)
             else:
                 setattr(cfg, f.name, f.default_factory())  # type: ignore[misc]
-        problems += validate(cfg)
-        if problems:
-            raise ConfigError(_problems_message(where, problems), problems)
+        pairs += _problems(cfg)
+        if pairs:
+            en, zh = [e for e, _ in pairs], [z for _, z in pairs]
+            raise ConfigError(_problems_message(where, en), en, zh=_problems_message(where, zh, "zh"))
         return cfg
 
     def replace(self, **changes) -> TrainConfig:
@@ -151,7 +165,17 @@ class TrainConfig:
         return TrainConfig.from_dict(data)
 
 
-def _problems_message(where: str, problems: list[str]) -> str:
+def _where_zh(where: str) -> str:
+    """``where`` ("The config" or a file name) as the subject of a Chinese sentence, spaced to run into the verb."""
+    return "配置" if where == "The config" else f"配置文件 {where} "
+
+
+def _problems_message(where: str, problems: list[str], lang: str = "en") -> str:
+    """One message listing ``problems`` (already in ``lang``) under a heading naming ``where``; ``lang`` "zh": Chinese."""
+    if lang == "zh":
+        if len(problems) == 1:
+            return f"{_where_zh(where)}有一个问题——{problems[0]}"
+        return f"{_where_zh(where)}有 {len(problems)} 个问题：\n" + "\n".join(f"- {x}" for x in problems)
     if len(problems) == 1:
         return f"{where} has a problem — {problems[0]}"
     return f"{where} has {len(problems)} problems:\n" + "\n".join(f"- {x}" for x in problems)
@@ -196,7 +220,17 @@ def _coerce(key: str, value):
 
 def validate(cfg: TrainConfig) -> list[str]:
     """Every problem of ``cfg`` as ``"key: what is wrong; fix"`` (empty list when it is usable)."""
-    p: list[str] = []
+    return [en for en, _ in _problems(cfg)]
+
+
+def validate_zh(cfg: TrainConfig) -> list[str]:
+    """The same problems as :func:`validate`, in Chinese (same order)."""
+    return [zh for _, zh in _problems(cfg)]
+
+
+def _problems(cfg: TrainConfig) -> list[tuple[str, str]]:
+    """Every problem of ``cfg`` as an ``(English, Chinese)`` pair of ``"key: what is wrong; fix"`` sentences."""
+    p: list[tuple[str, str]] = []
     d = cfg.__dict__
 
     def is_int(v) -> bool:
@@ -207,74 +241,155 @@ def validate(cfg: TrainConfig) -> list[str]:
 
     for k in sorted(_INT):
         if not is_int(d.get(k)):
-            p.append(f"{k}: must be a whole number (got {d.get(k)!r}); e.g. {k}: {_default(k)}")
+            p.append(
+                (
+                    f"{k}: must be a whole number (got {d.get(k)!r}); e.g. {k}: {_default(k)}",
+                    f"{k}：必须是整数（当前是 {d.get(k)!r}）；例如 {k}: {_default(k)}",
+                )
+            )
     for k in sorted(_FLOAT):
         if not is_num(d.get(k)):
-            p.append(f"{k}: must be a number (got {d.get(k)!r}); e.g. {k}: {_default(k)}")
+            p.append(
+                (
+                    f"{k}: must be a number (got {d.get(k)!r}); e.g. {k}: {_default(k)}",
+                    f"{k}：必须是数字（当前是 {d.get(k)!r}）；例如 {k}: {_default(k)}",
+                )
+            )
     for k in sorted(_BOOL):
         if not isinstance(d.get(k), bool):
-            p.append(f"{k}: must be true or false (got {d.get(k)!r})")
+            p.append(
+                (
+                    f"{k}: must be true or false (got {d.get(k)!r})",
+                    f"{k}：必须是 true 或 false（当前是 {d.get(k)!r}）",
+                )
+            )
     for k in sorted(_STR):
         if not isinstance(d.get(k), str) or not d.get(k).strip():
-            p.append(f"{k}: must be non-empty text (got {d.get(k)!r}); e.g. {k}: {_default(k)}")
+            p.append(
+                (
+                    f"{k}: must be non-empty text (got {d.get(k)!r}); e.g. {k}: {_default(k)}",
+                    f"{k}：必须是非空文本（当前是 {d.get(k)!r}）；例如 {k}: {_default(k)}",
+                )
+            )
     if d.get("system_prompt") is not None and not isinstance(d.get("system_prompt"), str):
-        p.append("system_prompt: must be text or null")
+        p.append(("system_prompt: must be text or null", "system_prompt：必须是文本或 null"))
     tm = d.get("lora_target_modules")
     if tm is not None and (not isinstance(tm, list) or not tm or not all(isinstance(x, str) and x for x in tm)):
-        p.append("lora_target_modules: must be a list of module names like [q_proj, v_proj], or null (auto)")
+        p.append(
+            (
+                "lora_target_modules: must be a list of module names like [q_proj, v_proj], or null (auto)",
+                "lora_target_modules：必须是模块名列表（如 [q_proj, v_proj]），或 null（自动选择）",
+            )
+        )
     if not isinstance(d.get("extra"), dict):
-        p.append("extra: must be a mapping (or leave it out)")
+        p.append(("extra: must be a mapping (or leave it out)", "extra：必须是“键: 值”的映射（或者删掉这一项）"))
 
-    def check(cond: bool, msg: str) -> None:
+    def check(cond: bool, en: str, zh: str) -> None:
         if not cond:
-            p.append(msg)
+            p.append((en, zh))
+
+    def one_of(key: str, choices: tuple[str, ...], fix: tuple[str, str] = ("", "")) -> None:
+        value = d.get(key)
+        if isinstance(value, str) and value.strip():
+            listed = ", ".join(choices)
+            check(
+                value in choices,
+                f"{key}: '{value}' is not one of {listed}{fix[0]}",
+                f"{key}：“{value}”不是 {listed} 之一{fix[1]}",
+            )
 
     ok = lambda k: is_int(d.get(k)) or (k in _FLOAT and is_num(d.get(k)))  # noqa: E731 - tiny local helper
-    if isinstance(d.get("method"), str) and d["method"].strip():
-        check(d["method"] in METHODS, f"method: '{d['method']}' is not one of {', '.join(METHODS)}; pick one")
-    if isinstance(d.get("precision"), str) and d["precision"].strip():
-        check(d["precision"] in PRECISIONS, f"precision: '{d['precision']}' is not one of {', '.join(PRECISIONS)}")
-    if isinstance(d.get("compile"), str) and d["compile"].strip():
-        check(d["compile"] in COMPILE_MODES, f"compile: '{d['compile']}' is not one of {', '.join(COMPILE_MODES)}")
-    if isinstance(d.get("lr_scheduler"), str) and d["lr_scheduler"].strip():
-        check(
-            d["lr_scheduler"] in SCHEDULERS,
-            f"lr_scheduler: '{d['lr_scheduler']}' is not one of {', '.join(SCHEDULERS)}",
-        )
+    one_of("method", METHODS, ("; pick one", "；请从中选择一个"))
+    one_of("precision", PRECISIONS)
+    one_of("compile", COMPILE_MODES)
+    one_of("lr_scheduler", SCHEDULERS)
     if isinstance(d.get("qlora_quant_type"), str) and d["qlora_quant_type"].strip():
-        check(d["qlora_quant_type"] in QUANT_TYPES, "qlora_quant_type: use nf4 (recommended) or fp4")
+        check(
+            d["qlora_quant_type"] in QUANT_TYPES,
+            "qlora_quant_type: use nf4 (recommended) or fp4",
+            "qlora_quant_type：请用 nf4（推荐）或 fp4",
+        )
     if ok("lora_r"):
-        check(1 <= d["lora_r"] <= 1024, f"lora_r: {d['lora_r']} is out of range; use 4–64 (8 is the GLM-4 demo's)")
+        check(
+            1 <= d["lora_r"] <= 1024,
+            f"lora_r: {d['lora_r']} is out of range; use 4–64 (8 is the GLM-4 demo's)",
+            f"lora_r：{d['lora_r']} 超出范围；请用 4–64（GLM-4 官方示例用 8）",
+        )
     if ok("lora_alpha"):
-        check(d["lora_alpha"] > 0, "lora_alpha: must be > 0; 2–4× lora_r is usual (the GLM-4 demo uses 32)")
+        check(
+            d["lora_alpha"] > 0,
+            "lora_alpha: must be > 0; 2–4× lora_r is usual (the GLM-4 demo uses 32)",
+            "lora_alpha：必须 > 0；通常取 lora_r 的 2–4 倍（GLM-4 官方示例用 32）",
+        )
     if ok("lora_dropout"):
-        check(0 <= d["lora_dropout"] < 1, "lora_dropout: must be in [0, 1); 0.05–0.1 is usual")
+        check(
+            0 <= d["lora_dropout"] < 1,
+            "lora_dropout: must be in [0, 1); 0.05–0.1 is usual",
+            "lora_dropout：必须在 [0, 1) 范围内；常用 0.05–0.1",
+        )
     if ok("qlora_bits"):
-        check(d["qlora_bits"] in (4, 8), "qlora_bits: use 4 (QLoRA) or 8")
+        check(d["qlora_bits"] in (4, 8), "qlora_bits: use 4 (QLoRA) or 8", "qlora_bits：请用 4（QLoRA）或 8")
     if ok("num_virtual_tokens"):
-        check(1 <= d["num_virtual_tokens"] <= 2048, "num_virtual_tokens: use 16–512 (the original used 128)")
+        check(
+            1 <= d["num_virtual_tokens"] <= 2048,
+            "num_virtual_tokens: use 16–512 (the original used 128)",
+            "num_virtual_tokens：请用 16–512（原版 P-tuning v2 用 128）",
+        )
     for k in ("max_input_length", "max_output_length"):
         if ok(k):
-            check(d[k] >= 8, f"{k}: {d[k]} tokens is too short; use at least 64 (the GLM-4 demo uses 512)")
+            check(
+                d[k] >= 8,
+                f"{k}: {d[k]} tokens is too short; use at least 64 (the GLM-4 demo uses 512)",
+                f"{k}：{d[k]} 个 token 太短；请至少用 64（GLM-4 官方示例用 512）",
+            )
     if ok("max_steps"):
-        check(d["max_steps"] == -1 or d["max_steps"] > 0, "max_steps: use -1 (train num_epochs) or a positive number")
+        check(
+            d["max_steps"] == -1 or d["max_steps"] > 0,
+            "max_steps: use -1 (train num_epochs) or a positive number",
+            "max_steps：请用 -1（按 num_epochs 训练）或一个正数",
+        )
         if ok("num_epochs") and d["max_steps"] <= 0:
-            check(d["num_epochs"] > 0, "num_epochs: must be > 0 when max_steps is -1; set num_epochs: 3")
+            check(
+                d["num_epochs"] > 0,
+                "num_epochs: must be > 0 when max_steps is -1; set num_epochs: 3",
+                "num_epochs：max_steps 为 -1 时必须 > 0；请设 num_epochs: 3",
+            )
     for k in ("per_device_batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps", "logging_steps"):
         if ok(k):
-            check(d[k] >= 1, f"{k}: must be at least 1")
+            check(d[k] >= 1, f"{k}: must be at least 1", f"{k}：必须至少为 1")
     if ok("save_total_limit"):
-        check(d["save_total_limit"] >= 1, "save_total_limit: keep at least 1 checkpoint (resume needs it)")
+        check(
+            d["save_total_limit"] >= 1,
+            "save_total_limit: keep at least 1 checkpoint (resume needs it)",
+            "save_total_limit：至少保留 1 个检查点（断点续训需要它）",
+        )
     if ok("learning_rate"):
-        check(0 < d["learning_rate"] < 1, "learning_rate: must be between 0 and 1; try 5e-4 (LoRA) or 5e-5 (full)")
+        check(
+            0 < d["learning_rate"] < 1,
+            "learning_rate: must be between 0 and 1; try 5e-4 (LoRA) or 5e-5 (full)",
+            "learning_rate：必须在 0 和 1 之间；可以试试 5e-4（LoRA）或 5e-5（全量微调）",
+        )
     if ok("warmup_ratio"):
-        check(0 <= d["warmup_ratio"] < 1, "warmup_ratio: must be in [0, 1); 0.03 is usual")
+        check(
+            0 <= d["warmup_ratio"] < 1,
+            "warmup_ratio: must be in [0, 1); 0.03 is usual",
+            "warmup_ratio：必须在 [0, 1) 范围内；常用 0.03",
+        )
     if ok("weight_decay"):
-        check(d["weight_decay"] >= 0, "weight_decay: must be >= 0")
+        check(d["weight_decay"] >= 0, "weight_decay: must be >= 0", "weight_decay：必须 >= 0")
     if ok("max_grad_norm"):
-        check(d["max_grad_norm"] >= 0, "max_grad_norm: must be >= 0 (0 turns clipping off); 1.0 is usual")
+        check(
+            d["max_grad_norm"] >= 0,
+            "max_grad_norm: must be >= 0 (0 turns clipping off); 1.0 is usual",
+            "max_grad_norm：必须 >= 0（0 表示不做梯度裁剪）；常用 1.0",
+        )
     if d.get("method") == "qlora" and d.get("precision") == "fp32":
-        p.append("precision: QLoRA computes in 16-bit; set precision: auto (or bf16)")
+        p.append(
+            (
+                "precision: QLoRA computes in 16-bit; set precision: auto (or bf16)",
+                "precision：QLoRA 以 16 位精度计算；请设 precision: auto（或 bf16）",
+            )
+        )
     return p
 
 
@@ -427,9 +542,10 @@ def parse_yaml(text: str, where: str = "The config") -> TrainConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
+        at_zh = f"第 {mark.line + 1} 行" if mark is not None else ""
         raise ConfigError(
             f"{where} is not valid YAML{at} ({getattr(exc, 'problem', exc)}); fix that line.",
-            zh=f"{where} 不是有效的 YAML{at}（{getattr(exc, 'problem', exc)}）；请修正那一行。",
+            zh=f"{_where_zh(where)}{at_zh}不是有效的 YAML（{getattr(exc, 'problem', exc)}）；请修正那一行。",
         ) from exc
     return TrainConfig.from_dict(data or {}, where=where)
 
@@ -447,9 +563,10 @@ def load_config(path: str | Path) -> TrainConfig:
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     from .fileio import write_text_atomic
 
-    problems = validate(cfg)
-    if problems:
-        raise ConfigError(_problems_message("The config", problems), problems)
+    pairs = _problems(cfg)
+    if pairs:
+        en, zh = [e for e, _ in pairs], [z for _, z in pairs]
+        raise ConfigError(_problems_message("The config", en), en, zh=_problems_message("The config", zh, "zh"))
     return write_text_atomic(path, to_yaml(cfg))
 
 

@@ -216,3 +216,45 @@ def test_advice_in_both_languages():
     assert any("fp16" in s and "bf16" in s for s in en) and any("NaN" in s and "bf16" in s for s in zh)
     assert all(any("\u4e00" <= ch <= "\u9fff" for ch in s) for s in zh)
     assert advice(TrainConfig(method="lora", save_steps=200, eval_steps=100), "zh") == []
+
+
+def test_config_problems_in_both_languages(tmp_path, monkeypatch):
+    """The ConfigError listing problems carries the same list in Chinese; error_text picks it by UMTCDS_LANG."""
+    from umtcds_core import i18n
+
+    with pytest.raises(C.ConfigError) as info:
+        C.TrainConfig(lora_r=0, learning_rate=2)
+    exc = info.value
+    en = [
+        "lora_r: 0 is out of range; use 4–64 (8 is the GLM-4 demo's)",
+        "learning_rate: must be between 0 and 1; try 5e-4 (LoRA) or 5e-5 (full)",
+    ]
+    zh = [
+        "lora_r：0 超出范围；请用 4–64（GLM-4 官方示例用 8）",
+        "learning_rate：必须在 0 和 1 之间；可以试试 5e-4（LoRA）或 5e-5（全量微调）",
+    ]
+    assert str(exc) == "The config has 2 problems:\n" + "\n".join(f"- {x}" for x in en)
+    assert exc.zh == "配置有 2 个问题：\n" + "\n".join(f"- {x}" for x in zh)
+    assert exc.problems == en
+    monkeypatch.setenv("UMTCDS_LANG", "zh")
+    assert i18n.error_text(exc) == exc.zh
+    monkeypatch.setenv("UMTCDS_LANG", "en")
+    assert i18n.error_text(exc) == str(exc)
+
+    # validate() stays English; validate_zh() gives the same problems, in the same order, in Chinese
+    bad = C.TrainConfig()  # valid; then broken field by field (setattr does not re-validate)
+    for key, value in {"lora_r": "8", "packing": "yes", "method": "sft", "max_steps": 0, "extra": []}.items():
+        setattr(bad, key, value)
+    en_all, zh_all = C.validate(bad), C.validate_zh(bad)
+    assert len(en_all) == len(zh_all) == 5
+    for e, z in zip(en_all, zh_all, strict=True):
+        assert z.split("：")[0] == e.split(":")[0]  # same key first
+        assert any("\u4e00" <= ch <= "\u9fff" for ch in z)
+
+    # problems found outside validate() (unknown keys) and the file name in the heading are translated too
+    path = tmp_path / "bad.yaml"
+    path.write_text("lora_rank: 16\n", encoding="utf-8")
+    with pytest.raises(C.ConfigError) as info:
+        C.load_config(path)
+    assert str(info.value) == f"{path} has a problem — lora_rank: unknown key; did you mean 'lora_r'?"
+    assert info.value.zh == f"配置文件 {path} 有一个问题——lora_rank：未知的键；是不是想写“lora_r”？"

@@ -21,15 +21,6 @@ from umtcds_core.train import TrainError, resume_point
 
 CORE = Path(__file__).resolve().parents[2] / "umtcds_core"
 
-# Raises whose message is built from validate()'s English problem list (``_problems_message``): a Chinese sentence
-# would need a Chinese copy of every problem text, so these (file, function) pairs may raise without zh= — but only
-# with a non-literal message, so a literal sentence added to the same function is still checked.
-ALLOWED_WITHOUT_ZH = {
-    ("config.py", "__post_init__"),
-    ("config.py", "from_dict"),
-    ("config.py", "save_config"),
-}
-
 
 def _user_error_names() -> set[str]:
     """Names of UserError and all its subclasses (recursively), after importing every umtcds_core module."""
@@ -44,10 +35,6 @@ def _user_error_names() -> set[str]:
     return names
 
 
-def _is_literal(node: ast.expr | None) -> bool:
-    return isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str))
-
-
 def _raises_without_zh(path: Path, family: set[str]) -> list[str]:
     missing = []
 
@@ -59,9 +46,7 @@ def _raises_without_zh(path: Path, family: set[str]) -> list[str]:
             fn = call.func
             name = fn.id if isinstance(fn, ast.Name) else getattr(fn, "attr", None)
             if name in family and not any(k.arg == "zh" for k in call.keywords):
-                message = call.args[0] if call.args else None
-                if not ((path.name, func) in ALLOWED_WITHOUT_ZH and not _is_literal(message)):
-                    missing.append(f"{path.name}:{node.lineno} {name} (in {func})")
+                missing.append(f"{path.name}:{node.lineno} {name} (in {func})")
         for child in ast.iter_child_nodes(node):
             visit(child, func)
 
