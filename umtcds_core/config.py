@@ -1111,8 +1111,13 @@ def run(args) -> int:
         cfg = preset_for(args.method, args.model, **overrides)
     save_config(cfg, out)
     print(f"Wrote {out} ({cfg.method}, preset {args.preset or preset_name(args.method, args.model)}).")
+    from .i18n import current_lang
+
     for line in advice(cfg):
         print(f"Note: {line}")
+    if current_lang() == "zh":  # as errors: the English lines stay (tools read them), the Chinese follow
+        for line in advice(cfg, "zh"):
+            print(f"提示：{line}")
     if not args.no_estimate:
         print(describe_estimate(estimate_memory(cfg)))
     return 0

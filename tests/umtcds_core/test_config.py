@@ -184,6 +184,22 @@ def test_embedded_model_shape_and_cli(tmp_path, capsys):
     assert rc == 1 and "has no train.jsonl" in capsys.readouterr().err
 
 
+def test_cli_prints_advice_in_chinese_after_english(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "ws" / "dataset"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    argv = ["config", "--method", "lora", "--model", "smollm2-135m", "--data", str(data)]
+    argv += ["--out", str(tmp_path / "ws" / "config.yaml"), "--precision", "fp16", "--no-estimate"]
+    monkeypatch.setenv("UMTCDS_LANG", "zh")
+    assert cli_main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    note = next(i for i, line in enumerate(lines) if line.startswith("Note: fp16"))
+    assert any(line.startswith("提示：fp16") for line in lines[note + 1 :])
+    monkeypatch.setenv("UMTCDS_LANG", "en")
+    assert cli_main(argv) == 0
+    assert "提示" not in capsys.readouterr().out
+
+
 def test_param_count_matches_real_models_built_on_meta():
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, GlmConfig
