@@ -824,7 +824,8 @@ def share_lora_dropout(model) -> int:
     ~3% of the step, almost all of it random-number generation in the fused RMSNorm+dropout kernels; one mask
     instead of three gave +2% (10,401–10,412 vs 10,180–10,224 tok/s, ``train_h200.json``, ``ours+nosd``). It
     applies where the layers are compiled (``umtcds train`` on one GPU). Only plain single-adapter LoRA with the same
-    dropout on all three is changed, and only in attentions that call q, k, v in turn on one input.
+    dropout on all three is changed. transformers' decoder attentions call q, k and v in turn on one input; a call of
+    another shape draws a fresh mask, and the attention's forward pre-hook starts every call afresh.
     """
     import torch
 
