@@ -108,10 +108,7 @@ class TrainConfig:
     """Free-form, ignored by training (UI notes)."""
 
     def __post_init__(self) -> None:
-        pairs = _problems(self)
-        if pairs:
-            en, zh = [e for e, _ in pairs], [z for _, z in pairs]
-            raise ConfigError(_problems_message("The config", en), en, zh=_problems_message("The config", zh, "zh"))
+        _raise_problems("The config", _problems(self))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -152,10 +149,7 @@ class TrainConfig:
                 setattr(cfg, f.name, f.default)
             else:
                 setattr(cfg, f.name, f.default_factory())  # type: ignore[misc]
-        pairs += _problems(cfg)
-        if pairs:
-            en, zh = [e for e, _ in pairs], [z for _, z in pairs]
-            raise ConfigError(_problems_message(where, en), en, zh=_problems_message(where, zh, "zh"))
+        _raise_problems(where, pairs + _problems(cfg))
         return cfg
 
     def replace(self, **changes) -> TrainConfig:
@@ -168,6 +162,13 @@ class TrainConfig:
 def _where_zh(where: str) -> str:
     """``where`` ("The config" or a file name) as the subject of a Chinese sentence, spaced to run into the verb."""
     return "配置" if where == "The config" else f"配置文件 {where} "
+
+
+def _raise_problems(where: str, pairs: list[tuple[str, str]]) -> None:
+    """Raise one :class:`ConfigError` listing every ``(English, Chinese)`` problem; nothing when there are none."""
+    if pairs:
+        en, zh = [e for e, _ in pairs], [z for _, z in pairs]
+        raise ConfigError(_problems_message(where, en), en, zh=_problems_message(where, zh, "zh"))
 
 
 def _problems_message(where: str, problems: list[str], lang: str = "en") -> str:
@@ -563,10 +564,7 @@ def load_config(path: str | Path) -> TrainConfig:
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     from .fileio import write_text_atomic
 
-    pairs = _problems(cfg)
-    if pairs:
-        en, zh = [e for e, _ in pairs], [z for _, z in pairs]
-        raise ConfigError(_problems_message("The config", en), en, zh=_problems_message("The config", zh, "zh"))
+    _raise_problems("The config", _problems(cfg))
     return write_text_atomic(path, to_yaml(cfg))
 
 
