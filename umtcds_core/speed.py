@@ -164,6 +164,15 @@ VARLEN_OP = "umtcds::varlen_attn"
 _OPS: dict = {}
 
 
+def _segment_ids(cu, total: int, device):
+    """The packed segment each of ``total`` tokens belongs to (0, 1, …), from the ``cu_seqlens`` boundaries."""
+    import torch
+
+    starts = torch.zeros(total, dtype=torch.int32, device=device)
+    starts[cu[1:-1].long()] = 1
+    return torch.cumsum(starts, 0)
+
+
 def _varlen_reference(q, k, v, cu, scale: float, grad=None):
     """Per-segment causal attention in fp32, the op's implementation off CUDA (CPU tests): ``(out, lse)`` with lse
     shaped ``(heads, tokens)`` as FlashAttention's; with ``grad`` (d out), ``(dq, dk, dv)`` instead, written out
@@ -174,17 +183,14 @@ def _varlen_reference(q, k, v, cu, scale: float, grad=None):
     group = heads // k.shape[1]
     kf = k.float().repeat_interleave(group, dim=1)
     vf = v.float().repeat_interleave(group, dim=1)
-    seg = torch.zeros(total, dtype=torch.int64, device=q.device)
-    seg[cu[1:-1].long()] = 1
-    seg = torch.cumsum(seg, 0)
+    seg = _segment_ids(cu, total, q.device)
     pos = torch.arange(total, device=q.device)
     allowed = (seg[:, None] == seg[None, :]) & (pos[:, None] >= pos[None, :])
-    scores = torch.einsum("thd,shd->hts", q.float(), kf) * scale
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    scores = (torch.einsum("thd,shd->hts", q.float(), kf) * scale).masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("hts,shd->thd", probs, vf)
     if grad is None:
-        lse = torch.logsumexp(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        return out.to(q.dtype).contiguous(), lse.contiguous()
+        return out.to(q.dtype).contiguous(), torch.logsumexp(scores, dim=-1).contiguous()
     g = grad.float()
     dv = torch.einsum("hts,thd->shd", probs, g)
     dp = torch.einsum("thd,shd->hts", g, vf)
@@ -371,9 +377,7 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout=
         return out.view(batch, length, heads, dim), None
     # portable fallback: an explicit block-diagonal causal mask (CPU tests, fp32); static shapes, so it also traces
     # under torch.compile
-    starts = torch.zeros(batch * length, dtype=torch.int32, device=query.device)
-    starts[cu[1:-1].long()] = 1
-    seg = torch.cumsum(starts, 0).view(batch, length)
+    seg = _segment_ids(cu, batch * length, query.device).view(batch, length)
     pos = torch.arange(length, device=query.device)
     mask = (seg[:, :, None] == seg[:, None, :]) & (pos[None, :, None] >= pos[None, None, :])
     return sdpa_attention_forward(
@@ -800,7 +804,7 @@ def _shared_dropout_class():
             if not self.training or self.p == 0.0:
                 return x
             mask = self._mask
-            if self._left <= 0 or mask is None or mask.shape != x.shape or mask.device != x.device:
+            if mask is None or mask.shape != x.shape or mask.device != x.device:  # None once its users are done
                 mask = torch.rand_like(x, dtype=torch.float32) >= self.p
                 self._left = self.users
             self._left -= 1
