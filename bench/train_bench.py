@@ -23,7 +23,8 @@ tokens, prompt tokens included. Variants are built fresh, warmed up, and alterna
   (``position_ids`` per sample) with per-sample FlashAttention varlen attention (PyTorch's kernel), the fused
   linear+cross-entropy loss on labelled positions only (Liger on CUDA in ~128 MiB chunks of logits, chunked PyTorch
   elsewhere), the decoder layers compiled with ``torch.compile`` (``speed.compile_options``: two layers per compiled
-  call inside reentrant checkpointing, adapters under bf16 autocast; QLoRA one layer per call), TF32, pinned batches
+  call inside reentrant checkpointing, the last run not checkpointed, adapters under bf16 autocast, one LoRA dropout
+  mask per attention; QLoRA one layer per call), packed rows through ``umtcds::varlen_attn``, TF32, pinned batches
   copied without a host wait; QLoRA prepared without the fp32 upcast. P-tuning v2 (prefix cache) is padded and runs
   without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing). Under ``--ddp``
   ``ours`` is ``ours-eager``, since ``umtcds train`` does not compile on several GPUs.
@@ -37,8 +38,8 @@ tokens, prompt tokens included. Variants are built fresh, warmed up, and alterna
 Every variant is built fresh, warmed up (``--warmup`` steps, which include the compile) and the variants alternate over
 ``--rounds``; the JSON gives the mean (``speedup``), the median (``speedup_median``) and the per-round ratios
 (``speedup_rounds``) — the baseline's first round in a process has been slow in every H200 run, so read the later
-rounds. The headline of ``bench/results/train_h200.json``: ``--methods lora --variants baseline,ours --rounds 3
---steps 12``.
+rounds. The headline of ``bench/results/train_h200.json``: ``--methods lora --variants baseline,ours,ours+nosd,ours+fr
+--rounds 3 --steps 10 --gpu-warmup 5``.
 
 MFU counts 4·N FLOPs per real token (LoRA/QLoRA/P-tuning: forward 2N + activation gradients 2N, no weight
 gradients; N = all parameters of the base model, 9.40 B), over the bf16 dense peak (989 TFLOP/s on H100/H200) and over
@@ -74,7 +75,6 @@ TINY = dict(
 _OPTIONS: dict = {}  # process-wide bench options (set by main)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
 # packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not checkpointed;
-# k-bit preparation
 # k-bit preparation; pinned batches copied without a host wait (umtcds train's Trainer settings)
 EAGER = dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", pinned=True)
 # + torch.compile of the layers (Inductor fuses RMSNorm/SwiGLU, so no Liger layer kernels); compile options not named

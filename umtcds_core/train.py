@@ -26,7 +26,8 @@ What one run does (every feature, its flag, and its trade-off):
   mask elsewhere); the loss never materialises the ``tokens × vocab`` logits (Liger's fused linear+cross-entropy on
   CUDA with ``liger-kernel``, a chunked PyTorch version elsewhere) and only labelled positions reach the LM head;
   on one CUDA GPU, LoRA/QLoRA compile the decoder layers with ``torch.compile`` (``compile: auto``; two layers per
-  compiled call and checkpoint, LoRA adapters under 16-bit autocast; checked by a probe step, eager on failure),
+  compiled call and checkpoint, the last pair not checkpointed, LoRA adapters under 16-bit autocast with one dropout
+  mask per attention; checked by a probe step, eager on failure),
   else Liger's RMSNorm/SwiGLU kernels on CUDA; QLoRA keeps the frozen 16-bit
   weights in 16 bits (peft's k-bit preparation copies them to fp32); on several GPUs each step's samples are dealt
   so every rank gets about the same number of tokens.
