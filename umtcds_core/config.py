@@ -1,4 +1,4 @@
-"""Step 4 — one typed training config ↔ commented YAML, presets per method, and a GPU memory estimate.
+"""Step 4 — the training config: each field declared once (type, default, bounds, labels, help, YAML comment, flag).
 
 Usage::
 
@@ -6,28 +6,23 @@ Usage::
                   [--max-steps N] [--save-steps N] [--lr X] [--output-dir DIR] [--epochs E] [--batch-size B]
                   [--grad-accum G] [--max-input-length L] [--max-output-length L] [--lora-r R] [--lora-alpha A]
                   [--virtual-tokens T] [--precision auto|bf16|fp16|fp32] [--system-prompt TEXT] [--preset NAME]
+                  [any other field as --field-name]
 
-Field names of :class:`TrainConfig` are the contract with ``train.py``; each is documented where it is declared.
-Constructing a ``TrainConfig`` validates it and raises one :class:`ConfigError` listing *every* problem, each with the
-key and a fix; an unknown key in a YAML is an error, not silently ignored. ``save_config`` writes YAML with an inline
-comment on each trade-off that ``yaml.safe_load`` still reads. Presets start from the GLM-4 fine-tuning demo's values
-(LoRA r=8, alpha=32, dropout 0.1, lr 5e-4, 512/512 tokens; P-tuning v2 with virtual tokens; full SFT at lr 5e-5) and a
-small-model preset for the embedded model. :func:`estimate_memory` predicts peak GPU memory from the model's own
-config.json (its docstring says how).
+Field names of :class:`TrainConfig` are the contract with ``train.py``. Each is declared with :func:`setting`, which
+carries what the validator, the YAML comments, the CLI flags and the Config page's widgets are generated from
+(``schema.py`` says why). Constructing a ``TrainConfig`` validates it and raises one :class:`ConfigError` listing
+*every* problem, each with the key and a fix; an unknown key in a YAML is an error, not silently ignored.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
-import math
 import os
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import yaml
-
+from . import schema as S
 from .errors import UserError
 
 METHODS = ("lora", "qlora", "ptuning-v2", "full")
@@ -46,66 +41,345 @@ SCHEDULERS = (
 QUANT_TYPES = ("nf4", "fp4")
 
 
-class ConfigError(UserError, ValueError):
+class ConfigError(S.SettingsError):
     """A config problem; the message names the key and the fix."""
 
-    def __init__(self, message: str, problems: list[str] | None = None, zh: str | None = None):
-        super().__init__(message, zh=zh)
-        self.problems = problems or [message]
+
+def _adapters(values: dict) -> bool:
+    return values.get("method") in ("lora", "qlora")
+
+
+setting = S.setting
 
 
 @dataclass
 class TrainConfig:
     # ---- model and data
-    model: str = "smollm2-135m"
-    """Model reference: embedded name, local HF folder or .gguf (see models.py)."""
-    data_dir: str = "dataset"
-    """Folder with the split files (relative paths are resolved against the YAML's folder)."""
-    train_file: str = "train.jsonl"
-    dev_file: str = "dev.jsonl"
-    test_file: str = "test.jsonl"
-    system_prompt: str | None = None
+    model: str = setting(
+        "smollm2-135m",
+        ("模型", "Model"),
+        "embedded name (smollm2-135m), a local HF folder (e.g. glm-4-9b-chat-hf) or a .gguf file",
+        help=(
+            "内置模型名、本地 Hugging Face 模型文件夹（如 glm-4-9b-chat-hf）或 .gguf 文件。",
+            "An embedded name, a local Hugging Face folder (e.g. glm-4-9b-chat-hf) or a .gguf file.",
+        ),
+        section=("模型与数据", "Model and data", "Model and data"),
+    )
+    data_dir: str = setting(
+        "dataset",
+        ("数据集文件夹", "Dataset folder"),
+        "folder with the split files; relative to this YAML's folder",
+        flag="",
+        widget="hidden",
+    )
+    train_file: str = setting("train.jsonl", ("训练集文件", "Training file"), "training split", widget="hidden")
+    dev_file: str = setting(
+        "dev.jsonl", ("验证集文件", "Dev file"), "evaluated every eval_steps (loss)", widget="hidden"
+    )
+    test_file: str = setting(
+        "test.jsonl",
+        ("测试集文件", "Test file"),
+        "held out; scored after training by `umtcds evaluate`",
+        widget="hidden",
+    )
+    system_prompt: str | None = setting(
+        None,
+        ("系统提示（对话时放在最前面；留空=不用）", "System prompt (first in every chat; empty = none)"),
+        "put first in every chat; null = the data's own (or none)",
+        kind=str,
+        nullable=True,
+        widget="textarea",
+    )
     # ---- method
-    method: str = "lora"
-    lora_r: int = 8
-    lora_alpha: int = 32
-    lora_dropout: float = 0.1
-    lora_target_modules: list[str] | None = None
-    """None = chosen per architecture."""
-    qlora_bits: int = 4
-    qlora_quant_type: str = "nf4"
-    qlora_double_quant: bool = True
-    num_virtual_tokens: int = 128
-    """P-tuning v2 (peft prefix tuning) virtual tokens per layer."""
+    method: str = setting(
+        "lora",
+        ("方法", "Method"),
+        "lora: small adapters, cheap; qlora: LoRA on a 4-bit base, least memory; "
+        "ptuning-v2: learned prefix per layer; full: every weight, most memory",
+        choices=METHODS,
+        widget="radio",
+        section=("方法", "Method", "Method (lora | qlora | ptuning-v2 | full) and its parameters"),
+    )
+    lora_r: int = setting(
+        8,
+        ("秩 r", "Rank r"),
+        "higher: more capacity, more memory and a larger adapter",
+        help=(
+            "越大：容量越大，显存和适配器文件越大；8–16 通常够用。",
+            "Higher: more capacity, more memory and a bigger adapter; 8–16 is usually enough.",
+        ),
+        min=1,
+        max=1024,
+        typical=(4, 64),
+        show=_adapters,
+        range_msg=(
+            "{value} is out of range; use 4–64 (8 is the GLM-4 demo's)",
+            "{value} 超出范围；请用 4–64（GLM-4 官方示例用 8）",
+        ),
+    )
+    lora_alpha: int = setting(
+        32,
+        ("alpha", "alpha"),
+        "scale of the update (alpha/r); 2-4x lora_r is usual",
+        help=("更新的缩放（alpha/r）；通常取 r 的 2–4 倍。", "Scale of the update (alpha/r); 2–4× r is usual."),
+        min=0,
+        min_open=True,
+        typical=(1, 256),
+        show=_adapters,
+        range_msg=(
+            "must be > 0; 2–4× lora_r is usual (the GLM-4 demo uses 32)",
+            "必须 > 0；通常取 lora_r 的 2–4 倍（GLM-4 官方示例用 32）",
+        ),
+    )
+    lora_dropout: float = setting(
+        0.1,
+        ("dropout", "dropout"),
+        "higher: less overfitting on small datasets, slower learning",
+        help=("数据少时调高可减少过拟合。", "Raise it on small datasets to overfit less."),
+        min=0,
+        max=1,
+        max_open=True,
+        typical=(0, 0.5),
+        step=0.05,
+        show=_adapters,
+        range_msg=("must be in [0, 1); 0.05–0.1 is usual", "必须在 [0, 1) 范围内；常用 0.05–0.1"),
+    )
+    lora_target_modules: list[str] | None = setting(
+        None,
+        ("目标模块（逗号分隔，留空=按架构自动）", "Target modules (comma-separated, empty = per architecture)"),
+        "null: chosen per architecture (q/k/v for GLM-4); more modules: more capacity",
+        help=(
+            "例如 q_proj, k_proj, v_proj；模块越多容量越大。",
+            "E.g. q_proj, k_proj, v_proj; more modules: more capacity.",
+        ),
+        kind=list,
+        nullable=True,
+        widget="list",
+        flag="--lora-targets",
+        example="[q_proj, v_proj]",
+        show=_adapters,
+    )
+    qlora_bits: int = setting(
+        4,
+        ("位数", "Bits"),
+        "4: least memory (QLoRA); 8: closer to 16-bit quality, more memory",
+        help=("4 位最省显存。", "4 bits use the least memory."),
+        choices=(4, 8),
+        range_msg=("use 4 (QLoRA) or 8", "请用 4（QLoRA）或 8"),
+        show=lambda v: v.get("method") == "qlora",
+    )
+    qlora_quant_type: str = setting(
+        "nf4",
+        ("量化类型", "Quant type"),
+        "nf4 suits normally distributed weights (recommended); fp4 is the alternative",
+        help=("nf4 适合正态分布的权重（推荐）。", "nf4 suits normally distributed weights (recommended)."),
+        choices=QUANT_TYPES,
+        range_msg=("use nf4 (recommended) or fp4", "请用 nf4（推荐）或 fp4"),
+        show=lambda v: v.get("method") == "qlora",
+    )
+    qlora_double_quant: bool = setting(
+        True,
+        ("双重量化", "Double quantisation"),
+        "true: also quantise the scales, saves ~0.4 bit/weight",
+        help=("连缩放系数也量化，每个权重再省约 0.4 位。", "Also quantise the scales: ~0.4 bit/weight less."),
+        show=lambda v: v.get("method") == "qlora",
+    )
+    num_virtual_tokens: int = setting(
+        128,
+        ("虚拟 token 数（前缀长度）", "Virtual tokens (prefix length)"),
+        "P-tuning v2 prefix length per layer; higher: more capacity, more memory",
+        help=(
+            "越多：容量越大，显存越多；原版 UMTCDS 用 128。",
+            "More: more capacity and memory; the original used 128.",
+        ),
+        min=1,
+        max=2048,
+        typical=(16, 512),
+        flag="--virtual-tokens",
+        show=lambda v: v.get("method") == "ptuning-v2",
+        range_msg=("use 16–512 (the original used 128)", "请用 16–512（原版 P-tuning v2 用 128）"),
+    )
     # ---- lengths and schedule
-    max_input_length: int = 512
-    max_output_length: int = 512
-    num_epochs: float = 3.0
-    max_steps: int = -1
-    """> 0 overrides num_epochs."""
-    per_device_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    learning_rate: float = 5e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    max_input_length: int = setting(
+        512,
+        ("最大输入长度（token）", "Max input length (tokens)"),
+        "longer: fits longer questions/context, memory grows with it",
+        help=("越长越能容纳长问题，显存随之增加。", "Longer fits longer questions; memory grows with it."),
+        min=8,
+        typical=(64, 8192),
+        step=64,
+        section=("长度与训练计划", "Lengths and schedule", "Lengths and schedule"),
+        range_msg=(
+            "{value} tokens is too short; use at least 64 (the GLM-4 demo uses 512)",
+            "{value} 个 token 太短；请至少用 64（GLM-4 官方示例用 512）",
+        ),
+    )
+    max_output_length: int = setting(
+        512,
+        ("最大输出长度（token）", "Max output length (tokens)"),
+        "longer: fits longer answers, memory grows with it",
+        help=("越长越能容纳长答案，显存随之增加。", "Longer fits longer answers; memory grows with it."),
+        min=8,
+        typical=(64, 8192),
+        step=64,
+        range_msg=(
+            "{value} tokens is too short; use at least 64 (the GLM-4 demo uses 512)",
+            "{value} 个 token 太短；请至少用 64（GLM-4 官方示例用 512）",
+        ),
+    )
+    num_epochs: float = setting(
+        3.0,
+        ("训练轮数", "Epochs"),
+        "passes over the training split; more: better fit, risk of overfitting",
+        help=("遍历训练集的次数；太多会过拟合。", "Passes over the data; too many overfit."),
+        min=0,
+        typical=(0.5, 20),
+        step=0.5,
+        flag="--epochs",
+    )
+    max_steps: int = setting(
+        -1,
+        ("最大步数（-1 = 按轮数）", "Max steps (-1 = use epochs)"),
+        "-1 = use num_epochs; > 0 stops after this many optimizer steps",
+        valid=lambda v: v == -1 or v > 0,
+        step=10,
+        range_msg=("use -1 (train num_epochs) or a positive number", "请用 -1（按 num_epochs 训练）或一个正数"),
+    )
+    per_device_batch_size: int = setting(
+        4,
+        ("批大小", "Batch size"),
+        "higher: faster per sample, more memory",
+        help=("越大越快，显存越多。", "Higher: faster, more memory."),
+        min=1,
+        typical=(1, 64),
+        flag="--batch-size",
+    )
+    gradient_accumulation_steps: int = setting(
+        1,
+        ("梯度累积", "Gradient accumulation"),
+        "effective batch = batch x this; more: smoother updates, no extra memory",
+        help=("等效批大小 = 批大小 × 累积；不增加显存。", "Effective batch = batch × this; no extra memory."),
+        min=1,
+        typical=(1, 128),
+        flag="--grad-accum",
+    )
+    learning_rate: float = setting(
+        5e-4,
+        ("学习率", "Learning rate"),
+        "higher: learns faster, can diverge (LoRA ~5e-4, full ~5e-5)",
+        help=("LoRA 约 5e-4，全参数约 5e-5；太大会发散。", "LoRA ~5e-4, full ~5e-5; too high diverges."),
+        min=0,
+        max=1,
+        min_open=True,
+        max_open=True,
+        typical=(1e-6, 1e-2),
+        step=1e-5,
+        fmt="%.2e",
+        flag="--lr",
+        range_msg=(
+            "must be between 0 and 1; try 5e-4 (LoRA) or 5e-5 (full)",
+            "必须在 0 和 1 之间；可以试试 5e-4（LoRA）或 5e-5（全量微调）",
+        ),
+    )
+    lr_scheduler: str = setting(
+        "cosine",
+        ("学习率调度", "Schedule"),
+        "cosine decays smoothly; constant keeps the rate",
+        choices=SCHEDULERS,
+    )
+    warmup_ratio: float = setting(
+        0.03,
+        ("预热比例", "Warmup ratio"),
+        "fraction of steps ramping the rate up; avoids an early blow-up",
+        min=0,
+        max=1,
+        max_open=True,
+        typical=(0, 0.3),
+        step=0.01,
+        range_msg=("must be in [0, 1); 0.03 is usual", "必须在 [0, 1) 范围内；常用 0.03"),
+    )
+    weight_decay: float = setting(
+        0.0,
+        ("权重衰减", "Weight decay"),
+        "higher: stronger regularisation",
+        min=0,
+        typical=(0, 0.3),
+        step=0.01,
+        range_msg=("must be >= 0", "必须 >= 0"),
+    )
+    max_grad_norm: float = setting(
+        1.0,
+        ("梯度裁剪", "Max grad norm"),
+        "clips exploding gradients; 0 turns clipping off",
+        min=0,
+        step=0.1,
+        range_msg=("must be >= 0 (0 turns clipping off); 1.0 is usual", "必须 >= 0（0 表示不做梯度裁剪）；常用 1.0"),
+    )
     # ---- eval, save, log
-    eval_steps: int = 50
-    save_steps: int = 50
-    logging_steps: int = 5
-    save_total_limit: int = 3
+    eval_steps: int = setting(
+        50,
+        ("评估间隔（步）", "Eval every (steps)"),
+        "lower: a denser eval-loss curve, slower training",
+        min=1,
+        section=("评估、保存与日志", "Evaluation, checkpoints, logging", "Evaluation, checkpoints, logging"),
+    )
+    save_steps: int = setting(
+        50, ("保存间隔（步）", "Save every (steps)"), "lower: less lost on a crash, more disk", min=1
+    )
+    logging_steps: int = setting(5, ("日志间隔（步）", "Log every (steps)"), "lower: a denser loss chart", min=1)
+    save_total_limit: int = setting(
+        3,
+        ("最多保留检查点", "Checkpoints kept"),
+        "older checkpoints beyond this are deleted; more: more disk",
+        min=1,
+        range_msg=("keep at least 1 checkpoint (resume needs it)", "至少保留 1 个检查点（断点续训需要它）"),
+    )
     # ---- speed and memory
-    gradient_checkpointing: bool = True
-    packing: bool = True
-    precision: str = "auto"
-    """auto | bf16 | fp16 | fp32 (auto: bf16 on Ampere+, fp16 on older GPUs, fp32 on CPU)."""
-    compile: str = "auto"
-    """auto | on | off: torch.compile of the decoder layers (auto: on for LoRA/QLoRA on one CUDA GPU)."""
-    seed: int = 42
-    output_dir: str = "output"
-    extra: dict = field(default_factory=dict)
-    """Free-form, ignored by training (UI notes)."""
+    gradient_checkpointing: bool = setting(
+        True,
+        ("梯度检查点", "Gradient checkpointing"),
+        "true: far less activation memory, ~30% slower",
+        help=("大幅减少激活显存，约慢 30%。", "Far less activation memory, ~30% slower."),
+        section=("速度与显存", "Speed and memory", "Speed and memory"),
+    )
+    packing: bool = setting(
+        True,
+        ("样本拼接", "Packing"),
+        "true: several samples per sequence, faster; samples never attend to each other",
+        help=(
+            "多个样本拼成一条序列，更快；样本之间互不可见。",
+            "Several samples per sequence, faster; they never see each other.",
+        ),
+    )
+    precision: str = setting(
+        "auto",
+        ("精度", "Precision"),
+        "auto picks bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on CPU",
+        help=(
+            "auto：新显卡用 bf16，旧显卡 fp16，CPU 用 fp32。",
+            "auto: bf16 on recent GPUs, fp16 on older ones, fp32 on CPU.",
+        ),
+        choices=PRECISIONS,
+    )
+    compile: str = setting(
+        "auto",
+        ("编译加速 (torch.compile)", "Compile (torch.compile)"),
+        "auto: torch.compile on one CUDA GPU for LoRA/QLoRA (1-2 min at start, then faster); off: eager",
+        help=(
+            "auto：单块 NVIDIA GPU 上的 LoRA/QLoRA 会编译模型层，开头多花 1–2 分钟，之后更快；off：不编译。",
+            "auto: LoRA/QLoRA on one NVIDIA GPU compiles the layers, 1-2 min extra at the start, faster after; off: no compile.",
+        ),
+        choices=COMPILE_MODES,
+    )
+    seed: int = setting(42, ("随机种子", "Seed"), "same seed + same data = same run", min=0)
+    output_dir: str = setting(
+        "output",
+        ("输出文件夹（相对于项目）", "Output folder (relative to the project)"),
+        "checkpoints, metrics.jsonl and the final adapter; relative to this YAML's folder",
+        widget="text",
+        section=("数据与输出", "Data and output", "Output"),
+    )
+    extra: dict = setting({}, ("备注", "Notes"), "free-form notes; ignored by training", flag="", widget="hidden")
 
     def __post_init__(self) -> None:
         _raise_problems("The config", _problems(self))
@@ -117,39 +391,11 @@ class TrainConfig:
     def from_dict(cls, data: dict, where: str = "The config") -> TrainConfig:
         """Build from a plain dict (e.g. a loaded YAML): unknown keys and every invalid value are reported at once."""
         if not isinstance(data, dict):
-            raise ConfigError(
-                f"{where} is not a mapping of keys to values; write `key: value` lines.",
-                zh=f"{_where_zh(where)}不是“键: 值”的映射；请按 `key: value` 的格式逐行书写。",
-            )
-        known = {f.name for f in fields(cls)}
-        pairs: list[tuple[str, str]] = []
-        for key in data:
-            if key not in known:
-                close = difflib.get_close_matches(str(key), known, n=1)
-                if close:
-                    pairs.append(
-                        (
-                            f"{key}: unknown key; did you mean '{close[0]}'?",
-                            f"{key}：未知的键；是不是想写“{close[0]}”？",
-                        )
-                    )
-                else:
-                    pairs.append(
-                        (
-                            f"{key}: unknown key; remove it (see `umtcds config --help` for the keys)",
-                            f"{key}：未知的键；请删除它（可用的键见 `umtcds config --help`）",
-                        )
-                    )
-        values = {k: _coerce(k, v) for k, v in data.items() if k in known}
+            TRAIN.check(data, where)  # raises the "not a mapping" sentence
+        values = TRAIN.merge(data)
         cfg = cls.__new__(cls)  # fill without __post_init__ so all problems are collected together
-        for f in fields(cls):
-            if f.name in values:
-                setattr(cfg, f.name, values[f.name])
-            elif f.default is not MISSING:
-                setattr(cfg, f.name, f.default)
-            else:
-                setattr(cfg, f.name, f.default_factory())  # type: ignore[misc]
-        _raise_problems(where, pairs + _problems(cfg))
+        cfg.__dict__.update(values)
+        _raise_problems(where, TRAIN.unknown_keys(data) + _problems(cfg))
         return cfg
 
     def replace(self, **changes) -> TrainConfig:
@@ -159,64 +405,38 @@ class TrainConfig:
         return TrainConfig.from_dict(data)
 
 
-def _where_zh(where: str) -> str:
-    """``where`` ("The config" or a file name) as the subject of a Chinese sentence, spaced to run into the verb."""
-    return "配置" if where == "The config" else f"配置文件 {where} "
+def _cross_field(values: dict) -> list[S.Pair]:
+    """Problems that involve two fields (each field's own checks come from its declaration)."""
+    out: list[S.Pair] = []
+    if values["max_steps"] <= 0 and not values["num_epochs"] > 0:
+        out.append(
+            (
+                "num_epochs: must be > 0 when max_steps is -1; set num_epochs: 3",
+                "num_epochs：max_steps 为 -1 时必须 > 0；请设 num_epochs: 3",
+            )
+        )
+    if values["method"] == "qlora" and values["precision"] == "fp32":
+        out.append(
+            (
+                "precision: QLoRA computes in 16-bit; set precision: auto (or bf16)",
+                "precision：QLoRA 以 16 位精度计算；请设 precision: auto（或 bf16）",
+            )
+        )
+    return out
 
 
-def _raise_problems(where: str, pairs: list[tuple[str, str]]) -> None:
-    """Raise one :class:`ConfigError` listing every ``(English, Chinese)`` problem; nothing when there are none."""
-    if pairs:
-        en, zh = [e for e, _ in pairs], [z for _, z in pairs]
-        raise ConfigError(_problems_message(where, en), en, zh=_problems_message(where, zh, "zh"))
+TRAIN = S.from_dataclass(
+    TrainConfig,
+    "config",
+    rules=(_cross_field,),
+    command="train",
+    title="UMTCDS training config — written by `umtcds config` / the Config page.",
+)
+"""The training config's schema: the page, the CLI, the validator and the YAML all read this."""
 
 
-def _problems_message(where: str, problems: list[str], lang: str = "en") -> str:
-    """One message listing ``problems`` (already in ``lang``) under a heading naming ``where``; ``lang`` "zh": Chinese."""
-    if lang == "zh":
-        if len(problems) == 1:
-            return f"{_where_zh(where)}有一个问题——{problems[0]}"
-        return f"{_where_zh(where)}有 {len(problems)} 个问题：\n" + "\n".join(f"- {x}" for x in problems)
-    if len(problems) == 1:
-        return f"{where} has a problem — {problems[0]}"
-    return f"{where} has {len(problems)} problems:\n" + "\n".join(f"- {x}" for x in problems)
-
-
-# ---- validation ---------------------------------------------------------------------------------------------------
-_INT = {
-    "lora_r",
-    "lora_alpha",
-    "qlora_bits",
-    "num_virtual_tokens",
-    "max_input_length",
-    "max_output_length",
-    "max_steps",
-    "per_device_batch_size",
-    "gradient_accumulation_steps",
-    "eval_steps",
-    "save_steps",
-    "logging_steps",
-    "save_total_limit",
-    "seed",
-}
-_FLOAT = {"lora_dropout", "num_epochs", "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm"}
-_BOOL = {"qlora_double_quant", "gradient_checkpointing", "packing"}
-_STR = {"model", "data_dir", "train_file", "dev_file", "test_file", "method", "qlora_quant_type", "lr_scheduler"}
-_STR |= {"precision", "output_dir", "compile"}
-
-
-def _coerce(key: str, value):
-    """Forgive YAML spellings that are clearly meant as numbers: ``5e-4`` (a string to YAML 1.1), ``3000.0``."""
-    if key in _FLOAT and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    if key in _INT and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if key in _INT and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return value
+def _raise_problems(where: str, pairs: list[S.Pair]) -> None:
+    S.raise_problems(where, pairs, ConfigError)
 
 
 def validate(cfg: TrainConfig) -> list[str]:
@@ -229,174 +449,15 @@ def validate_zh(cfg: TrainConfig) -> list[str]:
     return [zh for _, zh in _problems(cfg)]
 
 
-def _problems(cfg: TrainConfig) -> list[tuple[str, str]]:
-    """Every problem of ``cfg`` as an ``(English, Chinese)`` pair of ``"key: what is wrong; fix"`` sentences."""
-    p: list[tuple[str, str]] = []
-    d = cfg.__dict__
-
-    def is_int(v) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    def is_num(v) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    for k in sorted(_INT):
-        if not is_int(d.get(k)):
-            p.append(
-                (
-                    f"{k}: must be a whole number (got {d.get(k)!r}); e.g. {k}: {_default(k)}",
-                    f"{k}：必须是整数（当前是 {d.get(k)!r}）；例如 {k}: {_default(k)}",
-                )
-            )
-    for k in sorted(_FLOAT):
-        if not is_num(d.get(k)):
-            p.append(
-                (
-                    f"{k}: must be a number (got {d.get(k)!r}); e.g. {k}: {_default(k)}",
-                    f"{k}：必须是数字（当前是 {d.get(k)!r}）；例如 {k}: {_default(k)}",
-                )
-            )
-    for k in sorted(_BOOL):
-        if not isinstance(d.get(k), bool):
-            p.append(
-                (
-                    f"{k}: must be true or false (got {d.get(k)!r})",
-                    f"{k}：必须是 true 或 false（当前是 {d.get(k)!r}）",
-                )
-            )
-    for k in sorted(_STR):
-        if not isinstance(d.get(k), str) or not d.get(k).strip():
-            p.append(
-                (
-                    f"{k}: must be non-empty text (got {d.get(k)!r}); e.g. {k}: {_default(k)}",
-                    f"{k}：必须是非空文本（当前是 {d.get(k)!r}）；例如 {k}: {_default(k)}",
-                )
-            )
-    if d.get("system_prompt") is not None and not isinstance(d.get("system_prompt"), str):
-        p.append(("system_prompt: must be text or null", "system_prompt：必须是文本或 null"))
-    tm = d.get("lora_target_modules")
-    if tm is not None and (not isinstance(tm, list) or not tm or not all(isinstance(x, str) and x for x in tm)):
-        p.append(
-            (
-                "lora_target_modules: must be a list of module names like [q_proj, v_proj], or null (auto)",
-                "lora_target_modules：必须是模块名列表（如 [q_proj, v_proj]），或 null（自动选择）",
-            )
-        )
-    if not isinstance(d.get("extra"), dict):
-        p.append(("extra: must be a mapping (or leave it out)", "extra：必须是“键: 值”的映射（或者删掉这一项）"))
-
-    def check(cond: bool, en: str, zh: str) -> None:
-        if not cond:
-            p.append((en, zh))
-
-    def one_of(key: str, choices: tuple[str, ...], fix: tuple[str, str] = ("", "")) -> None:
-        value = d.get(key)
-        if isinstance(value, str) and value.strip():
-            listed = ", ".join(choices)
-            check(
-                value in choices,
-                f"{key}: '{value}' is not one of {listed}{fix[0]}",
-                f"{key}：“{value}”不是 {listed} 之一{fix[1]}",
-            )
-
-    ok = lambda k: is_int(d.get(k)) or (k in _FLOAT and is_num(d.get(k)))  # noqa: E731 - tiny local helper
-    one_of("method", METHODS, ("; pick one", "；请从中选择一个"))
-    one_of("precision", PRECISIONS)
-    one_of("compile", COMPILE_MODES)
-    one_of("lr_scheduler", SCHEDULERS)
-    if isinstance(d.get("qlora_quant_type"), str) and d["qlora_quant_type"].strip():
-        check(
-            d["qlora_quant_type"] in QUANT_TYPES,
-            "qlora_quant_type: use nf4 (recommended) or fp4",
-            "qlora_quant_type：请用 nf4（推荐）或 fp4",
-        )
-    if ok("lora_r"):
-        check(
-            1 <= d["lora_r"] <= 1024,
-            f"lora_r: {d['lora_r']} is out of range; use 4–64 (8 is the GLM-4 demo's)",
-            f"lora_r：{d['lora_r']} 超出范围；请用 4–64（GLM-4 官方示例用 8）",
-        )
-    if ok("lora_alpha"):
-        check(
-            d["lora_alpha"] > 0,
-            "lora_alpha: must be > 0; 2–4× lora_r is usual (the GLM-4 demo uses 32)",
-            "lora_alpha：必须 > 0；通常取 lora_r 的 2–4 倍（GLM-4 官方示例用 32）",
-        )
-    if ok("lora_dropout"):
-        check(
-            0 <= d["lora_dropout"] < 1,
-            "lora_dropout: must be in [0, 1); 0.05–0.1 is usual",
-            "lora_dropout：必须在 [0, 1) 范围内；常用 0.05–0.1",
-        )
-    if ok("qlora_bits"):
-        check(d["qlora_bits"] in (4, 8), "qlora_bits: use 4 (QLoRA) or 8", "qlora_bits：请用 4（QLoRA）或 8")
-    if ok("num_virtual_tokens"):
-        check(
-            1 <= d["num_virtual_tokens"] <= 2048,
-            "num_virtual_tokens: use 16–512 (the original used 128)",
-            "num_virtual_tokens：请用 16–512（原版 P-tuning v2 用 128）",
-        )
-    for k in ("max_input_length", "max_output_length"):
-        if ok(k):
-            check(
-                d[k] >= 8,
-                f"{k}: {d[k]} tokens is too short; use at least 64 (the GLM-4 demo uses 512)",
-                f"{k}：{d[k]} 个 token 太短；请至少用 64（GLM-4 官方示例用 512）",
-            )
-    if ok("max_steps"):
-        check(
-            d["max_steps"] == -1 or d["max_steps"] > 0,
-            "max_steps: use -1 (train num_epochs) or a positive number",
-            "max_steps：请用 -1（按 num_epochs 训练）或一个正数",
-        )
-        if ok("num_epochs") and d["max_steps"] <= 0:
-            check(
-                d["num_epochs"] > 0,
-                "num_epochs: must be > 0 when max_steps is -1; set num_epochs: 3",
-                "num_epochs：max_steps 为 -1 时必须 > 0；请设 num_epochs: 3",
-            )
-    for k in ("per_device_batch_size", "gradient_accumulation_steps", "eval_steps", "save_steps", "logging_steps"):
-        if ok(k):
-            check(d[k] >= 1, f"{k}: must be at least 1", f"{k}：必须至少为 1")
-    if ok("save_total_limit"):
-        check(
-            d["save_total_limit"] >= 1,
-            "save_total_limit: keep at least 1 checkpoint (resume needs it)",
-            "save_total_limit：至少保留 1 个检查点（断点续训需要它）",
-        )
-    if ok("learning_rate"):
-        check(
-            0 < d["learning_rate"] < 1,
-            "learning_rate: must be between 0 and 1; try 5e-4 (LoRA) or 5e-5 (full)",
-            "learning_rate：必须在 0 和 1 之间；可以试试 5e-4（LoRA）或 5e-5（全量微调）",
-        )
-    if ok("warmup_ratio"):
-        check(
-            0 <= d["warmup_ratio"] < 1,
-            "warmup_ratio: must be in [0, 1); 0.03 is usual",
-            "warmup_ratio：必须在 [0, 1) 范围内；常用 0.03",
-        )
-    if ok("weight_decay"):
-        check(d["weight_decay"] >= 0, "weight_decay: must be >= 0", "weight_decay：必须 >= 0")
-    if ok("max_grad_norm"):
-        check(
-            d["max_grad_norm"] >= 0,
-            "max_grad_norm: must be >= 0 (0 turns clipping off); 1.0 is usual",
-            "max_grad_norm：必须 >= 0（0 表示不做梯度裁剪）；常用 1.0",
-        )
-    if d.get("method") == "qlora" and d.get("precision") == "fp32":
-        p.append(
-            (
-                "precision: QLoRA computes in 16-bit; set precision: auto (or bf16)",
-                "precision：QLoRA 以 16 位精度计算；请设 precision: auto（或 bf16）",
-            )
-        )
-    return p
+def _problems(cfg: TrainConfig) -> list[S.Pair]:
+    return TRAIN.problems(cfg.__dict__)
 
 
 def advice(cfg: TrainConfig, lang: str = "en") -> list[str]:
-    """Legal but doubtful choices, as short sentences (shown, never blocking); ``lang`` "zh" gives them in Chinese."""
-    out: list[tuple[str, str]] = []
+    """Legal but doubtful choices, as short sentences (shown, never blocking); ``lang`` "zh" gives them in Chinese.
+
+    Values outside a field's declared ``typical`` range come first (e.g. ``learning_rate 0.5``), then combinations."""
+    out: list[tuple[str, str]] = list(TRAIN.warnings(cfg.__dict__))
     if cfg.method == "full" and cfg.learning_rate > 1e-4:
         out.append(
             (
@@ -436,119 +497,14 @@ def advice(cfg: TrainConfig, lang: str = "en") -> list[str]:
     return [zh if lang == "zh" else en for en, zh in out]
 
 
-def _default(key: str):
-    for f in fields(TrainConfig):
-        if f.name == key:
-            return f.default if f.default is not MISSING else None
-    return None
-
-
 # ---- YAML with reasons --------------------------------------------------------------------------------------------
-SECTIONS = {
-    "model": "Model and data",
-    "method": "Method (lora | qlora | ptuning-v2 | full) and its parameters",
-    "max_input_length": "Lengths and schedule",
-    "eval_steps": "Evaluation, checkpoints, logging",
-    "gradient_checkpointing": "Speed and memory",
-}
-
-COMMENTS = {
-    "model": "embedded name (smollm2-135m), a local HF folder (e.g. glm-4-9b-chat-hf) or a .gguf file",
-    "data_dir": "folder with the split files; relative to this YAML's folder",
-    "train_file": "training split",
-    "dev_file": "evaluated every eval_steps (loss)",
-    "test_file": "held out; scored after training by `umtcds evaluate`",
-    "system_prompt": "put first in every chat; null = the data's own (or none)",
-    "method": "lora: small adapters, cheap; qlora: LoRA on a 4-bit base, least memory; "
-    "ptuning-v2: learned prefix per layer; full: every weight, most memory",
-    "lora_r": "higher: more capacity, more memory and a larger adapter",
-    "lora_alpha": "scale of the update (alpha/r); 2-4x lora_r is usual",
-    "lora_dropout": "higher: less overfitting on small datasets, slower learning",
-    "lora_target_modules": "null: chosen per architecture (q/k/v for GLM-4); more modules: more capacity",
-    "qlora_bits": "4: least memory (QLoRA); 8: closer to 16-bit quality, more memory",
-    "qlora_quant_type": "nf4 suits normally distributed weights (recommended); fp4 is the alternative",
-    "qlora_double_quant": "true: also quantise the scales, saves ~0.4 bit/weight",
-    "num_virtual_tokens": "P-tuning v2 prefix length per layer; higher: more capacity, more memory",
-    "max_input_length": "longer: fits longer questions/context, memory grows with it",
-    "max_output_length": "longer: fits longer answers, memory grows with it",
-    "num_epochs": "passes over the training split; more: better fit, risk of overfitting",
-    "max_steps": "-1 = use num_epochs; > 0 stops after this many optimizer steps",
-    "per_device_batch_size": "higher: faster per sample, more memory",
-    "gradient_accumulation_steps": "effective batch = batch x this; more: smoother updates, no extra memory",
-    "learning_rate": "higher: learns faster, can diverge (LoRA ~5e-4, full ~5e-5)",
-    "lr_scheduler": "cosine decays smoothly; constant keeps the rate",
-    "warmup_ratio": "fraction of steps ramping the rate up; avoids an early blow-up",
-    "weight_decay": "higher: stronger regularisation",
-    "max_grad_norm": "clips exploding gradients; 0 turns clipping off",
-    "eval_steps": "lower: a denser eval-loss curve, slower training",
-    "save_steps": "lower: less lost on a crash, more disk",
-    "logging_steps": "lower: a denser loss chart",
-    "save_total_limit": "older checkpoints beyond this are deleted; more: more disk",
-    "gradient_checkpointing": "true: far less activation memory, ~30% slower",
-    "packing": "true: several samples per sequence, faster; samples never attend to each other",
-    "precision": "auto picks bf16 on Ampere+ GPUs, fp16 on older ones, fp32 on CPU",
-    "compile": "auto: torch.compile on one CUDA GPU for LoRA/QLoRA (1-2 min at start, then faster); off: eager",
-    "seed": "same seed + same data = same run",
-    "output_dir": "checkpoints, metrics.jsonl and the final adapter; relative to this YAML's folder",
-    "extra": "free-form notes; ignored by training",
-}
-
-
-def _yaml_scalar(value) -> str:
-    """One value as YAML that ``yaml.safe_load`` reads back to the same Python value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        text = repr(value)
-        if "e" in text or "E" in text:  # YAML 1.1 (PyYAML) needs "5.0e-04", not "5e-04"
-            mant, _, exp = text.lower().partition("e")
-            if "." not in mant:
-                mant += ".0"
-            if exp[0] not in "+-":
-                exp = "+" + exp
-            text = f"{mant}e{exp}"
-        elif text in ("inf", "-inf", "nan"):
-            text = {"inf": ".inf", "-inf": "-.inf", "nan": ".nan"}[text]
-        return text
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)  # a JSON string is a YAML double-quoted scalar
-    return json.dumps(value, ensure_ascii=False)  # lists / dicts: JSON is YAML flow style
-
-
 def to_yaml(cfg: TrainConfig) -> str:
     """The config as YAML with a section header per group and an inline comment on each trade-off."""
-    lines = [
-        "# UMTCDS training config — written by `umtcds config` / the Config page.",
-        "# Edit freely; `umtcds train` validates it and names any wrong key with a fix.",
-    ]
-    for f in fields(TrainConfig):
-        if f.name in SECTIONS:
-            lines += ["", f"# ---- {SECTIONS[f.name]}"]
-        value = getattr(cfg, f.name)
-        if f.name == "extra" and not value:
-            value = {}
-        line = f"{f.name}: {_yaml_scalar(value)}"
-        comment = COMMENTS.get(f.name)
-        lines.append(f"{line}  # {comment}" if comment else line)
-    return "\n".join(lines) + "\n"
+    return TRAIN.to_yaml(cfg.to_dict())
 
 
 def parse_yaml(text: str, where: str = "The config") -> TrainConfig:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        at_zh = f"第 {mark.line + 1} 行" if mark is not None else ""
-        raise ConfigError(
-            f"{where} is not valid YAML{at} ({getattr(exc, 'problem', exc)}); fix that line.",
-            zh=f"{_where_zh(where)}{at_zh}不是有效的 YAML（{getattr(exc, 'problem', exc)}）；请修正那一行。",
-        ) from exc
-    return TrainConfig.from_dict(data or {}, where=where)
+    return TrainConfig.from_dict(S.parse_yaml_text(text, where, ConfigError) or {}, where=where)
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -562,6 +518,7 @@ def load_config(path: str | Path) -> TrainConfig:
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> Path:
+    """Write ``to_yaml(cfg)`` atomically — exactly the text the Config page previews."""
     from .fileio import write_text_atomic
 
     _raise_problems("The config", _problems(cfg))
@@ -1020,33 +977,14 @@ def describe_estimate(est: dict) -> str:
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 def add_arguments(parser) -> None:
+    """``--method``, ``--model``, ``--data`` and ``--out`` are required; every other field's flag comes from TRAIN."""
     parser.add_argument("--method", required=True, choices=METHODS)
     parser.add_argument("--model", required=True, metavar="NAME|PATH", help="embedded name, HF folder or .gguf")
     parser.add_argument("--data", required=True, metavar="DATA_DIR", help="folder with train/dev/test.jsonl")
     parser.add_argument("--out", required=True, metavar="config.yaml")
     parser.add_argument("--preset", choices=sorted(PRESETS), help="start values (default: chosen by method + model)")
-    parser.add_argument("--max-steps", type=int)
-    parser.add_argument("--save-steps", type=int)
-    parser.add_argument("--eval-steps", type=int)
-    parser.add_argument("--lr", type=float, dest="learning_rate")
-    parser.add_argument("--output-dir", metavar="DIR", help="run folder (relative to the YAML's folder)")
-    parser.add_argument("--epochs", type=float, dest="num_epochs")
-    parser.add_argument("--batch-size", type=int, dest="per_device_batch_size")
-    parser.add_argument("--grad-accum", type=int, dest="gradient_accumulation_steps")
-    parser.add_argument("--max-input-length", type=int)
-    parser.add_argument("--max-output-length", type=int)
-    parser.add_argument("--lora-r", type=int)
-    parser.add_argument("--lora-alpha", type=int)
-    parser.add_argument("--lora-dropout", type=float)
-    parser.add_argument("--lora-targets", help="comma-separated module names (default: per architecture)")
-    parser.add_argument("--virtual-tokens", type=int, dest="num_virtual_tokens")
-    parser.add_argument("--precision", choices=PRECISIONS)
-    parser.add_argument("--compile", choices=COMPILE_MODES, help="torch.compile of the layers (default auto)")
-    parser.add_argument("--no-gradient-checkpointing", action="store_true")
-    parser.add_argument("--no-packing", action="store_true")
-    parser.add_argument("--system-prompt")
-    parser.add_argument("--seed", type=int)
     parser.add_argument("--no-estimate", action="store_true", help="skip the memory estimate")
+    TRAIN.add_arguments(parser, skip=("method", "model"), config=False)
 
 
 def _relative(target: str, base: Path) -> str:
@@ -1071,37 +1009,9 @@ def run(args) -> int:
             f"--data {data} has no train.jsonl; run `umtcds dataset … --out {data}` first.",
             zh=f"--data {data} 里没有 train.jsonl；请先运行 `umtcds dataset … --out {data}`。",
         )
-    overrides = {
-        k: getattr(args, k)
-        for k in (
-            "max_steps",
-            "save_steps",
-            "eval_steps",
-            "learning_rate",
-            "num_epochs",
-            "per_device_batch_size",
-            "gradient_accumulation_steps",
-            "max_input_length",
-            "max_output_length",
-            "lora_r",
-            "lora_alpha",
-            "lora_dropout",
-            "num_virtual_tokens",
-            "precision",
-            "compile",
-            "system_prompt",
-            "seed",
-        )
-        if getattr(args, k) is not None
-    }
-    if args.lora_targets:
-        overrides["lora_target_modules"] = [t.strip() for t in args.lora_targets.split(",") if t.strip()]
-    if args.no_gradient_checkpointing:
-        overrides["gradient_checkpointing"] = False
-    if args.no_packing:
-        overrides["packing"] = False
+    overrides = {k: v for k, v in TRAIN.overrides(args).items() if k not in ("method", "model")}
     overrides["data_dir"] = _relative(str(data), out.parent)
-    overrides["output_dir"] = args.output_dir or "output"
+    overrides.setdefault("output_dir", "output")
     if args.preset:
         values = {**PRESETS[args.preset], "method": args.method, "model": args.model, **overrides}
         cfg = TrainConfig.from_dict(values)
