@@ -2,6 +2,7 @@
 
 The picture frame: shared state, the password gate, the sidebar (language, project), and ``st.navigation`` over the
 step pages in ``pages/``. The Home view shows every step's status (read from the workspace's files) and the machine.
+The steps, their pages, icons and titles come from the one step registry, ``umtcds_core/steps.py``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import os
 
 import streamlit as st
 
-from umtcds_core import ui
+from umtcds_core import steps, ui
 from umtcds_core.i18n import tr
 
 st.set_page_config(page_title="UMTCDS", page_icon="🎓", layout="wide")
@@ -28,15 +29,7 @@ if not ui.is_loopback(_address) and not ui.get_secret("UMTCDS_PASSWORD"):
 if not ui.password_gate():
     st.stop()
 
-STEP_PAGES = {
-    "crawl": ("pages/1_crawl.py", "🕸️", ("1 · 爬取网页", "1 · Crawl")),
-    "generate": ("pages/2_generate.py", "💬", ("2 · 生成问答", "2 · Generate Q&A")),
-    "dataset": ("pages/3_dataset.py", "🗂️", ("3 · 数据集", "3 · Dataset")),
-    "config": ("pages/4_config.py", "⚙️", ("4 · 训练配置", "4 · Config")),
-    "train": ("pages/5_train.py", "📈", ("5 · 训练", "5 · Train")),
-    "chat": ("pages/6_chat.py", "🤖", ("6 · 对话", "6 · Chat")),
-    "evaluate": ("pages/7_evaluate.py", "📊", ("7 · 评测", "7 · Evaluate")),
-}
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def home() -> None:
@@ -50,6 +43,7 @@ def home() -> None:
     from umtcds_core.demo import render_demo_card
 
     render_demo_card()
+    st.info(ui.embedded_model_note(), icon="ℹ️")
     box = st.container(border=True)
     ws = ui.workspace_picker(location=box, key="home")
     ui.workspace_creator(location=box)
@@ -60,11 +54,10 @@ def home() -> None:
         return
     st.subheader(tr("步骤状态", "Steps") + f" — {ws.name}")
     statuses = ws.statuses()
-    statuses["chat"] = statuses["train"]  # chat is ready exactly when a trained model exists
-    for step, (path, icon, (zh, en)) in STEP_PAGES.items():
+    for step in steps.PAGE_STEPS:
         c1, c2 = st.columns([3, 2])
-        c1.page_link(path, label=tr(zh, en), icon=icon)
-        c2.write(ui.status_label(statuses[step]))
+        ui.step_link(step.name, location=c1)
+        c2.write(ui.status_label(statuses[step.name]))
     st.caption(tr("项目文件夹：", "Project folder: ") + f"`{ws.root}`")
 
     st.subheader(tr("计算资源", "Machine"))
@@ -88,9 +81,11 @@ def home() -> None:
 
 def build_navigation():
     pages = [st.Page(home, title=tr("首页", "Home"), icon="🏠", default=True, url_path="home")]
-    for step, (path, icon, (zh, en)) in STEP_PAGES.items():
-        if os.path.exists(os.path.join(os.path.dirname(os.path.abspath(__file__)), path)):
-            pages.append(st.Page(path, title=tr(zh, en), icon=icon, url_path=step))
+    for step in steps.PAGE_STEPS:
+        if os.path.exists(os.path.join(HERE, step.page)):
+            pages.append(
+                st.Page(step.page, title=ui.step_title(step.name, short=True), icon=step.icon, url_path=step.name)
+            )
     return st.navigation(pages)
 
 

@@ -13,8 +13,9 @@ Usage::
     umtcds demo [--workspace DIR]
     umtcds doctor
 
-Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and ``run(args) -> int``. Only the
-chosen module is imported, so ``umtcds crawl`` never pays for importing torch. No Streamlit import here.
+The commands, their modules and one-line help come from the step registry (``steps.py``). Each subcommand lives in
+its own module, which defines ``add_arguments(parser)`` and ``run(args) -> int``. Only the chosen module is imported,
+so ``umtcds crawl`` never pays for importing torch. No Streamlit import here.
 """
 
 from __future__ import annotations
@@ -25,20 +26,10 @@ import sys
 
 from .errors import UserError
 from .i18n import current_lang
+from .steps import STEPS
 
-# command -> (module, one-line help)
-COMMANDS: dict[str, tuple[str, str]] = {
-    "crawl": ("umtcds_core.crawl", "Crawl a site (same host, depth-limited) into one text file per page."),
-    "generate": ("umtcds_core.qa", "Clean pages and write question-answer pairs with an LLM."),
-    "dataset": ("umtcds_core.dataset", "Validate, deduplicate and split Q&A pairs into train/dev/test JSONL."),
-    "config": ("umtcds_core.config", "Write a fine-tuning config (LoRA, QLoRA, P-tuning v2, full) as YAML."),
-    "train": ("umtcds_core.train", "Fine-tune from a config; resumable; writes metrics.jsonl."),
-    "chat": ("umtcds_core.chat", "Chat with a base model or a tuned checkpoint."),
-    "evaluate": ("umtcds_core.evaluate", "Score base vs tuned answers on the test split (BLEU-4, ROUGE)."),
-    "serve": ("umtcds_core.serve", "Serve a model over an OpenAI-compatible HTTP API."),
-    "demo": ("umtcds_core.demo", "Run the whole pipeline on the bundled demo campus site."),
-    "doctor": ("umtcds_core.doctor", "Print what this machine has (Python, torch, CUDA, disk, packages, model)."),
-}
+# command -> (module, one-line help), read from the one step registry (umtcds_core.steps)
+COMMANDS: dict[str, tuple[str, str]] = {s.command: (s.module, s.help) for s in STEPS}
 
 
 def _top_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import steps
 from .demo_site import QA_SEED_FILE, DemoSite
 from .errors import UserError
 from .fileio import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -42,7 +43,9 @@ from .workspace import Workspace, WorkspaceError, workspaces_root
 
 DEMO_NAME = "qingshan-demo"
 SEED_TAG, GENERATED_TAG = "seed", "generated"
-STEPS = ("crawl", "generate", "dataset", "config", "train", "evaluate", "chat")
+# The wizard's steps from the registry, with chat moved last: the demo's chat step looks for a learned fact in the
+# evaluate step's answers first.
+STEPS = tuple(sorted((s.name for s in steps.PAGE_STEPS), key=lambda name: name == "chat"))
 NEEDS = {
     "generate": "crawl",
     "dataset": "crawl",
@@ -52,15 +55,7 @@ NEEDS = {
     "chat": "train",
 }
 """The step whose output each step needs (generate failing still leaves the seed pairs for the dataset)."""
-MODULES = {
-    "crawl": "umtcds_core.crawl",
-    "generate": "umtcds_core.qa",
-    "dataset": "umtcds_core.dataset",
-    "config": "umtcds_core.config",
-    "train": "umtcds_core.train",
-    "evaluate": "umtcds_core.evaluate",
-    "chat": "umtcds_core.chat",
-}
+MODULES = {name: steps.get(name).module for name in STEPS}
 
 
 @dataclass
@@ -640,12 +635,7 @@ def render_demo_card() -> None:
                 "URL is filled in. Set depth 2 to include the Chinese pages.",
             )
         )
-        from streamlit.errors import StreamlitAPIException
-
-        try:
-            box.page_link("pages/1_crawl.py", label=tr("前往 1 · 爬取网页", "Go to 1 · Crawl"), icon="🕸️")
-        except StreamlitAPIException:  # rendered outside Home.py's navigation (tests): the text above says where
-            pass
+        ui.step_link("crawl", label=tr("前往 ", "Go to ") + ui.step_title("crawl", short=True), location=box)
     busy = is_demo and running_job(current, "demo") is not None
     if c2.button(
         tr("在后台运行完整演示（几分钟）", "Run the whole demo in the background (a few minutes)"),

@@ -1,7 +1,12 @@
-"""Shared Streamlit pieces for the pages: state, password gate, workspace picker, job panel.
+"""Shared Streamlit pieces for the pages: state, password gate, language, project picker, page header, job panel.
 
 The only core module that imports Streamlit (the CLI never imports it). Pages stay thin: read state, call one core
 function or start one job, render.
+
+Two plain session_state keys carry what every page shares: ``lang`` ("zh" | "en", mirrored into the URL's ``?lang=``
+so a reload keeps it) and ``workspace`` (the current project's folder). Widgets that show them (the language radio,
+every project picker) take their value from those keys on each run and write them back in an ``on_change`` callback,
+so two pickers can never disagree with each other or with the project the pages write to.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ from datetime import timedelta
 
 import streamlit as st
 
-from .i18n import LANGS, current_lang, error_text, tr
+from . import steps
+from .i18n import DEFAULT_LANG, LANGS, current_lang, error_text, tr
 from .jobs import STOPPED, Job, cli_argv, latest_job, start_job
+from .models import DEFAULT_MODEL
 from .secrets import get_secret, is_loopback  # noqa: F401 - re-exported for pages
 from .workspace import DONE, FAILED, NOT_STARTED, RUNNING, Workspace, WorkspaceError, list_workspaces
+
+WORKSPACE_KEY = "workspace"  # the one session_state key of the current project (a folder path)
 
 STATUS_ICON = {NOT_STARTED: "⚪", RUNNING: "🔵", DONE: "🟢", FAILED: "🔴", STOPPED: "🟠"}
 
@@ -33,12 +42,29 @@ def status_label(status: str) -> str:
 
 
 def init_state() -> None:
-    """Wizard data lives in plain session_state keys (widget keys reset across pages)."""
-    st.session_state.setdefault("lang", "zh")
+    """Wizard data lives in plain session_state keys (widget keys reset across pages).
+
+    A new session (a reload) takes its language from the URL's ``?lang=``, which :func:`_lang_to_url` keeps in step
+    with the choice; without it a reload would fall back to Chinese.
+    """
+    if "lang" not in st.session_state:
+        wanted = st.query_params.get("lang")
+        st.session_state["lang"] = wanted if wanted in LANGS else DEFAULT_LANG
+    _lang_to_url()
     st.session_state.setdefault("authenticated", False)
-    if "workspace" not in st.session_state:
+    if WORKSPACE_KEY not in st.session_state:
         existing = list_workspaces()
-        st.session_state["workspace"] = str(existing[0].root) if existing else None
+        st.session_state[WORKSPACE_KEY] = str(existing[0].root) if existing else None
+
+
+def _lang_to_url() -> None:
+    """Mirror the language into the URL (only when it is not the default, to keep the URL clean)."""
+    lang = st.session_state.get("lang", DEFAULT_LANG)
+    if lang == DEFAULT_LANG:
+        if "lang" in st.query_params:
+            del st.query_params["lang"]
+    elif st.query_params.get("lang") != lang:
+        st.query_params["lang"] = lang
 
 
 def password_gate() -> bool:
@@ -61,42 +87,57 @@ def password_gate() -> bool:
 
 
 def language_switch() -> None:
+    """The sidebar's 中文 / English radio: shows ``lang`` and writes it (and the URL) when the user changes it."""
+
     def _set():
         st.session_state["lang"] = st.session_state["_lang_choice"]
+        _lang_to_url()
 
-    keys = list(LANGS)
-    st.sidebar.radio(
-        "语言 / Language",
-        keys,
-        format_func=LANGS.get,
-        index=keys.index(st.session_state.get("lang", "zh")),
-        key="_lang_choice",
-        on_change=_set,
-        horizontal=True,
-    )
+    st.session_state["_lang_choice"] = st.session_state.get("lang", DEFAULT_LANG)
+    st.sidebar.radio("语言 / Language", list(LANGS), format_func=LANGS.get, key="_lang_choice", on_change=_set,
+                     horizontal=True)  # fmt: skip
 
 
 def current_workspace() -> Workspace | None:
-    path = st.session_state.get("workspace")
+    """The current project: exactly the folder in ``st.session_state['workspace']``, or None."""
+    path = st.session_state.get(WORKSPACE_KEY)
     return Workspace.open(path) if path else None
 
 
+def set_current_workspace(ws: Workspace | None) -> None:
+    """Make ``ws`` the current project for every page, picker and job of this session."""
+    st.session_state[WORKSPACE_KEY] = str(ws.root) if ws is not None else None
+
+
 def workspace_picker(location=None, key: str = "sidebar") -> Workspace | None:
-    """Pick an existing workspace; the choice is kept in ``st.session_state['workspace']`` (a plain key)."""
+    """A project selectbox bound to the one current project (``st.session_state['workspace']``).
+
+    Why not the widget's own state: each picker (sidebar, Home) has its own widget key, and a widget keeps its last
+    value even after the current project changes elsewhere (creating a project, the demo card, the other picker).
+    So the widget's value is set from the current project on every run, and choosing writes the current project.
+    """
     where = location or st.sidebar
-    existing = list_workspaces()
-    names = [w.name for w in existing]
+    roots = [str(w.root) for w in list_workspaces()]
     current = current_workspace()
-    if names:
-        idx = names.index(current.name) if current is not None and current.name in names else 0
-        widget_key = f"_ws_choice_{key}"
+    if current is not None and str(current.root) not in roots and current.root.is_dir():
+        roots.append(str(current.root))  # a project outside the workspaces folder (umtcds demo --workspace DIR)
+    if not roots:
+        return current
+    if current is None or str(current.root) not in roots:
+        set_current_workspace(Workspace.open(roots[0]))
+    widget_key = f"_ws_choice_{key}"
 
-        def _pick():
-            st.session_state["workspace"] = str(existing[names.index(st.session_state[widget_key])].root)
+    def _pick():
+        set_current_workspace(Workspace.open(st.session_state[widget_key]))
 
-        where.selectbox(tr("项目（工作区）", "Project (workspace)"), names, index=idx, key=widget_key, on_change=_pick)
-        if current is None or current.name not in names:
-            st.session_state["workspace"] = str(existing[idx].root)
+    st.session_state[widget_key] = st.session_state[WORKSPACE_KEY]
+    where.selectbox(
+        tr("项目（工作区）", "Project (workspace)"),
+        roots,
+        format_func=lambda root: os.path.basename(root),
+        key=widget_key,
+        on_change=_pick,
+    )
     return current_workspace()
 
 
@@ -111,16 +152,71 @@ def workspace_creator(location=None) -> None:
             except WorkspaceError as exc:
                 st.error(error_text(exc))
             else:
-                st.session_state["workspace"] = str(ws.root)
+                set_current_workspace(ws)
                 st.rerun()
 
 
 def require_workspace() -> Workspace:
+    """The current project (the one every picker shows), or stop the page with a sentence saying what to do."""
     ws = current_workspace()
     if ws is None:
         st.info(tr("请先在首页或侧边栏创建或选择一个项目。", "Create or pick a project first (Home page or sidebar)."))
         st.stop()
     return ws
+
+
+def target_caption(ws: Workspace) -> str:
+    """ "→ project <name>": said next to what starts a job, so the user sees where it will write before it starts."""
+    return tr(f"→ 项目 {ws.name}", f"→ project {ws.name}")
+
+
+# ---- step pages -----------------------------------------------------------------------------------------------------
+def step_title(step: str, short: bool = False) -> str:
+    """ "N · title" of a step in the UI language (``short``: the navigation label)."""
+    return steps.title(step, current_lang(), short=short)
+
+
+def page_header(step: str) -> None:
+    """Every step page's first line: "N · title" from the step registry, and the project it works on."""
+    st.header(step_title(step))
+    ws = current_workspace()
+    if ws is not None:
+        st.caption(tr("📁 当前项目：", "📁 Current project: ") + f"**{ws.name}**")
+
+
+def step_link(step: str, label: str | None = None, location=None) -> None:
+    """A link to a step's page. Outside Home.py's navigation (a page run on its own, as AppTest does) a page link
+    cannot resolve, so the label is written as text: it still says where to go."""
+    from streamlit.errors import StreamlitAPIException
+
+    where = location or st
+    info = steps.get(step)
+    text = label or step_title(step, short=True)
+    try:
+        where.page_link(info.page, label=text, icon=info.icon or None)
+    except StreamlitAPIException:
+        where.markdown(f"{info.icon} {text}")
+
+
+def next_step(step: str) -> None:
+    """At the bottom of a step page: a link to the next step, once this step is done (nothing before that)."""
+    ws = current_workspace()
+    following = steps.next_step(step)
+    if ws is None or following is None or ws.status(step) != DONE:
+        return
+    st.divider()
+    step_link(following.name, label=tr("下一步：", "Next step: ") + step_title(following.name, short=True))
+
+
+def embedded_model_note() -> str:
+    """The one sentence on what the embedded model is for (Home, Generate and Chat show it)."""
+    return tr(
+        f"内置的小模型 {DEFAULT_MODEL} 只用来试走一遍流程：未经微调时它答不了中文问题；真正的校园助手请在 GPU 上使用 "
+        "GLM-4-9B-chat（THUDM/glm-4-9b-chat-hf）或 Qwen2.5-7B-Instruct 这类模型。",
+        f"The embedded model {DEFAULT_MODEL} is for trying the flow only: untuned it cannot answer Chinese questions; "
+        "for a real campus assistant use a model such as GLM-4-9B-chat (THUDM/glm-4-9b-chat-hf) or "
+        "Qwen2.5-7B-Instruct on a GPU.",
+    )
 
 
 def start_step(ws: Workspace, step: str, args: list[str], env: dict[str, str] | None = None) -> Job:
@@ -139,8 +235,9 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
     """Live status of the latest ``step`` job: progress bar, counters, ETA, Stop button, log tail.
 
     Runs as a fragment that re-runs every ``refresh_s`` seconds while the job is running, so a browser reload or a
-    dashboard restart simply re-attaches by reading the job folder.
+    dashboard restart simply re-attaches by reading the job folder. The project the jobs write to is named first.
     """
+    st.caption(target_caption(ws))
 
     @st.fragment(run_every=refresh_s if (j := latest_job(ws, step)) is not None and j.status() == RUNNING else None)
     def _panel():

@@ -24,11 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import steps
 from .errors import UserError
 from .fileio import read_json, write_json_atomic
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "workspaces"
-STEPS = ("crawl", "generate", "dataset", "config", "train", "evaluate")
+STEPS = steps.STATUS_STEPS  # the steps with a status, from the one step registry
 
 NOT_STARTED, RUNNING, DONE, FAILED = "not started", "running", "done", "failed"
 
@@ -157,25 +158,25 @@ class Workspace:
         return path
 
     # ---- status -------------------------------------------------------------------------------------------------
+    def trained_runs(self) -> list[Path]:
+        """Run folders holding a final model, newest first (what the train step's status and chat need)."""
+        return [r for r in self.runs() if has_final_model(r)]
+
     def _outputs_exist(self, step: str) -> bool:
-        if step == "crawl":
-            return any(self.pages_dir.glob("*.txt"))
-        if step == "generate":
-            return self.qa_file.exists() and self.qa_file.stat().st_size > 0
-        if step == "dataset":
-            return (self.dataset_dir / "train.jsonl").exists()
-        if step == "config":
-            return self.config_file.exists()
-        if step == "train":
-            return any(has_final_model(r) for r in self.runs())
-        if step == "evaluate":
-            return any((r / "eval" / "metrics.json").exists() for r in self.runs())
-        raise KeyError(step)
+        done = steps.get(step).done
+        if done is None:
+            raise KeyError(f"step {step!r} has no status of its own")
+        return done(self)
 
     def status(self, step: str) -> str:
-        """``not started`` / ``running`` / ``done`` / ``failed`` for one step, from files and job records only."""
+        """``not started`` / ``running`` / ``done`` / ``failed`` for one step, from files and job records only.
+
+        The registry (:mod:`steps`) says which files mean "done"; a step that shows another's status (chat: train)
+        reads that one.
+        """
         from .jobs import latest_job  # local import: jobs imports workspace
 
+        step = steps.get(step).status_of or step
         job = latest_job(self, step)
         if job is not None:
             st = job.status()
