@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from umtcds_core import config as C
-from umtcds_core import ui
+from umtcds_core import methods, ui
 from umtcds_core.errors import UserError
 from umtcds_core.i18n import current_lang, error_text, tr
 from umtcds_core.models import DEFAULT_MODEL, EMBEDDED
@@ -27,28 +27,7 @@ st.caption(
 )
 
 W = "cfg_w_"  # widget key prefix
-METHOD_HELP = {
-    "lora": (
-        "**LoRA**：冻结原模型，只训练插在注意力层旁边的小矩阵（秩 r）。显存少、速度快，适配器只有几 MB 到几十 MB。推荐首选。",
-        "**LoRA**: the base model stays frozen; only small matrices (rank r) next to the attention layers are trained. "
-        "Little memory, fast, an adapter of a few MB. The recommended start.",
-    ),
-    "qlora": (
-        "**QLoRA**：先把原模型压缩成 4 位，再做 LoRA。显存最省（9B 模型约 10–13 GB），速度稍慢，需要 NVIDIA GPU。显卡装不下 LoRA 时用它。",
-        "**QLoRA**: LoRA on a base model compressed to 4 bits. The least memory (a 9B model in about 10–13 GB), a bit "
-        "slower, needs an NVIDIA GPU. Use it when LoRA does not fit your card.",
-    ),
-    "ptuning-v2": (
-        "**P-tuning v2**：在每一层前加一段可学习的“虚拟 token”（前缀），原权重不变。原版 UMTCDS 唯一支持的方法。",
-        "**P-tuning v2**: a learned prefix of virtual tokens in front of every layer; the weights stay unchanged. "
-        "The original UMTCDS's only method.",
-    ),
-    "full": (
-        "**全参数微调**：更新全部权重，上限最高，但显存需求最大（9B 模型需要多张 80 GB 显卡）。适合小模型。",
-        "**Full fine-tuning**: every weight is updated. The highest ceiling but by far the most memory (a 9B model "
-        "needs several 80 GB GPUs). Good for small models.",
-    ),
-}
+METHOD_HELP = methods.METHOD_HELP  # (zh, en) per method, from the methods table
 
 
 FIX_NAMES = {
