@@ -15,15 +15,15 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from umtcds_core import ui
-from umtcds_core.config import load_config
+from umtcds_core.config import advice, estimate_memory, load_config
 from umtcds_core.errors import UserError
-from umtcds_core.i18n import error_text, tr
+from umtcds_core.i18n import current_lang, error_text, tr
 from umtcds_core.jobs import latest_job
-from umtcds_core.train import output_dir_of, read_metrics, run_summary
+from umtcds_core.runs import has_training, metrics_path, output_dir_of, read_metrics, run_summary
 from umtcds_core.workspace import RUNNING
 
 ws = ui.require_workspace()
-st.header(tr("5 · 训练", "5 · Train"))
+ui.page_header("train")
 st.caption(
     tr(
         "训练在后台运行：关闭浏览器不会停止它，重新打开本页即可继续查看。",
@@ -60,6 +60,15 @@ with st.expander(tr("配置摘要", "Config summary") + f" — `{ws.config_file.
     st.table({tr("项", "Setting"): list(summary), tr("值", "Value"): [str(v) for v in summary.values()]})
 
 
+# Legal but doubtful values (the Config page showed them before Save) are repeated where the run is started.
+try:
+    _est = estimate_memory(cfg)
+except UserError:
+    _est = None
+for _note in advice(cfg, current_lang(), _est):
+    st.warning(_note)
+
+
 # ---- which run ----------------------------------------------------------------------------------------------------
 def job_run_dir(job) -> Path | None:
     out = output_dir_of(job.meta.get("argv", [])) if job is not None else None
@@ -68,7 +77,7 @@ def job_run_dir(job) -> Path | None:
 
 job = latest_job(ws, "train")
 running = job is not None and job.status() == RUNNING
-runs = [r for r in ws.runs() if (r / "metrics.jsonl").exists() or any(r.glob("checkpoint-*"))]
+runs = [r for r in ws.runs() if has_training(r)]
 current = job_run_dir(job) or (runs[0] if runs else None)
 
 # ---- start / resume / stop ----------------------------------------------------------------------------------------
@@ -127,7 +136,7 @@ COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e3
 def loss_figure(main: Path, others: list[Path], smoothing: float, log_y: bool) -> go.Figure:
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     for i, run in enumerate([main, *others]):
-        recs = read_metrics(run / "metrics.jsonl")
+        recs = read_metrics(run)
         train = [r for r in recs if r.get("kind") == "train" and "loss" in r]
         evals = [r for r in recs if r.get("kind") == "eval" and "eval_loss" in r]
         color = COLORS[i % len(COLORS)]
@@ -198,7 +207,7 @@ log_y = o3.toggle(tr("对数坐标", "Log scale"), key="train_log")
 
 @st.fragment(run_every=3.0 if running else None)
 def live_chart() -> None:
-    if not (current / "metrics.jsonl").exists():
+    if not metrics_path(current).exists():
         st.info(
             tr(
                 "正在加载模型和数据，第一个训练步完成后显示曲线…",
@@ -207,7 +216,7 @@ def live_chart() -> None:
         )
         return
     info = run_summary(current)
-    recs = read_metrics(current / "metrics.jsonl")
+    recs = read_metrics(current)
     train = [r for r in recs if r.get("kind") == "train"]
     starts = [r for r in recs if r.get("kind") in {"start", "resume"}]
     max_steps = info.get("max_steps") or 0
@@ -252,7 +261,7 @@ def live_chart() -> None:
     )
     d2.download_button(
         tr("下载指标（metrics.jsonl）", "Download metrics (metrics.jsonl)"),
-        (current / "metrics.jsonl").read_bytes(),
+        metrics_path(current).read_bytes(),
         file_name=f"metrics-{current.name}.jsonl",
         mime="application/json",
         key="train_dl_metrics",
@@ -286,3 +295,4 @@ if rows:
         ],
         hide_index=True,
     )
+ui.next_step("train")  # a link to the next step once this one is done

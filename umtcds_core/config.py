@@ -449,11 +449,33 @@ def _problems(cfg: TrainConfig) -> list[S.Pair]:
     return TRAIN.problems(cfg.__dict__)
 
 
-def advice(cfg: TrainConfig, lang: str = "en") -> list[str]:
+def advice(cfg: TrainConfig, lang: str = "en", est: dict | None = None) -> list[str]:
     """Legal but doubtful choices, as short sentences (shown, never blocking); ``lang`` "zh" gives them in Chinese.
 
-    Values outside a field's declared ``typical`` range come first (e.g. ``learning_rate 0.5``), then combinations."""
+    Values outside a field's declared ``typical`` range come first (e.g. ``learning_rate 0.5``), then combinations,
+    then — given a memory estimate ``est`` — a config no single card or not the GPU present can hold. The Config
+    page shows these before Save and the Train page repeats them before Start."""
     out: list[tuple[str, str]] = list(TRAIN.warnings(cfg.__dict__))
+    if est is not None:
+        total = est["total_gib"]
+        gpu = (est.get("fit") or {}).get("gpu")
+        if est.get("smallest_card_gib") is None:
+            out.append(
+                (
+                    f"This config needs ~{total:.0f} GiB of GPU memory, more than any single card "
+                    f"({CARDS_GIB[-1]} GB); lower the batch size or the lengths, or use QLoRA.",
+                    f"这个配置需要约 {total:.0f} GiB 显存，超过任何一张显卡（{CARDS_GIB[-1]} GB）；"
+                    "请减小批大小或长度，或改用 QLoRA。",
+                )
+            )
+        elif gpu is not None and not gpu["fits"]:
+            out.append(
+                (
+                    f"This config needs ~{total:.0f} GiB, more than your {gpu['name']} ({gpu['total_gib']:.0f} GiB); "
+                    "training would run out of memory.",
+                    f"这个配置需要约 {total:.0f} GiB，超过你的 {gpu['name']}（{gpu['total_gib']:.0f} GiB）；训练会显存不足。",
+                )
+            )
     if cfg.method == "full" and cfg.learning_rate > 1e-4:
         out.append(
             (

@@ -94,3 +94,16 @@ def test_without_config_the_page_says_what_to_do(tmp_path):
     at = _page(ws).run()
     assert not at.exception
     assert any("No training config" in w.value for w in at.warning)
+
+
+def test_doubtful_config_is_repeated_before_start(tmp_path, monkeypatch):
+    """Issue 21 §2: a legal but absurd config (lr 0.5, 100 epochs) warns on the Train page too, before Start."""
+    from umtcds_core import config as C
+
+    monkeypatch.setenv("UMTCDS_NO_GPU_DETECT", "1")
+    ws = Workspace.create("doubtful", root=tmp_path)
+    C.save_config(C.preset_for("lora", "smollm2-135m", learning_rate=0.5, num_epochs=100.0), ws.config_file)
+    at = _page(ws).run()
+    assert not at.exception
+    warned = " ".join(w.value for w in at.warning)
+    assert "learning_rate 0.5 is unusually high" in warned and "num_epochs 100 is unusually high" in warned
