@@ -10,7 +10,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from umtcds_core import chat, ui
+from umtcds_core import chat, runs, ui
 from umtcds_core.errors import UserError
 from umtcds_core.i18n import error_text, tr
 from umtcds_core.models import DEFAULT_MODEL, gpu_memory
@@ -33,7 +33,7 @@ def _label(p: Path) -> str:
 
 # ---- what to load -------------------------------------------------------------------------------------------------
 NONE, OTHER = "—", "…"
-choices = [NONE, *[str(p) for p in chat.loadable(ws.runs())], OTHER]
+choices = [NONE, *[str(p) for p in runs.loadable(ws.runs())], OTHER]
 with st.container(border=True):
     c1, c2 = st.columns(2)
     picked = c1.selectbox(
@@ -163,7 +163,7 @@ if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat
 # ---- merge / export -----------------------------------------------------------------------------------------------
 if cm.has_adapter and cm.adapter_kind in {"LORA", ""}:
     with st.expander(tr("合并并导出（Hugging Face 格式）", "Merge and export (Hugging Face folder)")):
-        default_out = chat.run_dir_of(cm.adapter_dir) / "merged"
+        default_out = runs.run_dir_of(cm.adapter_dir) / "merged"
         out_dir = st.text_input(tr("导出文件夹", "Export folder"), value=str(default_out), key="chat_merge_out")
         if st.button(tr("合并 LoRA 并保存", "Merge LoRA and save"), key="chat_merge"):
             from umtcds_core.export import merge_adapter

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from umtcds_core import chat, ui
+from umtcds_core import runs, ui
 from umtcds_core.evaluate import METRICS
 from umtcds_core.fileio import read_json, read_jsonl
 from umtcds_core.i18n import tr
@@ -25,7 +25,7 @@ st.caption(
     )
 )
 
-candidates = chat.loadable(ws.runs())
+candidates = runs.loadable(ws.runs())
 if not candidates:
     st.info(tr("还没有训练好的模型：请先完成第 5 步训练。", "No trained model yet: finish step 5 (Train) first."))
     st.stop()
@@ -50,8 +50,8 @@ with st.container(border=True):
     max_new = o1.number_input(tr("最大生成长度", "Max new tokens"), 1, 2048, 128, key="ev_max_new")
     batch = o2.number_input(tr("批大小", "Batch size"), 1, 256, 8, key="ev_batch")
     limit = o3.number_input(tr("最多样本数（0 = 全部）", "Max examples (0 = all)"), 0, 100000, 0, key="ev_limit")
-    run_dir = chat.run_dir_of(Path(target))
-    out_file = run_dir / "eval" / "metrics.json"
+    run_dir = runs.run_dir_of(Path(target))
+    out_file = runs.eval_metrics_path(run_dir)
     busy = running_job(ws, "evaluate") is not None
     if st.button(tr("开始评测", "Run evaluation"), type="primary", disabled=busy, key="ev_start"):
         if not Path(test_file).is_file():
@@ -61,7 +61,7 @@ with st.container(border=True):
                 + tr("（请先在第 3 步生成数据集）", " (build the dataset in step 3 first).")
             )
         else:
-            flag = "--model" if chat.is_full_model(target) else "--adapter"
+            flag = "--model" if runs.is_full_model(target) else "--adapter"
             args = [flag, target, "--data", test_file, "--out", str(out_file)]
             args += ["--max-new-tokens", str(int(max_new)), "--batch-size", str(int(batch))]
             if limit:

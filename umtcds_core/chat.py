@@ -11,7 +11,7 @@ What it loads (:func:`load_chat_model`):
 
 * the base model through :mod:`umtcds_core.models` (embedded name, HF folder or .gguf);
 * optionally a peft adapter — LoRA/QLoRA or P-tuning v2 (prefix tuning) — from a run folder (its final adapter, else
-  its newest ``checkpoint-N``) or a ``checkpoint-N`` folder. Without ``--model`` the base comes from the run's
+  its newest ``checkpoint-N``) or a ``checkpoint-N`` folder, found by :mod:`umtcds_core.runs`. Without ``--model`` the base comes from the run's
   ``train_info.json``, else from the adapter's ``adapter_config.json``. A full fine-tune folder given as ``--adapter``
   is simply loaded as the model.
 
@@ -33,101 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .fileio import read_json
-from .train import CHECKPOINT_RE, list_checkpoints
+from .runs import adapter_base_ref, adapter_type, find_adapter, is_full_model_run, run_dir_of, train_info
 
 Message = dict[str, str]
 
 
 class ChatError(UserError, ValueError):
-    """An unusable adapter or chat request; one sentence saying what to do."""
+    """An unusable chat request or model/adapter pairing; one sentence saying what to do.
 
-
-# ---- finding adapters -----------------------------------------------------------------------------------------------
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """``checkpoint-N`` folders of a run holding an adapter or a model, oldest first."""
-    return [
-        p
-        for p in list_checkpoints(Path(run_dir))
-        if (p / "adapter_config.json").exists() or (p / "config.json").exists()
-    ]
-
-
-def find_adapter(path: str | Path) -> Path:
-    """The folder holding ``adapter_config.json`` for a run dir (final adapter, else newest checkpoint) or checkpoint."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise ChatError(
-            f"The adapter folder {p} does not exist; pick a run folder or one of its checkpoint-N folders.",
-            zh=f"适配器文件夹 {p} 不存在；请选择一个训练输出文件夹或其中的 checkpoint-N 文件夹。",
-        )
-    if (p / "adapter_config.json").exists():
-        return p
-    ckpts = [c for c in checkpoints(p) if (c / "adapter_config.json").exists()]
-    if ckpts:
-        return ckpts[-1]
-    raise ChatError(
-        f"{p} holds no adapter (adapter_config.json) and no checkpoint-N folder with one; "
-        "pick a finished run or one of its checkpoints.",
-        zh=f"{p} 里既没有适配器（adapter_config.json），也没有包含适配器的 checkpoint-N 文件夹；"
-        "请选择一个已完成的训练输出文件夹或其中的检查点。",
-    )
-
-
-def loadable(runs: list[Path]) -> list[Path]:
-    """Run folders with a final adapter/model, and every checkpoint-N of each run (newest last), for pickers."""
-    out: list[Path] = []
-    for run in runs:
-        if (run / "adapter_config.json").exists() or (run / "config.json").exists():
-            out.append(run)
-        out.extend(reversed(checkpoints(run)))
-    return out
-
-
-def is_full_model(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / "config.json").exists() and not (p / "adapter_config.json").exists()
-
-
-def run_dir_of(adapter_dir: str | Path) -> Path:
-    """The run folder an adapter belongs to (the parent of a ``checkpoint-N`` folder)."""
-    p = Path(adapter_dir)
-    return p.parent if CHECKPOINT_RE.match(p.name) else p
-
-
-def train_info(adapter_dir: str | Path) -> dict:
-    """``train_info.json`` of the adapter's folder or its run folder ({} when absent)."""
-    p = Path(adapter_dir)
-    for folder in (p, run_dir_of(p)):
-        info = read_json(folder / "train_info.json")
-        if isinstance(info, dict):
-            return info
-    return {}
-
-
-def adapter_base_ref(adapter_dir: str | Path) -> str:
-    """The base model reference an adapter was trained on: train_info.json first, then adapter_config.json."""
-    info = train_info(adapter_dir)
-    for key in ("model", "base_model", "model_ref"):
-        value = info.get(key)
-        if isinstance(value, dict):
-            value = value.get("ref") or value.get("model")
-        if isinstance(value, str) and value.strip():
-            return value
-    cfg = read_json(Path(adapter_dir) / "adapter_config.json") or {}
-    ref = cfg.get("base_model_name_or_path")
-    if not ref:
-        raise ChatError(
-            f"Cannot tell which base model {adapter_dir} was trained on; pass it with --model.",
-            zh=f"无法判断 {adapter_dir} 是在哪个基础模型上训练的；请用 --model 指定。",
-        )
-    return ref
-
-
-def adapter_type(adapter_dir: str | Path) -> str:
-    """peft type of an adapter folder: ``LORA``, ``PREFIX_TUNING``, … (``""`` when unknown)."""
-    cfg = read_json(Path(adapter_dir) / "adapter_config.json") or {}
-    return str(cfg.get("peft_type", ""))
+    A missing or empty adapter folder raises :class:`umtcds_core.runs.RunError`: finding adapters is run-folder
+    knowledge, shared with evaluate, serve and export."""
 
 
 # ---- the loaded model ---------------------------------------------------------------------------------------------
@@ -332,7 +247,7 @@ def load_chat_model(
     adapter_dir: Path | None = None
     if adapter:
         p = Path(adapter).expanduser()
-        if p.exists() and is_full_model(p) and not any((c / "adapter_config.json").exists() for c in checkpoints(p)):
+        if is_full_model_run(p):
             model, adapter = str(p), None  # a full fine-tune: it *is* the model
         else:
             adapter_dir = find_adapter(p)

@@ -43,6 +43,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fileio import BadLine, iter_jsonl, write_json_atomic, write_jsonl_atomic
+from .text import CJK_RE, normalize
 
 FORMATS = ("glm4", "sharegpt", "alpaca")
 SPLITS = ("train", "dev", "test")
@@ -476,21 +477,13 @@ def search_rows(records: list[dict], term: str) -> list[int]:
 
 
 # ---- duplicates -------------------------------------------------------------------------------------------------
-_PUNCT_RE = re.compile(r"[\W_]+", re.UNICODE)
 _NUM_RE = re.compile(r"\d+")
-_CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]")
-
-
-def normalize(text: str) -> str:
-    """NFKC, case-folded, punctuation removed, spaces collapsed (so '图书馆几点开门？' == '图书馆几点开门')."""
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_PUNCT_RE.sub(" ", text).split())
 
 
 def shingles(text: str) -> frozenset[str]:
     """Character n-grams of the normalised text: characters + bigrams when it is mostly CJK, else trigrams."""
     norm = normalize(text)
-    cjk = len(_CJK_RE.findall(norm))
+    cjk = len(CJK_RE.findall(norm))
     if cjk and cjk >= 0.3 * len(norm.replace(" ", "")):
         # Characters and bigrams: a one-word synonym swap (怎么→如何) still leaves most of both.
         norm = norm.replace(" ", "")

@@ -39,9 +39,11 @@ import sys
 import time
 from pathlib import Path
 
+from . import runs
 from .dataset import record_to_messages
 from .errors import UserError
 from .fileio import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .text import has_han
 
 METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "key-fact")
 
@@ -161,13 +163,13 @@ def key_facts(reference: str) -> list[str]:
         before = text[: m.start()].rstrip()
         if _is_name_or_code(m.group(0), sentence_start=not before or before[-1] in ".!?:;。！？："):
             facts.append(m.group(0))
-    if re.search(r"[\u4e00-\u9fff]", text):
+    if has_han(text):
         import jieba.posseg as pseg
 
         _jieba()
         for w in pseg.cut(text):
             word = w.word.strip()
-            if w.flag.startswith(_CJK_FLAGS) and len(word) >= 2 and re.search(r"[\u4e00-\u9fff]", word):
+            if w.flag.startswith(_CJK_FLAGS) and len(word) >= 2 and has_han(word):
                 facts.append(word)
     seen: set[str] = set()
     unique = []
@@ -202,13 +204,10 @@ def mean_scores(rows: list[dict[str, float | None]]) -> dict[str, float | None]:
 
 # ---- the evaluation -------------------------------------------------------------------------------------------------
 def default_out(adapter: str | None) -> Path:
+    """Scores of a tuned model go into its run folder (where the dashboard looks); others into ``./eval/``."""
     if adapter:
-        from .chat import find_adapter, is_full_model, run_dir_of
-
-        p = Path(adapter)
-        run = p if is_full_model(p) else run_dir_of(find_adapter(p))
-        return run / "eval" / "metrics.json"
-    return Path("eval") / "metrics.json"
+        return runs.eval_metrics_path(runs.eval_run_dir(adapter))
+    return runs.eval_metrics_path(".")
 
 
 def evaluate(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .errors import UserError
 from .fileio import write_json_atomic
+from .runs import adapter_base_ref, adapter_config, adapter_type, find_adapter, train_info
 
 
 class ExportError(UserError, ValueError):
@@ -30,9 +31,7 @@ def _untie_if_adapted(model, adapter_dir: Path) -> None:
 
     Merging a delta into a tied ``lm_head`` would also change the input embeddings (same tensor) and wreck the model.
     """
-    from .fileio import read_json
-
-    cfg = read_json(adapter_dir / "adapter_config.json") or {}
+    cfg = adapter_config(adapter_dir)
     targets = cfg.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else list(targets)
     out_layer = model.get_output_embeddings()
@@ -55,7 +54,6 @@ def merge_adapter(
 ) -> Path:
     """Merge ``adapter`` (run or checkpoint folder) into its base (``model`` or the recorded one); save at ``out_dir``."""
     from . import models
-    from .chat import adapter_base_ref, adapter_type, find_adapter, train_info
 
     adapter_dir = find_adapter(adapter)
     kind = adapter_type(adapter_dir)

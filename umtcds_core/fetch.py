@@ -27,6 +27,7 @@ import requests
 from protego import Protego
 
 from .retry import RetryPolicy, parse_retry_after
+from .text import CJK_PUNCT, HAN
 
 DEFAULT_USER_AGENT = "Mozilla/5.0 (compatible; UMTCDS-crawler/0.1; campus Q&A dataset builder)"
 DEFAULT_TIMEOUT = 20.0
@@ -124,15 +125,15 @@ def _try(body: bytes, codec: str) -> str | None:
         return None
 
 
+_CHINESE_RE = re.compile(f"[{HAN}{CJK_PUNCT}]")
+
+
 def _looks_chinese(text: str) -> bool:
-    """Most non-ASCII characters are CJK ideographs or CJK punctuation: the signature of a right GB decode."""
+    """Most non-ASCII characters are Chinese characters or CJK punctuation: the signature of a right GB decode."""
     non_ascii = [c for c in text if ord(c) > 127]
     if not non_ascii:
         return False
-    cjk = sum(
-        1 for c in non_ascii if "\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef"
-    )
-    return cjk / len(non_ascii) > 0.8
+    return len(_CHINESE_RE.findall("".join(non_ascii))) / len(non_ascii) > 0.8
 
 
 def _detect(body: bytes) -> str | None:

@@ -25,12 +25,17 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .fileio import read_json, tail_text, write_json_atomic
 from .progress import ENV_VAR as PROGRESS_ENV
-from .workspace import DONE, FAILED, RUNNING, Workspace
 
-STOPPED = "stopped"
+if TYPE_CHECKING:  # for the annotations only: workspace imports this module (a step's status reads its jobs)
+    from .workspace import Workspace
+
+# A job's states. The workspace shows a step's status in the same words (plus "not started"), so they live here,
+# below the workspace, and it imports them.
+RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
 _HANDLES: dict[str, subprocess.Popen] = {}  # reaps supervisors started by this process (no zombies)
 
 

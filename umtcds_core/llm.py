@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 from .errors import UserError
 from .retry import RetryPolicy, parse_retry_after
 from .secrets import get_secret, mask, redact
+from .text import CJK_PUNCT, HAN
 
 Message = dict[str, str]
 T = TypeVar("T")
@@ -157,12 +158,12 @@ def call_with_retries(
 
 
 # ---- token estimates ----------------------------------------------------------------------------------------------
-_CJK_RE = re.compile(r"[\u3000-\u303f\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef]")
+_ONE_TOKEN_RE = re.compile(f"[{HAN}{CJK_PUNCT}]")  # characters a tokenizer rarely merges: about one token each
 
 
 def estimate_tokens(text: str) -> int:
     """A tokenizer-free upper-ish estimate for remote models: one token per CJK character, one per ~3.5 others."""
-    cjk = len(_CJK_RE.findall(text))
+    cjk = len(_ONE_TOKEN_RE.findall(text))
     return cjk + int((len(text) - cjk) / 3.5) + 1
 
 

@@ -41,7 +41,6 @@ import signal
 import sys
 import threading
 import time
-import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -51,6 +50,7 @@ from pathlib import Path
 from . import dataset
 from .errors import UserError
 from .fileio import BadLine, append_jsonl, iter_jsonl, write_text_atomic
+from .text import compact, han_ratio, normalize
 
 PAGE_SUFFIXES = (".txt", ".md", ".markdown")
 PROMPTS_FILE = "prompts.yaml"
@@ -192,21 +192,8 @@ def dump_prompts(prompts: dict[str, dict[str, str]]) -> str:
 
 
 # ---- text utilities -----------------------------------------------------------------------------------------------
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-
-
-def cjk_ratio(text: str) -> float:
-    letters = [c for c in text if not c.isspace()]
-    return len(_CJK.findall(text)) / len(letters) if letters else 0.0
-
-
 def detect_lang(text: str) -> str:
-    return "zh" if cjk_ratio(text[:4000]) > 0.15 else "en"
-
-
-def normalize(text: str) -> str:
-    """Lower-case, NFKC, letters/digits/CJK only: the form compared by dedupe and grounding."""
-    return re.sub(r"[\W_]+", "", unicodedata.normalize("NFKC", text).lower())
+    return "zh" if han_ratio(text[:4000]) > 0.15 else "en"
 
 
 def char_ngrams(text: str, n: int) -> set[str]:
@@ -216,7 +203,7 @@ def char_ngrams(text: str, n: int) -> set[str]:
 
 
 def _n_for(text: str) -> int:
-    return 2 if cjk_ratio(text) > 0.3 else 3
+    return 2 if han_ratio(text) > 0.3 else 3
 
 
 def chunk_text(text: str, max_tokens: int, count: Callable[[str], int]) -> list[str]:
@@ -423,7 +410,7 @@ class NearDuplicateIndex:
         return len(self._kept)
 
     def is_duplicate(self, text: str) -> bool:
-        if dataset.normalize(text) in self._exact:
+        if normalize(text) in self._exact:
             return True
         grams, nums = dataset.shingles(text), dataset.numbers(text)
         if not grams:
@@ -438,7 +425,7 @@ class NearDuplicateIndex:
         return False
 
     def add(self, text: str) -> None:
-        self._exact.add(dataset.normalize(text))
+        self._exact.add(normalize(text))
         grams = dataset.shingles(text)
         idx = len(self._kept)
         self._kept.append((grams, dataset.numbers(text)))
@@ -452,7 +439,7 @@ class Grounding:
     kind of wrong answer."""
 
     def __init__(self, page_text: str):
-        self.norm = normalize(page_text)
+        self.norm = compact(page_text)
         self.digits = re.sub(r"\D", " ", page_text)
         self._grams = {n: char_ngrams(self.norm, n) for n in (2, 3)}
 
@@ -460,7 +447,7 @@ class Grounding:
         for num in re.findall(r"\d{3,}", answer):
             if num not in self.digits:
                 return 0.0
-        grams = char_ngrams(normalize(answer), _n_for(answer))
+        grams = char_ngrams(compact(answer), _n_for(answer))
         if not grams:
             return 0.0
         page = self._grams[_n_for(answer)]
@@ -482,11 +469,11 @@ def check_pair(pair: dict, grounding: Grounding, limits: CurationLimits) -> tupl
     q = re.sub(r"\s+", " ", pair.get("question", "")).strip()
     a = pair.get("answer", "").strip()
     pair["question"], pair["answer"] = q, a
-    if len(normalize(q)) < limits.min_question_chars or len(normalize(a)) < limits.min_answer_chars:
+    if len(compact(q)) < limits.min_question_chars or len(compact(a)) < limits.min_answer_chars:
         return "too short", 0.0
     if len(q) > limits.max_question_chars or len(a) > limits.max_answer_chars:
         return "too long", 0.0
-    if normalize(q) == normalize(a):
+    if compact(q) == compact(a):
         return "answer repeats the question", 0.0
     g = grounding.score(a)
     if g < limits.min_grounding:
@@ -692,7 +679,7 @@ class Generator:
         for i, r in enumerate(results):
             lang = self.lang_of(r.page)
             body = r.page.text.strip()
-            if len(normalize(body)) < 20:
+            if len(compact(body)) < 20:
                 r.reason, r.stage = "the page has no usable text (empty or under 20 characters)", "read"
                 continue
             for k, c in enumerate(chunk_text(body, self._chunk_budget(s.prompts[lang]), self._count_tokens)):
@@ -719,7 +706,7 @@ class Generator:
                     continue
                 text = strip_thinking(reply)
                 # A reply far shorter than its chunk dropped facts (or refused): keep the raw chunk instead.
-                cleaned.append((j, (i, lang, text if len(normalize(text)) >= 0.3 * len(normalize(c)) else c)))
+                cleaned.append((j, (i, lang, text if len(compact(text)) >= 0.3 * len(compact(c)) else c)))
             kept = [(j, c) for j, c in cleaned if results[c[0]].reason is None]
             chunk_no = {new: chunk_no[old] for new, (old, _) in enumerate(kept)}
             chunks = [c for _, c in kept]
@@ -772,13 +759,13 @@ class Generator:
                         earlier = self.dedupe.is_duplicate(pair["question"])
                     if earlier or seen_here.is_duplicate(pair["question"]):
                         why = "duplicate question"
-                if why is None and normalize(pair["answer"]) in answers[i]:
+                if why is None and compact(pair["answer"]) in answers[i]:
                     why = "duplicate answer"
                 if why:
                     dropped[i][why] += 1
                     continue
                 seen_here.add(pair["question"])
-                answers[i].add(normalize(pair["answer"]))
+                answers[i].add(compact(pair["answer"]))
                 pair["grounding"] = round(score, 3)
                 candidates.append((i, j, pair))
         # 5. optional judge

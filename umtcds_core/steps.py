@@ -77,7 +77,7 @@ def _model_trained(ws: Workspace) -> bool:
 
 
 def _evaluated(ws: Workspace) -> bool:
-    return any((r / "eval" / "metrics.json").exists() for r in ws.runs())
+    return bool(ws.evaluated_runs())
 
 
 STEPS: tuple[Step, ...] = (

@@ -48,7 +48,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -61,16 +60,14 @@ from .config import ConfigError, TrainConfig, load_config
 from .dataset import record_to_messages
 from .errors import UserError
 from .fileio import DiskFullError, append_jsonl, iter_jsonl, read_json, write_json_atomic
-
-METRICS_FILE = "metrics.jsonl"
-INFO_FILE = "train_info.json"
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = (
-    "adapter_model.safetensors",
-    "adapter_model.bin",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
+from .runs import (
+    INFO_FILE,
+    METRICS_FILE,
+    STOPPED_FILE,
+    has_final_model,
+    is_complete_checkpoint,
+    latest_complete_checkpoint,
+    list_checkpoints,
 )
 
 # LoRA targets per model_type: the attention projections (GLM-4: q/k/v as in the official demo's -hf config).
@@ -187,95 +184,6 @@ def encode_conversation(
         answer_ids = answer_ids[:max_output_length]
     stats.samples += 1
     return {"input_ids": prompt_ids + answer_ids, "labels": [-100] * len(prompt_ids) + answer_ids}
-
-
-# ---- checkpoints --------------------------------------------------------------------------------------------------
-def is_complete_checkpoint(path: Path) -> bool:
-    """A checkpoint is complete when its weights exist and its trainer_state.json (written last) parses."""
-    m = CHECKPOINT_RE.match(path.name)
-    if not m or not path.is_dir():
-        return False
-    state = read_json(path / "trainer_state.json")
-    if not isinstance(state, dict) or state.get("global_step") != int(m.group(1)):
-        return False
-    return any((path / f).exists() for f in WEIGHT_FILES) or any(path.glob("pytorch_model_fsdp*"))
-
-
-def list_checkpoints(output_dir: Path) -> list[Path]:
-    """Checkpoint folders, oldest first (by step)."""
-    if not output_dir.is_dir():
-        return []
-    found = [p for p in output_dir.iterdir() if CHECKPOINT_RE.match(p.name) and p.is_dir()]
-    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))
-
-
-def latest_complete_checkpoint(output_dir: Path) -> Path | None:
-    for ckpt in reversed(list_checkpoints(output_dir)):
-        if is_complete_checkpoint(ckpt):
-            return ckpt
-        print(f"Skipping half-written checkpoint {ckpt.name}.", file=sys.stderr)
-    return None
-
-
-def has_final_output(output_dir: Path) -> bool:
-    from .workspace import has_final_model
-
-    return has_final_model(output_dir)
-
-
-# ---- metrics (also read by the dashboard: keep this part free of torch imports) ----------------------------------
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The records of a metrics.jsonl as the run now stands.
-
-    After a resume, the records the killed process wrote beyond the checkpoint it resumed from are dropped (the
-    resumed run writes those steps again), so a chart never shows a step twice.
-    """
-    records: list[dict] = []
-    for rec in iter_jsonl(path, errors=[]):
-        if rec.get("kind") in {"resume", "start"}:  # a fresh start after a kill before any checkpoint: step 0
-            step = rec.get("step", 0)
-            records = [r for r in records if r.get("step", 0) <= step]
-        records.append(rec)
-    return records
-
-
-def run_summary(run_dir: str | os.PathLike) -> dict:
-    """What the dashboard shows about one run folder, from its files only (no torch import)."""
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / INFO_FILE) or read_json(run_dir / "stopped.json") or {}
-    recs = read_metrics(run_dir / METRICS_FILE)
-    train_recs = [r for r in recs if r.get("kind") == "train"]
-    evals = [r for r in recs if r.get("kind") == "eval"]
-    starts = [r for r in recs if r.get("kind") in {"start", "resume"}]
-    ckpts = [c for c in list_checkpoints(run_dir) if is_complete_checkpoint(c)]
-    if has_final_output(run_dir):
-        state = "finished"
-    elif ckpts:
-        state = "resumable"
-    else:
-        state = "empty" if not recs else "no-checkpoint"
-    return {
-        "name": run_dir.name,
-        "path": str(run_dir),
-        "state": state,
-        "method": (info.get("method") or (info.get("config") or {}).get("method")),
-        "step": train_recs[-1]["step"] if train_recs else 0,
-        "max_steps": starts[-1].get("max_steps") if starts else None,
-        "loss": train_recs[-1].get("loss") if train_recs else None,
-        "eval_loss": evals[-1].get("eval_loss") if evals else None,
-        "checkpoints": [c.name for c in ckpts],
-        "started": starts[0].get("time") if starts else None,
-    }
-
-
-def output_dir_of(argv: list[str]) -> str | None:
-    """The ``--output-dir`` a train job was started with (the dashboard gives each run its own folder)."""
-    for i, a in enumerate(argv):
-        if a == "--output-dir" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--output-dir="):
-            return a.split("=", 1)[1]
-    return None
 
 
 # ---- model set-up ---------------------------------------------------------------------------------------------------
@@ -660,14 +568,14 @@ def resume_point(out: Path, resume: str) -> Path | None:
     resume = (resume or "auto").strip()
     if resume == "auto":
         found = latest_complete_checkpoint(out)
-        if found is None and has_final_output(out):
+        if found is None and has_final_model(out):
             raise TrainError(
                 f"{out} already holds a finished model; set output_dir to a new folder (or delete that one) to train again.",
                 zh=f"{out} 里已经有训练完成的模型；要重新训练，请把 output_dir 设为新的文件夹（或删除那个文件夹）。",
             )
         return found
     if resume == "no":
-        if list_checkpoints(out) or has_final_output(out):
+        if list_checkpoints(out) or has_final_model(out):
             raise TrainError(
                 f"{out} already holds a run; continue it with --resume auto, or set output_dir to a new folder.",
                 zh=f"{out} 里已经有一次训练；请选择从检查点继续，或把 output_dir 设为新的文件夹。",
@@ -1066,7 +974,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
                 f"Stopped at step {trainer.state.global_step}; checkpoint saved in {out}. Continue with --resume auto."
             )
             if trainer.is_world_process_zero():
-                write_json_atomic(out / "stopped.json", info)
+                write_json_atomic(out / STOPPED_FILE, info)
             return info
         # ---- final adapter/model + tokenizer, ready for chat (KV cache back on)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -1077,7 +985,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
         if trainer.is_world_process_zero():
             tokenizer.save_pretrained(str(out))  # chat loads it from here (padding side is the loader's choice)
             write_json_atomic(out / INFO_FILE, info)
-            (out / "stopped.json").unlink(missing_ok=True)
+            (out / STOPPED_FILE).unlink(missing_ok=True)
         _log(f"Done: {cfg.method} model saved in {out}.")
         return info
 

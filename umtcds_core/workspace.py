@@ -27,11 +27,13 @@ from pathlib import Path
 from . import steps
 from .errors import UserError
 from .fileio import read_json, write_json_atomic
+from .jobs import DONE, FAILED, RUNNING, latest_job
+from .runs import eval_metrics_path, has_final_model, list_runs, new_run_dir
 
 DEFAULT_ROOT = Path(__file__).resolve().parent.parent / "data" / "workspaces"
 STEPS = steps.STATUS_STEPS  # the steps with a status, from the one step registry
 
-NOT_STARTED, RUNNING, DONE, FAILED = "not started", "running", "done", "failed"
+NOT_STARTED = "not started"  # a step's status; the others (running, done, failed) are its latest job's states
 
 _NAME_RE = re.compile(r"^[\w\-. ]{1,64}$", re.UNICODE)
 
@@ -143,24 +145,20 @@ class Workspace:
 
     # ---- runs ---------------------------------------------------------------------------------------------------
     def runs(self) -> list[Path]:
-        """Run folders, newest first."""
-        if not self.runs_dir.exists():
-            return []
-        return sorted((p for p in self.runs_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+        """Run folders, newest first (what is inside one: :mod:`umtcds_core.runs`)."""
+        return list_runs(self.runs_dir)
 
     def new_run_dir(self, prefix: str = "run") -> Path:
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        path = self.runs_dir / f"{prefix}-{stamp}"
-        i = 1
-        while path.exists():
-            i += 1
-            path = self.runs_dir / f"{prefix}-{stamp}-{i}"
-        return path
+        return new_run_dir(self.runs_dir, prefix)
 
     # ---- status -------------------------------------------------------------------------------------------------
     def trained_runs(self) -> list[Path]:
         """Run folders holding a final model, newest first (what the train step's status and chat need)."""
         return [r for r in self.runs() if has_final_model(r)]
+
+    def evaluated_runs(self) -> list[Path]:
+        """Run folders holding evaluation scores, newest first (the evaluate step's status)."""
+        return [r for r in self.runs() if eval_metrics_path(r).exists()]
 
     def _outputs_exist(self, step: str) -> bool:
         done = steps.get(step).done
@@ -174,8 +172,6 @@ class Workspace:
         The registry (:mod:`steps`) says which files mean "done"; a step that shows another's status (chat: train)
         reads that one.
         """
-        from .jobs import latest_job  # local import: jobs imports workspace
-
         step = steps.get(step).status_of or step
         job = latest_job(self, step)
         if job is not None:
@@ -188,15 +184,6 @@ class Workspace:
 
     def statuses(self) -> dict[str, str]:
         return {s: self.status(s) for s in STEPS}
-
-
-def has_final_model(run_dir: Path) -> bool:
-    """A run is finished when its folder holds a final adapter or full model (not just checkpoints)."""
-    return (
-        (run_dir / "adapter_config.json").exists()
-        or (run_dir / "model.safetensors").exists()
-        or any(run_dir.glob("model-*.safetensors"))
-    )
 
 
 def list_workspaces(root: Path | None = None) -> list[Workspace]:

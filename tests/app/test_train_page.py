@@ -11,7 +11,8 @@ from streamlit.testing.v1 import AppTest
 
 from tests.train_helpers import make_tiny_model, train_tiny_adapter
 from umtcds_core.jobs import latest_job
-from umtcds_core.workspace import DONE, Workspace, has_final_model
+from umtcds_core.runs import has_final_model
+from umtcds_core.workspace import DONE, Workspace
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "5_train.py")
 pytestmark = pytest.mark.slow

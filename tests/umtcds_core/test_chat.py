@@ -13,35 +13,36 @@ import weakref
 import pytest
 
 from tests.chat_helpers import FACTS
-from umtcds_core import chat
+from umtcds_core import chat, runs
 from umtcds_core.chat import ChatError, ChatSession, GenOptions
 from umtcds_core.cli import main
 from umtcds_core.errors import UserError
+from umtcds_core.runs import RunError
 
 GREEDY = GenOptions(max_new_tokens=20, temperature=0.0)
 Q_WIFI, A_WIFI = FACTS[0]
 
 
 def test_find_adapter_run_checkpoint_and_errors(tmp_path, fact_adapter):
-    assert chat.find_adapter(fact_adapter) == fact_adapter
+    assert runs.find_adapter(fact_adapter) == fact_adapter
     run = tmp_path / "run"
     for step in (5, 20):  # a run without a final adapter: its newest checkpoint wins
         shutil.copytree(fact_adapter, run / f"checkpoint-{step}")
-    assert chat.find_adapter(run).name == "checkpoint-20"
-    assert chat.run_dir_of(run / "checkpoint-20") == run
-    assert [p.name for p in chat.loadable([run])] == ["checkpoint-20", "checkpoint-5"]
+    assert runs.find_adapter(run).name == "checkpoint-20"
+    assert runs.run_dir_of(run / "checkpoint-20") == run
+    assert [p.name for p in runs.loadable([run])] == ["checkpoint-20", "checkpoint-5"]
     # base model from the run's train_info.json, else adapter_config.json
     (run / "checkpoint-5" / "train_info.json").unlink()
     (run / "train_info.json").write_text(json.dumps({"base_model": "some-base"}))
-    assert chat.adapter_base_ref(run / "checkpoint-5") == "some-base"
+    assert runs.adapter_base_ref(run / "checkpoint-5") == "some-base"
     (run / "train_info.json").unlink()
     cfg = json.loads((run / "checkpoint-5" / "adapter_config.json").read_text())
-    assert chat.adapter_base_ref(run / "checkpoint-5") == cfg["base_model_name_or_path"]
-    with pytest.raises(ChatError, match="does not exist"):
-        chat.find_adapter(tmp_path / "nope")
+    assert runs.adapter_base_ref(run / "checkpoint-5") == cfg["base_model_name_or_path"]
+    with pytest.raises(RunError, match="does not exist"):
+        runs.find_adapter(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ChatError, match="holds no adapter"):
-        chat.find_adapter(tmp_path / "empty")
+    with pytest.raises(RunError, match="holds no adapter"):
+        runs.find_adapter(tmp_path / "empty")
 
 
 def test_tuned_recalls_facts_base_does_not(fact_chat_model):

@@ -17,14 +17,8 @@ import yaml
 from tests.train_helpers import DEFAULT_PAIRS, make_tiny_model, tiny_config, train_tiny_adapter
 from umtcds_core.config import load_config
 from umtcds_core.errors import UserError
-from umtcds_core.train import (
-    encode_conversation,
-    is_complete_checkpoint,
-    latest_complete_checkpoint,
-    read_metrics,
-    stop_token_ids,
-    train,
-)
+from umtcds_core.runs import is_complete_checkpoint, latest_complete_checkpoint, read_metrics
+from umtcds_core.train import encode_conversation, stop_token_ids, train
 from umtcds_core.train import run as train_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -315,7 +309,6 @@ def test_failed_compile_falls_back_to_eager_with_a_note(monkeypatch):
 
     from umtcds_core import speed
     from umtcds_core.config import TrainConfig
-    from umtcds_core.train import Setup, compile_checked
 
     shape = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, num_attention_heads=2)
     glm = GlmConfig(**shape, num_key_value_heads=1, head_dim=16, vocab_size=256, pad_token_id=0)
@@ -330,11 +323,14 @@ def test_failed_compile_falls_back_to_eager_with_a_note(monkeypatch):
         return 2
 
     monkeypatch.setattr(speed, "compile_layers", broken_compile)
-    setup = Setup("cpu", "fp32", 1, 0, attn="sdpa", packing=True, gradient_checkpointing=True)
-    assert compile_checked(model, TrainConfig(), setup, "cpu") == 0
+    monkeypatch.setattr(speed, "compile_usable", lambda device=None: True)  # a GPU would say so
+    plan = speed.plan(TrainConfig(compile="on"), speed.Machine("cpu"))
+    assert plan.compile and plan.packing and plan.checkpointing
+    report = speed.apply(model, plan)
+    assert report.compiled == 0
     assert any(
         "torch.compile failed (RuntimeError: Inductor could not lower an op); training runs eager" in n
-        for n in setup.notes
+        for n in report.notes
     )
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients behind
     out = model(input_ids=torch.tensor([[5, 6, 7]]), labels=torch.tensor([[5, 6, 7]]))

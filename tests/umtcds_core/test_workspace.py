@@ -1,6 +1,7 @@
 import pytest
 
-from umtcds_core.workspace import DONE, NOT_STARTED, Workspace, WorkspaceError, has_final_model, list_workspaces
+from umtcds_core.runs import has_final_model
+from umtcds_core.workspace import DONE, NOT_STARTED, Workspace, WorkspaceError, list_workspaces
 
 
 def test_create_lists_and_layout(tmp_path):
