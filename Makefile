@@ -33,6 +33,8 @@ $(STAMP): $(PY) requirements.txt requirements-gpu.txt pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $(STAMP)
 
+# Streamlit reads .streamlit/config.toml from the folder it starts in (this one): port, theme, and no file watcher
+# (a watcher over the checkout burns a core while jobs write; see the comment there). The browser tests run this target.
 run: $(STAMP)
 	@$(PY) -c "from umtcds_core.secrets import public_without_password as p; p('$(HOST)')"
 	$(VENV)/bin/streamlit run Home.py --server.port $(PORT) --server.address $(HOST)

@@ -14,7 +14,17 @@ import re
 import time
 
 import pytest
-from browser_helpers import create_workspace, main_area, open_dashboard, set_language, shot, wait_idle
+from browser_helpers import (
+    WAIT_MS,
+    create_workspace,
+    main_area,
+    open_dashboard,
+    set_language,
+    shot,
+    wait_idle,
+    wait_until,
+)
+from playwright.sync_api import expect
 
 from umtcds_core.demo import pick_seed
 from umtcds_core.demo_site import DemoSite
@@ -58,7 +68,7 @@ def wait_job(ws: Workspace, step: str, page, shot_name: str) -> None:
     status = job.wait(timeout=max(1.0, deadline - time.monotonic()))
     assert status == "done", f"{step} ended {status}: {job.error_summary()}"
     # The job panel notices the end by itself (its fragment polls) and reruns the page once.
-    main_area(page).get_by_text(re.compile(r"🟢 done")).first.wait_for(timeout=30_000)
+    main_area(page).get_by_text(re.compile(r"🟢 done")).first.wait_for(timeout=WAIT_MS)
     wait_idle(page)
 
 
@@ -121,7 +131,7 @@ def test_wizard_crawl_and_generate_on_the_demo_site(dashboard, page, stop_jobs_a
     if clean.is_checked():  # a second LLM pass per page: too slow for a CPU test
         main.get_by_text("Clean text first", exact=True).click()
         wait_idle(page)
-        assert not clean.is_checked()
+        expect(clean).not_to_be_checked(timeout=WAIT_MS)
     shot(page, "wizard-2-generate-settings")
     need(main.get_by_role("button", name="Start generating"), "Start generating button").click()
     wait_job(ws, "generate", page, "wizard-2-generate")
@@ -129,6 +139,7 @@ def test_wizard_crawl_and_generate_on_the_demo_site(dashboard, page, stop_jobs_a
     results.wait_for(timeout=60_000)
     results.scroll_into_view_if_needed()
     shot(page, "wizard-2-generate-done")
+    wait_until(lambda: ws.qa_file.exists() and (ws.qa_dir / "failures.jsonl").exists(), "qa.jsonl and failures.jsonl")
     assert (ws.qa_file).exists() and (ws.qa_dir / "failures.jsonl").exists()
     assert not page.js_errors, page.js_errors
 
@@ -156,6 +167,7 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
         main.get_by_role("button", name="Add", exact=True).click()
         wait_idle(page)
     edited = ws.dataset_dir / "qa_edited.jsonl"
+    wait_until(edited.exists, "qa_edited.jsonl after adding pairs")
     assert edited.exists(), "adding pairs should save the reviewed copy"
     search = need(main.get_by_role("textbox", name="Search (question, answer or source)", exact=True), "search box")
     search.fill("dormitory fee")
@@ -178,8 +190,15 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
     editor.fill("The dormitory fee is 1,200 yuan per year, paid in September.")
     editor.press("Enter")
     wait_idle(page)
-    page.wait_for_timeout(1000)
-    rows = [json.loads(x) for x in edited.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+    def edited_rows() -> list[dict]:
+        return [json.loads(x) for x in edited.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+    try:  # the edit reaches the file in the rerun the cell edit triggers: wait for it
+        wait_until(lambda: any("paid in September" in r["answer"] for r in edited_rows()), "the edited answer")
+    except AssertionError:
+        pass
+    rows = edited_rows()
     if not any("paid in September" in r["answer"] for r in rows):
         shot(page, "wizard-3-edit-FAILED")
         pytest.fail("Editing a cell of the pairs table did not reach qa_edited.jsonl")
@@ -188,7 +207,8 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
     wait_idle(page)
     shot(page, "wizard-3-dataset-edited")
     need(main.get_by_role("button", name="Split and export"), "Split and export button").click()
-    main.get_by_text("Dataset written to").wait_for(timeout=60_000)
+    main.get_by_text("Dataset written to").wait_for(timeout=WAIT_MS)
+    wait_until((ws.dataset_dir / "train.jsonl").exists, "dataset/train.jsonl")
     assert (ws.dataset_dir / "train.jsonl").exists()
     shot(page, "wizard-3-dataset-split")
 
@@ -200,6 +220,10 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
     shot(page, "wizard-4-config")
     need(main.get_by_role("button", name="Save to the project"), "Save button").click()
     wait_idle(page)
+    wait_until(
+        lambda: ws.config_file.exists() and "max_steps: 4" in ws.config_file.read_text(encoding="utf-8"),
+        "config.yaml with max_steps: 4",
+    )
     assert ws.config_file.exists()
     assert "max_steps: 4" in ws.config_file.read_text(encoding="utf-8")
 
@@ -220,8 +244,8 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
     )
     shot(page, "wizard-5-train-chart-updated")
     wait_job(ws, "train", page, "wizard-5-train")
-    page.wait_for_timeout(3000)  # the fragment redraws every 2 s
     wait_idle(page)
+    expect(chart.first.locator(".scatterlayer .trace").first).to_be_attached(timeout=WAIT_MS)  # the fragment redraws
     assert chart.first.locator(".scatterlayer .trace").count() >= 1  # plotted points, not an empty frame
     assert any((r / "adapter_config.json").exists() for r in ws.runs())
     shot(page, "wizard-5-train-done")
