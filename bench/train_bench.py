@@ -19,21 +19,19 @@ tokens, prompt tokens included. Variants are built fresh, warmed up, and alterna
 * ``baseline`` — the Hugging Face default: batches padded to the longest sample, gradient checkpointing on every
   layer, the model's own loss (full logits upcast to fp32); QLoRA prepared with peft's
   ``prepare_model_for_kbit_training`` (frozen 16-bit weights upcast to fp32).
-* ``ours`` — ``umtcds_core.speed`` as ``umtcds train`` applies it on one CUDA GPU: padding-free packing
-  (``position_ids`` per sample) with per-sample FlashAttention varlen attention (PyTorch's kernel), the fused
-  linear+cross-entropy loss on labelled positions only (Liger on CUDA in ~128 MiB chunks of logits, chunked PyTorch
-  elsewhere), the decoder layers compiled with ``torch.compile`` (``speed.compile_options``: two layers per compiled
-  call inside reentrant checkpointing, the last run not checkpointed, adapters under bf16 autocast, one LoRA dropout
-  mask per attention; QLoRA one layer per call), packed rows through ``umtcds::varlen_attn``, TF32, pinned batches
-  copied without a host wait; QLoRA prepared without the fp32 upcast. P-tuning v2 (prefix cache) is padded and runs
-  without checkpointing, as in ``umtcds train`` (transformers drops a cache under checkpointing). Under ``--ddp``
-  ``ours`` is ``ours-eager``, since ``umtcds train`` does not compile on several GPUs.
-* Ablations: ``ours-eager`` — the same without compile (``compile: off``; Liger RMSNorm/SwiGLU kernels instead);
-  ``ours-noliger`` — eager with the chunked PyTorch loss and no Liger kernels (its fallback without Triton);
-  ``ours-sdpa`` — packing through SDPA's dense block-diagonal mask instead of varlen attention; ``ours-pack`` —
-  packing only; ``ours-skipN`` — ``ours`` with the last N layers not checkpointed; compile options as named
-  variants (``ours-g2``, ``ours-sg``, ``ours-ac``, ``ours-reent``, ``ours-cpp``…, see ``VARIANTS``) or composed:
-  ``ours+sg+cpp`` = ``ours`` plus guard-eval skipping and Inductor's C++ wrapper (flags in ``FLAGS``).
+* ``ours`` — ``speed.plan(TrainConfig(method=...), this machine)``, built and applied exactly as ``umtcds train``
+  does (load → ``methods`` wrap → ``speed.apply``); on one CUDA GPU: padding-free packing with per-sample
+  FlashAttention varlen attention, the fused linear+cross-entropy loss on labelled positions only, the decoder layers
+  compiled (``speed.compile_options``), TF32, pinned batches copied without a host wait, QLoRA prepared without the
+  fp32 upcast. P-tuning v2 is padded and runs without checkpointing; under ``--ddp`` nothing is compiled — both as
+  the plan says for ``umtcds train``.
+* Ablations (each a change of the plan, ``VARIANTS``): ``ours-eager`` — without compile (Liger RMSNorm/SwiGLU
+  kernels instead); ``ours-noliger`` — eager with the chunked PyTorch loss and no Liger kernels; ``ours-sdpa`` —
+  packing through SDPA's dense block-diagonal mask; ``ours-pack`` — packing only; ``ours-skipN`` — the last N layers
+  not checkpointed. Composable flags (``FLAGS``): ``ours+sg+cpp`` = ``ours`` plus guard-eval skipping
+  (:class:`GuardSkipping`) and Inductor's C++ wrapper; ``+g1/g4``, ``+noac``, ``+nore``, ``+ng``, ``+nokl``,
+  ``+nosd``, ``+fr``, ``+notf32``, ``+nodrop`` undo or change one compile option or setting each. Earlier named
+  variants and what they measured: ``bench/results/NOTES.md``.
 
 Every variant is built fresh, warmed up (``--warmup`` steps, which include the compile) and the variants alternate over
 ``--rounds``; the JSON gives the mean (``speedup``), the median (``speedup_median``) and the per-round ratios
@@ -74,69 +72,97 @@ TINY = dict(
 )
 _OPTIONS: dict = {}  # process-wide bench options (set by main)
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "4090": 165.0}
-# packing; per-sample varlen attention; fused loss; Liger (loss + kernels); checkpointing; layers not checkpointed;
-# k-bit preparation; pinned batches copied without a host wait (umtcds train's Trainer settings)
-EAGER = dict(packing=True, varlen=True, fused=True, liger=True, ckpt=True, skip=0, kbit="lean", pinned=True)
-# + torch.compile of the layers (Inductor fuses RMSNorm/SwiGLU, so no Liger layer kernels); compile options not named
-# in a variant are speed.compile_options(method)
-COMPILED = EAGER | {"compile": True, "kernels": False}
-FIRST_COMPILE = {"cpp": False, "reentrant": False, "noguard": False}  # the first compile options measured
-VARIANTS = {
-    "baseline": dict(packing=False, varlen=False, fused=False, liger=False, ckpt=True, skip=0, kbit="peft"),
-    # = umtcds train on one CUDA GPU: compiled layers and TF32 adapter matmuls
-    "ours": COMPILED | {"tf32": True},
+# Variants are speed plans: "ours" is exactly speed.plan(TrainConfig(method=...), this machine) — what umtcds train
+# does here — and every other variant replaces some of its decisions (dataclasses.replace on the frozen plan).
+# ``compile_options`` keys in a variant update the plan's compile options.
+VARIANTS: dict[str, dict] = {
+    # the Hugging Face default: padded batches, full-logit loss, peft's k-bit preparation (fp32 upcast)
+    "baseline": dict(attention="sdpa", varlen_op=False, packing=False, loss="standard", kernels=False, compile=False,
+                     kbit="peft", tf32=False, pinned=False),
+    "ours": {},
     # the eager path (umtcds train with compile: off, or where torch.compile is unavailable)
-    "ours-eager": EAGER,
-    "ours-noliger": EAGER | {"liger": False},
-    "ours-sdpa": EAGER | {"varlen": False, "liger": False},
-    "ours-pack": EAGER | {"varlen": False, "fused": False, "liger": False},
-    "ours-compile": COMPILED | FIRST_COMPILE,
-    "ours-compile-tf32": COMPILED | FIRST_COMPILE | {"tf32": True},
-    **{
-        name: COMPILED
-        | {"tf32": True, "cpp": "cpp" in name, "reentrant": "reent" in name, "noguard": name.endswith("-ng")}
-        for name in ("ours-cpp", "ours-reent", "ours-cpp-reent", "ours-reent-ng", "ours-cpp-reent-ng", "ours-ng")
-    },
-    "ours-compile-liger": COMPILED | {"kernels": True},
-    # fewer Python/Dynamo calls per step: layers compiled and checkpointed in runs of 2 (g2); guard evaluation
-    # skipped (sg); adapters computed under 16-bit autocast (ac)
-    **{
-        name: COMPILED
-        | {"tf32": True, "group": 2 if "-g2" in name else 1, "sg": name.endswith("-sg"), "ac": "-ac" in name}
-        for name in ("ours-g2", "ours-sg", "ours-g2-sg", "ours-ac", "ours-ac-g2")
-    },
-}
-
-
-# composable flags: "ours+sg+cpp" = ours with those compile options
+    "ours-eager": dict(compile=False),
+    "ours-noliger": dict(compile=False, loss="chunked", kernels=False),
+    "ours-sdpa": dict(compile=False, attention="sdpa", varlen_op=False, loss="chunked", kernels=False),
+    "ours-pack": dict(compile=False, attention="sdpa", varlen_op=False, loss="standard", kernels=False),
+}  # fmt: skip
+# composable flags: "ours+sg+cpp" = ours with those changes (compile options, Inductor settings, diagnostics)
 FLAGS = {
-    "ac": {"ac": True},
-    "g2": {"group": 2},
-    "g4": {"group": 4},
-    "sg": {"sg": True},
-    "cpp": {"cpp": True},
+    "g1": {"compile_options": {"group": 1}},
+    "g2": {"compile_options": {"group": 2}},
+    "g4": {"compile_options": {"group": 4}},
+    "noac": {"compile_options": {"adapter_autocast": False}},  # fp32 adapter matmuls (TF32) instead of 16-bit
+    "nore": {"compile_options": {"reentrant": False}},  # the layer's own non-reentrant checkpointing
+    "ng": {"compile_options": {"skip_module_guards": False}},  # module guards evaluated on every call
+    "nokl": {"compile_options": {"keep_last": False}},  # the last run of layers checkpointed too
+    "nosd": {"compile_options": {"shared_dropout": False}},  # a dropout mask per projection (peft's default)
+    "sg": {"compile_options": {"wrap_train": "guard-skipping"}},  # guard evaluation skipped once warm
+    "cpp": {"inductor": {"cpp_wrapper": True}},  # Inductor's C++ wrapper launches the kernels
+    "fr": {"inductor": {"fallback_random": True}},  # eager random kernels instead of Triton-generated ones
+    "notf32": {"tf32": False},
     "nodrop": {"lora_dropout": 0.0},  # diagnostic: what LoRA dropout costs (not the users' default)
-    "nosd": {"sd": False},  # a dropout mask per projection (peft's default) instead of one per attention
-    "nokl": {"kl": False},  # the last run of layers checkpointed too
-    "fr": {"fr": True},  # Inductor calls eager random kernels (fallback_random) instead of generating in Triton
 }
 
 
-def variant_settings(name: str, method: str, world: int = 1) -> dict:
-    if name == "ours" and world > 1:  # as umtcds train: no compile on several GPUs (compile: auto)
-        name = "ours-eager"
-    if "+" in name:
-        base, *flags = name.split("+")
-        s = dict(VARIANTS[base])
-        for f in flags:
-            s.update(FLAGS[f])
-    elif name.startswith("ours-skip"):
-        s = dict(VARIANTS["ours"], skip=int(name[len("ours-skip") :]))
-    else:
-        s = dict(VARIANTS[name])
-    if method == "ptuning-v2":  # as umtcds train: prefix cache => padded, no checkpointing
-        s.update(packing=False, varlen=False, ckpt=False, skip=0)
-    return s
+class GuardSkipping:
+    """``wrap_train`` of ``speed.compile_layers`` (measured, not shipped: no gain on the H200, see
+    ``bench/results/NOTES.md``). Calls a compiled layer function under ``skip_guard_eval_unsafe`` (only the guards that tell its cached graphs
+    apart are evaluated) for call kinds it has compiled before: grad mode × layers per call. A first call of a kind
+    runs with all guards and compiles; a recompile the stance refuses (PyTorch raises rather than guess) is retried
+    the same way, so a new shape class costs one exception, never a wrong graph."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.seen: set = set()
+
+    def __call__(self, inner, layers, *args, **kwargs):
+        import torch
+
+        key = (torch.is_grad_enabled(), len(layers))
+        if key in self.seen:
+            try:
+                with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
+                    return self.fn(inner, layers, *args, **kwargs)
+            except RuntimeError as exc:
+                if "skip_guard_eval_unsafe" not in str(exc):
+                    raise
+        out = self.fn(inner, layers, *args, **kwargs)
+        self.seen.add(key)
+        return out
+
+
+def variant(name: str, method: str, machine) -> tuple:
+    """``(plan, extras)`` of a variant: the speed plan and the bench-only settings (Inductor options, dropout)."""
+    import dataclasses
+
+    from umtcds_core import speed
+    from umtcds_core.config import TrainConfig
+
+    base, *flags = name.split("+")
+    changes: dict = {}
+    if base.startswith("ours-skip"):  # the last N layers not checkpointed
+        changes["skip_last"] = int(base[len("ours-skip") :])
+        base = "ours"
+    changes = {**VARIANTS[base], **changes}
+    extras: dict = {"inductor": {}, "lora_dropout": None}
+    options = {}
+    for f in flags:
+        for key, value in FLAGS[f].items():
+            if key == "compile_options":
+                options.update(value)
+            elif key == "inductor":
+                extras["inductor"].update(value)
+            elif key == "lora_dropout":
+                extras["lora_dropout"] = value
+            else:
+                changes[key] = value
+    plan = speed.plan(TrainConfig(method=method, compile="auto"), machine)
+    if _OPTIONS.get("compile_on_cpu") and not machine.cuda and name != "baseline" and "compile" not in changes:
+        changes["compile"] = True  # CPU smoke test of the compiled path (umtcds train does not compile on CPU)
+    if options.get("wrap_train") == "guard-skipping":
+        options["wrap_train"] = GuardSkipping
+    plan = dataclasses.replace(plan, **changes, compile_options={**plan.compile_options, **options})
+    return plan, extras
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -218,89 +244,36 @@ def quantize_4bit_(model, compute_dtype):
     return model
 
 
-def build(hf_cfg, method: str, settings: dict, device: str, dtype, seed: int = 0, compile_on_cpu: bool = False):
-    """A fresh model for one variant: same seed, same weights; returns (model, description of the speed path)."""
+def build(hf_cfg, method: str, plan, extras: dict, dtype, seed: int = 0):
+    """A fresh model for one variant (same seed, same weights), wrapped by its method and sped up by ``plan``:
+    the same three calls as ``umtcds train`` (load → method → speed.apply); returns (model, report)."""
     import torch
     import transformers
-    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from umtcds_core import speed
+    from umtcds_core import methods, speed
     from umtcds_core.config import TrainConfig
-    from umtcds_core.train import lora_targets
 
-    tc = TrainConfig()  # the defaults users get: r=8, alpha 32, dropout 0.1, 128 virtual tokens
+    # the defaults users get: r=8, alpha 32, dropout 0.1, 128 virtual tokens
+    tc = TrainConfig(method=method)
+    if extras.get("lora_dropout") is not None:
+        tc = tc.replace(lora_dropout=extras["lora_dropout"])
     transformers.set_seed(seed)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation="sdpa")
+    with torch.device(plan.device):
+        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype, attn_implementation=plan.load_attention)
     model.config.use_cache = False
-    info: dict = {}
-    if method == "qlora":
-        quantize_4bit_(model, dtype)
-        if settings["kbit"] == "peft":
-            from peft import prepare_model_for_kbit_training
-
-            model = prepare_model_for_kbit_training(
-                model,
-                use_gradient_checkpointing=settings["ckpt"],
-                gradient_checkpointing_kwargs={"use_reentrant": False},
-            )
-        else:
-            speed.prepare_kbit_lean(model)
-        info["kbit_preparation"] = settings["kbit"]
-    if settings["ckpt"]:
-        info["checkpointed_layers"] = speed.set_checkpointing(model, True, skip_last=settings["skip"])
+    m = methods.get(method)
+    if m.quantised:
+        quantize_4bit_(model, dtype)  # a 4-bit load of the random-init model
     transformers.set_seed(seed)
-    if method in ("lora", "qlora"):
-        targets = lora_targets(model, tc.lora_target_modules)
-        model = get_peft_model(
-            model,
-            LoraConfig(
-                task_type=TaskType.CAUSAL_LM,
-                r=tc.lora_r,
-                lora_alpha=tc.lora_alpha,
-                lora_dropout=settings.get("lora_dropout", tc.lora_dropout),
-                target_modules=targets,
-            ),
-        )
-        info["lora_targets"] = targets
-    elif method == "ptuning-v2":
-        model = get_peft_model(
-            model, PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=tc.num_virtual_tokens)
-        )
-        info["num_virtual_tokens"] = tc.num_virtual_tokens
-    info["attention"] = "sdpa"
-    if settings["varlen"]:
-        info["attention"] = speed.enable_varlen_attention(model, device)
-        info["attention_op"] = speed.varlen_path()
-    if settings["fused"]:
-        info["loss"] = speed.enable_fused_loss(model, device, use_liger=settings["liger"]) or "standard"
-        info["kernels"] = (
-            speed.apply_kernels(model, device) if settings["liger"] and settings.get("kernels", True) else []
-        )
-    else:
-        info["loss"] = "standard (full logits, fp32 upcast)"
-    if settings.get("compile"):
+    model, targets = m.wrap(model, tc, kbit=plan.kbit, checkpointing=plan.checkpointing)
+    if plan.compile:
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
-        torch._inductor.config.cpp_wrapper = False
-        torch._inductor.config.fallback_random = bool(settings.get("fr", False))
-        opts = speed.compile_options(method)
-        for key, opt in (
-            ("cpp", "cpp_wrapper"),
-            ("reentrant", "reentrant"),
-            ("noguard", "skip_module_guards"),
-            ("group", "group"),
-            ("sg", "skip_guard_eval"),
-            ("ac", "adapter_autocast"),
-            ("kl", "keep_last"),
-            ("sd", "shared_dropout"),
-        ):
-            if key in settings:
-                opts[opt] = settings[key]
-        info["compile_options"] = opts
-        info["compiled_layers"] = speed.compile_layers(model, device, force=compile_on_cpu, **opts)
+        torch._inductor.config.cpp_wrapper = bool(extras["inductor"].get("cpp_wrapper", False))
+        torch._inductor.config.fallback_random = bool(extras["inductor"].get("fallback_random", False))
+    report = speed.apply(model, plan)
     model.train()
-    return model, info
+    return model, report, targets
 
 
 # ---- one timed run -------------------------------------------------------------------------------------------------
@@ -341,15 +314,15 @@ def run_variant(
 
     from umtcds_core import speed
 
-    settings = variant_settings(name, method, world)
-    cuda = device.startswith("cuda")
-    pinned = cuda and settings.get("pinned", False)
+    plan, extras = variant(name, method, speed.Machine.detect(device, world))
+    cuda = plan.cuda
+    pinned = plan.pinned
     t0 = time.perf_counter()
-    model, info = build(hf_cfg, method, settings, device, dtype, compile_on_cpu=_OPTIONS.get("compile_on_cpu", False))
+    model, report, targets = build(hf_cfg, method, plan, extras, dtype)
     build_s = time.perf_counter() - t0
     pad_id = hf_cfg.pad_token_id if hf_cfg.pad_token_id is not None else 0
-    attn = info["attention"]
-    collator = speed.make_collator(None, packing=True, attn_implementation=attn) if settings["packing"] else None
+    packed = report.packing
+    collator = speed.make_collator(None, packing=True, attn_implementation=report.attention) if packed else None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -358,11 +331,11 @@ def run_variant(
     opt = torch.optim.AdamW(params, lr=5e-4, fused=cuda)
     autocast = torch.autocast("cuda", dtype=dtype) if cuda and use_autocast else contextlib.nullcontext()
     tf32_before = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = bool(settings.get("tf32", tf32_before))
+    torch.backends.cuda.matmul.allow_tf32 = plan.tf32 if cuda else tf32_before
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    mine = rank_batches(batches, world, rank, rebalance and settings["packing"])[: warmup + steps]
+    mine = rank_batches(batches, world, rank, rebalance and packed)[: warmup + steps]
     losses, real, processed, supervised, max_positions = [], 0, 0, 0, 0
     start = None
     for i, feats in enumerate(mine):
@@ -416,7 +389,13 @@ def run_variant(
         seconds = float(sec)
     res = {
         "variant": name,
-        "settings": {**settings, **info},
+        "settings": {
+            **{k: v for k, v in plan.as_dict().items() if k != "compile_options"},
+            "compile_options": {k: str(v) if callable(v) else v for k, v in plan.compile_options.items()},
+            **extras,
+            "applied": {**report.as_dict(), "packing": packed, "notes": report.notes},
+            "lora_targets": targets,
+        },
         "tokens_per_s": round(real / seconds, 1),
         "real_tokens": real,
         "processed_positions": processed,
@@ -424,7 +403,7 @@ def run_variant(
         "max_step_positions": max_positions,
         "supervised_tokens": supervised,
         "steps_timed": steps,
-        "ddp_batches": ("rebalanced" if rebalance and settings["packing"] else "round-robin") if world > 1 else None,
+        "ddp_batches": ("rebalanced" if rebalance and packed else "round-robin") if world > 1 else None,
         "seconds": round(seconds, 3),
         "step_s": round(seconds / steps, 4),
         "first_step_loss": round(float(losses[0]), 5),
@@ -441,7 +420,7 @@ def run_variant(
         res["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
     torch.backends.cuda.matmul.allow_tf32 = tf32_before
     del model, opt, params
-    if settings.get("compile"):
+    if plan.compile:
         torch._dynamo.reset()  # compiled graphs keep the model alive: the next variant's peak would include it
     gc.collect()
     if cuda:
@@ -634,6 +613,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     import transformers
     from transformers import GlmConfig
 
+    from umtcds_core.methods import get as method_row
+
     t_start = time.perf_counter()
     rank, world = 0, 1
     if args.ddp:
@@ -678,7 +659,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             versions[pkg] = None
     results = []
     for method in methods:
-        if method == "qlora" and (not cuda or versions["bitsandbytes"] is None):
+        if method_row(method).quantised and (not cuda or versions["bitsandbytes"] is None):
             log("[qlora] skipped: needs CUDA and bitsandbytes")
             continue
         names = lora_variants if method == "lora" else [v for v in args.other_variants.split(",") if v]
@@ -798,7 +779,7 @@ def compare(path: str, summary: dict) -> dict:
 def memory_estimate_check(summary: dict, runs: list[dict], batch: int, tiny: bool) -> dict:
     """``umtcds_core.config.estimate_memory`` for the measured steps vs the measured peaks (error %)."""
     try:
-        from umtcds_core.config import estimate_glm4_9b_lora
+        from umtcds_core.memory import estimate_glm4_9b_lora
     except ImportError as exc:
         return {"error": f"estimate not available: {exc}"}
     if tiny:

@@ -1,29 +1,30 @@
 """Step 1 — Crawl: settings → a background ``umtcds crawl`` job → live counts → browse, read and drop pages.
 
-A thin view: validation, URL rules and the crawl itself live in :mod:`umtcds_core.crawl`; the job runs the same CLI
-a user would type, writing into the workspace's ``pages/`` folder, so closing the browser does not stop it.
+A thin view: the settings' labels, defaults and checks come from the crawl schema (:data:`umtcds_core.crawl.CRAWL`);
+Start saves them as ``settings.yaml`` in the job folder and runs ``umtcds crawl --config <that file>`` — the same CLI a
+user would type — writing into the workspace's ``pages/`` folder, so closing the browser does not stop it. While a
+crawl runs, the page shows that crawl's settings (read back from its file), not its own defaults.
 """
 
 from __future__ import annotations
 
-import shlex
+from datetime import datetime
 
 import pandas as pd
 import streamlit as st
 
-from umtcds_core import ui
-from umtcds_core.crawl import MANIFEST, CrawlConfig, url_verdict
+from umtcds_core import ui, ui_fields
+from umtcds_core.crawl import CRAWL, MANIFEST, CrawlConfig, robots_verdict, url_verdict
 from umtcds_core.errors import UserError
-from umtcds_core.fetch import DEFAULT_TIMEOUT, DEFAULT_USER_AGENT
 from umtcds_core.fileio import read_jsonl
 from umtcds_core.i18n import error_text, tr
-from umtcds_core.jobs import running_job
+from umtcds_core.jobs import latest_job, running_job
 
 ws = ui.require_workspace()
 pages_dir = ws.pages_dir
 meta = ws.meta()
 
-st.header(tr("第一步：爬取网页", "Step 1: Crawl the site"))
+ui.page_header("crawl")
 st.caption(
     tr(
         "⚠️ 获取数据前请先获得网站管理者的许可！爬虫只访问同一站点，默认遵守 robots.txt，并在请求之间停顿。",
@@ -37,50 +38,50 @@ def _lines(text: str) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-# ---- settings -----------------------------------------------------------------------------------------------------
+def _label(name: str) -> str:
+    return tr(*CRAWL[name].label)
+
+
+def _help(name: str) -> str | None:
+    return tr(*CRAWL[name].help) if CRAWL[name].help else None
+
+
+# ---- settings: labels, help and defaults from the crawl schema (umtcds_core.crawl.CRAWL) -------------------------
+_PLAIN = ("depth", "max_pages", "concurrency", "delay", "subdomains", "attachments", "user_agent", "timeout", "max_mb")
+
+
+def _job_settings(job) -> dict | None:
+    """The settings a job was started with (its settings.yaml), or None (started with flags, or unreadable)."""
+    if job is None or not job.settings_file.exists():
+        return None
+    try:
+        return CRAWL.load_yaml(job.settings_file)
+    except UserError:
+        return None
+
+
+active = running_job(ws, "crawl")
+shown = _job_settings(active)
+if shown:  # a crawl runs: its own settings (from its settings.yaml) are shown, not this page's defaults
+    ui_fields.seed(CRAWL, shown, "crawl_", _PLAIN, force=True)
+    st.session_state["crawl_url"] = shown.get("start_url") or ""
+    st.session_state["crawl_robots"] = bool(shown.get("respect_robots", True))
+    st.session_state["crawl_include"] = "\n".join(shown.get("include") or [])
+    st.session_state["crawl_exclude"] = "\n".join(shown.get("exclude") or [])
+st.session_state.setdefault("crawl_url", meta.get("start_url", ""))
+locked = active is not None
 url = st.text_input(
-    tr("起始网址", "Start URL"),
-    value=meta.get("start_url", ""),
+    _label("start_url"),
     placeholder="https://www.example.edu.cn/",
     key="crawl_url",
-    help=tr(
-        "学校网站首页或某个栏目页，需以 http:// 或 https:// 开头。",
-        "The site's home or a section page, with http(s)://.",
-    ),
+    help=_help("start_url"),
+    disabled=locked,
 )
-c1, c2, c3, c4 = st.columns(4)
-depth = c1.number_input(
-    tr("深度（链接跳数）", "Depth (link hops)"),
-    min_value=0,
-    max_value=10,
-    value=1,
-    key="crawl_depth",
-    help=tr("0 = 只取起始页；1 = 起始页及其直接链接。", "0 = only the start page; 1 = it and the pages it links to."),
+values = ui_fields.inputs(
+    CRAWL, CRAWL.defaults(), "crawl_", names=("depth", "max_pages", "concurrency", "delay"), cols=4, disabled=locked
 )
-max_pages = c2.number_input(
-    tr("最多页数", "Max pages"), min_value=1, max_value=100_000, value=500, key="crawl_max_pages"
-)
-concurrency = c3.number_input(
-    tr("并发数", "Concurrency"),
-    min_value=1,
-    max_value=32,
-    value=4,
-    key="crawl_concurrency",
-    help=tr("同时进行的请求数；4 对学校服务器比较友好。", "Parallel requests; 4 is kind to a campus server."),
-)
-delay = c4.number_input(
-    tr("请求间隔（秒）", "Delay (seconds)"),
-    min_value=0.0,
-    max_value=60.0,
-    value=0.5,
-    step=0.1,
-    key="crawl_delay",
-    help=tr(
-        "同一主机两次请求之间的最短间隔；robots.txt 的 Crawl-delay 更大时以其为准。",
-        "Minimum gap between requests to one host; robots.txt Crawl-delay wins when larger.",
-    ),
-)
-respect_robots = st.toggle(tr("遵守 robots.txt", "Respect robots.txt"), value=True, key="crawl_robots")
+st.session_state.setdefault("crawl_robots", CRAWL["respect_robots"].default)
+respect_robots = st.toggle(_label("respect_robots"), key="crawl_robots", disabled=locked)
 if not respect_robots:
     st.warning(
         tr(
@@ -93,44 +94,32 @@ if not respect_robots:
 
 with st.expander(tr("筛选与高级选项", "Filters and advanced options")):
     f1, f2 = st.columns(2)
-    include_text = f1.text_area(
-        tr("只跟随匹配的链接（正则，每行一个）", "Follow only links matching (regex, one per line)"),
-        key="crawl_include",
-        placeholder=r"/info/|/tzgg/",
+    include_text = f1.text_area(_label("include"), key="crawl_include", placeholder=r"/info/|/tzgg/", disabled=locked)
+    exclude_text = f2.text_area(_label("exclude"), key="crawl_exclude", placeholder=r"/en/|\?.*print", disabled=locked)
+    values |= ui_fields.inputs(
+        CRAWL, CRAWL.defaults(), "crawl_", names=("subdomains", "attachments"), cols=2, disabled=locked
     )
-    exclude_text = f2.text_area(
-        tr("不跟随匹配的链接（正则，每行一个）", "Never follow links matching (regex, one per line)"),
-        key="crawl_exclude",
-        placeholder=r"/en/|\?.*print",
+    values |= ui_fields.inputs(
+        CRAWL, CRAWL.defaults(), "crawl_", names=("user_agent", "timeout", "max_mb"), cols=2, disabled=locked
     )
-    o1, o2 = st.columns(2)
-    subdomains = o1.checkbox(
-        tr("包含子域名（如 jwc.xxx.edu.cn）", "Include subdomains (e.g. jwc.xxx.edu.cn)"), key="crawl_subdomains"
-    )
-    attachments = o2.checkbox(tr("提取 PDF / Word 附件", "Extract PDF / Word attachments"), key="crawl_attachments")
-    o3, o4 = st.columns([3, 1])
-    user_agent = o3.text_input("User-Agent", value=DEFAULT_USER_AGENT, key="crawl_user_agent")
-    timeout = o4.number_input(
-        tr("超时（秒）", "Timeout (s)"), min_value=1.0, max_value=300.0, value=DEFAULT_TIMEOUT, key="crawl_timeout"
-    )
+values.update(
+    start_url=url.strip() or None,
+    out_dir=str(pages_dir),
+    respect_robots=respect_robots,
+    include=_lines(include_text) or None,
+    exclude=_lines(exclude_text) or None,
+)
 
 
-def _config() -> CrawlConfig:
-    return CrawlConfig(
-        start_url=url,
-        out_dir=pages_dir,
-        depth=int(depth),
-        max_pages=int(max_pages),
-        concurrency=int(concurrency),
-        delay=float(delay),
-        respect_robots=respect_robots,
-        include=_lines(include_text),
-        exclude=_lines(exclude_text),
-        subdomains=subdomains,
-        attachments=attachments,
-        user_agent=user_agent,
-        timeout=float(timeout),
-    )
+def _checked() -> tuple[dict, CrawlConfig]:
+    """The page's settings validated by the schema (the CLI's sentences), then the start URL by CrawlConfig."""
+    checked = CRAWL.check(values)
+    return checked, CrawlConfig.from_settings(checked)
+
+
+@st.cache_data(ttl=300, show_spinner=False)
+def _robots(url: str, user_agent: str, timeout: float) -> str | None:
+    return robots_verdict(url, CrawlConfig("http://x/", ".", user_agent=user_agent, timeout=timeout))
 
 
 with st.expander(tr("测试一个网址是否会被爬取", "Test whether a URL would be crawled")):
@@ -141,61 +130,36 @@ with st.expander(tr("测试一个网址是否会被爬取", "Test whether a URL 
     )
     if probe.strip():
         try:
-            reason = url_verdict(probe.strip(), _config())
+            _, cfg = _checked()
+            reason = url_verdict(probe.strip(), cfg)
         except UserError as exc:
             st.error(error_text(exc))
         else:
+            if reason is None and cfg.respect_robots:
+                with st.spinner(tr("正在读取 robots.txt…", "Reading robots.txt…")):
+                    reason = _robots(probe.strip(), cfg.user_agent, min(cfg.timeout, 10.0))
             if reason is None:
                 st.success(
-                    tr(
-                        "会跟随这个链接（robots.txt 在爬取时检查）。",
-                        "Would be followed (robots.txt is checked while crawling).",
-                    )
+                    tr("会跟随这个链接（robots.txt 允许）。", "Would be followed (robots.txt allows it).")
+                    if cfg.respect_robots
+                    else tr("会跟随这个链接（已关闭 robots.txt 检查）。", "Would be followed (robots.txt is off).")
                 )
             else:
                 st.info(tr("不会跟随：", "Would be skipped: ") + reason)
 
 # ---- start --------------------------------------------------------------------------------------------------------
-active = running_job(ws, "crawl")
-if st.button(tr("开始爬取", "Start crawl"), type="primary", disabled=active is not None, key="crawl_start"):
+if st.button(tr("开始爬取", "Start crawl"), type="primary", disabled=locked, key="crawl_start"):
     try:
-        cfg = _config()
+        checked, cfg = _checked()
     except UserError as exc:
         st.error(error_text(exc))
     else:
-        args = [
-            cfg.start_url,
-            "--out",
-            str(pages_dir),
-            "--depth",
-            str(cfg.depth),
-            "--max-pages",
-            str(cfg.max_pages),
-            "--concurrency",
-            str(cfg.concurrency),
-            "--delay",
-            f"{cfg.delay:g}",
-            "--timeout",
-            f"{cfg.timeout:g}",
-        ]
-        if not cfg.respect_robots:
-            args.append("--ignore-robots")
-        for pattern in cfg.include:
-            args += ["--include", pattern]
-        for pattern in cfg.exclude:
-            args += ["--exclude", pattern]
-        if cfg.subdomains:
-            args.append("--subdomains")
-        if cfg.attachments:
-            args.append("--attachments")
-        if cfg.user_agent != DEFAULT_USER_AGENT:
-            args += ["--user-agent", cfg.user_agent]
         ws.update_meta(start_url=cfg.start_url)
-        ui.start_step(ws, "crawl", args)
-        st.session_state["crawl_last_command"] = "umtcds crawl " + shlex.join(args)
+        ui.start_step(ws, "crawl", [], settings=CRAWL.to_yaml(checked))
         st.rerun()
-if st.session_state.get("crawl_last_command"):
-    st.caption(tr("等价的命令行：", "Same as running: ") + f"`{st.session_state['crawl_last_command']}`")
+latest = latest_job(ws, "crawl")
+if latest is not None and latest.settings_file.exists():
+    st.caption(tr("等价的命令行：", "Same as running: ") + f"`umtcds crawl --config {latest.settings_file}`")
 
 job = ui.job_panel(ws, "crawl")
 
@@ -209,19 +173,38 @@ def _manifest() -> tuple[list[dict], int]:
     return read_jsonl(path, errors=bad), len(bad)
 
 
+def _cell(value) -> str:
+    """A table cell: missing values as "—", never a raw "None"."""
+    return "—" if value is None or value == "" else str(value)
+
+
+def _of_latest_crawl(records: list[dict]) -> list[dict]:
+    """The manifest lines the latest crawl job wrote: a URL that failed in an earlier crawl is not this crawl's."""
+    job = latest_job(ws, "crawl")
+    started = (job.meta.get("started") if job is not None else None) or 0
+
+    def when(r: dict) -> float:
+        try:
+            return datetime.strptime(r.get("fetched_at") or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            return 0.0
+
+    return [r for r in records if when(r) >= int(started)] if started else records
+
+
 @st.fragment(run_every=2.0 if active is not None else None)
 def _recent():
-    records, _bad = _manifest()
+    records = _of_latest_crawl(_manifest()[0])
     if not records:
         return
     st.subheader(tr("最近访问的网址", "Recent URLs"))
     rows = [
         {
             tr("网址", "URL"): r.get("url"),
-            tr("状态", "Status"): r.get("status"),
-            tr("标题", "Title"): r.get("title"),
-            tr("字数", "Chars"): r.get("chars"),
-            tr("结果", "Result"): tr("已保存", "saved") if r.get("path") else (r.get("error") or ""),
+            tr("状态", "Status"): _cell(r.get("status")),
+            tr("标题", "Title"): _cell(r.get("title")),
+            tr("字数", "Chars"): r.get("chars") or 0,
+            tr("结果", "Result"): tr("已保存", "saved") if r.get("path") else _cell(r.get("error")),
         }
         for r in reversed(records[-30:])
     ]
@@ -249,14 +232,14 @@ if files:
         [
             {
                 tr("文件", "File"): name,
-                tr("标题", "Title"): saved[name].get("title"),
+                tr("标题", "Title"): _cell(saved[name].get("title")),
                 tr("原始大小 (KB)", "Raw size (KB)"): round((saved[name].get("bytes") or 0) / 1024, 1),
                 tr("正文大小 (KB)", "Text size (KB)"): round((pages_dir / name).stat().st_size / 1024, 1),
-                tr("正文字数", "Extracted chars"): saved[name].get("chars"),
+                tr("正文字数", "Extracted chars"): saved[name].get("chars") or 0,
                 tr(
                     "正文 / 原始", "Text / raw"
                 ): f"{(pages_dir / name).stat().st_size / max(1, saved[name].get('bytes') or 1):.0%}",
-                tr("编码", "Encoding"): saved[name].get("encoding") or saved[name].get("kind"),
+                tr("编码", "Encoding"): _cell(saved[name].get("encoding") or saved[name].get("kind")),
                 tr("网址", "URL"): saved[name].get("final_url") or saved[name].get("url"),
             }
             for name in files
@@ -264,14 +247,10 @@ if files:
     )
     st.dataframe(table, hide_index=True, width="stretch")
     chosen = st.selectbox(tr("查看页面正文", "Open a page's text"), files, key="crawl_open")
-    if chosen:
-        st.text_area(
-            saved[chosen].get("final_url") or chosen,
-            (pages_dir / chosen).read_text(encoding="utf-8", errors="replace"),
-            height=300,
-            disabled=True,
-            key=f"crawl_text_{chosen}",
-        )
+    if chosen:  # st.code, not a disabled text area: a disabled widget's text is drawn faint grey
+        st.caption(saved[chosen].get("final_url") or chosen)
+        st.code((pages_dir / chosen).read_text(encoding="utf-8", errors="replace"), language=None, wrap_lines=True,
+                height=300)  # fmt: skip
     to_drop = st.multiselect(
         tr("从数据集中移除页面", "Drop pages from the set"),
         files,
@@ -292,3 +271,4 @@ if files:
         st.success(tr(f"已移除 {n} 个页面。", f"Dropped {n} pages."))
 elif records and active is None:
     st.info(tr("还没有保存任何页面；请查看上面的结果列。", "No page saved yet; see the Result column above."))
+ui.next_step("crawl")  # a link to the next step once this one is done

@@ -1,19 +1,43 @@
-"""Step 2 — clean the crawled pages and generate Q&A pairs with an LLM (a background `umtcds generate` job)."""
+"""Step 2 — clean the crawled pages and generate Q&A pairs with an LLM (a background ``umtcds generate`` job).
+
+A thin view over :mod:`umtcds_core.qa`: labels, help and defaults come from its schema (:data:`GENERATE`); Start saves
+the settings as ``settings.yaml`` in the job folder and runs ``umtcds generate --config <that file>`` (the API key
+travels only in the job's environment, never in a file). Coming back while a job runs shows that job's settings, read
+from its file; "Retry failed pages" reruns the failed job's own settings. For a local model on a CPU the page suggests
+a few pages and short replies and says how long they will take, from a tokens/s measured on this machine.
+"""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import streamlit as st
 
-from umtcds_core import ui
+from umtcds_core import ui, ui_fields
 from umtcds_core.errors import UserError
 from umtcds_core.i18n import error_text, tr
-from umtcds_core.jobs import running_job
+from umtcds_core.jobs import latest_job, running_job
 from umtcds_core.llm import BACKENDS, DEFAULT_KEY_ENV, DEFAULT_MODELS, RetryPolicy, make_backend, ping
-from umtcds_core.qa import PROMPTS_FILE, dump_prompts, load_prompts, load_results, prompts_from_yaml, read_pages
+from umtcds_core.qa import (
+    CPU_MAX_PAGES,
+    GENERATE,
+    PROMPTS_FILE,
+    dump_prompts,
+    estimate_seconds,
+    has_gpu,
+    load_prompts,
+    load_results,
+    load_speed,
+    measure_speed,
+    needs_key,
+    prompts_from_yaml,
+    read_pages,
+    resolved_max_tokens,
+)
 from umtcds_core.secrets import get_secret, mask
 
 ws = ui.require_workspace()
-st.header(tr("生成问答", "Generate Q&A"))
+ui.page_header("generate")
 st.caption(
     tr(
         "用大模型把抓取的网页清洗并转成问答对：智谱 API、任何 OpenAI 兼容服务（vLLM、Ollama、DeepSeek…）或本地模型。",
@@ -22,16 +46,11 @@ st.caption(
     )
 )
 
-# Wizard data lives in a plain session_state key (widget keys reset when the user switches pages).
-saved = st.session_state.setdefault(
-    "generate_settings",
-    {"backend": "zhipuai", "model": "", "base_url": "", "key_env": "", "pairs": 5, "concurrency": 4, "clean": True},
-)
-
 try:
     pages = read_pages(ws.pages_dir) if ws.pages_dir.exists() else []
 except UserError:
     pages = []
+page_names = [p.rel for p in pages]
 if not pages:
     st.info(
         tr(
@@ -41,6 +60,77 @@ if not pages:
         + f"`{ws.pages_dir}`"
     )
 
+
+def _label(name: str) -> str:
+    return tr(*GENERATE[name].label)
+
+
+def _help(name: str) -> str | None:
+    return tr(*GENERATE[name].help) if GENERATE[name].help else None
+
+
+def _job_values(job) -> dict | None:
+    """The settings a job was started with (its settings.yaml); None for a job started with flags only."""
+    if job is None or not job.settings_file.exists():
+        return None
+    try:
+        return GENERATE.load_yaml(job.settings_file)
+    except UserError:
+        return None
+
+
+def _backend_defaults(backend: str) -> dict:
+    """What a backend starts with on this page: remote APIs clean first and reply at length; a local model on a CPU
+    gets a few pages and short replies (every page at 1,024 tokens took half an hour there)."""
+    cpu = backend == "local" and not has_gpu()
+    return {
+        "clean": backend != "local",
+        "max_tokens": resolved_max_tokens({"backend": backend}),
+        "max_pages": CPU_MAX_PAGES if cpu else 0,
+    }
+
+
+def _seed(values: dict, force: bool) -> None:
+    """Put ``values`` into the widgets (all of them when ``force``: a running job's settings replace what is shown)."""
+    b = values["backend"]
+    shown = {
+        "gen_backend": b,
+        "gen_model": values.get("model") or "",
+        "gen_base_url": values.get("base_url") or "",
+        "gen_key_env": values.get("api_key_env") or "",
+        "gen_pairs": values["pairs_per_page"],
+        "gen_concurrency": values["concurrency"],
+        "gen_batch_size": values.get("batch_size") or 0,
+        "gen_lang": values["lang"],
+        f"gen_clean_{b}": values["clean"] if values.get("clean") is not None else b != "local",
+        f"gen_max_tokens_{b}": resolved_max_tokens(values),
+        f"gen_max_pages_{b}": values.get("max_pages") or 0,
+        "gen_pages": [p for p in values.get("pages") or [] if p in page_names],
+        "gen_judge": values["judge"],
+        "gen_threshold": values["judge_threshold"],
+    }
+    for key, value in shown.items():
+        if force or key not in st.session_state:
+            st.session_state[key] = value
+
+
+active = running_job(ws, "generate")
+latest = latest_job(ws, "generate")
+running_values = _job_values(active)
+if running_values is not None and st.session_state.get("gen_shown_job") != active.id:
+    _seed(running_values, force=True)  # show what runs, not this page's defaults
+    st.session_state["gen_shown_job"] = active.id
+else:  # a first visit: the last job's settings, else the defaults (the cloud API first: it is fast on any machine)
+    _seed(_job_values(latest) or GENERATE.merge({"backend": "zhipuai"}), force=False)
+locked = active is not None
+if running_values is not None:
+    st.info(
+        tr(
+            "生成任务正在运行：下面显示的是它的设置（只读），任务结束后可以修改。",
+            "A generate job is running: these are its settings (read-only); change them once it has finished.",
+        )
+    )
+
 # ---- backend -------------------------------------------------------------------------------------------------------
 labels = {
     "zhipuai": tr("智谱 GLM（云端 API）", "Zhipu GLM (cloud API)"),
@@ -48,39 +138,34 @@ labels = {
     "local": tr("本地模型", "Local model"),
 }
 backend = st.radio(
-    tr("模型来源", "LLM backend"),
-    BACKENDS,
-    index=BACKENDS.index(saved["backend"]),
-    format_func=labels.get,
-    horizontal=True,
-    key="gen_backend",
+    _label("backend"), BACKENDS, format_func=labels.get, horizontal=True, key="gen_backend", disabled=locked
 )
+for name, value in _backend_defaults(backend).items():
+    st.session_state.setdefault(f"gen_{name}_{backend}", value)
 c1, c2 = st.columns(2)
 model = c1.text_input(
-    tr("模型", "Model"),
-    value=saved["model"] if saved["backend"] == backend else "",
+    _label("model"),
     placeholder=DEFAULT_MODELS[backend]
     or tr("服务端的模型名（留空用第一个）", "served model name (empty: the first one)"),
-    help=tr("本地：内置名称、HF 文件夹或 .gguf 文件", "Local: an embedded name, a HF folder or a .gguf file"),
+    help=_help("model"),
     key="gen_model",
+    disabled=locked,
 ).strip()
 base_url = ""
 key_env = ""
 typed_key = ""
+found = None
 if backend != "local":
     base_url = c2.text_input(
-        tr("接口地址（可选）", "Base URL (optional)"),
-        value=saved["base_url"] if saved["backend"] == backend else "",
+        _label("base_url"),
         placeholder="https://open.bigmodel.cn/api/paas/v4" if backend == "zhipuai" else "http://127.0.0.1:8000/v1",
         key="gen_base_url",
+        disabled=locked,
     ).strip()
     k1, k2 = st.columns(2)
     key_env = (
         k1.text_input(
-            tr("密钥环境变量名", "Key variable name"),
-            value=saved["key_env"] if saved["backend"] == backend else "",
-            placeholder=DEFAULT_KEY_ENV[backend],
-            key="gen_key_env",
+            _label("api_key_env"), placeholder=DEFAULT_KEY_ENV[backend], key="gen_key_env", disabled=locked
         ).strip()
         or DEFAULT_KEY_ENV[backend]
     )
@@ -137,56 +222,46 @@ if st.button(tr("测试连接", "Test connection"), key="gen_test"):
 
 # ---- generation settings -------------------------------------------------------------------------------------------
 s1, s2, s3, s4 = st.columns(4)
-pairs = s1.number_input(tr("每页问答对数", "Pairs per page"), 1, 30, int(saved["pairs"]), key="gen_pairs")
-concurrency = s2.number_input(
-    tr(
-        "并发数" if backend != "local" else "批大小（0=自动）",
-        "Concurrency" if backend != "local" else "Batch size (0 = auto)",
-    ),
-    0 if backend == "local" else 1,
-    256,
-    int(saved["concurrency"]),
-    key="gen_concurrency",
-    help=tr(
-        "本地模型：0 表示按显存自动选择（GPU 上最多 256，CPU 上 8）。",
-        "Local model: 0 picks it from free GPU memory (up to 256 on a GPU, 8 on CPU).",
-    )
-    if backend == "local"
-    else None,
-)
+field = GENERATE.by_name
+pairs = ui_fields.widget(field["pairs_per_page"], s1, "gen_pairs", disabled=locked)
+if backend == "local":
+    batch_size = ui_fields.widget(field["batch_size"], s2, "gen_batch_size", disabled=locked)
+    concurrency = GENERATE["concurrency"].default
+else:
+    concurrency = ui_fields.widget(field["concurrency"], s2, "gen_concurrency", disabled=locked)
+    batch_size = None
 lang = s3.selectbox(
-    tr("提示词语言", "Prompt language"),
-    ["auto", "zh", "en"],
+    _label("lang"),
+    list(GENERATE["lang"].choices),
     format_func={"auto": tr("自动（按网页）", "auto (per page)"), "zh": "中文", "en": "English"}.get,
     key="gen_lang",
+    disabled=locked,
 )
-clean = s4.toggle(
-    tr("先清洗文本", "Clean text first"),
-    value=bool(saved["clean"]) and backend != "local",
-    key=f"gen_clean_{backend}",  # per backend: a small local model defaults to no extra cleaning pass
-    help=tr("多一次模型调用，去掉残留的导航等噪声。", "One more LLM call per page to strip leftover navigation noise."),
-)
-max_tokens = s4.number_input(
-    tr("回复最多 token", "Max reply tokens"),
-    32,
-    8192,
-    int(saved.get("max_tokens", 1024 if backend != "local" else 384)),
-    step=32,
-    key=f"gen_max_tokens_{backend}",
-    help=tr("越小越快；太小会截断问答对。", "Lower: faster; too low cuts pairs off."),
-)
+clean = s4.toggle(_label("clean"), key=f"gen_clean_{backend}", help=_help("clean"), disabled=locked)
+max_tokens = ui_fields.widget(field["max_tokens"], s4, f"gen_max_tokens_{backend}", disabled=locked)
 j1, j2 = st.columns(2)
-judge = j1.checkbox(tr("让模型给问答对打分（1–5）并过滤", "Let the LLM rate pairs (1–5) and filter"), key="gen_judge")
-threshold = j2.slider(tr("最低分", "Lowest score kept"), 1, 5, 3, disabled=not judge, key="gen_threshold")
-saved.update(
-    backend=backend,
-    model=model,
-    base_url=base_url,
-    key_env=key_env,
-    pairs=pairs,
-    concurrency=concurrency,
-    clean=clean,
-    max_tokens=max_tokens,
+judge = ui_fields.widget(field["judge"], j1, "gen_judge", disabled=locked)
+threshold = j2.slider(_label("judge_threshold"), 1, 5, key="gen_threshold", disabled=locked or not judge)
+
+# ---- which pages ---------------------------------------------------------------------------------------------------
+p1, p2 = st.columns([3, 1])
+chosen_pages = p1.multiselect(
+    tr("只处理这些网页（留空 = 全部）", "Only these pages (empty = all)"),
+    page_names,
+    key="gen_pages",
+    disabled=locked,
+    placeholder=tr("全部网页", "All pages"),
+)
+max_pages = p2.number_input(
+    tr("最多处理网页数（0 = 全部）", "At most N pages (0 = all)"),
+    min_value=0,
+    step=1,
+    key=f"gen_max_pages_{backend}",
+    help=tr(
+        "按顺序处理还没做过的网页中的前 N 个；在 CPU 上先用少量网页试一试。",
+        "The first N of the pages still to do, in order; on a CPU try a few pages first.",
+    ),
+    disabled=locked,
 )
 
 # ---- prompt editor -------------------------------------------------------------------------------------------------
@@ -218,39 +293,104 @@ with st.expander(tr("提示词模板（可编辑）", "Prompt templates (editabl
         st.session_state.pop("gen_prompts", None)
         st.rerun()
 
-
-def _args(retry_failed: bool = False) -> tuple[list[str], dict[str, str]]:
-    args = [str(ws.pages_dir), "--out", str(ws.qa_dir), "--backend", backend, "--pairs-per-page", str(pairs)]
-    if backend != "local":
-        args += ["--concurrency", str(concurrency)]
-    elif concurrency:
-        args += ["--batch-size", str(concurrency)]
-    args += ["--lang", lang]
-    args.append("--clean" if clean else "--no-clean")
-    args += ["--max-tokens", str(max_tokens)]
-    if model:
-        args += ["--model", model]
-    if base_url:
-        args += ["--base-url", base_url]
-    if judge:
-        args += ["--judge", "--judge-threshold", str(threshold)]
-    if prompt_path.exists():
-        args += ["--prompt-file", str(prompt_path)]
-    if retry_failed:
-        args.append("--retry-failed")
-    env: dict[str, str] = {}
-    if backend != "local":
-        args += ["--api-key-env", key_env]
-        if typed_key:
-            env[key_env] = typed_key  # the key travels only in the job's environment, never in argv or files
-    return args, env
+values = {
+    "in_dir": str(ws.pages_dir),
+    "out_dir": str(ws.qa_dir),
+    "backend": backend,
+    "model": model or None,
+    "base_url": base_url or None,
+    "api_key_env": key_env if backend != "local" and key_env != DEFAULT_KEY_ENV.get(backend) else None,
+    "pairs_per_page": pairs,
+    "concurrency": concurrency,
+    "batch_size": batch_size or None,
+    "clean": clean,
+    "lang": lang,
+    "max_tokens": max_tokens,
+    "judge": judge,
+    "judge_threshold": threshold,
+    "prompt_file": str(prompt_path) if prompt_path.exists() else None,
+    "pages": chosen_pages or None,
+    "max_pages": int(max_pages) or None,
+}
 
 
-busy = running_job(ws, "generate") is not None
-if st.button(tr("开始生成", "Start generating"), type="primary", disabled=busy or not pages, key="gen_start"):
-    args, env = _args()
-    ui.start_step(ws, "generate", args, env=env)
-    st.rerun()
+def _key_problem(settings: dict) -> str | None:
+    """Why a job with these settings cannot start for want of an API key (None: it can)."""
+    if not needs_key(settings):
+        return None
+    env = settings.get("api_key_env") or DEFAULT_KEY_ENV[settings["backend"]]
+    if typed_key or get_secret(env):
+        return None
+    return tr(
+        f"无法开始：{labels[settings['backend']]}需要 API 密钥。请在上面输入密钥，或设置环境变量 {env}"
+        "（也可以写入 .streamlit/secrets.toml）。",
+        f"Cannot start: {labels[settings['backend']]} needs an API key. Type it above, or set {env} "
+        "(or put it in .streamlit/secrets.toml).",
+    )
+
+
+def _env(settings: dict) -> dict[str, str]:
+    """The typed key for the job, only through its environment (never argv or a file)."""
+    if typed_key and settings["backend"] != "local":
+        return {settings.get("api_key_env") or DEFAULT_KEY_ENV[settings["backend"]]: typed_key}
+    return {}
+
+
+# ---- how long: local models only, from a tokens/s measured here ----------------------------------------------------
+if backend == "local" and pages and not locked:
+    model_name = model or DEFAULT_MODELS["local"]
+    device = "gpu" if has_gpu() else "cpu"
+    speeds = st.session_state.setdefault("gen_speeds", {})
+    rate = load_speed(ws.qa_dir, model_name, device) or speeds.get((model_name, device))
+    n = len(chosen_pages or page_names)
+    if max_pages:
+        n = min(n, int(max_pages))
+    e1, e2 = st.columns([3, 1])
+    if rate:
+        seconds = estimate_seconds(n, values, rate)
+        e1.info(
+            tr(
+                f"预计最多约 {timedelta(seconds=int(seconds))}：{n} 个网页 × 每次最多 {max_tokens} token，"
+                f"按本机实测 {rate:.1f} token/s（{'GPU' if device == 'gpu' else 'CPU'}）。",
+                f"Expect up to about {timedelta(seconds=int(seconds))}: {n} pages × up to {max_tokens} tokens each, "
+                f"at {rate:.1f} tokens/s measured on this machine ({device.upper()}).",
+            )
+        )
+    else:
+        e1.caption(
+            tr(
+                "还不知道本机生成有多快：点“测量速度”（几秒到几十秒），或先用少量网页试一次。",
+                "How fast this machine generates is not known yet: press “Measure speed” (seconds to a minute), or "
+                "try a few pages first.",
+            )
+        )
+    if e2.button(tr("测量速度", "Measure speed"), key="gen_measure"):
+        with st.spinner(tr("正在用本地模型生成一小批…", "Generating one small batch with the local model…")):
+            try:
+                speeds[(model_name, device)] = measure_speed(model_name, batch_size=batch_size or None)
+            except UserError as exc:
+                st.error(error_text(exc))
+            else:
+                st.rerun()
+
+why_not = _key_problem(values)
+if why_not:
+    st.warning(why_not)
+if st.button(
+    tr("开始生成", "Start generating"),
+    type="primary",
+    disabled=locked or not pages or why_not is not None,
+    key="gen_start",
+):
+    try:
+        checked = GENERATE.check(values)
+    except UserError as exc:
+        st.error(error_text(exc))
+    else:
+        ui.start_step(ws, "generate", [], env=_env(checked), settings=GENERATE.to_yaml(checked))
+        st.rerun()
+if latest is not None and latest.settings_file.exists():
+    st.caption(tr("等价的命令行：", "Same as running: ") + f"`umtcds generate --config {latest.settings_file}`")
 
 ui.job_panel(ws, "generate")
 
@@ -282,24 +422,50 @@ if pairs_list:
         for p in by_file[chosen]:
             score = f" · ★{p['judge_score']}" if p.get("judge_score") else ""
             st.markdown(f"**Q:** {p['question']}\n\n**A:** {p['answer']}")
-            st.caption(f"{tr('依据度', 'grounding')} {p.get('grounding')}{score}")
+            st.caption(
+                f"{tr('依据度', 'grounding')} {p.get('grounding') if p.get('grounding') is not None else '—'}{score}"
+            )
     with right:
         st.markdown(tr("**原网页**", "**Source page**") + f" — {by_file[chosen][0].get('source', '')}")
         page_file = ws.pages_dir / chosen
         text = page_file.read_text(encoding="utf-8", errors="replace") if page_file.exists() else ""
-        st.text_area(tr("网页文本", "Page text"), text, height=400, disabled=True, key="gen_page_text")
+        # st.code, not a disabled text area: a disabled widget's text is drawn faint grey
+        st.code(text, language=None, wrap_lines=True, height=400)
 
 if failures:
     st.subheader(tr("失败的网页", "Failed pages"))
     st.dataframe(
         [
-            {"file": f.get("file"), "reason": f.get("reason"), "stage": f.get("stage"), "retry": f.get("retryable")}
+            {
+                tr("网页", "File"): f.get("file") or "—",
+                tr("原因", "Reason"): f.get("reason") or "—",
+                tr("阶段", "Stage"): f.get("stage") or "—",
+                tr("可重试", "Retryable"): tr("是", "yes") if f.get("retryable") else tr("否", "no"),
+            }
             for f in failures
         ],
         width="stretch",
         hide_index=True,
     )
-    if st.button(tr("重试失败的网页", "Retry failed pages"), disabled=busy, key="gen_retry"):
-        args, env = _args(retry_failed=True)
-        ui.start_step(ws, "generate", args, env=env)
+    # The failures came from the latest job: retry with its settings, not with whatever is on screen now.
+    retry_values = _job_values(latest)
+    if retry_values is None:  # a job started with flags only (or none): the settings on screen, if they are valid
+        try:
+            retry_values = GENERATE.check(values)
+        except UserError as exc:
+            st.error(error_text(exc))
+    retry_why_not = _key_problem(retry_values) if retry_values is not None else ""
+    if st.button(
+        tr("重试失败的网页", "Retry failed pages"),
+        disabled=locked or retry_why_not is not None or retry_values is None,
+        key="gen_retry",
+    ):
+        ui.start_step(
+            ws, "generate", ["--retry-failed"], env=_env(retry_values), settings=GENERATE.to_yaml(retry_values)
+        )
         st.rerun()
+    if retry_why_not:
+        st.caption(retry_why_not)
+    elif retry_values is not None and _job_values(latest) is not None:
+        st.caption(tr("重试时沿用上一次任务的设置。", "A retry uses the last job's settings."))
+ui.next_step("generate")  # a link to the next step once this one is done

@@ -19,7 +19,7 @@ from umtcds_core.fileio import write_jsonl_atomic
 from umtcds_core.i18n import error_text, tr
 
 ws = ui.require_workspace()
-st.header(tr("3 · 数据集", "3 · Dataset"))
+ui.page_header("dataset")
 st.caption(
     tr(
         "检查并修改问答对，然后按比例划分为训练/验证/测试集。相似问题会被分到同一个集合，避免测试集“泄题”。",
@@ -322,3 +322,4 @@ if report:
                 mime="application/json",
                 key=f"ds_dl_{name}",
             )
+ui.next_step("dataset")  # a link to the next step once this one is done

@@ -14,6 +14,7 @@ import streamlit as st
 from umtcds_core import config as C
 from umtcds_core import methods, ui, ui_fields
 from umtcds_core.errors import UserError
+from umtcds_core.fileio import count_records
 from umtcds_core.i18n import current_lang, error_text, tr
 from umtcds_core.models import DEFAULT_MODEL
 
@@ -243,7 +244,7 @@ with side:
         st.button(tr("保存到项目", "Save to the project"), type="primary", key="cfg_save", disabled=True)
     else:
         text = C.to_yaml(cfg)  # exactly what Save writes (save_config writes to_yaml(cfg))
-        warnings = C.advice(cfg, current_lang(), est)
+        warnings = C.advice(cfg, current_lang(), est, count_records(ws.root / cfg.data_dir / cfg.train_file))
         for note in warnings:
             st.warning(note)
         st.code(text, language="yaml")

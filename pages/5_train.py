@@ -17,6 +17,7 @@ from plotly.subplots import make_subplots
 from umtcds_core import ui
 from umtcds_core.config import advice, estimate_memory, load_config
 from umtcds_core.errors import UserError
+from umtcds_core.fileio import count_records
 from umtcds_core.i18n import current_lang, error_text, tr
 from umtcds_core.jobs import latest_job
 from umtcds_core.runs import has_training, metrics_path, output_dir_of, read_metrics, run_summary
@@ -65,7 +66,7 @@ try:
     _est = estimate_memory(cfg)
 except UserError:
     _est = None
-for _note in advice(cfg, current_lang(), _est):
+for _note in advice(cfg, current_lang(), _est, count_records(ws.root / cfg.data_dir / cfg.train_file)):
     st.warning(_note)
 
 

@@ -16,7 +16,7 @@ from umtcds_core.i18n import error_text, tr
 from umtcds_core.models import DEFAULT_MODEL, gpu_memory
 
 ws = ui.require_workspace()
-st.header(tr("对话", "Chat"))
+ui.page_header("chat")
 
 
 @st.cache_resource(max_entries=1, show_spinner=False)
@@ -174,3 +174,4 @@ if cm.has_adapter and cm.adapter_kind in {"LORA", ""}:
                 st.success(tr("已保存到 ", "Saved to ") + f"`{target}`")
             except UserError as exc:
                 st.error(error_text(exc))
+ui.next_step("chat")  # a link to the next step once this one is done

@@ -17,7 +17,7 @@ from umtcds_core.i18n import tr
 from umtcds_core.jobs import running_job
 
 ws = ui.require_workspace()
-st.header(tr("评测", "Evaluate"))
+ui.page_header("evaluate")
 st.caption(
     tr(
         "在测试集上生成回答，计算 BLEU-4、ROUGE-1/2/L（jieba 分词）与关键事实命中率，对比微调前后。",
@@ -105,3 +105,4 @@ if examples:
         st.download_button(
             tr("下载 CSV", "Download CSV"), csv_file.read_bytes(), file_name="examples.csv", key="ev_download"
         )
+ui.next_step("evaluate")  # a link to the next step once this one is done

@@ -16,6 +16,7 @@ carries what the validator, the YAML comments, the CLI flags and the Config page
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -449,7 +450,15 @@ def _problems(cfg: TrainConfig) -> list[S.Pair]:
     return TRAIN.problems(cfg.__dict__)
 
 
-def advice(cfg: TrainConfig, lang: str = "en", est: dict | None = None) -> list[str]:
+def max_optimizer_steps(cfg: TrainConfig, n_train: int) -> int:
+    """An upper bound of the run's optimizer steps for ``n_train`` training examples (packing only lowers it)."""
+    if cfg.max_steps > 0:
+        return cfg.max_steps
+    per_epoch = math.ceil(n_train / (cfg.per_device_batch_size * cfg.gradient_accumulation_steps))
+    return max(1, math.ceil(per_epoch * cfg.num_epochs))
+
+
+def advice(cfg: TrainConfig, lang: str = "en", est: dict | None = None, n_train: int | None = None) -> list[str]:
     """Legal but doubtful choices, as short sentences (shown, never blocking); ``lang`` "zh" gives them in Chinese.
 
     Values outside a field's declared ``typical`` range come first (e.g. ``learning_rate 0.5``), then combinations,
@@ -476,6 +485,26 @@ def advice(cfg: TrainConfig, lang: str = "en", est: dict | None = None) -> list[
                     f"这个配置需要约 {total:.0f} GiB，超过你的 {gpu['name']}（{gpu['total_gib']:.0f} GiB）；训练会显存不足。",
                 )
             )
+    if n_train is not None:
+        if n_train < 50:
+            out.append(
+                (
+                    f"Only {n_train} training pair{'' if n_train == 1 else 's'}: the model will memorise them rather than learn the site; "
+                    "generate more pairs (a few hundred) for a real assistant.",
+                    f"训练集只有 {n_train} 对问答：模型只会死记这些问题，学不到网站的内容；真正的助手需要几百对，请多生成一些。",
+                )
+            )
+        steps = max_optimizer_steps(cfg, n_train)
+        for key, zh_name in (("eval_steps", "评估"), ("logging_steps", "日志")):
+            every = getattr(cfg, key)
+            if every > steps:
+                out.append(
+                    (
+                        f"{key} is {every} but the run has at most {steps} steps: "
+                        f"{'no eval loss' if key == 'eval_steps' else 'no loss point'} will be drawn; lower {key}.",
+                        f"{key} 为 {every}，但这次训练最多只有 {steps} 步：{zh_name}一次也不会发生；请调小 {key}。",
+                    )
+                )
     if cfg.method == "full" and cfg.learning_rate > 1e-4:
         out.append(
             (

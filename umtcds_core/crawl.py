@@ -4,6 +4,10 @@ Usage::
 
     umtcds crawl https://www.example.edu.cn/ --out pages/ [--depth 1] [--max-pages 500] [--concurrency 4]
                  [--delay 0.5] [--ignore-robots] [--include REGEX] [--exclude REGEX] [--subdomains] [--attachments]
+    umtcds crawl --config settings.yaml [any flag above, which wins over the file]
+
+Every setting is declared once in :class:`CrawlSettings` (type, default, bounds, labels, help, YAML comment, flag);
+the flags, the settings YAML the Crawl page saves in its job folder and the page's labels come from it.
 
 Features, each with its flag and trade-off:
 
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
+from . import schema as S
 from .errors import UserError
 from .fetch import (
     DEFAULT_MAX_BYTES,
@@ -53,6 +58,8 @@ from .fetch import (
     sniff_binary,
 )
 from .fileio import append_jsonl, iter_jsonl, write_text_atomic
+
+setting = S.setting
 
 MANIFEST = "manifest.jsonl"
 STATE = ".crawl_state.jsonl"
@@ -89,11 +96,11 @@ def validate_start_url(url: str) -> str:
         if "://" not in url and "." in url.split("/")[0]:
             raise UserError(
                 f"'{url}' has no http:// or https:// in front; write it as https://{url} (or http://).",
-                zh=f"“{url}”前面缺少 http:// 或 https://；请写成 https://{url}（或 http://）。",
+                zh=f"“{url}”前面缺少 http:// 或 https://；请写成 `https://{url}`（或 `http://{url}`）。",
             )
         raise UserError(
             f"'{url}' is not a web address; write it as https://host/path, e.g. https://www.example.edu.cn/.",
-            zh=f"“{url}”不是网址；请写成 https://主机/路径，例如 https://www.example.edu.cn/。",
+            zh=f"“{url}”不是网址；请写成 https://主机/路径，例如 `https://www.example.edu.cn/`。",
         )
     try:
         parts.port  # noqa: B018 - raises on a malformed port
@@ -122,47 +129,169 @@ def compile_patterns(patterns: list[str] | tuple[str, ...], flag: str) -> list[r
     return compiled
 
 
+# ---- settings: each declared once (schema.py), read by the CLI, the settings YAML, the page and CrawlConfig ------
+
+
+@dataclass
+class CrawlSettings:
+    """The crawl step's settings as the user gives them (``umtcds crawl`` flags, a settings YAML, the Crawl page)."""
+
+    start_url: str | None = setting(
+        None,
+        ("起始网址", "Start URL"),
+        "start page, e.g. https://www.example.edu.cn/ (the URL argument)",
+        help=(
+            "学校网站首页或某个栏目页，需以 http:// 或 https:// 开头。",
+            "The site's home or a section page, with http(s)://.",
+        ),
+        kind=str,
+        nullable=True,
+        flag="",
+        widget="text",
+    )
+    out_dir: str | None = setting(
+        None,
+        ("输出文件夹", "Output folder"),
+        "folder for the .txt files and manifest.jsonl",
+        kind=str,
+        nullable=True,
+        flag="--out",
+        widget="hidden",
+    )
+    depth: int = setting(
+        1,
+        ("深度（链接跳数）", "Depth (link hops)"),
+        "link hops from the start page; 0 = the start page only, each hop can multiply the pages",
+        help=("0 = 只取起始页；1 = 起始页及其直接链接。", "0 = only the start page; 1 = it and the pages it links to."),
+        min=0,
+        typical=(0, 5),
+        range_msg=("must be 0 or more (0 = only the start page)", "必须大于或等于 0（0 表示只爬起始页）"),
+    )
+    max_pages: int = setting(
+        500,
+        ("最多页数", "Max pages"),
+        "hard cap on pages saved in the folder (earlier runs included)",
+        help=("文件夹里最多保存的页面数（包括以前爬取的）。", "Most pages kept in the folder, earlier runs included."),
+        min=1,
+        range_msg=("must be at least 1", "至少为 1"),
+    )
+    concurrency: int = setting(
+        4,
+        ("并发数", "Concurrency"),
+        "parallel requests; more: faster, harder on the server (the delay still paces each host)",
+        help=("同时进行的请求数；4 对学校服务器比较友好。", "Parallel requests; 4 is kind to a campus server."),
+        min=1,
+        max=32,
+        range_msg=(
+            "must be between 1 and 32; 4 is kind to a campus server",
+            "必须在 1 到 32 之间；设为 4 对学校的服务器比较友好",
+        ),
+    )
+    delay: float = setting(
+        0.5,
+        ("请求间隔（秒）", "Delay (seconds)"),
+        "minimum seconds between requests to one host; robots.txt Crawl-delay wins if larger",
+        help=(
+            "同一主机两次请求之间的最短间隔；robots.txt 的 Crawl-delay 更大时以其为准。",
+            "Minimum gap between requests to one host; robots.txt Crawl-delay wins when larger.",
+        ),
+        min=0,
+        step=0.1,
+        range_msg=(
+            "cannot be negative; use 0 for no pause between requests",
+            "不能为负数；如果请求之间不需要停顿，请设为 0",
+        ),
+    )
+    respect_robots: bool = setting(
+        True,
+        ("遵守 robots.txt", "Respect robots.txt"),
+        "false only with the site owner's permission (the flag is --ignore-robots)",
+        flag="",
+    )
+    include: list[str] | None = setting(
+        None,
+        ("只跟随匹配的链接（正则，每行一个）", "Follow only links matching (regex, one per line)"),
+        "follow only links matching one of these regular expressions; null = every same-site link",
+        kind=list,
+        nullable=True,
+        flag="",
+        example='["/info/", "/tzgg/"]',
+    )
+    exclude: list[str] | None = setting(
+        None,
+        ("不跟随匹配的链接（正则，每行一个）", "Never follow links matching (regex, one per line)"),
+        "never follow links matching one of these regular expressions",
+        kind=list,
+        nullable=True,
+        flag="",
+        example='["/en/"]',
+    )
+    subdomains: bool = setting(
+        False,
+        ("包含子域名（如 jwc.xxx.edu.cn）", "Include subdomains (e.g. jwc.xxx.edu.cn)"),
+        "also crawl other hosts of the same domain (jwc.x.edu.cn)",
+    )
+    attachments: bool = setting(
+        False,
+        ("提取 PDF / Word 附件", "Extract PDF / Word attachments"),
+        "also extract linked PDF and DOCX files",
+    )
+    user_agent: str = setting(
+        DEFAULT_USER_AGENT,
+        ("User-Agent", "User-Agent"),
+        "User-Agent header (also used for robots.txt)",
+        widget="text",
+    )
+    timeout: float = setting(
+        DEFAULT_TIMEOUT,
+        ("超时（秒）", "Timeout (s)"),
+        "seconds per request; raise it for a slow server",
+        min=0,
+        min_open=True,
+        step=1.0,
+        range_msg=("must be a positive number of seconds", "必须是大于 0 的秒数"),
+    )
+    max_mb: float = setting(
+        DEFAULT_MAX_BYTES / 1024 / 1024,
+        ("单个文件上限（MB）", "Largest file (MB)"),
+        "skip responses larger than this many MB",
+        min=0,
+        min_open=True,
+        step=1.0,
+        range_msg=("must be a positive number of MB", "必须是大于 0 的 MB 数"),
+    )
+
+
+CRAWL = S.from_dataclass(
+    CrawlSettings, "crawl", title="UMTCDS crawl settings — written by the Crawl page; run with `umtcds crawl --config`"
+)
+"""The crawl step's schema: the CLI flags, the settings YAML, the page's labels and :class:`CrawlConfig`'s checks."""
+
+
 @dataclass
 class CrawlConfig:
-    """All crawl settings; field names match the CLI flags (``max_pages`` ↔ ``--max-pages``)."""
+    """What a crawl runs with: :class:`CrawlSettings` resolved (a Path, compiled patterns, bytes); defaults from it."""
 
     start_url: str
     out_dir: Path
-    depth: int = 1
-    max_pages: int = 500
-    concurrency: int = 4
-    delay: float = 0.5
-    respect_robots: bool = True
+    depth: int = CRAWL["depth"].default
+    max_pages: int = CRAWL["max_pages"].default
+    concurrency: int = CRAWL["concurrency"].default
+    delay: float = CRAWL["delay"].default
+    respect_robots: bool = CRAWL["respect_robots"].default
     include: list[str] = field(default_factory=list)
     exclude: list[str] = field(default_factory=list)
-    subdomains: bool = False
-    attachments: bool = False
-    user_agent: str = DEFAULT_USER_AGENT
-    timeout: float = DEFAULT_TIMEOUT
+    subdomains: bool = CRAWL["subdomains"].default
+    attachments: bool = CRAWL["attachments"].default
+    user_agent: str = CRAWL["user_agent"].default
+    timeout: float = CRAWL["timeout"].default
     max_bytes: int = DEFAULT_MAX_BYTES
 
     def __post_init__(self) -> None:
         self.start_url = validate_start_url(self.start_url)
         self.out_dir = Path(self.out_dir)
-        if self.depth < 0:
-            raise UserError(
-                "--depth must be 0 or more (0 = only the start page).",
-                zh="--depth 必须大于或等于 0（0 表示只爬起始页）。",
-            )
-        if self.max_pages < 1:
-            raise UserError("--max-pages must be at least 1.", zh="--max-pages 至少为 1。")
-        if not 1 <= self.concurrency <= 32:
-            raise UserError(
-                "--concurrency must be between 1 and 32; 4 is kind to a campus server.",
-                zh="--concurrency 必须在 1 到 32 之间；设为 4 对学校的服务器比较友好。",
-            )
-        if self.delay < 0:
-            raise UserError(
-                "--delay cannot be negative; use 0 for no pause between requests.",
-                zh="--delay 不能为负数；如果请求之间不需要停顿，请设为 0。",
-            )
-        if self.timeout <= 0:
-            raise UserError("--timeout must be a positive number of seconds.", zh="--timeout 必须是大于 0 的秒数。")
+        for name in ("depth", "max_pages", "concurrency", "delay", "timeout"):
+            S.check_value(CRAWL, name, getattr(self, name))
         if not self.user_agent.strip():
             raise UserError(
                 "--user-agent cannot be empty; leave it out to use the default.",
@@ -170,6 +299,31 @@ class CrawlConfig:
             )
         self.include_re = compile_patterns(self.include, "--include")
         self.exclude_re = compile_patterns(self.exclude, "--exclude")
+
+    @classmethod
+    def from_settings(cls, values: dict) -> CrawlConfig:
+        """The config of validated :data:`CRAWL` values (the start URL is checked here, with its own sentences)."""
+        if not values.get("out_dir"):
+            raise UserError(
+                "No output folder: give --out DIR (or out_dir in the settings file).",
+                zh="没有输出文件夹：请用 --out DIR 指定（或在设置文件中写 out_dir）。",
+            )
+        return cls(
+            start_url=values.get("start_url") or "",
+            out_dir=Path(values["out_dir"]),
+            depth=values["depth"],
+            max_pages=values["max_pages"],
+            concurrency=values["concurrency"],
+            delay=float(values["delay"]),
+            respect_robots=values["respect_robots"],
+            include=list(values.get("include") or []),
+            exclude=list(values.get("exclude") or []),
+            subdomains=values["subdomains"],
+            attachments=values["attachments"],
+            user_agent=values["user_agent"],
+            timeout=float(values["timeout"]),
+            max_bytes=int(values["max_mb"] * 1024 * 1024),
+        )
 
 
 # ---- URLs -----------------------------------------------------------------------------------------------------------
@@ -294,6 +448,23 @@ def url_verdict(url: str, cfg: CrawlConfig, scope: Scope | None = None) -> str |
     if cfg.include_re and not any(rx.search(url) for rx in cfg.include_re):
         return "matches no include pattern"
     return None
+
+
+def robots_verdict(url: str, cfg: CrawlConfig) -> str | None:
+    """None when the site's robots.txt lets this crawler fetch ``url`` (or robots.txt is off), else the reason.
+
+    Why a separate check: :func:`url_verdict` is offline (it answers as you type); this one reads robots.txt, so a
+    URL tester does not promise to follow a page the crawl will then skip."""
+    if not cfg.respect_robots:
+        return None
+    fetcher = Fetcher(user_agent=cfg.user_agent, timeout=cfg.timeout, delay=0, retries=0)
+    try:
+        if fetcher.allowed(url):
+            return None
+        note = fetcher.robots_note(url)
+        return "blocked by robots.txt" + (f" ({note})" if note else "")
+    finally:
+        fetcher.close()
 
 
 _XML_DECL = re.compile(r"^\s*<\?xml[^>]*\?>", re.IGNORECASE)
@@ -731,13 +902,13 @@ def failure_sentence(out: Outcome, cfg: CrawlConfig, robots_note: str | None = N
         return (
             f"robots.txt of {host} does not allow crawling {url}{why}; ask the site owner, "
             "or use --ignore-robots only with their permission.",
-            f"{host} 的 robots.txt 不允许爬取 {url}{why}；请联系网站管理者，只有在获得许可后才可忽略 robots.txt。",
+            f"{host} 的 robots.txt 不允许爬取 {url} 这个网址{why}；请联系网站管理者，只有在获得许可后才可忽略 robots.txt。",
         )
     if kind == "offsite":
         target = res.redirects[-1] if res.redirects else res.final_url
         return (
             f"{url} redirects to {target}, which is outside the site; start from {target} instead (or use --subdomains).",
-            f"{url} 跳转到了站外的 {target}；请改从 {target} 开始爬取（或允许子域名）。",
+            f"{url} 跳转到了站外的 {target} 这个网址；请改从 {target} 开始爬取（或允许子域名）。",
         )
     if kind == "http":
         return (
@@ -778,7 +949,7 @@ def crawl(cfg: CrawlConfig, log=None, progress=None) -> CrawlSummary:
             raise UserError(
                 f"No page with text was found at {cfg.start_url} within depth {cfg.depth}; "
                 "check --include/--exclude or raise --depth.",
-                zh=f"在 {cfg.start_url}（深度 {cfg.depth}）内没有找到有正文的网页；请检查包含/排除规则，或加大爬取深度。",
+                zh=f"在 {cfg.start_url} 的 {cfg.depth} 层链接内没有找到有正文的网页；请检查包含/排除规则，或加大爬取深度。",
             )
         raise UserError(
             f"Nothing to crawl at {cfg.start_url}; check the address.",
@@ -791,40 +962,27 @@ def crawl(cfg: CrawlConfig, log=None, progress=None) -> CrawlSummary:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("url", metavar="URL", help="start page, e.g. https://www.example.edu.cn/")
-    parser.add_argument("--out", required=True, metavar="DIR", help="folder for the .txt files and manifest.jsonl")
+    """The URL, ``--ignore-robots`` and the repeatable ``--include``/``--exclude`` by hand; every other flag (and
+    ``--config``) from :data:`CRAWL`."""
     parser.add_argument(
-        "--depth", type=int, default=1, help="link hops from the start page (default 1; 0 = start page only)"
-    )
-    parser.add_argument("--max-pages", type=int, default=500, help="hard cap on pages saved in DIR (default 500)")
-    parser.add_argument("--concurrency", type=int, default=4, help="parallel requests (default 4)")
-    parser.add_argument(
-        "--delay",
-        type=float,
-        default=0.5,
-        help="minimum seconds between requests to one host (default 0.5; robots.txt Crawl-delay wins if larger)",
+        "start_url",
+        metavar="URL",
+        nargs="?",
+        help="start page, e.g. https://www.example.edu.cn/ (may come from --config instead)",
     )
     parser.add_argument(
-        "--ignore-robots", action="store_true", help="do not read robots.txt — only with the site owner's permission"
+        "--ignore-robots",
+        dest="respect_robots",
+        action="store_const",
+        const=False,
+        default=None,
+        help="do not read robots.txt — only with the site owner's permission",
     )
-    parser.add_argument(
-        "--include", action="append", default=[], metavar="REGEX", help="follow only links matching (repeatable)"
-    )
-    parser.add_argument(
-        "--exclude", action="append", default=[], metavar="REGEX", help="never follow links matching (repeatable)"
-    )
-    parser.add_argument(
-        "--subdomains", action="store_true", help="also crawl other hosts of the same domain (jwc.x.edu.cn)"
-    )
-    parser.add_argument("--attachments", action="store_true", help="also extract linked PDF and DOCX files")
-    parser.add_argument("--user-agent", default=DEFAULT_USER_AGENT, help="User-Agent header (also used for robots.txt)")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per request (default 20)")
-    parser.add_argument(
-        "--max-mb",
-        type=float,
-        default=DEFAULT_MAX_BYTES / 1024 / 1024,
-        help="skip responses larger than this (default 15 MB)",
-    )
+    for name, what in (("include", "follow only links matching"), ("exclude", "never follow links matching")):
+        parser.add_argument(
+            f"--{name}", dest=name, action="append", default=None, metavar="REGEX", help=f"{what} (repeatable)"
+        )
+    CRAWL.add_arguments(parser)
     parser.add_argument("--quiet", action="store_true", help="no per-page lines, only the progress bar and summary")
 
 
@@ -837,22 +995,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .progress import Progress
 
-    cfg = CrawlConfig(
-        start_url=args.url,
-        out_dir=Path(args.out),
-        depth=args.depth,
-        max_pages=args.max_pages,
-        concurrency=args.concurrency,
-        delay=args.delay,
-        respect_robots=not args.ignore_robots,
-        include=args.include,
-        exclude=args.exclude,
-        subdomains=args.subdomains,
-        attachments=args.attachments,
-        user_agent=args.user_agent,
-        timeout=args.timeout,
-        max_bytes=int(args.max_mb * 1024 * 1024),
-    )
+    cfg = CrawlConfig.from_settings(CRAWL.from_args(args))
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _sigterm_to_interrupt)  # a stopped job exits through the same path as Ctrl-C
     if not cfg.respect_robots:

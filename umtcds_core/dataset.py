@@ -4,6 +4,10 @@ Usage::
 
     umtcds dataset IN --out DATA_DIR [--split 8:1:1] [--seed 42] [--format glm4|sharegpt|alpaca]
                       [--system-prompt TEXT] [--dedup-threshold 0.5]
+    umtcds dataset --config settings.yaml [IN] [any flag above, which wins over the file]
+
+Every setting is declared once in :class:`DatasetSettings` (type, default, bounds, labels, help, YAML comment, flag);
+the flags, a settings YAML and the Dataset page's widgets come from it.
 
 IN is a ``qa.jsonl`` (step 2's output), a folder of them, or the user's own JSONL / JSON / CSV of pairs. A record may
 spell its pair as ``question``/``answer``, ``instruction`` (+ ``input``)/``output``, ``prompt``/``response``,
@@ -41,14 +45,15 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import schema as S
 from .errors import UserError
 from .fileio import BadLine, iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .text import CJK_RE, normalize
 
+setting = S.setting
+
 FORMATS = ("glm4", "sharegpt", "alpaca")
 SPLITS = ("train", "dev", "test")
-DEFAULT_SPLIT = "8:1:1"
-DEFAULT_THRESHOLD = 0.5
 TINY = 10
 INPUT_SUFFIXES = (".jsonl", ".json", ".csv")
 # Files in a workspace's qa/ folder that are not pairs (step 2 writes them next to qa.jsonl).
@@ -70,6 +75,110 @@ ROLE_ALIASES = {
 
 class DatasetError(UserError, ValueError):
     """A dataset problem phrased for the user."""
+
+
+# ---- settings: each declared once (schema.py); the CLI flags, a --config YAML and the Dataset page read them ------
+def _split_ok(text) -> bool:
+    return _ratios(text) is not None
+
+
+@dataclass
+class DatasetSettings:
+    """What ``umtcds dataset`` runs with: flags, a ``--config`` YAML, or both (flags win); the page passes these too."""
+
+    input: str | None = setting(
+        None,
+        ("输入", "Input"),
+        "qa.jsonl, a folder of them, or your own JSONL/JSON/CSV of pairs (the IN argument)",
+        kind=str,
+        nullable=True,
+        flag="",
+        widget="hidden",
+        example="qa/qa.jsonl",
+    )
+    out: str | None = setting(
+        None,
+        ("输出文件夹", "Output folder"),
+        "folder for train/dev/test.jsonl and split_report.json",
+        kind=str,
+        nullable=True,
+        flag="--out",
+        widget="hidden",
+        example="dataset",
+    )
+    split: str = setting(
+        "8:1:1",
+        ("划分比例（训练:验证:测试）", "Split (train:dev:test)"),
+        "train:dev:test ratios (8:1:1, 0.8,0.1,0.1 or 80/10/10); near-duplicate questions stay in one split",
+        valid=_split_ok,
+        range_msg=(
+            "'{value}' is not three non-negative numbers with train > 0; write it like 8:1:1 or 0.8,0.1,0.1",
+            "“{value}”不是三个非负数（训练集须大于 0）；请写成 8:1:1 或 0.8,0.1,0.1",
+        ),
+    )
+    seed: int = setting(
+        42,
+        ("随机种子", "Seed"),
+        "random seed of the split; same seed + same pairs = same split",
+        help=("相同的种子和问答对得到相同的划分。", "The same seed and pairs give the same split."),
+        min=0,
+        range_msg=("must be 0 or more (42 is the usual)", "必须大于或等于 0（常用 42）"),
+    )
+    format: str = setting(
+        "glm4",
+        ("格式", "Format"),
+        "glm4: what umtcds train and the GLM-4 demo read; sharegpt / alpaca: also a LLaMA-Factory dataset_info.json",
+        help=(
+            "glm4：GLM-4 微调示例与 umtcds train 使用的 messages 格式；sharegpt / alpaca：同时写出 LLaMA-Factory 的 "
+            "dataset_info.json。",
+            "glm4: the messages format the GLM-4 demo and umtcds train read; sharegpt / alpaca also write "
+            "LLaMA-Factory's dataset_info.json.",
+        ),
+        choices=FORMATS,
+    )
+    dedup_threshold: float = setting(
+        0.5,
+        ("近似重复阈值", "Near-duplicate threshold"),
+        "question similarity (character n-gram Jaccard) from which pairs are grouped; lower: bigger groups",
+        help=(
+            "问题相似度达到该值即视为近似重复、放进同一集合；越低分组越大。",
+            "Questions at least this similar are grouped into one split; lower: bigger groups.",
+        ),
+        min=0,
+        min_open=True,
+        max=1,
+        typical=(0.3, 0.9),
+        step=0.05,
+        range_msg=("{value} must be in (0, 1]; 0.5 is a good start", "{value} 必须在 (0, 1] 之内；可以先试 0.5"),
+    )
+    system_prompt: str | None = setting(
+        None,
+        ("系统提示（放在每条样本最前面；留空 = 不加）", "System prompt (first in every sample; empty = none)"),
+        "system message put first in every sample (a pair's own wins); null = none",
+        kind=str,
+        nullable=True,
+        widget="textarea",
+        example=f'"{DEFAULT_SYSTEM_PROMPT}"',
+    )
+
+
+DATASET = S.from_dataclass(
+    DatasetSettings,
+    "dataset",
+    title="UMTCDS dataset settings — run with `umtcds dataset --config`",
+)
+"""The dataset step's schema: the CLI flags, the settings YAML and the Dataset page's widgets come from it."""
+DEFAULT_SPLIT = DATASET["split"].default
+DEFAULT_THRESHOLD = DATASET["dedup_threshold"].default
+
+
+def check_setting(name: str, value) -> None:
+    """Raise the field's own sentence (the one the CLI and the page show) when ``value`` breaks its declaration — for
+    callers that come straight to :func:`build_dataset` without a validated settings dict."""
+    problems = DATASET.field_problems(DATASET[name], value)
+    if problems:
+        en, zh = problems[0]
+        raise DatasetError(f"{en}.", zh=f"{zh}。")
 
 
 # ---- records ----------------------------------------------------------------------------------------------------
@@ -576,18 +685,23 @@ def drop_exact_duplicates(pairs: list[Pair]) -> tuple[list[Pair], list[Problem]]
 
 
 # ---- split ------------------------------------------------------------------------------------------------------
-def parse_split(text: str) -> tuple[float, float, float]:
-    """'8:1:1' / '0.8,0.1,0.1' / '80/10/10' → ratios (train, dev, test)."""
+def _ratios(text) -> tuple[float, float, float] | None:
+    """'8:1:1' / '0.8,0.1,0.1' / '80/10/10' → ratios (train, dev, test); None when it is not three such numbers."""
     parts = [p for p in re.split(r"[:,/ ]+", str(text).strip()) if p]
     try:
         values = tuple(float(p) for p in parts)
     except ValueError:
-        values = ()
-    if len(values) != 3 or any(v < 0 for v in values) or values[0] <= 0:
-        raise DatasetError(
-            f"The split '{text}' is not three non-negative numbers with train > 0; write it like 8:1:1 or 0.8,0.1,0.1.",
-            zh=f"划分比例“{text}”不是三个非负数（训练集须大于 0）；请写成 8:1:1 或 0.8,0.1,0.1。",
-        )
+        return None
+    if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values) or values[0] <= 0:
+        return None
+    return values  # type: ignore[return-value]
+
+
+def parse_split(text: str) -> tuple[float, float, float]:
+    """'8:1:1' / '0.8,0.1,0.1' / '80/10/10' → ratios (train, dev, test)."""
+    values = _ratios(text)
+    if values is None:
+        check_setting("split", str(text))  # raises the declared sentence
     return values  # type: ignore[return-value]
 
 
@@ -682,6 +796,7 @@ def split_pairs(
 # ---- output formats ---------------------------------------------------------------------------------------------
 def to_record(pair: Pair, fmt: str = "glm4", system_prompt: str | None = None) -> dict:
     """One pair in the chosen format (the pair's own system prompt wins over ``system_prompt``)."""
+    check_setting("format", fmt)
     system = pair.system or (system_prompt or None)
     turns = [*pair.history, [pair.question, pair.answer]]
     if fmt == "glm4":
@@ -697,17 +812,12 @@ def to_record(pair: Pair, fmt: str = "glm4", system_prompt: str | None = None) -
         if system:
             rec["system"] = system
         return rec
-    if fmt == "alpaca":
-        rec = {"instruction": pair.question, "input": "", "output": pair.answer}
-        if system:
-            rec["system"] = system
-        if pair.history:
-            rec["history"] = pair.history
-        return rec
-    raise DatasetError(
-        f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.",
-        zh=f"未知格式“{fmt}”；请使用 {', '.join(FORMATS)} 之一。",
-    )
+    rec = {"instruction": pair.question, "input": "", "output": pair.answer}  # alpaca
+    if system:
+        rec["system"] = system
+    if pair.history:
+        rec["history"] = pair.history
+    return rec
 
 
 def dataset_info(fmt: str, prefix: str = "umtcds") -> dict:
@@ -741,11 +851,7 @@ def write_dataset(
     result: SplitResult, out_dir: str | Path, fmt: str = "glm4", system_prompt: str | None = None
 ) -> dict:
     """Write the three split files (+ ``dataset_info.json`` for sharegpt/alpaca); return ``{split: path}``."""
-    if fmt not in FORMATS:
-        raise DatasetError(
-            f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.",
-            zh=f"未知格式“{fmt}”；请使用 {', '.join(FORMATS)} 之一。",
-        )
+    check_setting("format", fmt)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DatasetError(
@@ -780,17 +886,9 @@ def build_dataset(
 
     ``pairs`` given (the dashboard's edited table) replaces reading ``inp``; ``inp`` is then only named in the report.
     """
-    if fmt not in FORMATS:
-        raise DatasetError(
-            f"Unknown format '{fmt}'; use one of {', '.join(FORMATS)}.",
-            zh=f"未知格式“{fmt}”；请使用 {', '.join(FORMATS)} 之一。",
-        )
+    check_setting("format", fmt)
     ratios = parse_split(split) if isinstance(split, str) else tuple(split)
-    if not 0 < threshold <= 1:
-        raise DatasetError(
-            f"The duplicate threshold {threshold} must be in (0, 1]; 0.5 is a good start.",
-            zh=f"重复阈值 {threshold} 必须在 (0, 1] 之内；可以先试 0.5。",
-        )
+    check_setting("dedup_threshold", threshold)
     if pairs is None:
         loaded = load_pairs(inp)
     else:
@@ -862,32 +960,49 @@ def describe(report: dict) -> str:
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
-def add_arguments(parser) -> None:
-    parser.add_argument("input", metavar="IN", help="qa.jsonl, a folder of them, or your own JSONL/JSON/CSV of pairs")
-    parser.add_argument("--out", required=True, metavar="DATA_DIR", help="folder for train/dev/test.jsonl")
-    parser.add_argument("--split", default=DEFAULT_SPLIT, help="train:dev:test ratios (default 8:1:1)")
-    parser.add_argument("--seed", type=int, default=42, help="random seed of the split (default 42)")
-    parser.add_argument("--format", choices=FORMATS, default="glm4", help="output format (default glm4)")
-    parser.add_argument("--system-prompt", default=None, help="system message put first in every sample")
-    parser.add_argument(
-        "--dedup-threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help="question similarity (character n-gram Jaccard) from which pairs are grouped (default 0.5)",
+def build_from_settings(values: dict, pairs: list[Pair] | None = None) -> dict:
+    """:func:`build_dataset` on validated :data:`DATASET` values — what ``umtcds dataset`` and the Dataset page run.
+
+    ``pairs`` (the page's edited table) replaces reading ``values["input"]``, which is then only named in the report.
+    """
+    if not values.get("input"):
+        raise DatasetError(
+            "No input: give IN (a qa.jsonl, a folder of them, or your own JSONL/JSON/CSV), or input: in the --config "
+            "file.",
+            zh="没有输入：请给出 IN（qa.jsonl、存放它们的文件夹，或你自己的 JSONL/JSON/CSV），或在 --config 设置文件里写 "
+            "input:。",
+        )
+    if not values.get("out"):
+        raise DatasetError(
+            "No output folder: give --out DATA_DIR, or out: in the --config file.",
+            zh="没有输出文件夹：请用 --out DATA_DIR 指定，或在 --config 设置文件里写 out:。",
+        )
+    return build_dataset(
+        values["input"],
+        values["out"],
+        split=values["split"],
+        seed=values["seed"],
+        fmt=values["format"],
+        system_prompt=values["system_prompt"],
+        threshold=values["dedup_threshold"],
+        pairs=pairs,
     )
+
+
+def add_arguments(parser) -> None:
+    """IN by hand (a positional, optional when ``--config`` names it); every other flag (and ``--config``) from
+    :data:`DATASET`."""
+    parser.add_argument(
+        "input",
+        metavar="IN",
+        nargs="?",
+        help="qa.jsonl, a folder of them, or your own JSONL/JSON/CSV of pairs (may come from --config instead)",
+    )
+    DATASET.add_arguments(parser)
 
 
 def run(args) -> int:
-    report = build_dataset(
-        args.input,
-        args.out,
-        split=args.split,
-        seed=args.seed,
-        fmt=args.format,
-        system_prompt=args.system_prompt,
-        threshold=args.dedup_threshold,
-    )
-    print(describe(report))
+    print(describe(build_from_settings(DATASET.from_args(args))))
     return 0
 
 

@@ -621,7 +621,7 @@ def render_demo_card() -> None:
         except UserError as exc:
             box.error(str(exc))
         else:
-            st.session_state["workspace"] = str(ws.root)
+            ui.set_current_workspace(ws)
             st.session_state["demo_site_url"] = site.url
             st.rerun()
     current = ui.current_workspace()
@@ -653,8 +653,9 @@ def render_demo_card() -> None:
             box.error(str(exc))
         else:
             ui.start_step(ws, "demo", ["--workspace", str(ws.root)])
-            st.session_state["workspace"] = str(ws.root)
+            ui.set_current_workspace(ws)
             st.rerun()
+    c2.caption(ui.target_caption(Workspace(workspaces_root() / DEMO_NAME)))  # where the job writes, before it starts
     if is_demo:
         with box:
             ui.job_panel(current, "demo")

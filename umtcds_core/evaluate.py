@@ -4,6 +4,10 @@ Usage::
 
     umtcds evaluate --adapter runs/run-1 --data dataset/test.jsonl            # writes runs/run-1/eval/
     umtcds evaluate --model smollm2-135m --data test.jsonl --out eval/metrics.json --limit 20
+    umtcds evaluate --config settings.yaml [any flag above, which wins over the file]
+
+Every setting is declared once in :class:`EvaluateSettings` (type, default, bounds, labels, help, YAML comment, flag);
+the flags, the settings YAML the Evaluate page saves in its job folder and the page's widgets come from it.
 
 For every test record the last assistant message is the reference and the turns before it are the prompt (glm4
 ``messages`` format; sharegpt ``conversations`` and alpaca ``instruction/input/output`` records are read too). The
@@ -37,19 +41,96 @@ import math
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import runs
+from . import schema as S
 from .dataset import record_to_messages
 from .errors import UserError
 from .fileio import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .model_settings import adapter_setting, device_setting, model_setting, need_model
 from .text import has_han
+
+setting = S.setting
 
 METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "key-fact")
 
 
 class EvalError(UserError, ValueError):
     """An unusable test file or option."""
+
+
+# ---- settings: each declared once (schema.py); the CLI flags, the Evaluate page and its job's YAML read them ------
+@dataclass
+class EvaluateSettings:
+    """What ``umtcds evaluate`` runs with: flags, a ``--config`` YAML (the Evaluate page saves one per job), or both."""
+
+    model: str | None = model_setting()
+    adapter: str | None = adapter_setting(
+        comment="a run folder or one of its checkpoint-N folders; base and tuned are both scored (null: base only)"
+    )
+    data: str | None = setting(
+        None,
+        ("测试集文件", "Test file"),
+        "the test split (JSONL), e.g. dataset/test.jsonl",
+        kind=str,
+        nullable=True,
+        widget="text",
+        example="dataset/test.jsonl",
+    )
+    out: str | None = setting(
+        None,
+        ("结果文件", "Results file"),
+        "metrics.json path; examples.jsonl/.csv go beside it (null: <run>/eval/metrics.json, or eval/metrics.json)",
+        kind=str,
+        nullable=True,
+        widget="hidden",
+        example="eval/metrics.json",
+    )
+    max_new_tokens: int = setting(
+        128,
+        ("最大生成长度", "Max new tokens"),
+        "longest answer in tokens; too short cuts long answers off (and their scores), longer is slower",
+        help=(
+            "每个回答最多生成的 token 数；太短会截断长答案，太长评测更慢。",
+            "The longest answer in tokens; too short cuts long answers, too long is slower.",
+        ),
+        min=1,
+        typical=(8, 4096),
+        step=16,
+        range_msg=("must be at least 1 (128 suits campus answers)", "至少为 1（校园问答用 128 比较合适）"),
+    )
+    batch_size: int = setting(
+        8,
+        ("批大小", "Batch size"),
+        "answers generated together; more: faster on a GPU, more memory",
+        help=(
+            "同时生成的回答数；在 GPU 上越大越快，显存越多。",
+            "Answers generated together; more: faster, more memory.",
+        ),
+        min=1,
+        typical=(1, 256),
+        range_msg=("must be at least 1", "至少为 1"),
+    )
+    limit: int = setting(
+        0,
+        ("最多样本数（0 = 全部）", "Max examples (0 = all)"),
+        "score only the first N examples; 0 = all of them",
+        help=("只评测前 N 条（快速试跑）；0 表示全部。", "Score only the first N (a quick try); 0 means all."),
+        min=0,
+        step=10,
+        range_msg=("must be 0 (all examples) or more", "必须大于或等于 0（0 表示全部）"),
+    )
+    device: str | None = device_setting()
+
+
+EVALUATE = S.from_dataclass(
+    EvaluateSettings,
+    "evaluate",
+    title="UMTCDS evaluate settings — written by the Evaluate page; run with `umtcds evaluate --config`",
+)
+"""The evaluate step's schema: CLI flags, the settings YAML and the Evaluate page's widgets come from it."""
 
 
 # ---- reading the test split ---------------------------------------------------------------------------------------
@@ -215,8 +296,8 @@ def evaluate(
     data: str | Path,
     adapter: str | None = None,
     out: str | Path | None = None,
-    max_new_tokens: int = 128,
-    batch_size: int = 8,
+    max_new_tokens: int = EVALUATE["max_new_tokens"].default,
+    batch_size: int = EVALUATE["batch_size"].default,
     limit: int | None = None,
     device: str | None = None,
     chat_model=None,
@@ -228,11 +309,9 @@ def evaluate(
     from .chat import GenOptions, load_chat_model
     from .progress import Progress
 
-    if max_new_tokens < 1 or batch_size < 1:
-        raise EvalError(
-            "--max-new-tokens and --batch-size must be at least 1.",
-            zh="--max-new-tokens 和 --batch-size 都至少为 1。",
-        )
+    # the same bounds (and sentences) as the CLI and the page, for callers that come straight here
+    numbers = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    S.raise_problems("The settings", [p for k, v in numbers.items() for p in EVALUATE.field_problems(EVALUATE[k], v)])
     examples = load_examples(data, limit)
     out_path = Path(out) if out else default_out(adapter)
     if out_path.suffix.lower() != ".json":
@@ -323,35 +402,29 @@ def format_report(metrics: dict) -> str:
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", help="base model: embedded name, model folder or .gguf (default: the adapter's base)"
-    )
-    parser.add_argument("--adapter", help="a run folder or checkpoint-N folder; base and tuned are both scored")
-    parser.add_argument("--data", required=True, help="the test split (JSONL)")
-    parser.add_argument("--out", help="metrics.json path (default: <run>/eval/metrics.json, or eval/metrics.json)")
-    parser.add_argument("--max-new-tokens", type=int, default=128, help="longest answer in tokens (default 128)")
-    parser.add_argument("--batch-size", type=int, default=8, help="answers generated together (default 8)")
-    parser.add_argument("--limit", type=int, help="score only the first N examples")
-    parser.add_argument("--device", help="cpu | cuda | mps (default: the best available)")
+    """Every flag (and ``--config``) from :data:`EVALUATE`."""
+    EVALUATE.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.model and not args.adapter:
+    values = EVALUATE.from_args(args)
+    need_model(values, EvalError, "evaluate")
+    if not values["data"]:
         raise EvalError(
-            "Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.",
-            zh="请指定 --model（内置模型名、模型文件夹或 .gguf 文件），可选再加上 --adapter。",
+            "Give --data with the test split (e.g. dataset/test.jsonl), or data: in the --config file.",
+            zh="请用 --data 指定测试集（例如 dataset/test.jsonl），或在 --config 设置文件里写 data:。",
         )
     metrics = evaluate(
-        args.model,
-        args.data,
-        adapter=args.adapter,
-        out=args.out,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        limit=args.limit,
-        device=args.device,
+        values["model"],
+        values["data"],
+        adapter=values["adapter"],
+        out=values["out"],
+        max_new_tokens=values["max_new_tokens"],
+        batch_size=values["batch_size"],
+        limit=values["limit"] or None,
+        device=values["device"],
     )
     print(format_report(metrics))
-    out = Path(args.out) if args.out else default_out(args.adapter)
+    out = Path(values["out"]) if values["out"] else default_out(values["adapter"])
     print(f"Wrote {out} and examples.jsonl/.csv beside it ({metrics['n']} examples).")
     return 0

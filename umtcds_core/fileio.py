@@ -138,3 +138,12 @@ def tail_text(path: str | os.PathLike, max_chars: int = 20_000) -> str:
             return fh.read().decode("utf-8", errors="replace")[-max_chars:]
     except OSError:
         return ""
+
+
+def count_records(path: str | os.PathLike) -> int | None:
+    """Non-blank lines of a JSONL file (its records, without parsing them); ``None`` when there is no such file."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return None

@@ -9,6 +9,7 @@ reading it:
     jobs/<job-id>/job.json       id, step, argv, started, supervisor pid (+ its start time, against pid reuse)
     jobs/<job-id>/log.txt        the step's output
     jobs/<job-id>/progress.json  written by the step through umtcds_core.progress (UMTCDS_PROGRESS_FILE)
+    jobs/<job-id>/settings.yaml  the step's settings (``umtcds <step> --config`` it), when the page saved them
     jobs/<job-id>/exit.json      returncode, ended, stopped — absent while running or when the job was killed hard
     jobs/<job-id>/stop           present once a stop was requested
 
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .fileio import read_json, tail_text, write_json_atomic
+from .fileio import read_json, tail_text, write_json_atomic, write_text_atomic
 from .progress import ENV_VAR as PROGRESS_ENV
 
 if TYPE_CHECKING:  # for the annotations only: workspace imports this module (a step's status reads its jobs)
@@ -36,6 +37,7 @@ if TYPE_CHECKING:  # for the annotations only: workspace imports this module (a 
 # A job's states. The workspace shows a step's status in the same words (plus "not started"), so they live here,
 # below the workspace, and it imports them.
 RUNNING, DONE, FAILED, STOPPED = "running", "done", "failed", "stopped"
+SETTINGS_FILE = "settings.yaml"
 _HANDLES: dict[str, subprocess.Popen] = {}  # reaps supervisors started by this process (no zombies)
 
 
@@ -85,6 +87,11 @@ class Job:
     @property
     def progress_file(self) -> Path:
         return self.dir / "progress.json"
+
+    @property
+    def settings_file(self) -> Path:
+        """The step's settings YAML the job was started with (``--config``); absent for a job started with flags."""
+        return self.dir / SETTINGS_FILE
 
     def exit_info(self) -> dict | None:
         return read_json(self.dir / "exit.json")
@@ -158,12 +165,24 @@ def cli_argv(step: str, *args: str) -> list[str]:
 
 
 def start_job(
-    ws: Workspace, step: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+    ws: Workspace,
+    step: str,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+    settings: str | None = None,
 ) -> Job:
-    """Start ``argv`` as a background job of ``step`` in ``ws``; returns at once."""
+    """Start ``argv`` as a background job of ``step`` in ``ws``; returns at once.
+
+    ``settings``: the step's settings as YAML text, saved as the job folder's ``settings.yaml`` before the step
+    starts and passed to it as ``--config`` — so the job folder says what the job runs with, and a page coming back
+    to a running (or failed) job reads its settings from there instead of showing its own defaults."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     job_dir = ws.jobs_dir / f"{step}-{stamp}-{_rand.token_hex(3)}"
     job_dir.mkdir(parents=True)
+    if settings is not None:
+        write_text_atomic(job_dir / SETTINGS_FILE, settings)
+        argv = [*argv, "--config", str(job_dir / SETTINGS_FILE)]
     write_json_atomic(
         job_dir / "job.json",
         {"id": job_dir.name, "step": step, "argv": argv, "started": time.time(), "cwd": cwd or os.getcwd()},

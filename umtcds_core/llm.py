@@ -190,6 +190,11 @@ class LocalBackend:
         self.device = device
         self.gen_kwargs = dict(gen_kwargs or {})
         self.tokens_out = 0
+        self.on_tokens: Callable[[int], None] | None = None
+        """Called with the number of sequences that got a new token, at each step of a generate() call: a batch on a
+        CPU takes minutes, and progress counted only in finished pages would show nothing for that long."""
+        self.on_batch_end: Callable[[], None] | None = None
+        """Called after each generate() call, once ``tokens_out`` holds its exact count."""
         self._tok = None
         self._model = None
 
@@ -271,6 +276,8 @@ class LocalBackend:
                 gen_kwargs.update(do_sample=True, temperature=temperature, top_p=0.9)
             else:
                 gen_kwargs.update(do_sample=False)
+            if self.on_tokens is not None:
+                gen_kwargs["stopping_criteria"] = _token_reporter(self.on_tokens, tok.pad_token_id)
             with torch.inference_mode():
                 gen = model.generate(**enc, **gen_kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]
@@ -278,6 +285,8 @@ class LocalBackend:
                 self.tokens_out += int((new != tok.pad_token_id).sum())
             else:
                 self.tokens_out += int(new.numel())
+            if self.on_batch_end is not None:
+                self.on_batch_end()
             for i, row in zip(idx, new, strict=True):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
         return out
@@ -288,6 +297,21 @@ class LocalBackend:
         model, self._model, self._tok = self._model, None, None
         if model is not None:
             unload(model)
+
+
+def _token_reporter(report: Callable[[int], None], pad_id: int | None):
+    """A stopping criterion that never stops: it hands ``report`` the number of sequences that got a real token at
+    each step (finished ones are padded), which is the only hook ``generate`` offers inside one batched call."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _Report(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            last = input_ids[:, -1]
+            report(int((last != pad_id).sum()) if pad_id is not None else int(last.numel()))
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_Report()])
 
 
 # ---- remote -------------------------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ class Progress:
         self.path = path or os.environ.get(ENV_VAR)
         self.min_interval = min_interval
         self.started = time.time()
+        self.eta_override: float | None = None
         self._last_write = 0.0
         self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, dynamic_ncols=True, disable=None)
 
@@ -63,6 +64,11 @@ class Progress:
             )
         self._write()
 
+    def set_eta(self, seconds: float | None) -> None:
+        """An ETA the step knows better than ``done``/``total`` can (e.g. from tokens while no page has finished
+        yet); ``None`` goes back to the rate of finished units."""
+        self.eta_override = seconds
+
     def count(self, **increments: int) -> None:
         """Increment named counters without advancing the bar (e.g. ``count(errors=1)``)."""
         for k, v in increments.items():
@@ -71,8 +77,8 @@ class Progress:
 
     def snapshot(self) -> dict:
         elapsed = time.time() - self.started
-        eta = None
-        if self.total and self.done:
+        eta = self.eta_override
+        if eta is None and self.total and self.done:
             eta = elapsed / self.done * max(0, self.total - self.done)
         return {
             "desc": self.desc,

@@ -48,9 +48,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import dataset
+from . import schema as S
 from .errors import UserError
 from .fileio import BadLine, append_jsonl, iter_jsonl, write_text_atomic
+from .llm import BACKENDS
 from .text import compact, han_ratio, normalize
+
+setting = S.setting
 
 PAGE_SUFFIXES = (".txt", ".md", ".markdown")
 PROMPTS_FILE = "prompts.yaml"
@@ -535,39 +539,286 @@ def read_pages(in_dir: str | Path) -> list[Page]:
 
 
 # ---- settings -----------------------------------------------------------------------------------------------------
+CPU_MAX_TOKENS = 256
+"""``max_tokens`` for a local model on a CPU when none is given: a 135M model on 2 cores makes ~10–30 tokens/s, so
+1,024-token replies kept a page busy for minutes (issue 21); 256 still holds a few short pairs."""
+CPU_MAX_PAGES = 4
+"""Pages the Generate page suggests for a local model on a CPU (all of them on a GPU or a remote API)."""
+
+
+@dataclass
+class GenerateSettings:
+    """The generate step's settings as the user gives them (``umtcds generate`` flags, a settings YAML, the page).
+
+    API keys are never settings: they come from the environment or ``.streamlit/secrets.toml`` (``api_key_env``
+    names the variable), so a saved settings file can be shared."""
+
+    in_dir: str | None = setting(
+        None,
+        ("网页文件夹", "Pages folder"),
+        "folder of .txt/.md pages (the crawl output; the IN_DIR argument)",
+        kind=str,
+        nullable=True,
+        flag="",
+        widget="hidden",
+    )
+    out_dir: str | None = setting(
+        None,
+        ("输出文件夹", "Output folder"),
+        "writes qa.jsonl and failures.jsonl here",
+        kind=str,
+        nullable=True,
+        flag="--out",
+        widget="hidden",
+    )
+    backend: str = setting(
+        "local",
+        ("模型来源", "LLM backend"),
+        "local: a model on this machine; zhipuai: Zhipu's API (GLM-4-flash); openai: any OpenAI-compatible server",
+        choices=BACKENDS,
+        widget="radio",
+    )
+    model: str | None = setting(
+        None,
+        ("模型", "Model"),
+        "model name (remote) or NAME|PATH (local); null = smollm2-135m, glm-4-flash or the server's first model",
+        help=("本地：内置名称、HF 文件夹或 .gguf 文件", "Local: an embedded name, a HF folder or a .gguf file"),
+        kind=str,
+        nullable=True,
+    )
+    base_url: str | None = setting(
+        None,
+        ("接口地址（可选）", "Base URL (optional)"),
+        "API endpoint (zhipuai: overrides the default; openai: the server URL)",
+        kind=str,
+        nullable=True,
+    )
+    api_key_env: str | None = setting(
+        None,
+        ("密钥环境变量名", "Key variable name"),
+        "environment variable holding the key (null = ZHIPUAI_API_KEY / OPENAI_API_KEY); the key is never saved",
+        kind=str,
+        nullable=True,
+    )
+    pairs_per_page: int = setting(
+        5,
+        ("每页问答对数", "Pairs per page"),
+        "pairs asked per page chunk; more: more data, weaker pairs from a small model",
+        min=1,
+        typical=(1, 20),
+        range_msg=("must be at least 1", "至少为 1"),
+    )
+    concurrency: int = setting(
+        4,
+        ("并发数", "Concurrency"),
+        "pages in flight at once with a remote API; more: faster until the API rate-limits",
+        min=1,
+        typical=(1, 64),
+        range_msg=("must be at least 1", "至少为 1"),
+    )
+    batch_size: int | None = setting(
+        None,
+        ("批大小（0 = 自动）", "Batch size (0 = auto)"),
+        "local: prompts per generate() call; null = auto (8 on CPU, as many as GPU memory allows up to 256)",
+        help=(
+            "本地模型：0 表示按显存自动选择（GPU 上最多 256，CPU 上 8）。",
+            "Local model: 0 picks it from free GPU memory (up to 256 on a GPU, 8 on CPU).",
+        ),
+        kind=int,
+        nullable=True,
+        min=1,
+        range_msg=("must be at least 1 (or null: automatic)", "至少为 1（或 null：自动）"),
+    )
+    clean: bool | None = setting(
+        None,
+        ("先清洗文本", "Clean text first"),
+        "one more LLM call per page to strip leftover menus; null = on for remote backends, off for local",
+        help=(
+            "多一次模型调用，去掉残留的导航等噪声。",
+            "One more LLM call per page to strip leftover navigation noise.",
+        ),
+        kind=bool,
+        nullable=True,
+    )
+    lang: str = setting(
+        "auto",
+        ("提示词语言", "Prompt language"),
+        "prompt language; auto picks zh or en per page from its script",
+        choices=("auto", "zh", "en"),
+        range_msg=("must be auto, zh or en, not '{value}'", "必须是 auto、zh 或 en，不能是“{value}”"),
+    )
+    max_tokens: int | None = setting(
+        None,
+        ("回复最多 token", "Max reply tokens"),
+        f"reply length cap per request; lower: faster, too low cuts pairs off; null = 1024 "
+        f"({CPU_MAX_TOKENS} for a local model on a CPU)",
+        help=("越小越快；太小会截断问答对。", "Lower: faster; too low cuts pairs off."),
+        kind=int,
+        nullable=True,
+        min=16,
+        step=32,
+        range_msg=("must be at least 16", "至少为 16"),
+    )
+    chunk_tokens: int = setting(
+        1500,
+        ("每段最多 token", "Chunk tokens"),
+        "largest page chunk per request; longer pages are split at line/sentence boundaries",
+        min=64,
+        range_msg=("must be at least 64", "至少为 64"),
+    )
+    temperature: float = setting(
+        0.0,
+        ("温度", "Temperature"),
+        "first-try sampling temperature (0 = greedy); re-asks use at least 0.7",
+        min=0,
+        max=2,
+        step=0.1,
+    )
+    max_parse_retries: int = setting(
+        2,
+        ("解析失败重问次数", "Re-asks"),
+        "re-asks on an unparseable reply; more: fewer failed pages, more time",
+        min=0,
+    )
+    judge: bool = setting(
+        False,
+        ("让模型给问答对打分（1–5）并过滤", "Let the LLM rate pairs (1–5) and filter"),
+        "rate each pair 1-5 with the same LLM and drop those below judge_threshold (one more call per pair)",
+    )
+    judge_threshold: int = setting(
+        3,
+        ("最低分", "Lowest score kept"),
+        "lowest judge score kept",
+        min=1,
+        max=5,
+        range_msg=("must be between 1 and 5", "必须在 1 到 5 之间"),
+    )
+    min_grounding: float = setting(
+        0.5,
+        ("最低依据度", "Min grounding"),
+        "share of an answer that must be found in its page; higher: fewer invented answers, fewer pairs",
+        min=0,
+        max=1,
+        step=0.05,
+    )
+    prompt_file: str | None = setting(
+        None,
+        ("提示词文件", "Prompt file"),
+        f"YAML with edited templates (see OUT_DIR/{PROMPTS_FILE}); null = the defaults",
+        kind=str,
+        nullable=True,
+        widget="hidden",
+    )
+    pages: list[str] | None = setting(
+        None,
+        ("只处理这些网页", "Only these pages"),
+        "page files to process (relative to IN_DIR); null = every page",
+        kind=list,
+        nullable=True,
+        example="[library.txt, admissions.txt]",
+    )
+    max_pages: int | None = setting(
+        None,
+        ("最多处理网页数", "At most N pages"),
+        "process at most this many of the pages still to do, in order; null = all (a CPU run: start with a few)",
+        kind=int,
+        nullable=True,
+        min=1,
+        range_msg=("must be at least 1 (or null: all)", "至少为 1（或 null：全部）"),
+    )
+    retry_failed: bool = setting(
+        False, ("重试失败的网页", "Retry failed pages"), "also retry pages that failed for good"
+    )
+    device: str | None = setting(
+        None, ("设备", "Device"), "local: cpu, cuda or mps; null = the best there is", kind=str, nullable=True
+    )
+    timeout: float = setting(
+        120.0,
+        ("请求超时（秒）", "Request timeout (s)"),
+        "seconds per remote request",
+        min=0,
+        min_open=True,
+        range_msg=("must be a positive number of seconds", "必须是大于 0 的秒数"),
+    )
+
+
+GENERATE = S.from_dataclass(
+    GenerateSettings,
+    "generate",
+    title="UMTCDS generate settings — written by the Generate page; run with `umtcds generate --config`",
+)
+"""The generate step's schema: the CLI flags, the settings YAML, the page's labels and :class:`GenSettings`' checks."""
+
+
+def needs_key(values: dict) -> bool:
+    """Whether a run with these settings needs an API key: Zhipu always; an OpenAI-compatible server unless a base URL
+    is given (vLLM and Ollama accept any key); a local model never (the same rule :func:`llm.make_backend` applies)."""
+    return values.get("backend") == "zhipuai" or (values.get("backend") == "openai" and not values.get("base_url"))
+
+
+def has_gpu(device: str | None = None) -> bool:
+    """Whether a local model would run on a GPU (``device`` given, or the best one torch finds)."""
+    if device:
+        return not device.startswith("cpu")
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available() or getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolved_max_tokens(values: dict) -> int:
+    """``max_tokens``, or when it is null 1,024 — :data:`CPU_MAX_TOKENS` for a local model without a GPU."""
+    if values.get("max_tokens"):
+        return int(values["max_tokens"])
+    return CPU_MAX_TOKENS if values.get("backend") == "local" and not has_gpu(values.get("device")) else 1024
+
+
 @dataclass
 class GenSettings:
-    """Everything that changes the output; its hash is part of each page's resume key."""
+    """Everything that changes the output; its hash is part of each page's resume key (defaults: :data:`GENERATE`'s,
+    ``max_tokens`` and ``clean`` resolved)."""
 
-    backend: str = "local"
+    backend: str = GENERATE["backend"].default
     model: str = ""
-    lang: str = "auto"  # auto | zh | en
+    lang: str = GENERATE["lang"].default  # auto | zh | en
     clean: bool = False
-    pairs_per_page: int = 5
+    pairs_per_page: int = GENERATE["pairs_per_page"].default
     max_tokens: int = 1024
-    chunk_tokens: int = 1500
-    temperature: float = 0.0
-    max_parse_retries: int = 2
-    judge: bool = False
-    judge_threshold: int = 3
+    chunk_tokens: int = GENERATE["chunk_tokens"].default
+    temperature: float = GENERATE["temperature"].default
+    max_parse_retries: int = GENERATE["max_parse_retries"].default
+    judge: bool = GENERATE["judge"].default
+    judge_threshold: int = GENERATE["judge_threshold"].default
     limits: CurationLimits = field(default_factory=CurationLimits)
     prompts: dict = field(default_factory=lambda: load_prompts(None))
 
     def __post_init__(self):
-        if self.pairs_per_page < 1:
-            raise UserError("--pairs-per-page must be at least 1.", zh="--pairs-per-page 至少为 1。")
-        if self.lang not in ("auto", "zh", "en"):
-            raise UserError(
-                f"--lang must be auto, zh or en, not '{self.lang}'.",
-                zh=f"--lang 必须是 auto、zh 或 en，不能是“{self.lang}”。",
-            )
-        if not 1 <= self.judge_threshold <= 5:
-            raise UserError("--judge-threshold must be between 1 and 5.", zh="--judge-threshold 必须在 1 到 5 之间。")
-        if self.max_tokens < 16:
-            raise UserError("--max-tokens must be at least 16.", zh="--max-tokens 至少为 16。")
+        for name in ("pairs_per_page", "lang", "judge_threshold", "max_tokens"):
+            S.check_value(GENERATE, name, getattr(self, name))
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_settings(cls, values: dict) -> GenSettings:
+        """The output-changing part of validated :data:`GENERATE` values (``clean``/``max_tokens`` resolved)."""
+        clean = values["clean"] if values.get("clean") is not None else values["backend"] != "local"
+        return cls(
+            backend=values["backend"],
+            model=values.get("model") or "",
+            lang=values["lang"],
+            clean=clean,
+            pairs_per_page=values["pairs_per_page"],
+            max_tokens=resolved_max_tokens(values),
+            chunk_tokens=values["chunk_tokens"],
+            temperature=float(values["temperature"]),
+            max_parse_retries=values["max_parse_retries"],
+            judge=values["judge"],
+            judge_threshold=values["judge_threshold"],
+            limits=CurationLimits(min_grounding=float(values["min_grounding"])),
+            prompts=load_prompts(values.get("prompt_file")),
+        )
 
 
 @dataclass
@@ -872,11 +1123,18 @@ def generate(
     retry_failed: bool = False,
     group_size: int | None = None,
     schedule: str = "auto",
+    only: list[str] | None = None,
+    max_pages: int | None = None,
 ) -> Summary:
     """Process the pages of ``in_dir`` still missing from ``out_dir`` and append their outcome; see the module doc.
 
     ``schedule``: "auto" — waves of pages for a local model (batched generation), a sliding window of pages for a
     remote API; "waves" forces waves (``bench/generate_remote_bench.py`` measures one against the other).
+    ``only``: page files (relative to ``in_dir``) to consider; ``max_pages``: at most this many of those still to do.
+
+    Each page's pairs are appended as soon as its wave (local) or its own stages (remote) finish, so a stopped run
+    keeps every finished page. A local model reports its tokens while it generates (``progress.json``: tokens,
+    tokens/s and an ETA from them), because one wave on a CPU can take minutes.
     """
     from .progress import Progress
 
@@ -887,6 +1145,7 @@ def generate(
             f"No .txt or .md pages in {in_dir}; run the crawl step first or put text files there.",
             zh=f"{in_dir} 里没有 .txt 或 .md 页面；请先运行爬取步骤，或把文本文件放到那里。",
         )
+    pages = select_pages(pages, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     qa_path, fail_path = out_dir / "qa.jsonl", out_dir / "failures.jsonl"
     skey = settings.key()
@@ -907,6 +1166,8 @@ def generate(
         if f is not None and not (retry_failed or f.get("retryable")):
             continue
         todo.append(p)
+    if max_pages is not None:
+        todo = todo[: max(0, int(max_pages))]
     summary.skipped = len(pages) - len(todo)
     redo = {p.rel for p in todo}
 
@@ -947,11 +1208,13 @@ def generate(
     lock = threading.Lock()
     try:
         with Progress(len(todo), unit="pages", desc="generate") as prog:
-            prog.update(0, pages=0, pairs=0, failures=0, tokens_per_s=0.0, skipped=summary.skipped)
-            units = (
-                _local_waves(
-                    gen, todo, keys, group_size or (2 * _local_batch_hint(backend) if local else 2 * concurrency)
+            prog.update(0, pages=0, pairs=0, failures=0, tokens=0, tokens_per_s=0.0, skipped=summary.skipped)
+            if local:
+                _live_tokens(
+                    backend, prog, summary, start, tokens0, len(todo) * settings.max_tokens * (1 + settings.clean)
                 )
+            units = (
+                _local_waves(gen, todo, keys, group_size or _local_wave(backend))
                 if local or schedule == "waves"
                 else _remote_window(gen, todo, keys, max(1, concurrency), group_size or 1)
             )
@@ -994,18 +1257,135 @@ def generate(
                         summary.processed += 1
                 summary.seconds = time.time() - start
                 summary.tokens_out = getattr(backend, "tokens_out", 0) - tokens0
+                prog.set_eta(None)  # pages have finished: the page rate is the better ETA from here
                 prog.update(
                     len(batch),
                     pages=summary.processed,
                     pairs=summary.pairs,
                     failures=summary.failures,
+                    tokens=summary.tokens_out,
                     tokens_per_s=round(summary.tokens_per_s, 1),
                 )
     finally:
+        if local and hasattr(backend, "on_tokens"):
+            backend.on_tokens = None
         gen.close()
         summary.seconds = time.time() - start
         summary.tokens_out = getattr(backend, "tokens_out", 0) - tokens0
     return summary
+
+
+# ---- how long a local run takes -----------------------------------------------------------------------------------
+SPEED_FILE = "speed.json"
+"""OUT_DIR/speed.json: the tokens/s a local model last measured on this machine (written by local runs only)."""
+
+
+def _device_kind(backend) -> str:
+    model = getattr(backend, "_model", None)
+    device = str(getattr(model, "device", None) or getattr(backend, "device", None) or "")
+    return "gpu" if device.startswith(("cuda", "mps")) else "cpu"
+
+
+def record_speed(out_dir: str | Path, model: str, backend, summary: Summary) -> None:
+    """Keep the measured tokens/s of a local run, so the next run's time can be estimated before it starts."""
+    from .fileio import write_json_atomic
+
+    if summary.tokens_per_s <= 0:
+        return
+    write_json_atomic(
+        Path(out_dir) / SPEED_FILE,
+        {
+            "model": model or getattr(backend, "model_ref", "") or "",
+            "device": _device_kind(backend),
+            "tokens_per_s": round(summary.tokens_per_s, 2),
+            "tokens": summary.tokens_out,
+            "seconds": round(summary.seconds, 1),
+            "time": round(time.time(), 1),
+        },
+    )
+
+
+def load_speed(out_dir: str | Path, model: str, device: str) -> float | None:
+    """The tokens/s measured for ``model`` on a ``device`` ("cpu" | "gpu") here, or None when never measured."""
+    from .fileio import read_json
+
+    data = read_json(Path(out_dir) / SPEED_FILE) or {}
+    if data.get("model") == model and data.get("device") == device and (data.get("tokens_per_s") or 0) > 0:
+        return float(data["tokens_per_s"])
+    return None
+
+
+def measure_speed(model: str, device: str | None = None, batch_size: int | None = None, tokens: int = 24) -> float:
+    """Tokens/s of a local model on one batch of real Q&A prompts (the few-shot example as the page), measured here.
+
+    Why measure: a 135M model makes ~10–30 tokens/s on two CPU cores and thousands on a GPU; no table can say which
+    machine this is. Prompt processing is included, as in a real run. The model is freed afterwards."""
+    from .llm import LocalBackend
+
+    backend = LocalBackend(model, batch_size=batch_size, device=device)
+    try:
+        prompts = DEFAULT_PROMPTS["en"]
+        conv = _qa_conversation(prompts, prompts["example_text"], "North Canteen", 2)
+        n = backend.batch_size or (8 if _device_kind(backend) == "cpu" else 32)
+        backend.gen_kwargs["min_new_tokens"] = tokens  # a fixed length: early stops would flatter the figure
+        start = time.time()
+        backend.chat_batch([conv] * n, max_tokens=tokens)
+        return backend.tokens_out / max(1e-6, time.time() - start)
+    finally:
+        backend.close()
+
+
+def estimate_seconds(pages: int, values: dict, tokens_per_s: float) -> float:
+    """An upper-ish time for ``pages`` pages: each asks up to ``max_tokens`` per stage (a small model often uses them
+    all), at the measured rate. Re-asks and long pages' extra chunks add to it; early stops take from it."""
+    values = GENERATE.merge(values)
+    clean = values["clean"] if values.get("clean") is not None else values["backend"] != "local"
+    return pages * resolved_max_tokens(values) * (1 + int(clean)) / max(1e-6, tokens_per_s)
+
+
+def select_pages(pages: list[Page], only: list[str] | None) -> list[Page]:
+    """The pages named in ``only`` (files relative to IN_DIR), in folder order; all when ``only`` is empty. A name
+    that is not there is one sentence (a typo would otherwise make a silent empty run)."""
+    if not only:
+        return pages
+    wanted = set(only)
+    missing = sorted(wanted - {p.rel for p in pages})
+    if missing:
+        raise UserError(
+            f"No page named {', '.join(missing)} in the input folder; pick from its .txt/.md files.",
+            zh=f"输入文件夹里没有名为 {', '.join(missing)} 的网页；请从其中的 .txt/.md 文件里选择。",
+        )
+    return [p for p in pages if p.rel in wanted]
+
+
+def _local_wave(backend) -> int:
+    """Pages per wave of a local model: one batch on a CPU (so each batch's pages are written when it ends — a wave
+    there takes minutes), two batches on a GPU (sorting more prompts by length pads less)."""
+    hint = _local_batch_hint(backend)
+    device = str(getattr(backend, "device", None) or "")
+    on_gpu = device.startswith(("cuda", "mps")) or (not device and has_gpu())
+    return 2 * hint if on_gpu else hint
+
+
+def _live_tokens(backend, prog, summary: Summary, start: float, tokens0: int, budget: int) -> None:
+    """Report a local model's tokens while it generates: the ``tokens``/``tokens_per_s`` counters and, until the
+    first pages finish, an ETA from the token budget (pages × max_tokens × stages: small models often use it all)."""
+    live = {"tokens": 0}
+
+    def on_tokens(n: int) -> None:
+        live["tokens"] += n
+        tokens = getattr(backend, "tokens_out", 0) - tokens0 + live["tokens"]
+        elapsed = max(1e-6, time.time() - start)
+        rate = tokens / elapsed
+        if summary.processed == 0 and rate > 0:
+            prog.set_eta(max(0.0, budget - tokens) / rate)
+        prog.update(0, tokens=tokens, tokens_per_s=round(rate, 1))
+
+    def on_batch_end() -> None:
+        live["tokens"] = 0  # the batch's tokens are in backend.tokens_out now
+
+    backend.on_tokens = on_tokens
+    backend.on_batch_end = on_batch_end
 
 
 def _local_waves(gen: Generator, todo: list[Page], keys: dict, group: int):
@@ -1046,64 +1426,17 @@ def _remote_window(gen: Generator, todo: list[Page], keys: dict, concurrency: in
 
 
 def settings_from_args(args: argparse.Namespace) -> GenSettings:
-    clean = args.clean if args.clean is not None else args.backend != "local"
-    return GenSettings(
-        backend=args.backend,
-        model=args.model or "",
-        lang=args.lang,
-        clean=clean,
-        pairs_per_page=args.pairs_per_page,
-        max_tokens=args.max_tokens,
-        chunk_tokens=args.chunk_tokens,
-        temperature=args.temperature,
-        max_parse_retries=args.max_parse_retries,
-        judge=args.judge,
-        judge_threshold=args.judge_threshold,
-        limits=CurationLimits(min_grounding=args.min_grounding),
-        prompts=load_prompts(args.prompt_file),
-    )
+    """The output-changing settings of a command line (``--config`` file and flags merged and checked)."""
+    return GenSettings.from_settings(GENERATE.from_args(args))
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .llm import BACKENDS
-
-    parser.add_argument("in_dir", metavar="IN_DIR", help="folder of .txt/.md pages (the crawl output)")
-    parser.add_argument("--out", required=True, metavar="OUT_DIR", help="writes qa.jsonl and failures.jsonl here")
-    parser.add_argument("--backend", choices=BACKENDS, default="local", help="which LLM (default: local)")
-    parser.add_argument("--model", help="model name (remote) or NAME|PATH (local; default smollm2-135m)")
-    parser.add_argument("--base-url", help="API endpoint (zhipuai: overrides the default; openai: the server URL)")
+    """IN_DIR by hand (a positional; it may come from ``--config``), every flag (and ``--config``) from GENERATE."""
     parser.add_argument(
-        "--api-key-env",
-        metavar="VAR",
-        help="environment variable holding the key (default ZHIPUAI_API_KEY / OPENAI_API_KEY)",
+        "in_dir", metavar="IN_DIR", nargs="?", help="folder of .txt/.md pages (the crawl output; or in --config)"
     )
-    parser.add_argument("--pairs-per-page", type=int, default=5, metavar="N", help="pairs asked per page chunk (5)")
-    parser.add_argument("--concurrency", type=int, default=4, metavar="K", help="parallel requests, remote (4)")
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="prompts per generate() call, local (default auto: 8 on CPU, as many as GPU memory allows up to 256)",
-    )
-    parser.add_argument(
-        "--clean",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="clean each page first (default: on for remote)",
-    )
-    parser.add_argument("--lang", choices=("auto", "zh", "en"), default="auto", help="prompt language (auto: per page)")
-    parser.add_argument("--prompt-file", help=f"YAML with edited templates (see OUT_DIR/{PROMPTS_FILE})")
-    parser.add_argument("--judge", action="store_true", help="rate each pair 1-5 with the same LLM and filter")
-    parser.add_argument("--judge-threshold", type=int, default=3, help="lowest judge score kept (3)")
-    parser.add_argument("--min-grounding", type=float, default=0.5, help="share of an answer found in its page (0.5)")
-    parser.add_argument("--max-tokens", type=int, default=1024, help="reply length cap per request (1024)")
-    parser.add_argument("--chunk-tokens", type=int, default=1500, help="largest page chunk per request (1500)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="first-try temperature; re-asks use >=0.7")
-    parser.add_argument("--max-parse-retries", type=int, default=2, help="re-asks on an unparseable reply (2)")
-    parser.add_argument("--retry-failed", action="store_true", help="also retry pages that failed for good before")
-    parser.add_argument("--device", help="local: cpu, cuda, mps (default: best)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per remote request (120)")
+    GENERATE.add_arguments(parser)
 
 
 def _raise_interrupt(signum, frame):
@@ -1113,40 +1446,55 @@ def _raise_interrupt(signum, frame):
 def run(args: argparse.Namespace) -> int:
     from .llm import make_backend
 
-    if args.concurrency < 1 or (args.batch_size is not None and args.batch_size < 1):
-        raise UserError(
-            "--concurrency and --batch-size must be at least 1.", zh="--concurrency 和 --batch-size 都至少为 1。"
-        )
-    settings = settings_from_args(args)
-    out_dir = Path(args.out)
-    pages = read_pages(args.in_dir)  # fail early on a bad IN_DIR, before loading a model
+    values = GENERATE.from_args(args)
+    for name, flag in (("in_dir", "IN_DIR"), ("out_dir", "--out OUT_DIR")):
+        if not values.get(name):
+            raise UserError(
+                f"No {flag} given; name it on the command line (or {name} in the settings file).",
+                zh=f"没有给出 {flag}；请在命令行上指定（或在设置文件中写 {name}）。",
+            )
+    settings = GenSettings.from_settings(values)
+    in_dir, out_dir = values["in_dir"], Path(values["out_dir"])
+    pages = read_pages(in_dir)  # fail early on a bad IN_DIR, before loading a model
     if not pages:
         raise UserError(
-            f"No .txt or .md pages in {args.in_dir}; run the crawl step first or put text files there.",
-            zh=f"{args.in_dir} 里没有 .txt 或 .md 页面；请先运行爬取步骤，或把文本文件放到那里。",
+            f"No .txt or .md pages in {in_dir}; run the crawl step first or put text files there.",
+            zh=f"{in_dir} 里没有 .txt 或 .md 页面；请先运行爬取步骤，或把文本文件放到那里。",
         )
+    select_pages(pages, values.get("pages"))  # a wrong page name, before loading a model
     out_dir.mkdir(parents=True, exist_ok=True)
     prompt_out = out_dir / PROMPTS_FILE
-    if not args.prompt_file or Path(args.prompt_file).resolve() != prompt_out.resolve():
+    prompt_file = values.get("prompt_file")
+    if not prompt_file or Path(prompt_file).resolve() != prompt_out.resolve():
         write_text_atomic(prompt_out, dump_prompts(settings.prompts))
     backend = make_backend(
-        args.backend,
-        args.model,
-        args.base_url,
-        args.api_key_env,
-        concurrency=args.concurrency,
-        batch_size=args.batch_size,
-        device=args.device,
-        timeout=args.timeout,
+        values["backend"],
+        values.get("model"),
+        values.get("base_url"),
+        values.get("api_key_env"),
+        concurrency=values["concurrency"],
+        batch_size=values.get("batch_size"),
+        device=values.get("device"),
+        timeout=values["timeout"],
     )
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # dashboard Stop: end like Ctrl-C, files kept
+    summary = Summary()
     try:
         summary = generate(
-            args.in_dir, out_dir, backend, settings, concurrency=args.concurrency, retry_failed=args.retry_failed
+            in_dir,
+            out_dir,
+            backend,
+            settings,
+            concurrency=values["concurrency"],
+            retry_failed=values["retry_failed"],
+            only=values.get("pages"),
+            max_pages=values.get("max_pages"),
         )
     finally:
+        if values["backend"] == "local" and summary.tokens_out > 0:
+            record_speed(out_dir, settings.model or values.get("model") or "", backend, summary)
         backend.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -449,6 +449,18 @@ def problems_message(where: str, problems: list[str], lang: str = "en") -> str:
     return f"{where} has {len(problems)} problems:\n" + "\n".join(f"- {x}" for x in problems)
 
 
+def check_value(schema: Schema, name: str, value) -> None:
+    """Raise one :class:`~umtcds_core.errors.UserError` sentence, flag first (``--depth must be 0 or more …``), when
+    ``value`` breaks field ``name``'s declaration — for code that builds a step's runtime object directly (a test, the
+    demo, a bench): the same bounds and words as the CLI and the settings YAML, said the way a flag is."""
+    f = schema[name]
+    problems = schema.field_problems(f, value)
+    if problems:
+        en, zh = problems[0]
+        en, zh = en.split(": ", 1)[-1], zh.split("：", 1)[-1]
+        raise UserError(f"{f.cli_flag or name} {en}.", zh=f"{f.cli_flag or name} {zh}。")
+
+
 def raise_problems(where: str, pairs: list[Pair], error: type[SettingsError] = SettingsError) -> None:
     """Raise one ``error`` listing every ``(English, Chinese)`` problem; nothing when there are none."""
     if pairs:

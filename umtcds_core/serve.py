@@ -4,6 +4,7 @@ Usage::
 
     umtcds serve --adapter runs/run-1                       # http://127.0.0.1:8000/v1
     UMTCDS_SERVE_API_KEY=... umtcds serve --adapter runs/run-1 --host 0.0.0.0 --port 8000
+    umtcds serve --config settings.yaml [any flag above, which wins over the file]
 
 Then any OpenAI client works::
 
@@ -35,10 +36,15 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from . import schema as S
 from .errors import UserError
+from .model_settings import adapter_setting, device_setting, model_setting, need_model
+
+setting = S.setting
 
 DEFAULT_KEY_ENV = "UMTCDS_SERVE_API_KEY"
 MAX_BODY = 4 * 1024 * 1024
@@ -46,6 +52,47 @@ MAX_BODY = 4 * 1024 * 1024
 
 class ServeError(UserError, ValueError):
     """A bad serve option."""
+
+
+# ---- settings: each declared once (schema.py); the CLI flags and a --config YAML read them ------------------------
+@dataclass
+class ServeSettings:
+    """What ``umtcds serve`` runs with: flags, a ``--config`` YAML, or both (flags win)."""
+
+    model: str | None = model_setting()
+    adapter: str | None = adapter_setting(
+        comment="a run folder or one of its checkpoint-N folders; /v1/models then lists the tuned and the base model"
+    )
+    host: str = setting(
+        "127.0.0.1",
+        ("监听地址", "Host"),
+        "address to bind; 127.0.0.1: this machine only, 0.0.0.0: every network (set an API key first)",
+        help=(
+            "127.0.0.1 只允许本机访问；0.0.0.0 对所有网络开放（请先设置 API 密钥）。",
+            "127.0.0.1: this machine only; 0.0.0.0: every network (set an API key first).",
+        ),
+    )
+    port: int = setting(
+        8000,
+        ("端口", "Port"),
+        "TCP port; 0 = any free port (printed at start)",
+        min=0,
+        max=65535,
+        range_msg=(
+            "{value} is not a port; use 0–65535 (0 = any free port)",
+            "{value} 不是端口号；请用 0–65535（0 表示任意空闲端口）",
+        ),
+    )
+    api_key_env: str = setting(
+        DEFAULT_KEY_ENV,
+        ("API 密钥的环境变量名", "API key variable"),
+        "environment variable holding the API key (never the key itself on the command line); unset: no key",
+    )
+    device: str | None = device_setting()
+
+
+SERVE = S.from_dataclass(ServeSettings, "serve", title="UMTCDS serve settings — run with `umtcds serve --config`")
+"""The serve step's schema: CLI flags and the settings YAML come from it."""
 
 
 class _BadRequest(Exception):
@@ -257,7 +304,9 @@ def make_handler(api: ChatAPI):
     return Handler
 
 
-def make_server(chat_model, host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None):
+def make_server(
+    chat_model, host: str = SERVE["host"].default, port: int = SERVE["port"].default, api_key: str | None = None
+):
     """A ready (not yet serving) ``ThreadingHTTPServer``; ``port=0`` picks a free port (see ``server.server_port``)."""
     api = ChatAPI(chat_model, api_key=api_key)
     try:
@@ -274,33 +323,21 @@ def make_server(chat_model, host: str = "127.0.0.1", port: int = 8000, api_key: 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", help="base model: embedded name, model folder or .gguf (default: the adapter's base)"
-    )
-    parser.add_argument("--adapter", help="a run folder or checkpoint-N folder (LoRA or P-tuning v2)")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 = any free port)")
-    parser.add_argument(
-        "--api-key-env",
-        default=DEFAULT_KEY_ENV,
-        help=f"name of the environment variable holding the API key (default {DEFAULT_KEY_ENV}; unset = no key)",
-    )
-    parser.add_argument("--device", help="cpu | cuda | mps (default: the best available)")
+    """Every flag (and ``--config``) from :data:`SERVE`."""
+    SERVE.add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from .chat import load_chat_model
 
-    if not args.model and not args.adapter:
-        raise ServeError(
-            "Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.",
-            zh="请指定 --model（内置模型名、模型文件夹或 .gguf 文件），可选再加上 --adapter。",
-        )
-    api_key = os.environ.get(args.api_key_env) or None
-    if warning := exposure_warning(args.host, api_key, args.api_key_env):
+    values = SERVE.from_args(args)
+    need_model(values, ServeError, "serve")
+    host, port, key_env = values["host"], values["port"], values["api_key_env"]
+    api_key = os.environ.get(key_env) or None
+    if warning := exposure_warning(host, api_key, key_env):
         print(warning, file=sys.stderr)
-    cm = load_chat_model(args.model, args.adapter, device=args.device)
-    server = make_server(cm, args.host, args.port, api_key=api_key)
+    cm = load_chat_model(values["model"], values["adapter"], device=values["device"])
+    server = make_server(cm, host, port, api_key=api_key)
     host, port = server.server_address[:2]
     ids = ", ".join(server.api.model_ids())
     print(f"Serving {ids} at http://{host}:{port}/v1 (key {'required' if api_key else 'not required'})", flush=True)

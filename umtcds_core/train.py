@@ -19,7 +19,8 @@ What one run does (every feature, its flag, and its trade-off):
   into a block-diagonal causal mask (or FlashAttention varlen kwargs), so samples never attend to each other and no
   compute is spent on padding. Checked at start-up on the real model; when the check fails, or for P-tuning v2 (its
   prefix cache disables the packed mask), batches are padded instead and the log says why.
-* **Speed/memory** (``umtcds_core.speed``; figures in ``bench/results/train_*.json``): gradient checkpointing
+* **Speed/memory** (``umtcds_core.speed``: one plan from the config and the machine, applied once; figures in
+  ``bench/results/NOTES.md``): gradient checkpointing
   (``gradient_checkpointing``; off for P-tuning v2, whose prefix cache transformers drops under checkpointing),
   bf16/fp16/fp32 chosen by hardware (``precision: auto``); packed rows attend per sample through PyTorch's
   FlashAttention varlen kernel on CUDA (FlashAttention-2 when ``flash-attn`` is installed, SDPA's block-diagonal
@@ -56,6 +57,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import methods
 from .config import ConfigError, TrainConfig, load_config
 from .dataset import record_to_messages
 from .errors import UserError
@@ -69,18 +71,6 @@ from .runs import (
     latest_complete_checkpoint,
     list_checkpoints,
 )
-
-# LoRA targets per model_type: the attention projections (GLM-4: q/k/v as in the official demo's -hf config).
-LORA_TARGETS: dict[str, list[str]] = {
-    "glm": ["q_proj", "k_proj", "v_proj"],
-    "glm4": ["q_proj", "k_proj", "v_proj"],
-    "chatglm": ["query_key_value"],
-    "gpt2": ["c_attn", "c_proj"],
-    "gpt_neox": ["query_key_value", "dense"],
-    "falcon": ["query_key_value", "dense"],
-    "phi3": ["qkv_proj", "o_proj"],
-}
-DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # llama, qwen2/3, mistral, gemma, phi, ...
 
 
 class TrainError(UserError):
@@ -187,39 +177,6 @@ def encode_conversation(
 
 
 # ---- model set-up ---------------------------------------------------------------------------------------------------
-def linear_module_names(model) -> set[str]:
-    import torch
-
-    names = set()
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) or type(module).__name__ in {"Linear4bit", "Linear8bitLt", "Conv1D"}:
-            names.add(name.rsplit(".", 1)[-1])
-    return names  # lm_head included: a valid (if costly) explicit target; the per-architecture defaults never pick it
-
-
-def lora_targets(model, requested: list[str] | None) -> list[str] | str:
-    """LoRA target module names for this model: the user's list (checked) or the per-architecture default."""
-    present = linear_module_names(model)
-    model_type = getattr(model.config, "model_type", "")
-    if requested:
-        if requested in (["all-linear"], "all-linear"):
-            return "all-linear"
-        missing = [t for t in requested if t not in present]
-        if missing:
-            raise TrainError(
-                f"lora_target_modules {missing} are not layers of this {model_type or 'model'} (it has: "
-                f"{', '.join(sorted(present))}); the config was probably written for another model — remove "
-                "lora_target_modules to choose them automatically.",
-                zh=f"lora_target_modules {missing} 不是这个 {model_type or '模型'} 的层（它有："
-                f"{', '.join(sorted(present))}）；这份配置可能是为别的模型写的——删除 "
-                "lora_target_modules 即可自动选择。",
-            )
-        return list(requested)
-    default = LORA_TARGETS.get(model_type, DEFAULT_LORA_TARGETS)
-    chosen = [t for t in default if t in present]
-    return chosen or "all-linear"
-
-
 def pick_precision(cfg: TrainConfig, device: str) -> str:
     want = (cfg.precision or "auto").lower()
     if want not in {"auto", "bf16", "fp16", "fp32"}:
@@ -247,48 +204,6 @@ def pick_precision(cfg: TrainConfig, device: str) -> str:
                 zh="precision：这块 GPU 不支持 bf16；请使用 precision: fp16 或 auto。",
             )
     return want
-
-
-def packing_works(model, device: str) -> tuple[bool, str]:
-    """True when the model keeps packed samples apart given restarting ``position_ids``.
-
-    Two short samples run separately, packed with restarting position_ids, and packed without them (what cross-sample
-    attention looks like); packing works when the packed logits are far closer to the separate ones than the
-    contaminated logits are, and when the second sample's packed logits do not change at all if the first sample's
-    tokens do (same shapes, so kernel numerics cannot differ: any change is leakage). 4-/8-bit models get a looser
-    bound on the first comparison, since their matmuls round differently for different batch shapes. Costs five
-    forward passes of ~11 tokens.
-    """
-    import torch
-
-    vocab = model.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(0)
-    a = torch.randint(3, min(vocab, 1000), (1, 6), generator=gen).to(device)
-    b = torch.randint(3, min(vocab, 1000), (1, 5), generator=gen).to(device)
-    both = torch.cat([a, b], 1)
-    pos = torch.tensor([list(range(6)) + list(range(5))], device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            la = model(input_ids=a, use_cache=False).logits.float()
-            lb = model(input_ids=b, use_cache=False).logits.float()
-            lp = model(input_ids=both, position_ids=pos, use_cache=False).logits.float()
-            lc = model(input_ids=both, use_cache=False).logits.float()
-            other = torch.cat([(a - 2) % (min(vocab, 1000) - 3) + 3, b], 1)  # another first sample, same shapes
-            lo = model(input_ids=other, position_ids=pos, use_cache=False).logits.float()
-    except Exception as exc:  # noqa: BLE001 - any failure means: do not pack
-        return False, f"the packed forward pass failed ({type(exc).__name__}: {exc})"
-    finally:
-        model.train(was_training)
-    err = max((lp[0, :6] - la[0]).abs().max().item(), (lp[0, 6:] - lb[0]).abs().max().item())
-    contaminated = (lc[0, 6:] - lb[0]).abs().max().item()
-    leak = (lo[0, 6:] - lp[0, 6:]).abs().max().item()
-    from .speed import is_kbit
-
-    if not (err <= (0.25 if is_kbit(model) else 0.05) * contaminated and leak <= 0.01 * contaminated):
-        return False, f"this model attends across packed samples (logit difference {err:.3g} vs {contaminated:.3g})"
-    return True, "position_ids restart per sample; the model masks attention per sample"
 
 
 # ---- the run --------------------------------------------------------------------------------------------------------
@@ -595,34 +510,15 @@ def resume_point(out: Path, resume: str) -> Path | None:
     return path
 
 
-@dataclass
-class Setup:
-    """What was decided about this run on this machine (recorded in train_info.json)."""
-
-    device: str
-    precision: str
-    world: int
-    local_rank: int
-    attn: str = "sdpa"
-    packing: bool = False
-    packing_note: str = ""
-    gradient_checkpointing: bool = False
-    liger: bool = False
-    loss: str = "standard"
-    kernels: list[str] = field(default_factory=list)
-    compiled: int = 0
-    targets: list[str] | str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
-def machine_setup(cfg: TrainConfig) -> Setup:
-    from . import models
+def machine_setup(cfg: TrainConfig):
+    """This process's machine (device, GPU, world size) and the run's precision; refuses what it cannot run."""
+    from . import models, speed
 
     _, world = _world()
     device = models.best_device()
     if device == "mps":
         device = "cpu"  # the Trainer's mps path is not tested here
-    if cfg.method == "qlora":
+    if methods.get(cfg.method).quantised:
         if device != "cuda":
             raise TrainError(
                 "QLoRA (4-bit) needs an NVIDIA GPU with CUDA; on this machine use method lora (or full for small models).",
@@ -638,166 +534,39 @@ def machine_setup(cfg: TrainConfig) -> Setup:
                 "QLoRA on several GPUs is not supported here; use --gpus 1, or method lora.",
                 zh="这里不支持在多块 GPU 上运行 QLoRA；请使用 --gpus 1，或改用 lora 方法。",
             )
-    setup = Setup(device, pick_precision(cfg, device), world, int(os.environ.get("LOCAL_RANK", "0")))
-    if device == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        setup.attn = "flash_attention_2"
-    setup.liger = device == "cuda" and importlib.util.find_spec("liger_kernel") is not None
-    return setup
+    precision = pick_precision(cfg, device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    return speed.Machine.detect(f"cuda:{local_rank}" if device == "cuda" else device, world), precision
 
 
-def build_model(cfg: TrainConfig, spec, setup: Setup):
-    """Load the base (4-bit for QLoRA), decide packing/checkpointing, and wrap it with the method's peft adapter."""
+def build_model(cfg: TrainConfig, spec, plan):
+    """Load the base as the method needs it (dtype, 4-bit for QLoRA, attention) and wrap it with the method's
+    adapter; returns ``(model, lora targets or None)``."""
     import torch
     import transformers
-    from peft import LoraConfig, PrefixTuningConfig, TaskType, get_peft_model
 
-    from . import models, speed
+    from . import models
 
+    method = methods.get(cfg.method)
+    precision = plan.precision
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-    # adapters train in fp32 on a half-precision base; full fine-tuning keeps fp32 master weights (+ autocast)
-    load_dtype = torch.float32 if cfg.method == "full" or setup.precision == "fp32" else dtypes[setup.precision]
-    quant = None
-    if cfg.method == "qlora":
-        from transformers import BitsAndBytesConfig
-
-        quant = BitsAndBytesConfig(
-            load_in_4bit=cfg.qlora_bits == 4,
-            load_in_8bit=cfg.qlora_bits == 8,
-            bnb_4bit_quant_type=cfg.qlora_quant_type,
-            bnb_4bit_use_double_quant=cfg.qlora_double_quant,
-            bnb_4bit_compute_dtype=dtypes["bf16" if setup.precision == "bf16" else "fp16"],
-        )
-    device = f"cuda:{setup.local_rank}" if setup.device == "cuda" else setup.device
     model = models.load_model(
-        spec, device=device, dtype=load_dtype, quantization_config=quant, attn_implementation=setup.attn
+        spec,
+        device=plan.device,
+        dtype=dtypes[method.load_dtype(precision)],
+        quantization_config=method.quantization(cfg, precision),
+        attn_implementation=plan.load_attention,
     )
     model.config.use_cache = False  # training: no KV cache (and packed masks need cache=None)
-
-    setup.gradient_checkpointing = bool(cfg.gradient_checkpointing)
-    if cfg.method == "ptuning-v2" and setup.gradient_checkpointing:
-        setup.gradient_checkpointing = False
-        setup.notes.append(
-            "gradient checkpointing is off for P-tuning v2: transformers drops the prefix cache under checkpointing"
-        )
-    setup.packing, setup.packing_note = False, "packing disabled in the config"
-    if cfg.packing:
-        if cfg.method == "ptuning-v2":
-            setup.packing_note = "P-tuning v2's prefix cache disables the packed-sequence mask; batches are padded"
-        else:
-            if setup.attn == "sdpa":  # CUDA: per-sample FlashAttention varlen instead of a dense T×T mask
-                setup.attn = speed.enable_varlen_attention(model, device)
-            setup.packing, setup.packing_note = packing_works(model, device)
-            if not setup.packing and setup.attn == speed.VARLEN_ATTN:
-                model.set_attn_implementation("sdpa")
-                setup.attn = "sdpa"
-                setup.packing, setup.packing_note = packing_works(model, device)
-            if not setup.packing:
-                setup.packing_note += "; batches are padded instead"
-
     transformers.set_seed(cfg.seed)  # adapter init must not depend on what ran before in this process
-    if cfg.method in {"lora", "qlora"}:
-        if cfg.method == "qlora":
-            # frozen base without peft's fp32 copy of the 16-bit weights (+4.6 GiB on GLM-4-9B); the Trainer turns
-            # checkpointing on from the training arguments
-            speed.prepare_kbit_lean(model)
-        setup.targets = lora_targets(model, cfg.lora_target_modules)
-        lora = LoraConfig(
-            task_type=TaskType.CAUSAL_LM,
-            r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
-            lora_dropout=cfg.lora_dropout,
-            target_modules=setup.targets,
-        )
-        model = get_peft_model(model, lora)
-    elif cfg.method == "ptuning-v2":
-        prefix = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
-        model = get_peft_model(model, prefix)
-    speed_up(model, cfg, setup, device)
-    return model
+    return method.wrap(model, cfg, kbit=plan.kbit, checkpointing=plan.checkpointing)
 
 
-def speed_up(model, cfg: TrainConfig, setup: Setup, device: str) -> None:
-    """The loss and kernel speed-ups of :mod:`umtcds_core.speed` on the (wrapped) model; recorded in ``setup``.
-
-    The loss never materialises ``tokens × vocab`` logits (Liger's fused kernel on CUDA, chunked elsewhere), except
-    for full fine-tuning on several GPUs, where FSDP shards the LM head. On one CUDA GPU, LoRA/QLoRA compile their
-    decoder layers (``compile: auto``; :func:`compile_checked`); otherwise Liger's RMSNorm/SwiGLU kernels on CUDA.
-    """
-    from . import speed
-
-    if not (cfg.method == "full" and setup.world > 1):
-        setup.loss = speed.enable_fused_loss(model, device) or "standard"
-    wanted = cfg.compile == "on" or (
-        cfg.compile == "auto" and cfg.method in ("lora", "qlora") and setup.world == 1 and setup.device == "cuda"
-    )
-    if wanted and speed.compile_usable(device):
-        # Inductor fuses RMSNorm/SwiGLU itself (Liger's kernels do not trace), so they are not swapped in
-        setup.compiled = compile_checked(model, cfg, setup, device)
-    elif cfg.compile == "on":
-        setup.notes.append("compile: on needs a CUDA GPU with Triton; running eager")
-    if not setup.compiled:
-        setup.kernels = speed.apply_kernels(model, device)
-
-
-def compile_checked(model, cfg: TrainConfig, setup: Setup, device: str) -> int:
-    """:func:`speed.compile_layers`, proven by one small training step before the real run; 0 if it failed.
-
-    The compile happens at the first call, so a failure (a missing compiler, an op Inductor cannot lower) would
-    otherwise surface in the middle of the Trainer; here it is caught, the layers go back to eager mode, and the
-    reason is noted. The probe's graphs (dynamic shapes) are the ones training reuses, so the check costs no
-    extra compile; its gradients are discarded.
-    """
-    import torch
-
-    from . import speed
-
-    n = speed.compile_layers(model, device, **speed.compile_options(cfg.method))
-    if not n:
-        return 0
-    if setup.gradient_checkpointing:
-        speed.set_checkpointing(model, True)  # the probe must take the training path (the Trainer re-applies it)
-    vocab = model.get_input_embeddings().weight.shape[0]
-    gen = torch.Generator().manual_seed(cfg.seed)
-    feats = []
-    for length in (7, 5):
-        ids = torch.randint(3, min(vocab, 1000), (length,), generator=gen).tolist()
-        feats.append({"input_ids": ids, "labels": [-100] * 2 + ids[2:]})
-    collator = speed.make_collator(None, setup.packing, setup.attn, device) if setup.packing else None
-    t0 = time.perf_counter()
-    was_training = model.training
-    model.train()
-    try:
-        if collator is not None:
-            batch = collator(feats)
-        else:
-            batch = {
-                "input_ids": torch.tensor([feats[0]["input_ids"]]),
-                "labels": torch.tensor([feats[0]["labels"]]),
-            }
-        batch = {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
-        model(**batch).loss.backward()
-    except Exception as exc:  # noqa: BLE001 - any compile/runtime failure means: train eager
-        speed.uncompile_layers(model)
-        setup.notes.append(f"torch.compile failed ({type(exc).__name__}: {str(exc)[:200]}); training runs eager")
-        return 0
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    setup.notes.append(f"compiled {n} decoder layers with torch.compile in {time.perf_counter() - t0:.0f} s")
-    return n
-
-
-def _capability() -> int:
-    import torch
-
-    return torch.cuda.get_device_capability()[0] if torch.cuda.is_available() else 0
-
-
-def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool):
-    """The TrainingArguments of a run: every value comes from the config or from :class:`Setup`."""
+def training_arguments(cfg: TrainConfig, out: Path, plan, world: int, has_dev: bool):
+    """The TrainingArguments of a run: every value comes from the config or from the speed plan."""
     from transformers import TrainingArguments
 
-    cuda = setup.device == "cuda"
+    cuda = plan.cuda
     return TrainingArguments(
         output_dir=str(out),
         per_device_train_batch_size=cfg.per_device_batch_size,
@@ -822,25 +591,25 @@ def training_arguments(cfg: TrainConfig, out: Path, setup: Setup, has_dev: bool)
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         prediction_loss_only=True,
-        activation_checkpointing=setup.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if setup.gradient_checkpointing else None,
-        bf16=setup.precision == "bf16",
+        activation_checkpointing=plan.checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.checkpointing else None,
+        bf16=plan.precision == "bf16",
         # TF32 for the fp32 adapter matmuls (LoRA A/B): Ampere+ only
-        tf32=True if cuda and _capability() >= 8 else None,
-        fp16=setup.precision == "fp16",
-        use_cpu=setup.device == "cpu",
+        tf32=True if plan.tf32 else None,
+        fp16=plan.precision == "fp16",
+        use_cpu=not cuda,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to="none",
         disable_tqdm=True,  # umtcds_core.progress draws the bar (and feeds the dashboard)
         remove_unused_columns=False,
         dataloader_num_workers=0,
-        dataloader_pin_memory=cuda,
+        dataloader_pin_memory=plan.pinned,
         # pinned batches copied without blocking the host (the copy no longer waits for the previous step's kernels)
-        accelerator_config={"non_blocking": cuda},
-        use_liger_kernel=False,  # applied per model instance by umtcds_core.speed (see speed_up)
-        ddp_find_unused_parameters=False if setup.world > 1 else None,
-        fsdp="full_shard auto_wrap" if cfg.method == "full" and setup.world > 1 else "",
+        accelerator_config={"non_blocking": plan.pinned},
+        use_liger_kernel=False,  # applied per model instance by umtcds_core.speed.apply
+        ddp_find_unused_parameters=False if world > 1 else None,
+        fsdp="full_shard auto_wrap" if methods.get(cfg.method).sharded and world > 1 else "",
     )
 
 
@@ -880,7 +649,8 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
     from . import models, speed
 
     with _StopOnSigterm() as stop_flag:
-        setup = machine_setup(cfg)
+        machine, precision = machine_setup(cfg)
+        plan = speed.plan(cfg, machine, precision)
         spec = models.resolve(cfg.model)
         model_dir = models.hf_folder(spec)
         tokenizer = models.load_tokenizer(spec, padding_side="right")
@@ -901,22 +671,23 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
                 f"{stats.answer_truncated} answer(s) to max_output_length={cfg.max_output_length}."
             )
 
-        model = build_model(cfg, spec, setup)
-        _log(f"Packing: {'on' if setup.packing else 'off'} ({setup.packing_note}).")
-        for n in setup.notes:
+        model, targets = build_model(cfg, spec, plan)  # load → method
+        report = speed.apply(model, plan)  # → speed
+        _log(f"Packing: {'on' if report.packing else 'off'} ({report.packing_note}).")
+        for n in report.notes:
             _log(f"Note: {n}.")
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
         _log(
-            f"Method {cfg.method}: {trainable:,} trainable of {total:,} parameters; precision {setup.precision}; "
-            f"attention {setup.attn}; loss {setup.loss}; kernels {', '.join(setup.kernels) or 'none'}; "
-            f"compiled layers {setup.compiled or 'none'}."
+            f"Method {cfg.method}: {trainable:,} trainable of {total:,} parameters; precision {precision}; "
+            f"attention {report.attention}; loss {report.loss}; kernels {', '.join(report.kernels) or 'none'}; "
+            f"compiled layers {report.compiled or 'none'}."
         )
-        collator = speed.make_collator(tokenizer, setup.packing, setup.attn, setup.device)
+        collator = report.collator(tokenizer)
         trainer_ref: dict = {}
         trainer = _make_trainer_class()(
             model=model,
-            args=training_arguments(cfg, out, setup, has_dev=bool(dev_items)),
+            args=training_arguments(cfg, out, plan, machine.count, has_dev=bool(dev_items)),
             train_dataset=ListDataset(train_items),
             eval_dataset=ListDataset(dev_items) if dev_items else None,
             data_collator=collator,
@@ -924,7 +695,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
             callbacks=[_callbacks(cfg, paths, stop_flag, trainer_ref)],
         )
         trainer_ref["trainer"] = trainer
-        trainer.umtcds_packing = setup.packing
+        trainer.umtcds_packing = report.packing
         if stop_flag["stop"]:
             _log("Stopped before training started; nothing to save.")
             return {"stopped": True, "output_dir": str(out)}
@@ -936,28 +707,22 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
             "base_model": cfg.model,
             "base_model_path": str(model_dir),
             "method": cfg.method,
-            "lora_target_modules": setup.targets,
+            "lora_target_modules": targets,
             "config": cfg.to_dict(),
             "config_file": str(config_file) if config_file else None,
             "data_dir": str(paths.data_dir),
             "output_dir": str(out),
             "system_prompt": cfg.system_prompt,
-            "precision": setup.precision,
-            "attn_implementation": setup.attn,
-            "packing": setup.packing,
-            "packing_note": setup.packing_note,
-            "gradient_checkpointing": setup.gradient_checkpointing,
-            "liger_kernel": setup.liger,
-            "speed": {
-                "attention": setup.attn,
-                "loss": setup.loss,
-                "kernels": setup.kernels,
-                "compiled_layers": setup.compiled,
-                "attention_op": speed.varlen_path() if setup.attn == speed.VARLEN_ATTN else None,
-            },
-            "notes": setup.notes,
-            "device": setup.device,
-            "world_size": setup.world,
+            "precision": precision,
+            "attn_implementation": report.attention,
+            "packing": report.packing,
+            "packing_note": report.packing_note,
+            "gradient_checkpointing": report.checkpointing,
+            "liger_kernel": machine.cuda and importlib.util.find_spec("liger_kernel") is not None,
+            "speed": report.as_dict(),
+            "notes": report.notes,
+            "device": "cuda" if machine.cuda else machine.device,
+            "world_size": machine.count,
             "num_train_samples": len(train_items),
             "num_dev_samples": len(dev_items),
             "truncated": {"prompts": stats.prompt_truncated, "answers": stats.answer_truncated},
@@ -979,7 +744,7 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
         # ---- final adapter/model + tokenizer, ready for chat (KV cache back on)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         base.config.use_cache = True
-        if setup.attn == speed.VARLEN_ATTN:
+        if report.attention == speed.VARLEN_ATTN:
             base.set_attn_implementation("sdpa")
         trainer.save_model(str(out))
         if trainer.is_world_process_zero():

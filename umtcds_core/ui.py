@@ -219,10 +219,13 @@ def embedded_model_note() -> str:
     )
 
 
-def start_step(ws: Workspace, step: str, args: list[str], env: dict[str, str] | None = None) -> Job:
+def start_step(
+    ws: Workspace, step: str, args: list[str], env: dict[str, str] | None = None, settings: str | None = None
+) -> Job:
     """Start ``umtcds <step> args…`` as a background job (secrets only via ``env``), in the dashboard's language (its
-    error messages)."""
-    return start_job(ws, step, cli_argv(step, *args), env={"UMTCDS_LANG": current_lang(), **(env or {})})
+    error messages); ``settings`` (YAML text) is saved in the job folder and given as ``--config``."""
+    env = {"UMTCDS_LANG": current_lang(), **(env or {})}
+    return start_job(ws, step, cli_argv(step, *args), env=env, settings=settings)
 
 
 def _fmt_seconds(s: float | None) -> str:

@@ -82,7 +82,7 @@ def test_crawl_job_then_browse_and_drop(ws):
     assert set(at.selectbox(key="crawl_open").options) == set(saved)
     gbk = next(n for n in saved if "gbk" in n)
     at.selectbox(key="crawl_open").set_value(gbk).run()
-    assert any("朱镕基" in t.value for t in at.text_area)
+    assert any("朱镕基" in c.value for c in at.code)
     # drop a page: its file goes, the rest stays
     at.multiselect(key="crawl_drop").set_value([gbk]).run()
     at.button(key="crawl_drop_btn").click().run()
@@ -113,7 +113,7 @@ def test_errors_are_shown_in_chinese_in_the_chinese_dashboard(ws):
     at.text_input(key="crawl_url").set_value("www.example.edu.cn")
     at.button(key="crawl_start").click().run()
     assert [e.value for e in at.error] == [
-        "“www.example.edu.cn”前面缺少 http:// 或 https://；请写成 https://www.example.edu.cn（或 http://）。"
+        "“www.example.edu.cn”前面缺少 http:// 或 https://；请写成 `https://www.example.edu.cn`（或 `http://www.example.edu.cn`）。"
     ]
     assert latest_job(ws, "crawl") is None
 

@@ -2,6 +2,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
+from umtcds_core.workspace import Workspace
+
 HOME = str(Path(__file__).resolve().parents[2] / "Home.py")
 
 
@@ -77,3 +79,127 @@ def test_public_address_without_password_warns():
 
     assert public_without_password("0.0.0.0") is True
     assert public_without_password("127.0.0.1") is False
+
+
+# ---- one current project, titles, next step, language in the URL (issue 21 items 3, 5, 8, 9, 10) ---------------------
+def _wait_until(condition, timeout: float = 60.0, what: str = "the condition"):
+    """Poll ``condition`` until it is truthy (jobs run in other processes); fail with ``what`` after ``timeout`` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+    return value
+
+
+def _create(at: AppTest, name: str) -> None:
+    at.text_input(key="_ws_new_name").set_value(name)
+    _create_button(at).click()
+    at.run()
+    assert not at.exception
+
+
+def _pickers(at: AppTest) -> dict[str, str]:
+    return {s.key: s.value for s in at.selectbox if s.key.startswith("_ws_choice_")}
+
+
+def _every_page_shows(at: AppTest, root: Path) -> None:
+    """Each step page names the current project under its "N · title" header, then Home shows it in both pickers.
+
+    (AppTest runs a step page without Home.py's sidebar, because the checkout has a ``pages/`` folder; the sidebar
+    picker is the same bound widget on every page, so it is checked on Home.)
+    """
+    from umtcds_core import steps
+
+    for step in steps.PAGE_STEPS:
+        at.switch_page(step.page).run()
+        assert not at.exception, (step.name, at.exception)
+        assert at.header[0].value == steps.title(step.name, "en")  # "N · title", one style
+        assert f"Current project: **{root.name}**" in at.caption[0].value, step.name
+        assert at.session_state["workspace"] == str(root)
+    at.switch_page("Home.py").run()
+    assert _pickers(at) == {"_ws_choice_sidebar": str(root), "_ws_choice_home": str(root)}
+    assert any(f"Steps — {root.name}" in s.value for s in at.subheader)
+
+
+def test_one_current_project_after_creating_a_second_one(_isolated_workspaces):
+    from tests.crawl_helpers import FixtureSite
+    from umtcds_core.jobs import latest_job
+
+    alpha, beta = _isolated_workspaces / "alpha", _isolated_workspaces / "beta"
+    at = _home()
+    at.session_state["lang"] = "en"
+    at.run()
+    _create(at, "alpha")
+    _create(at, "beta")
+    # The new project is the current one, and every picker and header says so.
+    assert at.session_state["workspace"] == str(beta)
+    _every_page_shows(at, beta)
+
+    # Switching in the sidebar moves every page and the jobs to the other project.
+    at.selectbox(key="_ws_choice_sidebar").set_value(str(alpha)).run()
+    _every_page_shows(at, alpha)
+
+    # The crawl page names its target before starting, and the job writes exactly there.
+    at.switch_page("pages/1_crawl.py").run()
+    assert any(c.value == "→ project alpha" for c in at.caption)
+    with FixtureSite() as site:
+        dead = site.url("/")  # closed at once: the job fails quickly, but it is started in a project
+    at.text_input(key="crawl_url").set_value(dead)
+    at.button(key="crawl_start").click().run()
+    job = _wait_until(lambda: latest_job(Workspace.open(alpha), "crawl"), what="the crawl job in alpha")
+    assert latest_job(Workspace.open(beta), "crawl") is None
+    assert job.wait(timeout=60) == "failed"
+
+
+def test_home_picker_moves_the_sidebar_picker_too(_isolated_workspaces):
+    a, b = Workspace.create("a-campus"), Workspace.create("b-campus")
+    at = _home().run()
+    assert _pickers(at) == {"_ws_choice_sidebar": str(a.root), "_ws_choice_home": str(a.root)}
+    at.selectbox(key="_ws_choice_home").set_value(str(b.root)).run()
+    assert _pickers(at) == {"_ws_choice_sidebar": str(b.root), "_ws_choice_home": str(b.root)}
+    assert any("步骤状态 — b-campus" in s.value for s in at.subheader)
+    at.selectbox(key="_ws_choice_sidebar").set_value(str(a.root)).run()
+    assert _pickers(at) == {"_ws_choice_sidebar": str(a.root), "_ws_choice_home": str(a.root)}
+
+
+def test_next_step_link_appears_once_the_step_is_done(_isolated_workspaces):
+    ws = Workspace.create("campus")
+    at = _home()
+    at.session_state["lang"] = "en"
+    at.run()
+    at.switch_page("pages/1_crawl.py").run()
+    assert not at.get("page_link")  # nothing crawled yet: no next step
+    ws.pages_dir.mkdir()
+    (ws.pages_dir / "index.txt").write_text("Library hours: 8:00-22:00", encoding="utf-8")
+    at.run()
+    links = [(p.proto.label, p.proto.page) for p in at.get("page_link")]
+    assert links == [("Next step: 2 · Generate Q&A", "generate")]
+
+
+def test_language_survives_a_reload():
+    at = _home().run()
+    assert "lang" not in at.query_params  # the default language keeps the URL clean
+    at.radio(key="_lang_choice").set_value("en").run()
+    assert "campus Q&A" in at.title[0].value
+    assert at.query_params["lang"] in ("en", ["en"])
+
+    reloaded = _home()  # a new session with the same URL
+    reloaded.query_params["lang"] = "en"
+    reloaded.run()
+    assert not reloaded.exception
+    assert "campus Q&A" in reloaded.title[0].value
+    assert reloaded.radio(key="_lang_choice").value == "en"
+
+    at.radio(key="_lang_choice").set_value("zh").run()
+    assert "校园问答" in at.title[0].value and "lang" not in at.query_params
+
+
+def test_home_says_what_the_embedded_model_is_for():
+    at = _home().run()
+    assert any("smollm2-135m" in i.value and "Qwen2.5-7B-Instruct" in i.value and "中文" in i.value for i in at.info)
+    at.session_state["lang"] = "en"
+    at.run()
+    assert any("for trying the flow only" in i.value and "GLM-4-9B-chat" in i.value for i in at.info)

@@ -274,3 +274,18 @@ def test_config_problems_in_both_languages(tmp_path, monkeypatch):
         C.load_config(path)
     assert str(info.value) == f"{path} has a problem — lora_rank: unknown key; did you mean 'lora_r'?"
     assert info.value.zh == f"配置文件 {path} 有一个问题——lora_rank：未知的键；是不是想写“lora_r”？"
+
+
+def test_advice_knows_the_dataset_size():
+    """Issue 21 §8: a tiny training split and an eval/log interval longer than the whole run are named."""
+    from umtcds_core.config import advice, max_optimizer_steps
+
+    cfg = C.preset_for("lora", "smollm2-135m")  # batch 8, 3 epochs, eval every 50 steps
+    assert max_optimizer_steps(cfg, 15) == 6
+    assert max_optimizer_steps(cfg.replace(max_steps=40), 15) == 40
+    en = advice(cfg, n_train=15)
+    assert any(s.startswith("Only 15 training pairs") for s in en)
+    assert any("eval_steps is 50 but the run has at most 6 steps" in s for s in en)
+    zh = advice(cfg, "zh", n_train=15)
+    assert len(zh) == len(en) and any("训练集只有 15 对问答" in s for s in zh)
+    assert advice(cfg.replace(eval_steps=50, logging_steps=5), n_train=2000) == []

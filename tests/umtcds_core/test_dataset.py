@@ -254,3 +254,52 @@ def test_apply_table_edits_maps_visible_rows():
     assert out[2]["answer"] == "new3" and out[-1]["source"] == "manual"
     assert any("empty question" in n for n in notes) and any("1 new row(s)" in n for n in notes)
     assert records[3]["answer"] == "a3"  # input untouched
+
+
+def test_cli_config_file_round_trip_and_flags_win(tmp_path, capsys):
+    """The settings YAML written from the schema is read back by the real CLI; a flag given too wins over the file."""
+    inp = write_jsonl(tmp_path / "qa.jsonl", unique_pairs(20))
+    settings = tmp_path / "dataset.yaml"
+    values = {"input": str(inp), "out": str(tmp_path / "d"), "split": "6:2:2", "seed": 3, "format": "alpaca"}
+    ds.DATASET.save_yaml({**values, "system_prompt": "你是助手。", "dedup_threshold": 0.6}, settings)
+    text = settings.read_text(encoding="utf-8")
+    assert "split: \"6:2:2\"  # train:dev:test ratios" in text and "format: \"alpaca\"  # glm4:" in text
+    assert ds.DATASET.load_yaml(settings)["dedup_threshold"] == 0.6  # what was saved reads back
+    assert cli_main(["dataset", "--config", str(settings), "--seed", "7"]) == 0
+    assert "train 12 / dev 4 / test 4 (split 6:2:2, seed 7, format alpaca)" in capsys.readouterr().out
+    report = json.loads((tmp_path / "d" / "split_report.json").read_text(encoding="utf-8"))
+    assert report["seed"] == 7 and report["dedup_threshold"] == 0.6 and report["system_prompt"] == "你是助手。"
+    first = json.loads((tmp_path / "d" / "train.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert first["system"] == "你是助手。" and "instruction" in first
+    # IN given on the command line wins over the file's input too
+    other = write_jsonl(tmp_path / "other.jsonl", unique_pairs(10))
+    assert cli_main(["dataset", str(other), "--config", str(settings)]) == 0
+    assert json.loads((tmp_path / "d" / "split_report.json").read_text(encoding="utf-8"))["pairs"] == 10
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--split", "8:1"], "split: '8:1' is not three non-negative numbers with train > 0; write it like 8:1:1"),
+        (["--dedup-threshold", "1.5"], "dedup_threshold: 1.5 must be in (0, 1]; 0.5 is a good start"),
+        (["--seed", "-1"], "seed: must be 0 or more"),
+    ],
+)
+def test_cli_bad_value_is_one_sentence_and_exit_1(tmp_path, capsys, argv, expected):
+    inp = write_jsonl(tmp_path / "qa.jsonl", unique_pairs(5))
+    assert cli_main(["dataset", str(inp), "--out", str(tmp_path / "d"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: The settings has a problem — ") and expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "d").exists()  # nothing written
+
+
+def test_cli_bad_settings_file_names_the_file_and_the_key(tmp_path, capsys):
+    settings = tmp_path / "s.yaml"
+    settings.write_text("input: qa.jsonl\nout: d\nformt: alpaca\n", encoding="utf-8")
+    assert cli_main(["dataset", "--config", str(settings)]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {settings} has a problem — formt: unknown key; did you mean 'format'?" in err
+    assert "Traceback" not in err
+    assert cli_main(["dataset", "--out", str(tmp_path / "d")]) == 1  # IN from neither the argument nor a file
+    assert "No input: give IN" in capsys.readouterr().err
