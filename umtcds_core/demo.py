@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import steps
+from . import runs, steps
 from .demo_site import QA_SEED_FILE, DemoSite
 from .errors import UserError
 from .fileio import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -386,13 +386,13 @@ class Demo:
         assert self.run_dir is not None
         info = train(self.config_obj, config_file=self.ws.config_file, resume="no", output_dir=str(self.run_dir))
         fm = info.get("final_metrics", {})
-        losses = [m["loss"] for m in _metrics(self.run_dir) if "loss" in m]
+        losses = [m["loss"] for m in runs.read_metrics(self.run_dir) if "loss" in m]
         curve = f"train loss {losses[0]:.3f} → {losses[-1]:.3f}" if losses else "no loss logged"
         ev = f", dev loss {fm['eval_loss']:.3f}" if fm.get("eval_loss") is not None else ""
         return StepReport(
             "train",
             summary=f"{fm.get('global_step', '?')} steps; {curve}{ev}",
-            files=[self._rel(self.run_dir), self._rel(self.run_dir / "metrics.jsonl")],
+            files=[self._rel(self.run_dir), self._rel(runs.metrics_path(self.run_dir))],
             data={"final_metrics": fm},
         )
 
@@ -405,7 +405,7 @@ class Demo:
     def evaluate(self) -> StepReport:
         evaluate, format_report = _need(_module("evaluate"), "evaluate", "format_report")
         assert self.run_dir is not None
-        out = self.run_dir / "eval" / "metrics.json"
+        out = runs.eval_metrics_path(self.run_dir)
         metrics = evaluate(
             self.s.model,
             self.ws.dataset_dir / "test.jsonl",
@@ -461,7 +461,7 @@ class Demo:
         """
         key_facts, key_fact_score = _need(_module("evaluate"), "key_facts", "key_fact_score")
         seed_qs = {r["question"] for r in read_jsonl(QA_SEED_FILE)}
-        examples = self.run_dir / "eval" / "examples.jsonl"
+        examples = runs.eval_metrics_path(self.run_dir).with_name("examples.jsonl")  # written next to the scores
         for r in read_jsonl(examples) if examples.exists() else []:
             if r.get("key_facts") and r.get("tuned_key-fact") == 100 and (r.get("base_key-fact") or 0) < 100:
                 return _learned(r["question"], r["reference"], r["base_answer"], r["tuned_answer"], "test", seed_qs)
@@ -505,11 +505,6 @@ def _module_named(name: str):
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
         raise StepUnavailable(f"{name} does not exist") from exc
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return read_jsonl(path) if path.exists() else []
 
 
 def _qa_of(rec: dict) -> tuple[str, str]:
