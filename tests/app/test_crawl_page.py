@@ -131,3 +131,36 @@ def test_a_failed_crawl_job_explains_itself_in_chinese_in_the_chinese_dashboard(
     at.run()
     shown = "\n".join(e.value for e in at.error)
     assert "（连接被拒绝）" in shown and "connection refused" in shown  # the Chinese line and the English one
+
+
+def test_url_tester_reads_robots_txt(ws):
+    with FixtureSite() as site:  # its robots.txt disallows /private/
+        at = _app(ws)
+        at.text_input(key="crawl_url").set_value(site.url("/"))
+        at.text_input(key="crawl_probe").set_value(site.url("/private/staff.html")).run()
+        assert any("robots.txt" in i.value for i in at.info) and not at.success
+        at.toggle(key="crawl_robots").set_value(False).run()
+        assert any("robots.txt is off" in s.value for s in at.success)
+
+
+def test_a_new_crawl_shows_only_its_own_urls_and_no_raw_none(ws):
+    with FixtureSite() as dead_site:
+        dead = dead_site.url("/")
+    at = _app(ws)
+    at.text_input(key="crawl_url").set_value(dead)
+    at.button(key="crawl_start").click().run()
+    assert latest_job(ws, "crawl").wait(timeout=60) == "failed"
+    at.run()
+    assert dead in at.dataframe[0].value.iloc[:, 0].tolist()  # the failed URL is this crawl's
+    with FixtureSite() as site:
+        at.text_input(key="crawl_url").set_value(site.url("/"))
+        at.number_input(key="crawl_delay").set_value(0.0)
+        at.button(key="crawl_start").click().run()
+        job = latest_job(ws, "crawl")
+        assert job.wait(timeout=60) == "done", job.log_tail()
+    assert job.settings_file.exists() and "--config" in job.meta["argv"]
+    at.run()
+    recent = at.dataframe[0].value
+    assert dead not in recent.iloc[:, 0].tolist() and len(recent) > 0
+    for table in at.dataframe:
+        assert not (table.value.astype(str) == "None").any().any()

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fake_llm_server import FakeLLMServer  # noqa: E402
 
 from umtcds_core.jobs import latest_job  # noqa: E402
+from umtcds_core.qa import GENERATE  # noqa: E402
 from umtcds_core.workspace import Workspace  # noqa: E402
 
 PAGE = str(Path(__file__).resolve().parents[2] / "pages" / "2_generate.py")
@@ -85,10 +86,12 @@ def test_connection_start_job_preview_and_retry_without_writing_the_key(ws):
         assert [f["file"] for f in fails] == ["blank.txt"]
         assert at.dataframe  # the failures list
         n = len(srv.chat_requests())
+        at.number_input(key="gen_pairs").set_value(4).run()  # on screen now; the retry keeps the failed job's 2
         at.button(key="gen_retry").click().run()
         assert _wait_for_job(ws) == "done"
         job = latest_job(ws, "generate")
         assert "--retry-failed" in job.meta["argv"]
+        assert GENERATE.load_yaml(job.settings_file)["pairs_per_page"] == 2
         assert len(srv.chat_requests()) == n  # the blank page fails before any request
     assert all(r["headers"]["authorization"] == f"Bearer {KEY}" for r in srv.chat_requests())
     for path in ws.root.rglob("*"):
@@ -105,3 +108,46 @@ def test_prompt_editor_validates_and_saves(ws):
     at.text_area(key="gen_prompts").set_value('en:\n  qa_system: "Only JSON."\n')
     at.button(key="gen_save_prompts").click().run()
     assert (ws.qa_dir / "prompts.yaml").read_text(encoding="utf-8").startswith("en:")
+
+
+def test_start_is_disabled_without_a_key_and_says_why(ws):
+    at = _page(ws)
+    assert at.radio(key="gen_backend").value == "zhipuai"
+    assert at.button(key="gen_start").disabled
+    assert any("needs an API key" in w.value and "ZHIPUAI_API_KEY" in w.value for w in at.warning)
+    at.text_input(key="gen_api_key").set_value(KEY).run()
+    assert not at.button(key="gen_start").disabled
+    at.text_input(key="gen_api_key").set_value("").run()
+    at.radio(key="gen_backend").set_value("openai").run()
+    assert at.button(key="gen_start").disabled
+    at.text_input(key="gen_base_url").set_value("http://127.0.0.1:9/v1").run()  # a local server needs no key
+    assert not at.button(key="gen_start").disabled
+
+
+def test_coming_back_while_a_job_runs_shows_its_settings(ws):
+    import time
+
+    from fake_llm_server import default_responder
+
+    def slow(body):
+        time.sleep(1.0)
+        return default_responder(body)
+
+    with FakeLLMServer(api_key=KEY, responder=slow) as srv:
+        at = _page(ws)
+        at.radio(key="gen_backend").set_value("openai").run()
+        at.text_input(key="gen_base_url").set_value(srv.openai_base)
+        at.text_input(key="gen_api_key").set_value(KEY)
+        at.number_input(key="gen_pairs").set_value(3).run()
+        at.button(key="gen_start").click().run()
+        job = latest_job(ws, "generate")
+        try:
+            assert job.status() == "running"
+            back = _page(ws)  # a new session: the page's widgets start empty
+            assert back.radio(key="gen_backend").value == "openai"
+            assert back.number_input(key="gen_pairs").value == 3
+            assert back.text_input(key="gen_base_url").value == srv.openai_base
+            assert back.number_input(key="gen_pairs").disabled and back.button(key="gen_start").disabled
+            assert any("these are its settings" in i.value for i in back.info)
+        finally:
+            job.stop()

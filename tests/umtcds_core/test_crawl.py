@@ -302,3 +302,20 @@ def test_meta_refresh_home_page_counts_as_a_redirect(tmp_path):
         assert s.requested("/news/1.html") == 1
     assert summary.saved == 1
     assert "28 学分" in next(tmp_path.glob("*news_1.txt")).read_text(encoding="utf-8")
+
+
+def test_cli_reads_a_settings_file_and_flags_win(capsys, tmp_path):
+    """`umtcds crawl --config FILE` (what the dashboard runs): URL and folder from the file; a flag given wins."""
+    from umtcds_core.crawl import CRAWL
+
+    out = tmp_path / "pages"
+    with FixtureSite() as s:
+        values = CRAWL.check({"start_url": s.url("/"), "out_dir": str(out), "depth": 3, "delay": 0})
+        path = CRAWL.save_yaml(values, tmp_path / "settings.yaml")
+        assert "# link hops from the start page" in path.read_text(encoding="utf-8")
+        assert cli.main(["crawl", "--config", str(path), "--depth", "0", "--quiet"]) == 0
+    assert "Saved 1 pages" in capsys.readouterr().out  # --depth 0 won over depth: 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"out_dir: {out}\ndepth: -1\ndelay: 0\n", encoding="utf-8")
+    assert cli.main(["crawl", "https://www.x.edu.cn/", "--config", str(bad)]) == 1
+    assert "depth: must be 0 or more" in capsys.readouterr().err

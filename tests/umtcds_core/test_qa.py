@@ -416,3 +416,100 @@ def test_remote_schedule_bench_smoke():
     for side in ("baseline", "ours"):
         assert result[side]["pages"] == 6 and result[side]["failures"] == 0 and result[side]["pairs"] >= 6
     assert (result["baseline"]["schedule"], result["ours"]["schedule"]) == ("waves", "window")
+
+
+# ---- settings declared once: the CLI, the settings YAML and the page read GENERATE ---------------------------------
+def test_settings_file_runs_and_flags_win(tmp_path, monkeypatch, capsys):
+    """`umtcds generate --config FILE` takes IN_DIR/--out from the file; a flag given too wins over it."""
+    from umtcds_core.qa import GENERATE
+
+    pages = _pages(tmp_path)
+    out = tmp_path / "out"
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    with FakeLLMServer(api_key=KEY) as srv:
+        values = GENERATE.check(
+            {"in_dir": str(pages), "out_dir": str(out), "backend": "openai", "base_url": srv.openai_base}
+            | {"pairs_per_page": 3, "clean": False, "lang": "en", "max_pages": 1}
+        )
+        path = GENERATE.save_yaml(values, tmp_path / "settings.yaml")
+        assert "api_key" not in path.read_text(encoding="utf-8").replace("api_key_env", "")  # never a key field
+        assert cli.main(["generate", "--config", str(path), "--pairs-per-page", "1"]) == 0
+        asked = [r["body"]["messages"][-1]["content"] for r in srv.chat_requests()]
+    assert "pairs from 1 pages" in capsys.readouterr().out  # max_pages from the file: one page of three
+    assert all("Write 1 question-answer pairs" in a for a in asked)  # the flag won over pairs_per_page: 3
+    with pytest.raises(SystemExit):  # argparse choices, as before
+        cli.main(["generate", "--config", str(path), "--lang", "fr"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"in_dir: {pages}\nout_dir: {out}\npairs_per_page: 0\nbackend: openai\n", encoding="utf-8")
+    assert cli.main(["generate", "--config", str(bad)]) == 1
+    assert "pairs_per_page: must be at least 1" in capsys.readouterr().err
+
+
+def test_pages_can_be_picked_or_capped(tmp_path):
+    pages = _pages(tmp_path)
+    with FakeLLMServer(api_key=KEY) as srv:
+        settings = GenSettings(backend="openai", clean=False, pairs_per_page=1)
+        s1 = generate(pages, tmp_path / "a", _openai(srv), settings, only=["library.txt"])
+        s2 = generate(pages, tmp_path / "b", _openai(srv), settings, max_pages=2)
+        with pytest.raises(UserError, match="No page named nope.txt"):
+            generate(pages, tmp_path / "c", _openai(srv), settings, only=["nope.txt"])
+    assert s1.processed == 1 and {q["file"] for q in _outcomes(tmp_path / "a")[0]} == {"library.txt"}
+    assert s2.processed == 2 and s2.skipped == len(PAGES) - 2
+
+
+def test_cpu_sized_defaults_and_the_time_estimate():
+    from umtcds_core.qa import CPU_MAX_TOKENS, estimate_seconds, resolved_max_tokens
+
+    assert resolved_max_tokens({"backend": "local", "device": "cpu"}) == CPU_MAX_TOKENS
+    assert resolved_max_tokens({"backend": "zhipuai"}) == 1024
+    assert resolved_max_tokens({"backend": "local", "device": "cpu", "max_tokens": 96}) == 96
+    # 4 pages x 256 tokens, no clean pass (local), at 32 tokens/s: 32 s
+    assert estimate_seconds(4, {"backend": "local", "max_tokens": 256}, 32.0) == pytest.approx(32.0)
+    assert estimate_seconds(4, {"backend": "local", "max_tokens": 256, "clean": True}, 32.0) == pytest.approx(64.0)
+
+
+@pytest.mark.slow
+def test_local_job_reports_tokens_inside_a_batch_and_stop_keeps_finished_pages(tmp_path):
+    """The real embedded model in a real background job (one page per batch, short replies): progress.json shows
+    tokens and tokens/s before any page has finished, and Stop keeps every page finished so far."""
+    import time
+
+    from umtcds_core.jobs import cli_argv, start_job
+    from umtcds_core.qa import GENERATE
+    from umtcds_core.workspace import Workspace
+
+    texts = [PAGES[k] for k in ("admissions.txt", "library.txt")]
+    pages = _pages(tmp_path, {f"p{i}.txt": texts[i % 2].replace("Qingshan", f"Qingshan {i}") for i in range(8)})
+    ws = Workspace.create("gen-stop", root=tmp_path)
+    values = GENERATE.check(
+        {"in_dir": str(pages), "out_dir": str(ws.qa_dir), "backend": "local", "device": "cpu", "batch_size": 1}
+        | {"max_tokens": 48, "pairs_per_page": 1, "max_parse_retries": 0, "lang": "en"}
+    )
+    job = start_job(
+        ws, "generate", cli_argv("generate"), env={"OMP_NUM_THREADS": "1"}, settings=GENERATE.to_yaml(values)
+    )
+    assert "--config" in job.meta["argv"] and job.settings_file.exists()
+
+    def finished() -> int:
+        return sum(
+            len({json.loads(x)["file"] for x in (ws.qa_dir / f).read_text(encoding="utf-8").splitlines() if x.strip()})
+            for f in ("qa.jsonl", "failures.jsonl")
+            if (ws.qa_dir / f).exists()
+        )
+
+    seen_inside_batch = False
+    deadline = time.time() + 300
+    while time.time() < deadline and finished() < 2:
+        prog = job.progress() or {}
+        counters = prog.get("counters") or {}
+        if prog.get("done") == 0 and counters.get("tokens", 0) > 0:
+            seen_inside_batch = seen_inside_batch or (counters.get("tokens_per_s", 0) > 0 and prog.get("eta_s"))
+        assert job.status() == "running", job.log_tail()
+        time.sleep(0.1)
+    assert seen_inside_batch, job.progress()
+    assert finished() >= 2, job.log_tail()
+    assert job.stop() == "stopped"
+    kept = finished()
+    assert 2 <= kept < 8  # the finished pages stayed; the run did not get to the end
+    qa, _ = _outcomes(ws.qa_dir)
+    assert all(q["file"].startswith("p") for q in qa)
