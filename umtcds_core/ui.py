@@ -157,7 +157,14 @@ def workspace_creator(location=None) -> None:
 
 
 def require_workspace() -> Workspace:
-    """The current project (the one every picker shows), or stop the page with a sentence saying what to do."""
+    """The current project (the one every picker shows), or stop the page with a sentence saying what to do.
+
+    The state and the password gate are checked here again because Streamlit, seeing a ``pages/`` folder, runs a step
+    page without Home.py when a fresh server's first request is that page's URL; through Home.py both are no-ops.
+    """
+    init_state()
+    if not password_gate():
+        st.stop()
     ws = current_workspace()
     if ws is None:
         st.info(tr("请先在首页或侧边栏创建或选择一个项目。", "Create or pick a project first (Home page or sidebar)."))

@@ -203,3 +203,16 @@ def test_home_says_what_the_embedded_model_is_for():
     at.session_state["lang"] = "en"
     at.run()
     assert any("for trying the flow only" in i.value and "GLM-4-9B-chat" in i.value for i in at.info)
+
+
+def test_a_step_page_opened_without_home_still_asks_for_the_password(monkeypatch):
+    """A fresh server's first request for a step URL runs that page without Home.py (Streamlit sees ``pages/``)."""
+    monkeypatch.setenv("UMTCDS_PASSWORD", "s3cret-campus")
+    Workspace.create("campus")
+    at = AppTest.from_file(str(Path(HOME).parent / "pages" / "1_crawl.py"), default_timeout=60).run()
+    assert not at.exception
+    assert not at.header and at.text_input(key="login_password")  # nothing of the page before the password
+    at.text_input(key="login_password").set_value("s3cret-campus")
+    at.button[0].click()
+    at.run()
+    assert at.header[0].value == "1 · 爬取网页"
