@@ -1,7 +1,9 @@
 """Step page: Dataset — review and edit the Q&A pairs, look at their statistics, split and export.
 
 Edits are written to ``dataset/qa_edited.jsonl`` as soon as they are made (step 2's ``qa.jsonl`` is never changed), so a
-rerun, a reload or another page never loses them; the split itself is ``umtcds_core.dataset.build_dataset``.
+rerun, a reload or another page never loses them. The split settings' widgets, defaults and checks come from the
+dataset schema (``umtcds_core.dataset.DATASET``, the same the CLI's flags and ``--config`` use), and the export runs
+``umtcds_core.dataset.build_from_settings`` on the validated settings — what ``umtcds dataset`` runs.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import plotly.express as px
 import streamlit as st
 
 from umtcds_core import dataset as ds
-from umtcds_core import ui
+from umtcds_core import ui, ui_fields
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import write_jsonl_atomic
 from umtcds_core.i18n import error_text, tr
@@ -215,47 +217,33 @@ if len(stats):
         key="ds_per_source",
     )
 
-# ---- split and export ----------------------------------------------------------------------------------------------
+# ---- split and export: labels, help, defaults and checks from the dataset schema (umtcds_core.dataset.DATASET) ----
 st.subheader(tr("划分与导出", "Split and export"))
-saved = ws.meta().get("dataset") or {}
-ratios_default = [float(x) for x in str(saved.get("split", ds.DEFAULT_SPLIT)).split(":")]
-c1, c2, c3, c4 = st.columns(4)
-r_train = c1.number_input(tr("训练", "Train"), min_value=0.0, value=ratios_default[0], step=1.0, key="ds_r_train")
-r_dev = c2.number_input(tr("验证", "Dev"), min_value=0.0, value=ratios_default[1], step=1.0, key="ds_r_dev")
-r_test = c3.number_input(tr("测试", "Test"), min_value=0.0, value=ratios_default[2], step=1.0, key="ds_r_test")
-seed = c4.number_input(tr("随机种子", "Seed"), min_value=0, value=int(saved.get("seed", 42)), step=1, key="ds_seed")
-fmt = st.selectbox(
-    tr("格式", "Format"),
-    ds.FORMATS,
-    index=ds.FORMATS.index(saved.get("format", "glm4")),
-    key="ds_format",
-    help=tr(
-        "glm4：GLM-4 微调示例与 umtcds train 使用的 messages 格式；sharegpt / alpaca：同时写出 LLaMA-Factory 的 dataset_info.json。",
-        "glm4: the messages format the GLM-4 demo and umtcds train read; sharegpt / alpaca also write LLaMA-Factory's dataset_info.json.",
-    ),
-)
-use_system = st.checkbox(
-    tr("在每条样本前加系统提示", "Put a system prompt first in every sample"),
-    value=saved.get("system_prompt", ds.DEFAULT_SYSTEM_PROMPT) is not None,
-    key="ds_use_system",
-)
-system_prompt = None
-if use_system:
-    system_prompt = (
-        st.text_area(
-            tr("系统提示", "System prompt"),
-            value=saved.get("system_prompt") or ds.DEFAULT_SYSTEM_PROMPT,
-            key="ds_system",
-            height=70,
-        ).strip()
-        or None
-    )
-
-ratios = (r_train, r_dev, r_test)
-if r_train <= 0:
-    st.error(tr("训练集比例必须大于 0。", "The train ratio must be above 0."))
-elif records:
-    n_train, n_dev, n_test = ds.split_counts(len(records), ratios)
+_FIELDS = ("seed", "format", "dedup_threshold", "system_prompt")
+_KEPT = ("split", *_FIELDS)  # what the project remembers of the last export (not its paths)
+# Start values: the last export's settings, else the schema's defaults with the campus system prompt filled in (the
+# page has always offered it; the CLI adds none unless asked).
+start = ds.DATASET.merge({"system_prompt": ds.DEFAULT_SYSTEM_PROMPT, **(ws.meta().get("dataset") or {})})
+ratios_start = ds.split_ratios(start["split"]) or ds.parse_split(ds.DEFAULT_SPLIT)
+st.caption(tr(*ds.DATASET["split"].label))
+c1, c2, c3 = st.columns(3)
+ratios = []
+for col, part, label in zip(
+    (c1, c2, c3), ratios_start, (("训练", "Train"), ("验证", "Dev"), ("测试", "Test")), strict=True
+):
+    key = f"ds_r_{label[1].lower()}"
+    st.session_state.setdefault(key, float(part))  # seeded once, then what the user typed (no browser-side bounds)
+    ratios.append(col.number_input(tr(*label), step=1.0, key=key))
+values = ui_fields.inputs(ds.DATASET, start, "ds_", names=_FIELDS, cols=3)
+values.update(split=":".join(f"{r:g}" for r in ratios), input=shown_path or str(EDITED), out=str(ws.dataset_dir))
+settings = ds.DATASET.merge(values)
+problems = ds.DATASET.problems(settings)
+for en, zh in problems:  # the CLI's own sentences; nothing is written until they are fixed
+    st.error(tr(zh, en))
+for en, zh in ds.DATASET.warnings(settings):
+    st.warning(tr(zh, en))
+if not problems and records:
+    n_train, n_dev, n_test = ds.split_counts(len(records), ds.parse_split(settings["split"]))
     st.write(
         tr(
             f"按当前比例：训练 **{n_train}** / 验证 **{n_dev}** / 测试 **{n_test}**（去重分组后数量保持精确）。",
@@ -270,24 +258,14 @@ elif records:
             )
         )
 
-if st.button(tr("划分并导出", "Split and export"), type="primary", key="ds_export", disabled=r_train <= 0):
+if st.button(tr("划分并导出", "Split and export"), type="primary", key="ds_export", disabled=bool(problems)):
     try:
         pairs = [ds.parse_record(r, f"{EDITED}:{i + 1}")[0] for i, r in enumerate(records)]
-        pairs = [p for p in pairs if p is not None]
-        report = ds.build_dataset(
-            shown_path or EDITED, ws.dataset_dir, ratios, int(seed), fmt, system_prompt, pairs=pairs
-        )
+        report = ds.build_from_settings(settings, pairs=[p for p in pairs if p is not None])
     except UserError as exc:
         st.error(error_text(exc))
     else:
-        ws.update_meta(
-            dataset={
-                "split": ":".join(f"{r:g}" for r in ratios),
-                "seed": int(seed),
-                "format": fmt,
-                "system_prompt": system_prompt,
-            }
-        )
+        ws.update_meta(dataset={k: settings[k] for k in _KEPT})
         st.session_state["dataset_report"] = report
         st.success(tr("数据集已写入 ", "Dataset written to ") + f"`{ws.dataset_dir}`")
 

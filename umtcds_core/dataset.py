@@ -79,7 +79,7 @@ class DatasetError(UserError, ValueError):
 
 # ---- settings: each declared once (schema.py); the CLI flags, a --config YAML and the Dataset page read them ------
 def _split_ok(text) -> bool:
-    return _ratios(text) is not None
+    return split_ratios(text) is not None
 
 
 @dataclass
@@ -685,7 +685,7 @@ def drop_exact_duplicates(pairs: list[Pair]) -> tuple[list[Pair], list[Problem]]
 
 
 # ---- split ------------------------------------------------------------------------------------------------------
-def _ratios(text) -> tuple[float, float, float] | None:
+def split_ratios(text) -> tuple[float, float, float] | None:
     """'8:1:1' / '0.8,0.1,0.1' / '80/10/10' → ratios (train, dev, test); None when it is not three such numbers."""
     parts = [p for p in re.split(r"[:,/ ]+", str(text).strip()) if p]
     try:
@@ -699,7 +699,7 @@ def _ratios(text) -> tuple[float, float, float] | None:
 
 def parse_split(text: str) -> tuple[float, float, float]:
     """'8:1:1' / '0.8,0.1,0.1' / '80/10/10' → ratios (train, dev, test)."""
-    values = _ratios(text)
+    values = split_ratios(text)
     if values is None:
         check_setting("split", str(text))  # raises the declared sentence
     return values  # type: ignore[return-value]

@@ -123,3 +123,34 @@ def test_no_pairs_yet_explains_what_to_do(_isolated_workspaces):
     at = _page(ws)
     assert not at.exception
     assert any("No pairs yet" in i.value for i in at.info)
+
+
+def test_split_settings_come_from_the_schema_and_bad_values_block_export(_isolated_workspaces):
+    """The split settings are the dataset schema's widgets: a bad value shows the CLI's sentence and writes nothing;
+    fixed, the export runs on exactly those settings and the project remembers them for the next visit."""
+    from umtcds_core.dataset import DATASET
+
+    ws = _workspace(_isolated_workspaces)
+    at = _page(ws)
+    assert at.text_area(key="ds_system_prompt").value  # the campus system prompt, offered as before
+    at.number_input(key="ds_r_train").set_value(0.0)
+    at.number_input(key="ds_dedup_threshold").set_value(1.5).run()
+    errors = [e.value for e in at.error]
+    assert any("split: '0:1:1' is not three non-negative numbers with train > 0" in e for e in errors)
+    assert any("dedup_threshold: 1.5 must be in (0, 1]" in e for e in errors)
+    assert at.button(key="ds_export").disabled and not (ws.dataset_dir / "train.jsonl").exists()
+    at.number_input(key="ds_r_train").set_value(6.0)
+    at.number_input(key="ds_dedup_threshold").set_value(0.8)
+    at.number_input(key="ds_seed").set_value(5)
+    at.text_area(key="ds_system_prompt").set_value("").run()
+    assert not at.error and not at.button(key="ds_export").disabled
+    at.button(key="ds_export").click().run()
+    assert not at.exception
+    report = json.loads((ws.dataset_dir / "split_report.json").read_text(encoding="utf-8"))
+    assert report["split"] == "6:1:1" and report["seed"] == 5 and report["dedup_threshold"] == 0.8
+    assert report["system_prompt"] is None  # an emptied prompt means none
+    remembered = ws.meta()["dataset"]
+    assert remembered == {"split": "6:1:1", "seed": 5, "format": "glm4", "dedup_threshold": 0.8, "system_prompt": None}
+    assert DATASET.problems(DATASET.merge(remembered)) == []
+    again = _page(ws)  # a new session starts from what was exported
+    assert again.number_input(key="ds_seed").value == 5 and again.text_area(key="ds_system_prompt").value == ""

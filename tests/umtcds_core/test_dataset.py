@@ -263,7 +263,7 @@ def test_cli_config_file_round_trip_and_flags_win(tmp_path, capsys):
     values = {"input": str(inp), "out": str(tmp_path / "d"), "split": "6:2:2", "seed": 3, "format": "alpaca"}
     ds.DATASET.save_yaml({**values, "system_prompt": "你是助手。", "dedup_threshold": 0.6}, settings)
     text = settings.read_text(encoding="utf-8")
-    assert "split: \"6:2:2\"  # train:dev:test ratios" in text and "format: \"alpaca\"  # glm4:" in text
+    assert 'split: "6:2:2"  # train:dev:test ratios' in text and 'format: "alpaca"  # glm4:' in text
     assert ds.DATASET.load_yaml(settings)["dedup_threshold"] == 0.6  # what was saved reads back
     assert cli_main(["dataset", "--config", str(settings), "--seed", "7"]) == 0
     assert "train 12 / dev 4 / test 4 (split 6:2:2, seed 7, format alpaca)" in capsys.readouterr().out

@@ -104,3 +104,44 @@ def test_evaluate_default_out_is_the_run_eval_folder(tmp_path, fact_chat_model, 
     assert (run / "eval" / "metrics.json").exists() and metrics["n"] == 1  # a checkpoint's results go to its run
     assert "tuned" in ev.format_report(metrics)
     assert fact_chat_model.model is not None  # a caller's model is not unloaded
+
+
+def test_cli_config_file_round_trip_and_flags_win(tmp_path, fact_adapter):
+    """The settings YAML (as the Evaluate page saves it) run by the real CLI; flags given too win over the file."""
+    data = write_test_split(tmp_path / "test.jsonl")
+    out = tmp_path / "eval" / "metrics.json"
+    settings = tmp_path / "evaluate.yaml"
+    values = {"adapter": str(fact_adapter), "data": str(data), "out": str(out), "max_new_tokens": 4, "limit": 2}
+    ev.EVALUATE.save_yaml(values, settings)
+    assert ev.EVALUATE.load_yaml(settings) == {**ev.EVALUATE.defaults(), **values}
+    assert main(["evaluate", "--config", str(settings), "--max-new-tokens", "20", "--batch-size", "2"]) == 0
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 2 and metrics["max_new_tokens"] == 20  # limit from the file, max_new_tokens from the flag
+    assert metrics["adapter"] == str(fact_adapter) and metrics["data"] == str(data)
+    assert metrics["metrics"]["tuned"]["key-fact"] == 100
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--max-new-tokens", "0"], "max_new_tokens: must be at least 1 (128 suits campus answers)"),
+        (["--limit", "-5"], "limit: must be 0 (all examples) or more"),
+    ],
+)
+def test_cli_bad_value_is_one_sentence_and_exit_1(tmp_path, capsys, argv, expected):
+    assert main(["evaluate", "--model", "smollm2-135m", "--data", str(tmp_path / "t.jsonl"), *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == f"Error: The settings has a problem — {expected}" and "Traceback" not in err
+
+
+def test_cli_needs_a_model_and_the_test_split(tmp_path, capsys):
+    settings = tmp_path / "evaluate.yaml"
+    settings.write_text("data: test.jsonl\nbatch_size: 0\nmax_new_token: 9\n", encoding="utf-8")
+    assert main(["evaluate", "--config", str(settings)]) == 1
+    err = capsys.readouterr().err
+    assert f"Error: {settings} has 2 problems:" in err and "did you mean 'max_new_tokens'?" in err
+    assert "batch_size: must be at least 1" in err and "Traceback" not in err
+    assert main(["evaluate", "--data", "test.jsonl"]) == 1
+    assert capsys.readouterr().err.startswith("Error: Give --model")
+    assert main(["evaluate", "--model", "smollm2-135m"]) == 1
+    assert "Give --data with the test split" in capsys.readouterr().err

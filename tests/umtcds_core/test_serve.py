@@ -114,3 +114,41 @@ def test_cli_serve_subprocess_with_key_from_env(fact_adapter):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
+
+
+def test_cli_serve_settings_file_with_a_flag_that_wins(fact_adapter, tmp_path):
+    """`umtcds serve --config` on a YAML written from the schema; ``--port 0`` on the command line wins over its 8000."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    settings = tmp_path / "serve.yaml"
+    serve.SERVE.save_yaml({"adapter": str(fact_adapter), "device": "cpu", "api_key_env": "CAMPUS_KEY"}, settings)
+    assert serve.SERVE.load_yaml(settings)["port"] == 8000  # the declared default, written into the file
+    env = {**os.environ, "CAMPUS_KEY": "k-123"}
+    argv = [sys.executable, "-m", "umtcds_core.cli", "serve", "--config", str(settings), "--port", "0"]
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("Serving run, tiny-llama at http://127.0.0.1:") and "key required" in line
+        assert not line.startswith("Serving run, tiny-llama at http://127.0.0.1:8000/")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_cli_serve_bad_value_is_one_sentence_and_exit_1(tmp_path, capsys):
+    from umtcds_core.cli import main
+
+    assert main(["serve", "--model", "smollm2-135m", "--port", "70000"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        err.strip() == "Error: The settings has a problem — port: 70000 is not a port; use 0–65535 (0 = any free port)"
+    )
+    settings = tmp_path / "serve.yaml"
+    settings.write_text("model: smollm2-135m\nhost: ''\n", encoding="utf-8")
+    assert main(["serve", "--config", str(settings)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"Error: {settings} has a problem — host: must be non-empty text") and "Traceback" not in err
+    assert main(["serve"]) == 1 and capsys.readouterr().err.startswith("Error: Give --model")
