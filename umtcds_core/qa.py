@@ -4,7 +4,12 @@ Usage::
 
     umtcds generate IN_DIR --out OUT_DIR --backend {local,zhipuai,openai} [--model NAME|PATH] [--base-url URL]
                     [--api-key-env VAR] [--pairs-per-page N] [--concurrency K] [--clean/--no-clean] [--lang auto|zh|en]
-                    [--prompt-file prompts.yaml] [--judge] [--retry-failed]
+                    [--prompt-file prompts.yaml] [--judge] [--retry-failed] [--pages A,B] [--max-pages N]
+    umtcds generate --config settings.yaml [any flag above, which wins over the file]
+
+Every setting is declared once in :class:`GenerateSettings` (type, default, bounds, labels, help, YAML comment, flag):
+the flags, the settings YAML the Generate page saves in its job folder and the page's labels come from it. API keys
+are never settings (environment or ``.streamlit/secrets.toml``; ``--api-key-env`` names the variable).
 
 Features, each with its flag and trade-off:
 
@@ -25,7 +30,11 @@ Features, each with its flag and trade-off:
   ``qa.jsonl`` (or failed for good) and retries pages that failed on the LLM (``--retry-failed``: all failures).
 * **Throughput**: with a remote API, ``--concurrency`` pages are in flight at a time, each through its own stages,
   and the next page starts as soon as one finishes (a slow reply holds back only its page); local generation is
-  batched in waves of pages (``--batch-size``) and the model is freed when the run ends.
+  batched in waves of pages (``--batch-size``; one batch per wave on a CPU, so pages are written batch by batch)
+  and the model is freed when the run ends.
+* **A CPU is slow**: without a GPU a local model gets ``--max-tokens`` 256 unless given; ``--pages``/``--max-pages``
+  pick a few pages; progress reports tokens and tokens/s inside a batch, and ``OUT_DIR/speed.json`` keeps the
+  measured rate so the dashboard can say how long the next run will take.
 
 Every page ends either with pairs in ``OUT_DIR/qa.jsonl`` or with one line in ``OUT_DIR/failures.jsonl`` saying why.
 A rejected API key stops the whole run at once; pages not reached stay pending for the next run.

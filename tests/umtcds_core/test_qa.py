@@ -513,3 +513,10 @@ def test_local_job_reports_tokens_inside_a_batch_and_stop_keeps_finished_pages(t
     assert 2 <= kept < 8  # the finished pages stayed; the run did not get to the end
     qa, _ = _outcomes(ws.qa_dir)
     assert all(q["file"].startswith("p") for q in qa)
+
+
+@pytest.mark.slow
+def test_measure_speed_with_the_embedded_model():
+    from umtcds_core.qa import measure_speed
+
+    assert measure_speed("smollm2-135m", device="cpu", batch_size=1, tokens=8) > 0
