@@ -6,10 +6,11 @@ import json
 import shutil
 from pathlib import Path
 
+from streamlit.proto.Metric_pb2 import Metric as MetricProto
 from streamlit.testing.v1 import AppTest
 
 from tests.chat_helpers import write_test_split
-from umtcds_core.evaluate import METRICS
+from umtcds_core.evaluate import EVALUATE, METRICS
 from umtcds_core.jobs import latest_job
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,13 +34,13 @@ def test_evaluate_page_runs_job_and_shows_scores(workspace, fact_adapter):
     at = _page(workspace)
     assert not at.exception and "No evaluation results" in at.info[-1].value
 
-    at.text_input(key="ev_test").set_value(str(workspace.dataset_dir / "missing.jsonl")).run()
+    at.text_input(key="ev_data").set_value(str(workspace.dataset_dir / "missing.jsonl")).run()
     at.button(key="ev_start").click().run()
     assert "does not exist" in at.error[0].value and latest_job(workspace, "evaluate") is None
 
     write_test_split(workspace.dataset_dir / "test.jsonl")
-    at.text_input(key="ev_test").set_value(str(workspace.dataset_dir / "test.jsonl"))
-    at.number_input(key="ev_max_new").set_value(20)
+    at.text_input(key="ev_data").set_value(str(workspace.dataset_dir / "test.jsonl"))
+    at.number_input(key="ev_max_new_tokens").set_value(20)
     at.button(key="ev_start").click().run()
     job = latest_job(workspace, "evaluate")
     assert job is not None and "--adapter" in job.meta["argv"]
@@ -54,3 +55,64 @@ def test_evaluate_page_runs_job_and_shows_scores(workspace, fact_adapter):
     assert scores["rouge-l"].value == "100" and scores["key-fact"].value == "100"  # tuned, with the delta beside
     assert len(at.dataframe) == 2  # scores table + per-example table
     assert workspace.status("evaluate") == "done"
+
+
+def test_evaluate_page_saves_the_settings_the_job_runs_with(workspace, fact_adapter):
+    """Start saves the step's settings (from the schema) in the job folder and runs `umtcds evaluate --config` on
+    that file: what the file says is what the job scored with; a bad value is the CLI's sentence and starts nothing."""
+    run = workspace.runs_dir / "run-1"
+    shutil.copytree(fact_adapter, run, ignore=shutil.ignore_patterns("eval", "merged"))
+    data = write_test_split(workspace.dataset_dir / "test.jsonl")
+    at = _page(workspace)
+    at.number_input(key="ev_batch_size").set_value(0).run()
+    assert "batch_size: must be at least 1" in at.error[0].value and at.button(key="ev_start").disabled
+    at.number_input(key="ev_batch_size").set_value(2)
+    at.number_input(key="ev_max_new_tokens").set_value(6)
+    at.number_input(key="ev_limit").set_value(1).run()
+    assert not at.error and not at.button(key="ev_start").disabled
+    at.button(key="ev_start").click().run()
+    job = latest_job(workspace, "evaluate")
+    assert job is not None and job.settings_file.is_file()
+    saved = EVALUATE.load_yaml(job.settings_file)
+    assert saved == {
+        **EVALUATE.defaults(),
+        "adapter": str(run),
+        "data": str(data),
+        "out": str(run / "eval" / "metrics.json"),
+        "max_new_tokens": 6,
+        "batch_size": 2,
+        "limit": 1,
+    }
+    argv = job.meta["argv"]
+    assert argv[argv.index("--config") + 1] == str(job.settings_file)
+    assert job.wait(timeout=400) == "done", job.log_tail()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["n"] == 1 and metrics["max_new_tokens"] == 6  # the file's values, as scored
+    assert metrics["data"] == saved["data"] and metrics["adapter"] == saved["adapter"]
+    at.run()
+    assert any(f"umtcds evaluate --config {job.settings_file}" in c.value for c in at.caption)
+
+
+def test_evaluate_page_one_question_shows_no_verdict(workspace, fact_adapter, fact_chat_model):
+    """n = 1: the deltas are shown neutrally with a sentence that n is too small; a missing score reads "—"."""
+    from umtcds_core.evaluate import evaluate
+    from umtcds_core.runs import eval_metrics_path
+
+    run = workspace.runs_dir / "run-1"
+    shutil.copytree(fact_adapter, run, ignore=shutil.ignore_patterns("eval", "merged"))
+    # one question whose reference holds no key fact: key-fact is None for both models (and so is its delta)
+    data = write_test_split(workspace.dataset_dir / "test.jsonl", [("Is the gym open?", "The gym is open to all.")])
+    metrics = evaluate(None, data, out=eval_metrics_path(run), max_new_tokens=8, chat_model=fact_chat_model)
+    assert metrics["n"] == 1 and metrics["delta"]["key-fact"] is None
+
+    at = _page(workspace)
+    assert not at.exception
+    assert any("too few to compare" in w.value and "Only 1 test question:" in w.value for w in at.warning)
+    scores = {m.label: m for m in at.metric if m.label in METRICS}
+    assert scores["key-fact"].value == "—"
+    with_delta = [m for m in scores.values() if m.proto.delta]
+    assert with_delta and all(m.proto.color == MetricProto.MetricColor.GRAY for m in with_delta)  # not red/green
+    for frame in at.dataframe:
+        cells = frame.value.astype(str).to_numpy().ravel().tolist()
+        assert "None" not in cells and "nan" not in cells
+    assert "—" in at.dataframe[0].value.to_numpy().ravel().tolist()
