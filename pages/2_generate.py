@@ -270,7 +270,7 @@ with st.expander(tr("提示词模板（可编辑）", "Prompt templates (editabl
     current = prompt_path.read_text(encoding="utf-8") if prompt_path.exists() else dump_prompts(load_prompts())
     edited = st.text_area(
         tr(
-            "YAML：zh / en 下的各个模板，占位符 {text} {n} {title}",
+            "YAML：`zh` / `en` 下的各个模板，占位符 `{text}` `{n}` `{title}`",
             "YAML: templates under zh / en; placeholders {text} {n} {title}",
         ),
         value=current,

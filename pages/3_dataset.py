@@ -61,7 +61,7 @@ records, problems, shown_path = load_records()
 with st.expander(tr("导入自己的问答对（JSONL / JSON / CSV）", "Import your own pairs (JSONL / JSON / CSV)")):
     st.caption(
         tr(
-            "支持字段：question/answer、instruction/output、prompt/response 或 messages。导入的问答对会追加到当前表格。",
+            "支持字段：`question/answer`、`instruction/output`、`prompt/response` 或 `messages`。导入的问答对会追加到当前表格。",
             "Fields: question/answer, instruction/output, prompt/response or messages. Imported pairs are added to the table.",
         )
     )

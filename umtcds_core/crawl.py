@@ -865,7 +865,7 @@ class Crawler:
             robots=s.robots,
             duplicates=s.duplicates,
             errors=s.errors,
-            message=f"queue {len(self.queue)}",
+            queue=len(self.queue),
         )
 
 

@@ -129,7 +129,7 @@ class DatasetSettings:
         ("格式", "Format"),
         "glm4: what umtcds train and the GLM-4 demo read; sharegpt / alpaca: also a LLaMA-Factory dataset_info.json",
         help=(
-            "glm4：GLM-4 微调示例与 umtcds train 使用的 messages 格式；sharegpt / alpaca：同时写出 LLaMA-Factory 的 "
+            "glm4：GLM-4 微调示例与 `umtcds train` 使用的 `messages` 格式；sharegpt / alpaca：同时写出 LLaMA-Factory 的 "
             "dataset_info.json。",
             "glm4: the messages format the GLM-4 demo and umtcds train read; sharegpt / alpaca also write "
             "LLaMA-Factory's dataset_info.json.",

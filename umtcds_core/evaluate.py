@@ -324,7 +324,7 @@ def evaluate(
     answers: dict[str, list[str]] = {}
     with Progress(len(examples) * len(variants), unit="answers", desc="evaluate") as prog:
         for variant in variants:
-            prog.update(0, message=f"generating {variant} answers")
+            prog.update(0, model=variant)  # the dashboard shows "generating: tuned" in its language
             answers[variant] = cm.answer_batch(
                 convs,
                 options,

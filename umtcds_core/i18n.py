@@ -36,3 +36,35 @@ def error_text(exc: BaseException) -> str:
     """An error's message for the current language: its Chinese sentence where it has one (``UserError(zh=...)``)."""
     zh = getattr(exc, "zh", None)
     return zh if zh and current_lang() != "en" else str(exc)
+
+
+# Words a background job writes into its progress file (units, counter names, a few counter values). The job writes
+# plain keys — tools read progress.json — and the dashboard shows them in its language through this table.
+PROGRESS_WORDS: dict[str, tuple[str, str]] = {
+    "pages": ("页", "pages"),
+    "steps": ("步", "steps"),
+    "answers": ("个回答", "answers"),
+    "it": ("项", "items"),
+    "saved": ("已保存", "saved"),
+    "robots": ("robots 拦截", "robots.txt blocked"),
+    "duplicates": ("重复", "duplicates"),
+    "errors": ("出错", "errors"),
+    "queue": ("待抓取", "queued"),
+    "pairs": ("问答对", "pairs"),
+    "failures": ("失败", "failures"),
+    "tokens": ("已生成 token", "tokens"),
+    "tokens_per_s": ("token/秒", "tokens/s"),
+    "tokens/s": ("token/秒", "tokens/s"),
+    "skipped": ("跳过", "skipped"),
+    "loss": ("训练损失", "loss"),
+    "eval_loss": ("验证损失", "eval loss"),
+    "model": ("正在生成", "generating"),
+    "base": ("微调前", "base"),
+    "tuned": ("微调后", "tuned"),
+}
+
+
+def progress_word(word) -> str:
+    """A progress unit, counter name or counter value in the current language (unknown words as they are)."""
+    pair = PROGRESS_WORDS.get(word) if isinstance(word, str) else None
+    return tr(*pair) if pair else str(word)

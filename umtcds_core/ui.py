@@ -19,7 +19,7 @@ from datetime import timedelta
 import streamlit as st
 
 from . import steps
-from .i18n import DEFAULT_LANG, LANGS, current_lang, error_text, tr
+from .i18n import DEFAULT_LANG, LANGS, current_lang, error_text, progress_word, tr
 from .jobs import STOPPED, Job, cli_argv, latest_job, start_job
 from .models import DEFAULT_MODEL
 from .secrets import get_secret, is_loopback  # noqa: F401 - re-exported for pages
@@ -257,14 +257,16 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
         status = job.status()
         prog = job.progress() or {}
         total, done = prog.get("total"), prog.get("done", 0)
-        label = f"{status_label(status)} · {done}/{total or '?'} {prog.get('unit', '')} · ETA {_fmt_seconds(prog.get('eta_s'))}"
+        unit = progress_word(prog.get("unit", ""))
+        eta = tr("预计剩余", "ETA")
+        label = f"{status_label(status)} · {done}/{total or '?'} {unit} · {eta} {_fmt_seconds(prog.get('eta_s'))}"
         st.progress(min(1.0, done / total) if total else 0.0, text=label)
         counters = prog.get("counters") or {}
         simple = {k: v for k, v in counters.items() if isinstance(v, (int, float, str))}
         if simple:
             cols = st.columns(min(len(simple), 6))
             for col, (k, v) in zip(cols, list(simple.items())[:6], strict=False):
-                col.metric(k, v)
+                col.metric(progress_word(k), progress_word(v))
         if prog.get("message"):
             st.caption(prog["message"])
         if status == RUNNING:
