@@ -123,11 +123,32 @@ class Job:
     def log_tail(self, max_chars: int = 20_000) -> str:
         return tail_text(self.log_file, max_chars)
 
-    def error_summary(self, lines: int = 6) -> str:
-        """The last meaningful lines of the log: what a failed job says about itself."""
+    def error_summary(self, lines: int = 6, lang: str | None = None) -> str:
+        """What a failed job says about itself, in ``lang`` (default: the current UI language).
+
+        The CLI prints a user error as ``Error: …`` and, for a job started in Chinese, ``错误：…`` right after (with
+        any ``- problem`` lines under each): one of the two blocks is returned, never both back to back. Without
+        either, the last meaningful lines of the log."""
+        from .i18n import current_lang
+
         text = [ln for ln in self.log_tail(8000).splitlines() if ln.strip() and "\r" not in ln and "it/s]" not in ln]
-        marked = [ln for ln in text if ln.startswith(("Error", "error:", "ERROR", "错误")) or "Error:" in ln]
-        return "\n".join(marked[-2:] if marked else text[-lines:])
+
+        def last_block(is_head) -> list[str]:
+            heads = [i for i, ln in enumerate(text) if is_head(ln)]
+            if not heads:
+                return []
+            i = heads[-1]
+            block = [text[i]]
+            for ln in text[i + 1 :]:
+                if not ln.startswith(("- ", "  ")):
+                    break
+                block.append(ln)
+            return block
+
+        zh = last_block(lambda ln: ln.startswith("错误"))
+        en = last_block(lambda ln: ln.startswith(("Error", "error:", "ERROR")) or "Error:" in ln)
+        chosen = (zh or en) if (lang or current_lang()) == "zh" else (en or zh)
+        return "\n".join(chosen or text[-lines:])
 
     def wait(self, timeout: float | None = None, poll: float = 0.2) -> str:
         end = None if timeout is None else time.time() + timeout

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import time
 from datetime import timedelta
 
@@ -274,7 +275,8 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
                 job.stop()
                 st.rerun()
         elif status == FAILED:
-            st.error(tr("任务失败：", "The job failed: ") + (job.error_summary() or tr("没有输出", "no output")))
+            reason = re.sub(r"^(错误：|Error: )", "", job.error_summary()) or tr("没有输出", "no output")
+            st.error(tr("任务失败：", "The job failed: ") + reason)
         elif status == STOPPED:
             st.warning(tr("任务已停止，已保存的结果保留。", "The job was stopped; what it saved is kept."))
         if show_log:

@@ -64,6 +64,40 @@ def full_ws(tmp_path_factory):
     return ws
 
 
+@pytest.fixture(scope="module")
+def failed_ws(tmp_path_factory):
+    """Jobs that fail the way users' do: a site that refuses connections, a cloud backend without a key."""
+    import socket
+
+    ws = Workspace.create("失败的项目", root=tmp_path_factory.mktemp("zh-failed"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again at once: connections are refused
+    argv = cli_argv("crawl", f"http://127.0.0.1:{port}/", "--out", str(ws.pages_dir), "--max-pages", "3")
+    start_job(ws, "crawl", argv, env=ZH).wait(timeout=300)
+    ws.pages_dir.mkdir(parents=True, exist_ok=True)
+    (ws.pages_dir / "a.txt").write_text("青山大学图书馆每天 8:00 开放。", encoding="utf-8")
+    argv = cli_argv("generate", str(ws.pages_dir), "--out", str(ws.qa_dir), "--backend", "zhipuai")
+    job = start_job(ws, "generate", argv, env={**ZH, "ZHIPUAI_API_KEY": ""})
+    assert job.wait(timeout=300) == "failed", job.log_tail()
+    return ws
+
+
+def _render(ws, page: str, monkeypatch) -> AppTest:
+    monkeypatch.setenv("UMTCDS_NO_GPU_DETECT", "1")
+    at = AppTest.from_file(str(ROOT / ("" if page == "Home.py" else "pages") / page), default_timeout=120)
+    at.session_state["workspace"] = str(ws.root)
+    at.session_state["lang"] = "zh"
+    at.run()
+    assert not at.exception, at.exception[0].value
+    return at
+
+
+def _no_leaks(at, ws) -> None:
+    found = leaks(at, ws.root)
+    assert not found, "English on the Chinese page:\n" + "\n".join(f"  {s!r}: {w}" for s, w in found.items())
+
+
 def test_the_scanner_finds_english_and_spares_names_numbers_urls_and_code():
     assert english_words("开始爬取 · pages 3/10 · ETA 0:01") == ["pages"]
     assert (
@@ -77,11 +111,13 @@ def test_the_scanner_finds_english_and_spares_names_numbers_urls_and_code():
 
 @pytest.mark.parametrize("page", PAGES)
 def test_page_in_chinese_has_no_english(full_ws, page, monkeypatch):
-    monkeypatch.setenv("UMTCDS_NO_GPU_DETECT", "1")
-    at = AppTest.from_file(str(ROOT / ("" if page == "Home.py" else "pages") / page), default_timeout=120)
-    at.session_state["workspace"] = str(full_ws.root)
-    at.session_state["lang"] = "zh"
-    at.run()
-    assert not at.exception, at.exception[0].value
-    found = leaks(at, full_ws.root)
-    assert not found, "English on the Chinese page:\n" + "\n".join(f"  {s!r}: {w}" for s, w in found.items())
+    _no_leaks(_render(full_ws, page, monkeypatch), full_ws)
+
+
+@pytest.mark.parametrize("page", ["1_crawl.py", "2_generate.py"])
+def test_failed_jobs_are_explained_in_chinese_only(failed_ws, page, monkeypatch):
+    """A failed job's reasons (connection refused, no API key) are shown once, in Chinese — not both languages."""
+    at = _render(failed_ws, page, monkeypatch)
+    _no_leaks(at, failed_ws)
+    shown = " ".join(e.value for e in at.error) + " ".join(w.value for w in at.warning)
+    assert "任务失败" in shown and "Error:" not in shown and "错误：错误" not in shown
