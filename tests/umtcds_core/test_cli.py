@@ -50,7 +50,8 @@ def test_user_errors_print_one_sentence_and_exit_1(tmp_path):
 
 def test_user_errors_also_print_their_chinese_sentence_for_the_chinese_dashboard(tmp_path):
     """A job the dashboard starts in Chinese (UMTCDS_LANG=zh) prints the English line tools read and the Chinese
-    one; the job's error summary (what the page shows) keeps both; without the variable only English is printed."""
+    one; the job's error summary (what the page shows) gives either, in the page's language (issue 21 §6: never both
+    back to back); without the variable only English is printed."""
     import os
 
     from umtcds_core.jobs import start_job
@@ -64,6 +65,6 @@ def test_user_errors_also_print_their_chinese_sentence_for_the_chinese_dashboard
     ws = Workspace.create("campus", root=tmp_path)
     job = start_job(ws, "crawl", argv, env={"UMTCDS_LANG": "zh"})
     assert job.wait(timeout=120) == "failed"
-    summary = job.error_summary()
-    assert "Error: 'www.example.edu.cn' has no http://" in summary
-    assert "错误：“www.example.edu.cn”前面缺少 http:// 或 https://" in summary
+    assert "Error: 'www.example.edu.cn' has no http://" in job.error_summary(lang="en")
+    assert "错误：“www.example.edu.cn”前面缺少 http:// 或 https://" in job.error_summary(lang="zh")
+    assert "Error:" not in job.error_summary(lang="zh") and "错误" not in job.error_summary(lang="en")
