@@ -18,6 +18,7 @@ from umtcds_core.errors import UserError
 from umtcds_core.i18n import error_text, tr
 from umtcds_core.jobs import latest_job, running_job
 from umtcds_core.llm import BACKENDS, DEFAULT_KEY_ENV, DEFAULT_MODELS, RetryPolicy, make_backend, ping
+from umtcds_core.models import EMBEDDED
 from umtcds_core.qa import (
     CPU_MAX_PAGES,
     GENERATE,
@@ -151,6 +152,8 @@ model = c1.text_input(
     key="gen_model",
     disabled=locked,
 ).strip()
+if backend == "local" and (model or DEFAULT_MODELS["local"]) in EMBEDDED:
+    st.info(ui.embedded_model_note())  # a 135M model writes few usable pairs: say what it is for, once
 base_url = ""
 key_env = ""
 typed_key = ""

@@ -151,3 +151,11 @@ def test_coming_back_while_a_job_runs_shows_its_settings(ws):
             assert any("these are its settings" in i.value for i in back.info)
         finally:
             job.stop()
+
+
+def test_local_embedded_model_says_what_it_is_for(ws):
+    """Issue 21 §10: choosing the embedded model on Generate shows the one sentence about its limits."""
+    at = _page(ws)
+    at.radio(key="gen_backend").set_value("local").run()
+    assert not at.exception
+    assert any("for trying the flow only" in i.value for i in at.info)
