@@ -18,7 +18,7 @@ from umtcds_core import dataset as ds
 from umtcds_core import ui, ui_fields
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import write_jsonl_atomic
-from umtcds_core.i18n import error_text, tr
+from umtcds_core.i18n import current_lang, error_text, tr
 
 ws = ui.require_workspace()
 ui.page_header("dataset")
@@ -250,13 +250,9 @@ if not problems and records:
             f"With these ratios: train **{n_train}** / dev **{n_dev}** / test **{n_test}** (exact, after grouping duplicates).",
         )
     )
-    if len(records) < ds.TINY:
-        st.warning(
-            tr(
-                "问答对少于 10 条：验证/测试集很小，评测结果参考价值有限。",
-                "Fewer than 10 pairs: dev/test are tiny, so their scores mean little.",
-            )
-        )
+    targets = {"train": n_train, "dev": n_dev, "test": n_test}
+    for en, zh in ds.size_warnings(len(records), targets):  # the same sentences the split report records
+        st.warning(tr(zh, en))
 
 if st.button(tr("划分并导出", "Split and export"), type="primary", key="ds_export", disabled=bool(problems)):
     try:
@@ -282,7 +278,8 @@ if report:
     k2.metric(tr("验证", "Dev"), counts["dev"])
     k3.metric(tr("测试", "Test"), counts["test"])
     k4.metric(tr("近似重复组", "Duplicate groups"), report["groups"]["count"])
-    for w in report["warnings"]:
+    shown = report.get("warnings_zh") if current_lang() == "zh" and report.get("warnings_zh") else report["warnings"]
+    for w in shown:
         st.warning(w)
     if report["groups"]["list"]:
         with st.expander(tr("近似重复的问题组（每组在同一集合）", "Near-duplicate groups (each kept in one split)")):

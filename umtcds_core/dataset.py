@@ -55,6 +55,10 @@ setting = S.setting
 FORMATS = ("glm4", "sharegpt", "alpaca")
 SPLITS = ("train", "dev", "test")
 TINY = 10
+FEW = 50
+"""Fewer pairs than this: a tuned model memorises them (the Config page says the same, config.advice)."""
+FEW_TEST = 5
+"""A test split smaller than this gives scores that swing with a single answer."""
 INPUT_SUFFIXES = (".jsonl", ".json", ".csv")
 # Files in a workspace's qa/ folder that are not pairs (step 2 writes them next to qa.jsonl).
 IGNORED_NAMES = {"failures.jsonl", "progress.json", "split_report.json", "dataset_info.json", "state.json"}
@@ -734,6 +738,41 @@ class SplitResult:
     """Every multi-member group as indices into the input list."""
     group_split: list[str]
     warnings: list[str]
+    warnings_zh: list[str] = field(default_factory=list)
+    """The same warnings in Chinese, same order (the dashboard shows one language)."""
+
+
+def size_warnings(n: int, targets: dict[str, int]) -> list[tuple[str, str]]:
+    """``(English, Chinese)`` warnings about too few pairs or too small a test split, for ``n`` pairs split into
+    ``targets`` — said before the split (Dataset page) and recorded with it (``split_report.json``)."""
+    notes: list[tuple[str, str]] = []
+    if n < TINY:
+        notes.append(
+            (
+                f"Only {n} pairs: the split is {targets['train']}/{targets['dev']}/{targets['test']} "
+                "(each split gets at least one pair when possible); scores on such tiny dev/test sets mean little, "
+                "generate more pairs before trusting them.",
+                f"只有 {n} 对问答：划分为 {targets['train']}/{targets['dev']}/{targets['test']}（尽量每个集合至少一对）；"
+                "这么小的验证/测试集上的分数参考价值很低，请先多生成一些问答对。",
+            )
+        )
+    elif n < FEW:
+        notes.append(
+            (
+                f"Only {n} pairs: a model tuned on so few memorises them rather than learning the site; "
+                "a real assistant needs a few hundred.",
+                f"只有 {n} 对问答：模型只会死记这些问题，学不到网站的内容；真正的助手需要几百对。",
+            )
+        )
+    if TINY <= n and 0 < targets["test"] < FEW_TEST:
+        notes.append(
+            (
+                f"The test split has only {targets['test']} question(s): its scores change a lot with one answer; "
+                "raise the test ratio or add pairs before comparing models.",
+                f"测试集只有 {targets['test']} 个问题：一个回答就能让分数大起大落；比较模型前请调高测试比例或增加问答对。",
+            )
+        )
+    return notes
 
 
 def split_pairs(
@@ -742,18 +781,12 @@ def split_pairs(
     """Seeded, exact-count, group-aware split (a near-duplicate group never straddles two splits)."""
     n = len(pairs)
     targets = dict(zip(SPLITS, split_counts(n, ratios), strict=True))
-    warnings: list[str] = []
     if n == 0:
         raise DatasetError(
             "There are no valid pairs to split; fix the input (see the problems listed) and run again.",
             zh="没有可划分的有效问答对；请按列出的问题修正输入后重试。",
         )
-    if n < TINY:
-        warnings.append(
-            f"Only {n} pairs: the split is {targets['train']}/{targets['dev']}/{targets['test']} "
-            "(each split gets at least one pair when possible); scores on such tiny dev/test sets mean little, "
-            "generate more pairs before trusting them."
-        )
+    notes: list[tuple[str, str]] = size_warnings(n, targets)
     rng = random.Random(seed)
     groups = find_groups([p.question for p in pairs], threshold)
     multi = [g for g in groups if len(g) > 1]
@@ -770,9 +803,13 @@ def split_pairs(
             choice = rng.choices(fits, weights=weights)[0]
         else:
             choice = max(SPLITS, key=lambda s: room[s])
-            warnings.append(
-                f"A group of {len(g)} near-duplicate questions (e.g. '{pairs[g[0]].question[:40]}') is larger than the "
-                f"room left in any split; it went to {choice}, so the counts differ from the targets."
+            notes.append(
+                (
+                    f"A group of {len(g)} near-duplicate questions (e.g. '{pairs[g[0]].question[:40]}') is larger "
+                    f"than the room left in any split; it went to {choice}, so the counts differ from the targets.",
+                    f"一组 {len(g)} 个近似重复的问题（如“{pairs[g[0]].question[:40]}”）比任何集合剩余的名额都多；"
+                    f"它被放进了 {choice}，所以数量与目标不同。",
+                )
             )
         assign[choice].extend(g)
         room[choice] -= len(g)
@@ -790,7 +827,7 @@ def split_pairs(
         idx = assign[s]
         rng.shuffle(idx)
         splits[s] = [pairs[i] for i in idx]
-    return SplitResult(splits, targets, multi, group_split, warnings)
+    return SplitResult(splits, targets, multi, group_split, [e for e, _ in notes], [z for _, z in notes])
 
 
 # ---- output formats ---------------------------------------------------------------------------------------------
@@ -905,12 +942,14 @@ def build_dataset(
     result = split_pairs(kept, ratios, seed, threshold)
     files = write_dataset(result, out_dir, fmt, system_prompt)
     counts = {s: len(result.splits[s]) for s in SPLITS}
-    warnings = list(result.warnings)
+    warnings, warnings_zh = list(result.warnings), list(result.warnings_zh)
     if dups:
         warnings.append(f"{len(dups)} exact duplicate pair(s) dropped.")
+        warnings_zh.append(f"去掉了 {len(dups)} 对完全重复的问答。")
     skipped = sum(1 for p in loaded.problems if p.skipped)
     if skipped:
         warnings.append(f"{skipped} broken record(s) skipped; see 'problems' for file and line.")
+        warnings_zh.append(f"跳过了 {skipped} 条有问题的记录；文件和行号见 problems。")
     report = {
         "input": loaded.files,
         "out_dir": str(Path(out_dir)),
@@ -935,6 +974,7 @@ def build_dataset(
             ][:500],
         },
         "warnings": warnings,
+        "warnings_zh": warnings_zh,
         "problems": [asdict(p) for p in problems],
         "files": files,
     }

@@ -303,3 +303,15 @@ def test_cli_bad_settings_file_names_the_file_and_the_key(tmp_path, capsys):
     assert "Traceback" not in err
     assert cli_main(["dataset", "--out", str(tmp_path / "d")]) == 1  # IN from neither the argument nor a file
     assert "No input: give IN" in capsys.readouterr().err
+
+
+def test_size_warnings_name_few_pairs_and_a_tiny_test_split_in_both_languages():
+    """Issue 21 §8: 15 pairs and a one-question test split are named, in English and in Chinese."""
+    from umtcds_core.dataset import size_warnings
+
+    notes = size_warnings(15, {"train": 12, "dev": 2, "test": 1})
+    en = " ".join(e for e, _ in notes)
+    zh = " ".join(z for _, z in notes)
+    assert "Only 15 pairs" in en and "test split has only 1 question" in en
+    assert "只有 15 对问答" in zh and "测试集只有 1 个问题" in zh
+    assert size_warnings(400, {"train": 320, "dev": 40, "test": 40}) == []
