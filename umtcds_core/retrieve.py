@@ -1,0 +1,36 @@
+"""``umtcds retrieve INDEX_DIR QUESTION [--k 5] [--json]``: the chunks of a built index that best match a question.
+
+A command module of its own because the CLI gives each command one module (``add_arguments`` + ``run``); the index
+itself, and all the knowledge of it, is :mod:`umtcds_core.index`. ``--json`` prints a JSON array, best first, of
+objects with ``rank, score, url, title, text, page, chunk_id, heading`` — the shape tools and tests read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .index import RETRIEVE, retrieve
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("index_dir", metavar="INDEX_DIR", help="a folder built by `umtcds index`")
+    parser.add_argument("question", metavar="QUESTION", help="the question to look up")
+    RETRIEVE.add_arguments(parser, config=False)
+    parser.add_argument("--json", action="store_true", help="print a JSON array of hits (url, title, text, score, …)")
+
+
+def run(args: argparse.Namespace) -> int:
+    values = RETRIEVE.check(RETRIEVE.overrides(args))
+    hits = retrieve(args.index_dir, args.question, k=values["k"])
+    if args.json:
+        print(json.dumps(hits, ensure_ascii=False, indent=2))
+        return 0
+    if not hits:
+        print("No indexed chunk shares a word with the question; try other words.")
+        return 0
+    for h in hits:
+        text = " ".join(h["text"].split())
+        print(f"[{h['rank']}] {h['score']:.2f}  {h['title']}  {h['url'] or h['page']}")
+        print(f"    {text[:300]}{'…' if len(text) > 300 else ''}")
+    return 0
