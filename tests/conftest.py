@@ -56,3 +56,13 @@ def fact_chat_model(fact_adapter):
     from umtcds_core.chat import load_chat_model
 
     return load_chat_model(None, fact_adapter, device="cpu")
+
+
+# ---- retrieval (issue 15) -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def demo_index(tmp_path_factory):
+    """``(pages_dir, index_dir)``: the demo site (English and Chinese pages) crawled over HTTP and indexed, once per
+    session. Shared: tests that change pages or the index copy them first."""
+    from tests.index_helpers import crawl_and_index_demo
+
+    return crawl_and_index_demo(tmp_path_factory.mktemp("demo_index"))

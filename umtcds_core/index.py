@@ -2,7 +2,7 @@
 
 Usage::
 
-    umtcds index pages/ --out index/ [--chunk-chars 600] [--overlap-chars 100] [--title-weight 2]
+    umtcds index pages/ --out index/ [--chunk-chars 600] [--overlap-chars 100] [--title-weight 1]
     umtcds retrieve index/ "图书馆周末几点开门？" [--k 5] [--json]
 
 Why a lexical index first: it works offline, in milliseconds, on any machine, and a question about a campus page
@@ -58,6 +58,7 @@ META = "meta.json"
 CHUNKS = "chunks.jsonl"
 TOKENS = "tokens.jsonl"
 BM25_DIR = "bm25"
+BM25_TITLE_DIR = "bm25_title"
 
 
 class IndexError_(UserError, ValueError):
@@ -104,13 +105,18 @@ class IndexSettings:
         max=5000,
         range_msg=("must be between 0 and 5000", "必须在 0 到 5000 之间"),
     )
-    title_weight: int = setting(
-        2,
+    title_weight: float = setting(
+        1.0,
         ("标题权重", "Title weight"),
-        "times the page title and section heading count among a chunk's words; higher favours pages about the topic",
+        "weight of a match in the page title or section heading, added to the text's; higher favours pages about "
+        "the topic",
         min=0,
         max=10,
-        range_msg=("must be between 0 and 10", "必须在 0 到 10 之间"),
+        step=0.5,
+        range_msg=(
+            "must be between 0 and 10 (0 = titles count as text only)",
+            "必须在 0 到 10 之间（0 表示标题只按正文计）",
+        ),
     )
 
 
@@ -133,7 +139,7 @@ INDEX = S.from_dataclass(
 )
 """The index step's schema: the CLI flags, the settings YAML and the checks."""
 
-CHUNK_SETTINGS = ("chunk_chars", "overlap_chars", "title_weight")
+CHUNK_SETTINGS = ("chunk_chars", "overlap_chars")
 """The settings a chunk's text and tokens depend on: when one changes, every page is re-chunked."""
 
 
@@ -291,7 +297,7 @@ def chunk_text(body: str, chunk_chars: int = 600, overlap_chars: int = 100) -> l
     def flush():
         nonlocal parts, size
         if parts:
-            chunks.append((heading, "\n\n".join(parts)))
+            chunks.append((heading, "\n".join(parts)))
         parts, size = [], 0
 
     for i, block in enumerate(blocks):
@@ -312,7 +318,7 @@ def chunk_text(body: str, chunk_chars: int = 600, overlap_chars: int = 100) -> l
     out = [chunks[0]]
     for (_, prev), (head, text) in zip(chunks, chunks[1:], strict=False):
         tail = _tail(prev, overlap_chars)
-        out.append((head, f"{tail}\n\n{text}" if tail and not text.startswith(tail) else text))
+        out.append((head, f"{tail}\n{text}" if tail and not text.startswith(tail) else text))
     return out
 
 
@@ -377,8 +383,9 @@ def read_page(path: Path, record: dict | None) -> PageFile:
     return PageFile(page=path.name, url=url, title=title, body=body.strip(), sha=sha)
 
 
-def chunk_page(page: PageFile, settings: dict) -> tuple[list[dict], list[list[str]]]:
-    """A page's chunk records and each chunk's tokens (title and heading repeated ``title_weight`` times)."""
+def chunk_page(page: PageFile, settings: dict) -> tuple[list[dict], list[dict]]:
+    """A page's chunk records and each chunk's tokens: ``{"text": title + heading + text, "title": title +
+    heading}`` — the title field is scored on its own too, so a page *about* the topic wins (BM25F-style)."""
     stem = Path(page.page).stem
     records, tokens = [], []
     pieces = chunk_text(page.body, settings["chunk_chars"], settings["overlap_chars"]) or [("", page.title)]
@@ -394,8 +401,8 @@ def chunk_page(page: PageFile, settings: dict) -> tuple[list[dict], list[list[st
                 "text": text,
             }
         )
-        weighted = (title_tokens + (tokenize(heading) if heading else [])) * settings["title_weight"]
-        tokens.append(weighted + tokenize(text))
+        head = title_tokens + (tokenize(heading) if heading and heading != page.title else [])
+        tokens.append({"text": head + tokenize(text), "title": head})
     return records, tokens
 
 
@@ -421,7 +428,7 @@ class IndexReport:
         )
 
 
-def _load_previous(out_dir: Path) -> tuple[dict, dict[str, list[tuple[dict, list[str]]]]]:
+def _load_previous(out_dir: Path) -> tuple[dict, dict[str, list[tuple[dict, dict]]]]:
     """The previous build's meta and, per page, its chunk records with their cached tokens (empty when unusable)."""
     meta_path = out_dir / META
     if not meta_path.exists():
@@ -434,9 +441,9 @@ def _load_previous(out_dir: Path) -> tuple[dict, dict[str, list[tuple[dict, list
         return {}, {}
     if meta.get("version") != INDEX_VERSION or len(chunks) != len(tokens):
         return {}, {}
-    by_page: dict[str, list[tuple[dict, list[str]]]] = {}
+    by_page: dict[str, list[tuple[dict, dict]]] = {}
     for rec, tok in zip(chunks, tokens, strict=True):
-        by_page.setdefault(rec["page"], []).append((rec, tok["tokens"]))
+        by_page.setdefault(rec["page"], []).append((rec, tok))
     return meta, by_page
 
 
@@ -458,7 +465,7 @@ def build_index(
     if progress is not None:
         progress.set_total(len(files))
     all_records: list[dict] = []
-    all_tokens: list[list[str]] = []
+    all_tokens: list[dict] = []
     pages_meta: dict[str, dict] = {}
     for path in files:
         page = read_page(path, manifest.get(path.name))
@@ -494,16 +501,17 @@ def build_index(
     report.removed = len(set(old_meta.get("pages", {})) - set(pages_meta))
     report.pages, report.chunks = len(pages_meta), len(all_records)
 
-    retriever = bm25s.BM25()
-    retriever.index(all_tokens, show_progress=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / (BM25_DIR + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    retriever.save(str(tmp))
-    shutil.rmtree(out_dir / BM25_DIR, ignore_errors=True)
-    tmp.rename(out_dir / BM25_DIR)
+    for name, field in ((BM25_DIR, "text"), (BM25_TITLE_DIR, "title")):
+        retriever = bm25s.BM25()
+        retriever.index([t[field] for t in all_tokens], show_progress=False)
+        tmp = out_dir / (name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        retriever.save(str(tmp))
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+        tmp.rename(out_dir / name)
     write_jsonl_atomic(out_dir / CHUNKS, all_records)
-    write_jsonl_atomic(out_dir / TOKENS, ({"tokens": t} for t in all_tokens))
+    write_jsonl_atomic(out_dir / TOKENS, all_tokens)
     report.seconds = time.perf_counter() - t0
     write_json_atomic(  # last: a crash before this leaves the old meta, and the next run redoes the changed pages
         out_dir / META,
@@ -511,6 +519,7 @@ def build_index(
             "version": INDEX_VERSION,
             "pages_dir": str(pages_dir.resolve()),
             "settings": chunk_settings,
+            "title_weight": values["title_weight"],
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "report": asdict(report),
             "pages": pages_meta,
@@ -553,12 +562,13 @@ def stale_pages(meta: dict) -> list[str]:
 class Index:
     """A built index, loaded: ``Index.load(dir).search("question", k=5)`` → hits, best first."""
 
-    def __init__(self, index_dir: Path, meta: dict, chunks: list[dict], retriever):
+    def __init__(self, index_dir: Path, meta: dict, chunks: list[dict], retriever, title_retriever):
         self.dir = index_dir
         self.meta = meta
         self.chunks = chunks
         self.retriever = retriever
-        self.vocab = retriever.vocab_dict
+        self.title_retriever = title_retriever
+        self.title_weight = float(meta.get("title_weight", 1.0))
 
     @classmethod
     def load(cls, index_dir: str | Path, check_stale: bool = True) -> Index:
@@ -566,12 +576,13 @@ class Index:
         import bm25s
 
         index_dir = Path(index_dir)
-        if not (index_dir / META).is_file() or not (index_dir / BM25_DIR).is_dir():
+        if not has_index(index_dir):
             raise _missing_index(index_dir)
         try:
             meta = json.loads((index_dir / META).read_text(encoding="utf-8"))
             chunks = list(iter_jsonl(index_dir / CHUNKS))
             retriever = bm25s.BM25.load(str(index_dir / BM25_DIR))
+            title_retriever = bm25s.BM25.load(str(index_dir / BM25_TITLE_DIR))
         except (OSError, ValueError, KeyError) as exc:
             raise IndexError_(
                 f"The index in {index_dir} cannot be read ({type(exc).__name__}); rebuild it with "
@@ -595,7 +606,7 @@ class Index:
                     zh=f"{pages} 里的网页在建立索引后有变化（{changed[0]}{'等 ' + str(len(changed)) + ' 个' if len(changed) > 1 else ''}）；"
                     f"请用 `umtcds index {pages} --out {index_dir}` 重建索引。",
                 )
-        return cls(index_dir, meta, chunks, retriever)
+        return cls(index_dir, meta, chunks, retriever, title_retriever)
 
     def search(self, question: str, k: int = 5) -> list[dict]:
         """The ``k`` best chunks for ``question``: chunk records plus ``score`` and ``rank``, best first; chunks that
@@ -605,10 +616,14 @@ class Index:
         if not question or not question.strip():
             raise IndexError_("The question is empty; type a question.", zh="问题是空的；请输入一个问题。")
         S.check_value(RETRIEVE, "k", k)
-        terms = list(dict.fromkeys(t for t in tokenize(question) if t in self.vocab))
-        if not terms or not self.chunks:
+        terms = list(dict.fromkeys(tokenize(question)))
+        text_terms = [t for t in terms if t in self.retriever.vocab_dict]
+        if not text_terms or not self.chunks:
             return []
-        scores = self.retriever.get_scores(terms)
+        scores = self.retriever.get_scores(text_terms)
+        title_terms = [t for t in terms if t in self.title_retriever.vocab_dict and t != ""]
+        if title_terms and self.title_weight > 0:
+            scores = scores + self.title_weight * self.title_retriever.get_scores(title_terms)
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
@@ -633,7 +648,8 @@ def index_dir_of(ws) -> Path:
 
 
 def has_index(index_dir: str | Path) -> bool:
-    return (Path(index_dir) / META).is_file() and (Path(index_dir) / BM25_DIR).is_dir()
+    index_dir = Path(index_dir)
+    return (index_dir / META).is_file() and all((index_dir / d).is_dir() for d in (BM25_DIR, BM25_TITLE_DIR))
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
