@@ -779,7 +779,7 @@ def compare(path: str, summary: dict) -> dict:
 def memory_estimate_check(summary: dict, runs: list[dict], batch: int, tiny: bool) -> dict:
     """``umtcds_core.config.estimate_memory`` for the measured steps vs the measured peaks (error %)."""
     try:
-        from umtcds_core.memory import estimate_glm4_9b_lora
+        from umtcds_core.config import estimate_glm4_9b_lora
     except ImportError as exc:
         return {"error": f"estimate not available: {exc}"}
     if tiny:

@@ -167,7 +167,7 @@ with form:
     st.button(
         tr(f"恢复预设值（{preset}）", f"Reset to the preset ({preset})"), key="cfg_preset", on_click=_apply_preset
     )
-    if method == "full":
+    if not methods.get(method).adapter:  # every weight trains: no method-specific fields
         st.info(
             tr(
                 "全参数微调没有额外参数；请注意学习率应小（约 5e-5）。",

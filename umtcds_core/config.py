@@ -20,8 +20,24 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from . import methods
 from . import schema as S
-from .methods import METHODS  # the names of the training methods' table (kept here for compatibility)
+from .errors import UserError
+
+# presets, model shape and the memory estimate live in methods.py / memory.py; re-exported because pages, tests and
+# the CLI below use them as config.X
+from .memory import (  # noqa: F401
+    CARDS_GIB,
+    GIB,
+    count_params,
+    describe_estimate,
+    detect_gpus,
+    estimate_memory,
+    glm4_9b_shape,
+    model_shape,
+    shape_from_hf_config,
+)
+from .methods import METHODS, PRESETS, SMALL_MODEL_PARAMS  # noqa: F401
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 COMPILE_MODES = ("auto", "on", "off")
@@ -38,12 +54,25 @@ SCHEDULERS = (
 QUANT_TYPES = ("nf4", "fp4")
 
 
-class ConfigError(S.SettingsError):
-    """A config problem; the message names the key and the fix."""
+ConfigError = S.ConfigError
+
+
+def _row(values: dict) -> methods.Method | None:
+    """The methods-table row of the chosen method (None while the method is not a known one)."""
+    return methods.REGISTRY.get(values.get("method"))
 
 
 def _adapters(values: dict) -> bool:
-    return values.get("method") in ("lora", "qlora")
+    """LoRA's fields are shown for the methods that train LoRA adapters (LoRA, QLoRA)."""
+    return getattr(_row(values), "adapter", "") == "lora"
+
+
+def _quantised(values: dict) -> bool:
+    return getattr(_row(values), "quantised", False)
+
+
+def _prefix(values: dict) -> bool:
+    return getattr(_row(values), "adapter", "") == "prefix"
 
 
 setting = S.setting
@@ -163,7 +192,7 @@ class TrainConfig:
         help=("4 位最省显存。", "4 bits use the least memory."),
         choices=(4, 8),
         range_msg=("use 4 (QLoRA) or 8", "请用 4（QLoRA）或 8"),
-        show=lambda v: v.get("method") == "qlora",
+        show=_quantised,
     )
     qlora_quant_type: str = setting(
         "nf4",
@@ -172,14 +201,14 @@ class TrainConfig:
         help=("nf4 适合正态分布的权重（推荐）。", "nf4 suits normally distributed weights (recommended)."),
         choices=QUANT_TYPES,
         range_msg=("use nf4 (recommended) or fp4", "请用 nf4（推荐）或 fp4"),
-        show=lambda v: v.get("method") == "qlora",
+        show=_quantised,
     )
     qlora_double_quant: bool = setting(
         True,
         ("双重量化", "Double quantisation"),
         "true: also quantise the scales, saves ~0.4 bit/weight",
         help=("连缩放系数也量化，每个权重再省约 0.4 位。", "Also quantise the scales: ~0.4 bit/weight less."),
-        show=lambda v: v.get("method") == "qlora",
+        show=_quantised,
     )
     num_virtual_tokens: int = setting(
         128,
@@ -193,7 +222,7 @@ class TrainConfig:
         max=2048,
         typical=(16, 512),
         flag="--virtual-tokens",
-        show=lambda v: v.get("method") == "ptuning-v2",
+        show=_prefix,
         range_msg=("use 16–512 (the original used 128)", "请用 16–512（原版 P-tuning v2 用 128）"),
     )
     # ---- lengths and schedule
@@ -412,7 +441,7 @@ def _cross_field(values: dict) -> list[S.Pair]:
                 "num_epochs：max_steps 为 -1 时必须 > 0；请设 num_epochs: 3",
             )
         )
-    if values["method"] == "qlora" and values["precision"] == "fp32":
+    if methods.get(values["method"]).quantised and values["precision"] == "fp32":
         out.append(
             (
                 "precision: QLoRA computes in 16-bit; set precision: auto (or bf16)",
@@ -505,14 +534,15 @@ def advice(cfg: TrainConfig, lang: str = "en", est: dict | None = None, n_train:
                         f"{key} 为 {every}，但这次训练最多只有 {steps} 步：{zh_name}一次也不会发生；请调小 {key}。",
                     )
                 )
-    if cfg.method == "full" and cfg.learning_rate > 1e-4:
+    row = methods.get(cfg.method)
+    if not row.adapter and cfg.learning_rate > 1e-4:
         out.append(
             (
                 f"learning_rate {cfg.learning_rate:g} is high for full fine-tuning; the GLM-4 demo uses 5e-5.",
                 f"全量微调用 learning_rate {cfg.learning_rate:g} 偏高；GLM-4 官方示例用 5e-5。",
             )
         )
-    if cfg.method in ("lora", "qlora") and cfg.learning_rate < 1e-5:
+    if row.adapter == "lora" and cfg.learning_rate < 1e-5:
         out.append(
             (
                 f"learning_rate {cfg.learning_rate:g} is very low for LoRA; 1e-4 to 5e-4 is usual.",
@@ -533,12 +563,12 @@ def advice(cfg: TrainConfig, lang: str = "en", est: dict | None = None, n_train:
                 "save_steps 不是 eval_steps 的整数倍；最好的检查点可能没有对应的验证分数。",
             )
         )
-    if cfg.method == "ptuning-v2" and cfg.packing:
+    if row.no_packing and cfg.packing:
         out.append(
             (
-                "P-tuning v2 prefixes attend across packed samples' boundaries only through position ids; "
-                "turn packing off if the loss looks odd.",
-                "P-tuning v2 的前缀只靠位置编号区分拼接在一起的样本；如果损失看起来不正常，请关闭 packing。",
+                f"packing is on, but {row.label[1]} cannot pack ({row.no_packing}); training runs without it — "
+                "set packing: false to say so.",
+                f"已打开 packing，但 {row.label[0]} 不能拼接样本；训练时会自动关闭——请把 packing 设为 false。",
             )
         )
     return [zh if lang == "zh" else en for en, zh in out]
@@ -572,20 +602,56 @@ def save_config(cfg: TrainConfig, path: str | Path) -> Path:
     return write_text_atomic(path, to_yaml(cfg))
 
 
-# ---- presets, model shape, memory estimate: re-exported (pages, tests and the CLI below use them as config.X) -----
-from .memory import (  # noqa: E402, F401
-    CARDS_GIB,
-    GIB,
-    count_params,
-    describe_estimate,
-    detect_gpus,
-    estimate_glm4_9b_lora,
-    estimate_memory,
-    glm4_9b_shape,
-    model_shape,
-    shape_from_hf_config,
-)
-from .methods import PRESETS, SMALL_MODEL_PARAMS, preset_for, preset_name  # noqa: E402, F401
+# ---- presets: a method's start values (its row in methods.py) as a validated TrainConfig --------------------------
+def preset_name(method: str, model: str | None = None) -> str:
+    """``small-<method>`` for the embedded model or any model under 1B parameters, else ``glm4-<method>``."""
+    methods.get(method)  # an unknown method: the table's sentence naming the choices
+    small = True
+    if model:
+        from .models import EMBEDDED
+
+        if model not in EMBEDDED:
+            try:
+                small = count_params(model_shape(model))["total"] < SMALL_MODEL_PARAMS
+            except UserError:
+                small = False
+    return f"{'small' if small else 'glm4'}-{method}"
+
+
+def preset_for(method: str, model: str | None = None, **overrides):
+    """A validated config for ``method`` on ``model`` from the matching preset, with ``overrides`` applied."""
+    values = dict(PRESETS[preset_name(method, model)])
+    if model:
+        values["model"] = model
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(values)
+
+
+def estimate_glm4_9b_lora(
+    batch_size: int = 1,
+    max_input_length: int = 512,
+    max_output_length: int = 512,
+    tokens: int | None = None,
+    gradient_checkpointing: bool = True,
+    fused_loss: bool = True,
+) -> dict:
+    """The estimate for GLM-4-9B's shape (``GlmConfig()`` defaults), LoRA r=8 on q/k/v, bf16 — for comparing with a
+    measured ``torch.cuda.max_memory_allocated`` (use ``peak_allocated_gib``; pass ``tokens`` = batch × padded length
+    of the measured step)."""
+    cfg = TrainConfig(
+        model="glm-4-9b-shape",
+        method="lora",
+        lora_r=8,
+        lora_alpha=32,
+        lora_dropout=0.1,
+        lora_target_modules=["q_proj", "k_proj", "v_proj"],
+        precision="bf16",
+        per_device_batch_size=batch_size,
+        max_input_length=max_input_length,
+        max_output_length=max_output_length,
+        gradient_checkpointing=gradient_checkpointing,
+    )
+    return estimate_memory(cfg, shape=glm4_9b_shape(), tokens=tokens, gpus=[], fused_loss=fused_loss)
 
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------

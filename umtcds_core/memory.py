@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import methods
+from .schema import ConfigError
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -38,8 +39,6 @@ def shape_from_hf_config(cfg: dict) -> dict:
     heads = _pick(cfg, "num_attention_heads", "n_head")
     vocab = _pick(cfg, "vocab_size", "padded_vocab_size")
     if not all(isinstance(x, int) and x > 0 for x in (h, layers, heads, vocab)):
-        from .config import ConfigError
-
         raise ConfigError(
             "The model's config.json lacks hidden_size/num_hidden_layers/vocab_size; is it a causal LM?",
             zh="模型的 config.json 缺少 hidden_size/num_hidden_layers/vocab_size；请确认它是因果语言模型（causal LM）。",
@@ -323,35 +322,6 @@ def detect_gpus() -> list[dict]:
         return out
     except Exception:  # noqa: BLE001 - no usable CUDA: no GPUs
         return []
-
-
-def estimate_glm4_9b_lora(
-    batch_size: int = 1,
-    max_input_length: int = 512,
-    max_output_length: int = 512,
-    tokens: int | None = None,
-    gradient_checkpointing: bool = True,
-    fused_loss: bool = True,
-) -> dict:
-    """The estimate for GLM-4-9B's shape (``GlmConfig()`` defaults), LoRA r=8 on q/k/v, bf16 — for comparing with a
-    measured ``torch.cuda.max_memory_allocated`` (use ``peak_allocated_gib``; pass ``tokens`` = batch × padded length
-    of the measured step)."""
-    from .config import TrainConfig
-
-    cfg = TrainConfig(
-        model="glm-4-9b-shape",
-        method="lora",
-        lora_r=8,
-        lora_alpha=32,
-        lora_dropout=0.1,
-        lora_target_modules=["q_proj", "k_proj", "v_proj"],
-        precision="bf16",
-        per_device_batch_size=batch_size,
-        max_input_length=max_input_length,
-        max_output_length=max_output_length,
-        gradient_checkpointing=gradient_checkpointing,
-    )
-    return estimate_memory(cfg, shape=glm4_9b_shape(), tokens=tokens, gpus=[], fused_loss=fused_loss)
 
 
 def describe_estimate(est: dict) -> str:

@@ -16,6 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import UserError
+from .schema import ConfigError
+
 # LoRA targets per model_type: the attention projections (GLM-4: q/k/v as in the official demo's -hf config).
 LORA_TARGETS: dict[str, list[str]] = {
     "glm": ["q_proj", "k_proj", "v_proj"],
@@ -28,6 +31,11 @@ LORA_TARGETS: dict[str, list[str]] = {
 }
 DEFAULT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]  # llama, qwen2/3, mistral, gemma, phi, ...
 SMALL_MODEL_PARAMS = 1.0e9
+"""Models under this many parameters (and the embedded one) start from the ``small-*`` presets (config.preset_name)."""
+
+
+class MethodError(UserError):
+    """A method cannot be applied to this model as configured (e.g. LoRA targets it does not have)."""
 
 
 # ---- wrapping a loaded model ----------------------------------------------------------------------------------------
@@ -43,8 +51,6 @@ def linear_module_names(model) -> set[str]:
 
 def lora_targets(model, requested: list[str] | None) -> list[str] | str:
     """LoRA target module names for this model: the user's list (checked) or the per-architecture default."""
-    from .train import TrainError
-
     present = linear_module_names(model)
     model_type = getattr(model.config, "model_type", "")
     if requested:
@@ -52,7 +58,7 @@ def lora_targets(model, requested: list[str] | None) -> list[str] | str:
             return "all-linear"
         missing = [t for t in requested if t not in present]
         if missing:
-            raise TrainError(
+            raise MethodError(
                 f"lora_target_modules {missing} are not layers of this {model_type or 'model'} (it has: "
                 f"{', '.join(sorted(present))}); the config was probably written for another model — remove "
                 "lora_target_modules to choose them automatically.",
@@ -80,7 +86,7 @@ def _wrap_lora(model, cfg, kbit: str = "lean", checkpointing: bool = True):
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         else:
-            from .speed import prepare_kbit_lean
+            from .speed.model import prepare_kbit_lean
 
             # frozen base without peft's fp32 copy of the 16-bit weights (+4.6 GiB on GLM-4-9B); the Trainer turns
             # checkpointing on from the training arguments
@@ -398,8 +404,6 @@ PRESETS: dict[str, dict] = {f"{size}-{m.name}": dict(m.presets[size]) for size i
 
 
 def _unknown(method: str):
-    from .config import ConfigError
-
     return ConfigError(
         f"method: '{method}' is not one of {', '.join(METHODS)}; pick one.",
         zh=f"method：“{method}”不是 {', '.join(METHODS)} 之一；请从中选择一个。",
@@ -407,7 +411,7 @@ def _unknown(method: str):
 
 
 def get(method: str) -> Method:
-    """The row of ``method``; an unknown name is a :class:`~umtcds_core.config.ConfigError` naming the choices."""
+    """The row of ``method``; an unknown name is a :class:`~umtcds_core.schema.ConfigError` naming the choices."""
     try:
         return REGISTRY[method]
     except (KeyError, TypeError):
@@ -415,30 +419,3 @@ def get(method: str) -> Method:
 
 
 # ---- presets ------------------------------------------------------------------------------------------------------
-def preset_name(method: str, model: str | None = None) -> str:
-    """``small-<method>`` for the embedded model or any model under 1B parameters, else ``glm4-<method>``."""
-    if method not in REGISTRY:
-        raise _unknown(method)
-    small = True
-    if model:
-        from .errors import UserError
-        from .memory import count_params, model_shape
-        from .models import EMBEDDED
-
-        if model not in EMBEDDED:
-            try:
-                small = count_params(model_shape(model))["total"] < SMALL_MODEL_PARAMS
-            except UserError:
-                small = False
-    return f"{'small' if small else 'glm4'}-{method}"
-
-
-def preset_for(method: str, model: str | None = None, **overrides):
-    """A validated config for ``method`` on ``model`` from the matching preset, with ``overrides`` applied."""
-    from .config import TrainConfig
-
-    values = dict(PRESETS[preset_name(method, model)])
-    if model:
-        values["model"] = model
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(values)

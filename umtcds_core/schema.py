@@ -46,6 +46,13 @@ class SettingsError(UserError, ValueError):
         self.problems = problems or [message]
 
 
+class ConfigError(SettingsError):
+    """A training-config problem; the message names the key and the fix.
+
+    Declared here, below ``config``, ``methods`` and ``memory``, because all three raise it and ``config`` imports the
+    other two (``config.ConfigError`` is this class)."""
+
+
 @dataclass(frozen=True)
 class Field:
     """One setting. Only ``name``, ``default``, ``label`` and ``comment`` are required; the rest narrows it."""

@@ -17,18 +17,7 @@ PACKAGE = Path(umtcds_core.__file__).resolve().parent
 
 # Imports that close a cycle and are known, not fixed yet: (importer, imported) -> why. They are left out of the graph
 # before it is checked, so any other cycle still fails; an entry whose import is gone fails too (remove it then).
-KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {
-    # The training-methods table (issue 18 item 4, another change in progress): config imports methods and memory and
-    # re-exports their names, while these import config's ConfigError/TrainConfig, methods train's TrainError and
-    # memory's model shape, inside functions. Fix: the errors, the config type and the shape below the table.
-    ("methods", "config"): "methods table: ConfigError/TrainConfig imported back from config",
-    ("memory", "config"): "memory estimate: ConfigError/TrainConfig imported back from config",
-    ("methods", "train"): "methods table: TrainError imported from train, which imports config",
-    ("methods", "memory"): "methods table: the model shape imported back from memory, which imports methods",
-    # The speed package (issue 18 item 2, in progress) reads the methods table in plan() and compile, while the
-    # methods table imports speed's prepare_kbit_lean for QLoRA. Fix: that helper in methods or in speed.model.
-    ("methods", "speed"): "methods table: QLoRA's prepare_kbit_lean from speed, whose plan reads the table",
-}
+KNOWN_BACK_EDGES: dict[tuple[str, str], str] = {}
 
 
 def _module_name(path: Path) -> str:

@@ -50,7 +50,7 @@ def test_presets_come_from_the_table_and_are_valid():
         cfg = C.TrainConfig.from_dict(values)
         assert cfg.method == name.split("-", 1)[1]
     assert C.PRESETS["glm4-ptuning-v2"]["packing"] is False  # P-tuning v2 cannot pack
-    assert methods.preset_for("full", "smollm2-135m").learning_rate == 5e-5
+    assert C.preset_for("full", "smollm2-135m").learning_rate == 5e-5
 
 
 @pytest.mark.parametrize("method", ["lora", "ptuning-v2", "full"])
