@@ -5,6 +5,7 @@ Why we decode ourselves: many Chinese campus pages declare ``gb2312`` but use GB
 with the browser's rules before anything else sees them. :func:`decode_html` is that ladder:
 
     BOM → HTTP charset → <meta>/XML declaration → (gb2312/gbk read as gb18030) → strict decode
+        → the declared codec again if it failed only on a few stray bytes (replaced, counted)
         → detection limited to plausible codecs (charset_normalizer) → UTF-8 with replacement (recorded)
 
 :class:`Fetcher` is shared by the crawler's worker threads. Each host gets one cached robots.txt (protego, including
@@ -152,8 +153,32 @@ def _detect(body: bytes) -> str | None:
     return enc
 
 
+# A declared codec survives this many invalid sequences per 1,000 non-ASCII bytes: browsers keep the declaration and
+# show U+FFFD for a stray byte (a truncated upload, one mis-pasted character); a page mostly in another codec fails
+# far above it (GBK read as UTF-8 is nearly all errors).
+STRAY_BYTES_PER_MILLE = 10
+STRAY_BYTES_MIN = 2
+
+
+def _tolerant(body: bytes, codec: str) -> tuple[str, int] | None:
+    """``body`` in ``codec`` with its few stray bytes replaced, or None when the errors are too many to be strays."""
+    try:
+        text = body.decode(codec, "replace")
+    except LookupError:
+        return None
+    bad = text.count("\ufffd")
+    non_ascii = sum(1 for b in body if b > 127)
+    if bad <= max(STRAY_BYTES_MIN, non_ascii * STRAY_BYTES_PER_MILLE // 1000):
+        return text, bad
+    return None
+
+
 def decode_html(body: bytes, content_type: str | None = None) -> Decoded:
-    """Decode a fetched document with the browser's order of evidence, never raising."""
+    """Decode a fetched document with the browser's order of evidence, never raising.
+
+    A declared codec that fails only on a few stray bytes is kept, with those bytes replaced (``replaced`` counts
+    them): switching to another codec for one bad byte garbles the whole page.
+    """
     for bom, codec in _BOMS:
         if body.startswith(bom):
             return Decoded(body[len(bom) :].decode(codec, "replace"), codec, "bom")
@@ -165,6 +190,9 @@ def decode_html(body: bytes, content_type: str | None = None) -> Decoded:
             text = _try(body, codec)
             if text is not None:
                 return Decoded(text, codec, source)
+            tolerant = _tolerant(body, codec)
+            if tolerant is not None:
+                return Decoded(tolerant[0], codec, source, replaced=tolerant[1])
             break  # the declaration is wrong: fall through to evidence from the bytes themselves
     text = _try(body, "utf-8")
     if text is not None:
@@ -174,6 +202,9 @@ def decode_html(body: bytes, content_type: str | None = None) -> Decoded:
         text = _try(body, detected)
         if text is not None:
             return Decoded(text, detected, "detected")
+    tolerant = _tolerant(body, "utf-8")  # undeclared UTF-8 with a stray byte: still UTF-8
+    if tolerant is not None:
+        return Decoded(tolerant[0], "utf-8", "utf-8", replaced=tolerant[1])
     text = body.decode("utf-8", "replace")
     return Decoded(text, "utf-8", "fallback", replaced=text.count("\ufffd"))
 

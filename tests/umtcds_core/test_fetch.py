@@ -198,3 +198,40 @@ def test_429_gives_up_after_retries_and_refuses_long_waits(site):
     t0 = time.monotonic()
     res = Fetcher(delay=0).get(site.url("/closed"))
     assert res.error_kind == "retry-after" and site.requested("/closed") == 1 and time.monotonic() - t0 < 1
+
+
+# ---- issue 17: one stray byte must not switch the codec ---------------------------------------------------------
+
+
+def test_utf8_page_with_one_stray_byte_keeps_utf8():
+    text = _page("<p>选课通知：请于周五前完成选课。Café ümlaut.</p>" * 20, '<meta charset="utf-8">')
+    raw = text.encode("utf-8")
+    cut = raw.index("周五".encode()) + 3  # between 周 and 五
+    raw = raw[:cut] + b"\xff" + raw[cut:]  # one invalid byte, as a truncated upload leaves
+    for content_type in ("text/html; charset=utf-8", "text/html", None):
+        d = decode_html(raw, content_type)
+        assert d.encoding == "utf-8" and d.replaced == 1, content_type
+        assert "周\ufffd五" in d.text and "Café ümlaut" in d.text and "选课通知" in d.text
+    # a European page: every byte but the stray one is also valid windows-1252, which detection used to pick
+    raw = _page("<p>Café, Universität, naïve façade — über alles.</p>" * 20, '<meta charset="utf-8">').encode("utf-8")
+    raw = raw.replace(b"alles", b"al\xffles", 1)
+    d = decode_html(raw, "text/html")
+    assert (d.encoding, d.source, d.replaced) == ("utf-8", "meta", 1)
+    assert "Universität, naïve façade" in d.text and "al\ufffdles" in d.text
+
+
+def test_gbk_page_with_one_stray_byte_keeps_gbk():
+    text = _page(f"<p>{GBK_ONLY}捐赠的珍贵文物。团体参观须提前三个工作日预约。</p>" * 10, '<meta charset="gbk">')
+    raw = text.encode("gbk")
+    cut = raw.index("团体".encode("gbk"))
+    raw = raw[:cut] + b"\xff" + raw[cut:]  # 0xff is never a GBK lead byte
+    d = decode_html(raw, "text/html")
+    assert (d.encoding, d.source, d.replaced) == ("gb18030", "meta", 1)
+    assert GBK_ONLY in d.text and "\ufffd团体参观" in d.text
+
+
+def test_many_invalid_bytes_still_mean_a_wrong_declaration():
+    # the same GBK bytes declared UTF-8 fail on almost every character: not strays, the declaration is wrong
+    raw = _page(f"<p>{GBK_ONLY}，开放时间为周二至周日。</p>" * 10, '<meta charset="utf-8">').encode("gbk")
+    d = decode_html(raw, "text/html; charset=utf-8")
+    assert d.encoding == "gb18030" and d.replaced == 0 and GBK_ONLY in d.text
