@@ -18,6 +18,7 @@ from umtcds_core.crawl import CRAWL, MANIFEST, CrawlConfig, robots_verdict, url_
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import read_jsonl
 from umtcds_core.i18n import error_text, tr
+from umtcds_core.index import Index, index_dir_of, index_status, snippet
 from umtcds_core.jobs import latest_job, running_job
 
 ws = ui.require_workspace()
@@ -271,4 +272,69 @@ if files:
         st.success(tr(f"已移除 {n} 个页面。", f"Dropped {n} pages."))
 elif records and active is None:
     st.info(tr("还没有保存任何页面；请查看上面的结果列。", "No page saved yet; see the Result column above."))
+
+
+# ---- search index: built from the saved pages by a background `umtcds index` job; a search box to try it ----------
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _loaded_index(path: str, built_at: str) -> Index:  # built_at: a rebuilt index is loaded afresh
+    return Index.load(path, check_stale=False)
+
+
+if files and active is None:
+    index_dir = index_dir_of(ws)
+    st.subheader(tr("搜索索引", "Search index"))
+    status = index_status(index_dir)
+    index_running = running_job(ws, "index") is not None
+    if not status.built:
+        st.info(
+            tr(
+                "还没有搜索索引。建立后，对话页可以根据网站内容回答，并列出答案来自哪些页面。",
+                "No search index yet. With one, the Chat page can answer from the website and list the pages the "
+                "answer comes from.",
+            )
+        )
+    elif status.stale:
+        st.warning(
+            tr(
+                f"建立索引后有 {len(status.stale)} 个页面发生了变化；请刷新索引。",
+                f"{len(status.stale)} pages changed since the index was built; refresh it.",
+            )
+        )
+    else:
+        st.caption(
+            tr(
+                f"索引包含 {status.pages} 个页面、{status.chunks} 个段落（建立于 {status.built_at}）。",
+                f"The index holds {status.pages} pages in {status.chunks} chunks (built {status.built_at}).",
+            )
+        )
+    label = (
+        tr("刷新搜索索引", "Refresh the search index") if status.built else tr("建立搜索索引", "Build the search index")
+    )
+    if st.button(label, key="crawl_index", disabled=index_running):
+        ui.start_step(ws, "index", [str(pages_dir), "--out", str(index_dir), "--quiet"])
+        st.rerun()
+    if latest_job(ws, "index") is not None:
+        ui.job_panel(ws, "index", show_log=False)
+    if status.built:
+        question = st.text_input(
+            tr("试着搜索", "Try a search"),
+            key="crawl_search",
+            placeholder=tr("例如：图书馆几点开门？", "e.g. When does the library open?"),
+        )
+        if question.strip():
+            try:
+                hits = _loaded_index(str(index_dir), status.built_at).search(question, k=5)
+            except UserError as exc:
+                st.error(error_text(exc))
+            else:
+                if not hits:
+                    st.info(
+                        tr("没有段落包含这些词；换个说法试试。", "No chunk shares a word with this; try other words.")
+                    )
+                for hit in hits:
+                    link = (
+                        f"[{hit['title'] or hit['page']}]({hit['url']})" if hit["url"] else hit["title"] or hit["page"]
+                    )
+                    st.markdown(f"**{hit['rank']}.** {link} · {tr('得分', 'score')} {hit['score']:.2f}")
+                    st.caption(snippet(hit["text"]))
 ui.next_step("crawl")  # a link to the next step once this one is done

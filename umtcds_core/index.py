@@ -497,7 +497,7 @@ def build_index(
         if log is not None and state != "unchanged":
             log(f"[{state}] {page.page} -> {len(records)} chunks")
         if progress is not None:
-            progress.update(1, **{state: getattr(report, state)})
+            progress.update(1)
     report.removed = len(set(old_meta.get("pages", {})) - set(pages_meta))
     report.pages, report.chunks = len(pages_meta), len(all_records)
 
@@ -635,6 +635,19 @@ class Index:
         return hits
 
 
+def snippet(text: str, limit: int = 240) -> str:
+    """The start of a chunk to show under a hit: whole lines up to about ``limit`` characters (a line is cut only
+    when the first one alone is far longer), joined by spaces."""
+    lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    out: list[str] = []
+    for line in lines:
+        if out and sum(len(x) + 1 for x in out) + len(line) > limit:
+            return " ".join(out) + " …"
+        out.append(line)
+    joined = " ".join(out)
+    return joined if len(joined) <= 3 * limit else joined[: 3 * limit] + "…"
+
+
 def retrieve(index_dir: str | Path, question: str, k: int = 5) -> list[dict]:
     """Load ``index_dir`` and search it once (the CLI's path; a chat keeps an :class:`Index` loaded instead)."""
     if not question or not question.strip():
@@ -645,6 +658,36 @@ def retrieve(index_dir: str | Path, question: str, k: int = 5) -> list[dict]:
 def index_dir_of(ws) -> Path:
     """A project's index folder (``<workspace>/index``, next to ``pages/``)."""
     return Path(ws.root) / "index"
+
+
+@dataclass
+class IndexStatus:
+    """What a page shows about an index folder: built?, its size, when, and which pages changed since."""
+
+    built: bool
+    pages: int = 0
+    chunks: int = 0
+    built_at: str = ""
+    stale: tuple[str, ...] = ()
+
+
+def index_status(index_dir: str | Path) -> IndexStatus:
+    """The index's state from its files alone (no bm25s load): cheap enough for every page render."""
+    index_dir = Path(index_dir)
+    if not has_index(index_dir):
+        return IndexStatus(False)
+    try:
+        meta = json.loads((index_dir / META).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return IndexStatus(False)
+    report = meta.get("report") or {}
+    return IndexStatus(
+        True,
+        pages=len(meta.get("pages", {})),
+        chunks=int(report.get("chunks", 0)),
+        built_at=str(meta.get("built_at", "")),
+        stale=tuple(stale_pages(meta)),
+    )
 
 
 def has_index(index_dir: str | Path) -> bool:
