@@ -11,6 +11,7 @@ import argparse
 import json
 
 from .index import RETRIEVE, retrieve
+from .schema import check_value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    values = RETRIEVE.check(RETRIEVE.overrides(args))
-    hits = retrieve(args.index_dir, args.question, k=values["k"])
+    k = RETRIEVE["k"].default if args.k is None else args.k
+    check_value(RETRIEVE, "k", k)  # "--k must be between 1 and 100."
+    hits = retrieve(args.index_dir, args.question, k=k)
     if args.json:
         print(json.dumps(hits, ensure_ascii=False, indent=2))
         return 0

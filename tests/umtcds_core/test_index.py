@@ -156,6 +156,8 @@ def test_missing_index_stale_index_and_empty_question(demo_index, tmp_path, caps
 
     err = _one_error(capsys, "retrieve", str(demo_index[1]), "   ")
     assert "question is empty" in err
+    err = _one_error(capsys, "retrieve", str(demo_index[1]), "图书馆", "--k", "0")
+    assert "--k must be between 1 and 100" in err
 
 
 def test_errors_have_a_chinese_sentence(tmp_path):
