@@ -163,7 +163,7 @@ _FURNITURE_LINES = {
     "related posts", "related content", "more", "read more", "read next", "see also", "you may also like",
     "you might also like", "don't miss", "recommended", "most popular", "trending", "advertisement", "sponsored",
     "thank you", "sorry!", "close", "caption", "image", "updated", "order reprints", "back to top", "back to gallery",
-    "skip to content", "skip to main content", "loading...", "tell us what you think...",
+    "skip to content", "skip to main content", "loading...",
     "上一篇", "下一篇", "上一条", "下一条", "打印", "打印本页", "打印此页", "关闭", "关闭窗口", "分享", "分享到",
     "相关新闻", "相关文章", "相关阅读", "推荐阅读", "热门文章", "返回顶部", "返回列表", "收藏", "评论",
 }  # fmt: skip
