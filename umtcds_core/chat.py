@@ -326,6 +326,59 @@ class ChatSession:
         self.history = []
 
 
+# ---- answers from the website (retrieval) ---------------------------------------------------------------------------
+RAG_BUDGET_MAX = 1500
+"""Most prompt tokens a grounded turn uses (sources + question): more sources rarely help and cost time on a CPU."""
+
+
+def context_budget(chat_model: ChatModel, max_new_tokens: int) -> int:
+    """Prompt tokens a grounded turn may use: the model's context minus the answer, at most :data:`RAG_BUDGET_MAX`."""
+    config = getattr(chat_model.model, "config", None)
+    ctx = getattr(config, "max_position_embeddings", None) or getattr(chat_model.tokenizer, "model_max_length", 0)
+    ctx = int(ctx) if ctx and ctx < 1_000_000 else 4096
+    return max(256, min(RAG_BUDGET_MAX, ctx - max_new_tokens - 64))
+
+
+def grounded_stream(
+    session: ChatSession,
+    index,
+    question: str,
+    *,
+    k: int = 5,
+    use_adapter: bool = True,
+    remember: bool = True,
+    usage: dict | None = None,
+    sources: list | None = None,
+) -> Iterator[str]:
+    """Like :meth:`ChatSession.stream`, but answered from the website: the ``k`` best chunks of ``index`` (an
+    :class:`umtcds_core.index.Index`) go into the prompt as numbered sources (:mod:`umtcds_core.grounding`, the one
+    builder), and ``sources`` (a list the caller passes) receives them, numbered as the answer's ``[n]`` markers.
+
+    The history keeps the plain question and answer, not the sources, so a long conversation does not carry every
+    earlier turn's pages."""
+    from .grounding import build_grounded_messages
+
+    if not question.strip():
+        raise ChatError("The message is empty; type a question.", zh="消息是空的；请输入一个问题。")
+    usage = {} if usage is None else usage
+    cm = session.chat_model
+    hits = index.search(question, k=k)
+    budget = context_budget(cm, session.options.max_new_tokens)
+    messages, shown = build_grounded_messages(question, hits, session.system, budget, tokenizer=cm.tokenizer)
+    if sources is not None:
+        sources[:] = shown
+    messages = [messages[0], *session.history, messages[1]]
+    parts: list[str] = []
+    for piece in cm.stream(messages, session.options, use_adapter=use_adapter, usage=usage):
+        parts.append(piece)
+        yield piece
+    if remember:
+        session.history += [
+            {"role": "user", "content": question},
+            {"role": "assistant", "content": usage.get("text", "".join(parts).strip())},
+        ]
+
+
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -342,6 +395,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--merge-to", metavar="DIR", help="merge the LoRA adapter into the base, save an HF folder, exit"
     )
+    parser.add_argument(
+        "--rag",
+        metavar="INDEX_DIR",
+        help="answer from the website: retrieve from this index (`umtcds index`), cite sources as [n], list them",
+    )
+    parser.add_argument("--k", type=int, default=5, help="with --rag: how many chunks to retrieve (default 5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -361,6 +420,13 @@ def run(args: argparse.Namespace) -> int:
             "Give --model (an embedded name, a model folder or a .gguf file) and optionally --adapter.",
             zh="请指定 --model（内置模型名、模型文件夹或 .gguf 文件），可选再加上 --adapter。",
         )
+    index = None
+    if args.rag:
+        from .index import RETRIEVE, Index
+        from .schema import check_value
+
+        check_value(RETRIEVE, "k", args.k)
+        index = Index.load(args.rag)  # before the model: a missing or stale index is said at once
     cm = load_chat_model(args.model, args.adapter, device=args.device)
     if args.compare and not cm.has_adapter:
         raise ChatError(
@@ -371,6 +437,8 @@ def run(args: argparse.Namespace) -> int:
     session = ChatSession(cm, system=args.system if args.system is not None else cm.system_prompt, options=options)
     label = cm.name
     print(f"[{label}{' + base' if args.compare else ''} · {cm.adapter_kind or 'base model'}]", file=sys.stderr)
+    if index is not None:
+        session = _Grounded(session, index, args.k)
     if args.prompt is not None:
         _answer(session, args.prompt, args.compare)
         return 0
@@ -401,3 +469,21 @@ def _answer(session: ChatSession, text: str, compare: bool) -> None:
     for piece in session.stream(text):
         print(piece, end="", flush=True)
     print(flush=True)
+
+
+class _Grounded:
+    """A :class:`ChatSession` seen by the CLI loop, answering from the website and listing the sources after each
+    answer (number, title, full URL)."""
+
+    def __init__(self, session: ChatSession, index, k: int):
+        self.session, self.index, self.k = session, index, k
+
+    def clear(self) -> None:
+        self.session.clear()
+
+    def stream(self, text: str, *, usage: dict | None = None, **kwargs) -> Iterator[str]:
+        from .grounding import format_sources, is_chinese
+
+        sources: list = []
+        yield from grounded_stream(self.session, self.index, text, k=self.k, usage=usage, sources=sources, **kwargs)
+        yield "\n\n" + format_sources(sources, zh=is_chinese(text))
