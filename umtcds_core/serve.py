@@ -1,10 +1,11 @@
-"""An OpenAI-compatible HTTP API for a base or tuned model: ``umtcds serve --model NAME|PATH [--adapter DIR]``.
+"""An OpenAI-compatible HTTP API and a students' chat page for a base or tuned model: ``umtcds serve``.
 
 Usage::
 
-    umtcds serve --adapter runs/run-1                       # http://127.0.0.1:8000/v1
-    UMTCDS_SERVE_API_KEY=... umtcds serve --adapter runs/run-1 --host 0.0.0.0 --port 8000
-    umtcds serve --config settings.yaml [any flag above, which wins over the file]
+    umtcds serve --adapter runs/run-1                       # http://127.0.0.1:8000/v1 and the page at /
+    UMTCDS_SERVE_API_KEY=... umtcds serve --adapter runs/run-1 --host 0.0.0.0 --rate-limit 10/min \\
+        --allow-origin https://www.example.edu
+    umtcds serve --config serve.yaml [any flag above, which wins over the file]
 
 Then any OpenAI client works::
 
@@ -12,32 +13,52 @@ Then any OpenAI client works::
     client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="...")
     client.chat.completions.create(model="run-1", messages=[{"role": "user", "content": "..."}], stream=True)
 
-Endpoints: ``GET /v1/models``; ``POST /v1/chat/completions`` (``stream`` true → server-sent events ending with
-``data: [DONE]``; ``max_tokens``/``max_completion_tokens``, ``temperature``, ``top_p``). With an adapter, ``/v1/models``
-lists the tuned model (the run's name) and the base model; asking for the base name answers with the adapter
-disabled — the same weights, no second load. ``GET /health`` needs no key.
+Endpoints (FastAPI on uvicorn):
+
+* ``GET /v1/models``; ``POST /v1/chat/completions`` (``stream`` true → server-sent events ending with
+  ``data: [DONE]``; ``max_tokens``/``max_completion_tokens``, ``temperature``, ``top_p``,
+  ``stream_options.include_usage``). With an adapter, ``/v1/models`` lists the tuned model (the run's name) and the
+  base model; asking for the base name answers with the adapter disabled — the same weights, no second load.
+  ``GET /v1/stats``: requests, batches and their sizes. These need the key when one is set.
+* ``GET /health`` (no key).
+* The students' page (``--student-page``, on by default; no key, no admin powers): ``GET /`` the chat page,
+  ``GET /widget.js`` (one ``<script src=…>`` line adds a chat bubble to any web page), ``GET /page.json`` (the
+  builder's name, welcome text and example questions), ``POST /page/chat`` (one answer as server-sent events, the
+  server's own system prompt and answer length), ``POST /v1/feedback`` (👍/👎 and a correction, appended to
+  ``serve/feedback.jsonl``; no IP address is stored).
+
+Serving many students with one model: one worker thread owns the model (:class:`BatchEngine`). Requests that arrive
+together — within ``--batch-wait-ms`` of each other, up to ``--max-batch`` — are decoded together in one batched
+``generate`` (left padding, each row streamed and stopped on its own), which on a CPU or GPU costs little more than
+one answer. The waiting line is bounded (``--queue-size``): beyond it a request gets ``503`` with ``Retry-After``
+instead of waiting forever; ``--rate-limit N/min`` caps each client address (``429``); ``--request-timeout`` ends
+an answer that takes too long (``504``, or an error event mid-stream). A client that disconnects mid-stream stops
+its own row; the batch goes on for the others.
 
 Safety: binds 127.0.0.1 unless ``--host`` says otherwise, and warns when it listens beyond loopback without a key. The
 key is read from the environment (``UMTCDS_SERVE_API_KEY``, or the variable named by ``--api-key-env``), never from
-argv, and compared in constant time. One generation runs at a time (the model's lock); other requests wait.
-
-Built on the standard library's ``ThreadingHTTPServer``: nothing to install, and one small model per process does not
-need an async framework.
+argv, and compared in constant time. Cross-origin requests and embedding the page in another site's frame are allowed
+only for the ``--allow-origin`` hosts.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI reads the handlers' annotations (``Request``) as objects.
 import argparse
+import asyncio
+import collections
+import contextlib
 import hmac
 import ipaddress
 import json
 import os
+import re
+import socket
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from . import schema as S
@@ -48,10 +69,40 @@ setting = S.setting
 
 DEFAULT_KEY_ENV = "UMTCDS_SERVE_API_KEY"
 MAX_BODY = 4 * 1024 * 1024
+PAGE_HISTORY = 8
+"""Most earlier messages the students' page sends with a question (a long conversation must not fill the context)."""
+PAGE_TEXT_MAX = 2000
+"""Longest question (or earlier message) the students' page accepts, in characters."""
+FEEDBACK_TEXT_MAX = 4000
+STATIC = Path(__file__).resolve().parent / "static" / "serve"
+
+_RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour)\s*$")
+_RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
 
 
 class ServeError(UserError, ValueError):
     """A bad serve option."""
+
+
+def parse_rate(text: str | None) -> tuple[int, float] | None:
+    """``"10/min"`` → ``(10, 60.0)``: that many requests per that many seconds; None or "" → no limit."""
+    if not text:
+        return None
+    m = _RATE_RE.match(text)
+    if not m or int(m.group(1)) < 1:
+        raise ServeError(
+            f"--rate-limit '{text}' is not a rate; write it like 10/min (also N/s or N/h).",
+            zh=f"--rate-limit “{text}”不是有效的频率；请写成 10/min 这样的形式（也可以用 N/s 或 N/h）。",
+        )
+    return int(m.group(1)), float(_RATE_UNITS[m.group(2)])
+
+
+def _rate_ok(text) -> bool:
+    try:
+        return parse_rate(text) is not None
+    except ServeError:
+        return False
 
 
 # ---- settings: each declared once (schema.py); the CLI flags and a --config YAML read them ------------------------
@@ -89,6 +140,114 @@ class ServeSettings:
         "environment variable holding the API key (never the key itself on the command line); unset: no key",
     )
     device: str | None = device_setting()
+    max_tokens: int = setting(
+        512,
+        ("单个回答的最大 token 数", "Most tokens per answer"),
+        "most tokens one answer may ask for; a request asking for more gets 400",
+        min=1,
+        max=32768,
+    )
+    answer_tokens: int = setting(
+        256,
+        ("默认回答长度（token）", "Default answer length (tokens)"),
+        "answer length when a request does not say (always on the students' page); at most max_tokens",
+        min=1,
+        max=32768,
+    )
+    max_batch: int = setting(
+        16,
+        ("最大批大小", "Largest batch"),
+        "most requests decoded together in one batch; higher: more throughput, more memory",
+        min=1,
+        max=1024,
+    )
+    batch_wait_ms: int = setting(
+        20,
+        ("凑批等待（毫秒）", "Batch wait (ms)"),
+        "how long the first waiting request waits for others to join its batch; higher: bigger batches, later starts",
+        min=0,
+        max=5000,
+    )
+    queue_size: int = setting(
+        64,
+        ("排队上限", "Queue size"),
+        "most requests waiting for the model; beyond it a request gets 503 with Retry-After",
+        min=1,
+        max=100000,
+    )
+    rate_limit: str | None = setting(
+        None,
+        ("每个客户端的频率限制", "Rate limit per client"),
+        "requests per client address, like 10/min (N/s, N/h too); beyond it 429; null: no limit",
+        kind=str,
+        nullable=True,
+        valid=_rate_ok,
+        range_msg=(
+            "'{value}' is not a rate; write it like 10/min",
+            "“{value}”不是有效的频率；请写成 10/min 这样的形式",
+        ),
+        example="10/min",
+    )
+    request_timeout: float = setting(
+        120.0,
+        ("请求超时（秒）", "Request timeout (s)"),
+        "seconds a request may take, waiting included; beyond it 504 (or an error event mid-stream)",
+        min=0,
+        min_open=True,
+    )
+    student_page: bool = setting(
+        True,
+        ("学生页面", "Students' page"),
+        "serve the students' chat page at / and the widget at /widget.js (no key needed; no admin powers)",
+    )
+    assistant_name: str | None = setting(
+        None,
+        ("助手名称", "Assistant name"),
+        "the name the students' page shows; null: 校园助手 / Campus assistant",
+        kind=str,
+        nullable=True,
+        example="Zorvale helper",
+    )
+    welcome: str | None = setting(
+        None,
+        ("欢迎语", "Welcome text"),
+        "the first words the students' page shows; null: a short bilingual welcome",
+        kind=str,
+        nullable=True,
+        widget="textarea",
+        example="Ask me about admissions, the library or campus life.",
+    )
+    examples: list | None = setting(
+        None,
+        ("示例问题", "Example questions"),
+        "questions offered as buttons on the students' page (a YAML list, or comma-separated on the command line)",
+        kind=list,
+        nullable=True,
+        widget="list",
+        example="[When does the library close?, How do I apply?]",
+    )
+    allow_origin: list | None = setting(
+        None,
+        ("允许嵌入的网站", "Allowed origins"),
+        "websites (https://host) that may embed the widget and call the API from their pages; null: none",
+        kind=list,
+        nullable=True,
+        widget="list",
+        valid=lambda v: all(_ORIGIN_RE.match(o.strip().rstrip("/")) for o in v),
+        range_msg=(
+            "each origin must look like https://www.example.edu (scheme and host, no path)",
+            "每个来源必须形如 https://www.example.edu（协议加主机名，不带路径）",
+        ),
+        example="[https://www.example.edu]",
+    )
+    feedback_dir: str | None = setting(
+        None,
+        ("反馈保存位置", "Feedback folder"),
+        "where serve/feedback.jsonl goes; null: the adapter's project (workspace), else the current folder",
+        kind=str,
+        nullable=True,
+        widget="text",
+    )
 
 
 SERVE = S.from_dataclass(ServeSettings, "serve", title="UMTCDS serve settings — run with `umtcds serve --config`")
@@ -96,9 +255,10 @@ SERVE = S.from_dataclass(ServeSettings, "serve", title="UMTCDS serve settings �
 
 
 class _BadRequest(Exception):
-    def __init__(self, status: int, message: str, code: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, code: str = "invalid_request_error", zh: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.zh = status, message, code, zh
+        self.headers: dict[str, str] = {}
 
 
 def is_loopback(host: str) -> bool:
@@ -120,16 +280,333 @@ def exposure_warning(host: str, api_key: str | None, key_env: str = DEFAULT_KEY_
     )
 
 
-class ChatAPI:
-    """The request logic, separate from HTTP plumbing: validate a body, answer it (whole or as chunks)."""
+# ---- the batching engine: one worker thread owns the model ---------------------------------------------------------
+class QueueFull(Exception):
+    """The waiting line is full; the caller answers 503 with Retry-After."""
 
-    def __init__(self, chat_model, api_key: str | None = None, default_max_tokens: int = 256):
+
+@dataclass(eq=False)
+class Job:
+    """One request's answer: what to generate, and a channel back to the request's event loop.
+
+    The worker thread reports ``("piece", text)`` as the row grows and ``("end", None)`` or ``("error", exc)`` once;
+    ``prompt_tokens``, ``completion_tokens``, ``text`` and ``finish`` are set before ``end``. ``finish`` is
+    ``"stop"`` (the model ended, or began repeating itself), ``"length"``, ``"timeout"`` or ``"cancelled"``.
+    """
+
+    messages: list[dict]
+    options: Any  # chat.GenOptions
+    use_adapter: bool
+    deadline: float
+    loop: asyncio.AbstractEventLoop | None = None
+    out: Any = None  # asyncio.Queue on ``loop``, or a queue.Queue when there is no loop (bench, tests)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    queued_at: float = field(default_factory=time.monotonic)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    text: str = ""
+    finish: str = ""
+
+    def emit(self, kind: str, value=None) -> None:
+        if self.loop is None:
+            self.out.put((kind, value))
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the server is shutting down
+            self.loop.call_soon_threadsafe(self.out.put_nowait, (kind, value))
+
+    @property
+    def batch_key(self) -> tuple:
+        """Requests with the same key can share one ``generate`` call (the same adapter state and sampling)."""
+        kw = self.options.kwargs()
+        return (self.use_adapter, kw["do_sample"], kw.get("temperature"), kw.get("top_p"))
+
+
+class _Row:
+    """One request's row in a batch: its tokens so far and what of their text was already sent."""
+
+    def __init__(self, job: Job, tokenizer):
+        self.job, self.tok = job, tokenizer
+        self.tokens: list[int] = []
+        self.sent = 0
+        self.done = False
+
+    def add(self, token: int) -> None:
+        from .chat import complete_text
+
+        self.tokens.append(token)
+        text = complete_text(self.tok.decode(self.tokens, skip_special_tokens=True))
+        if len(text) > self.sent:
+            self.job.emit("piece", text[self.sent :])
+            self.sent = len(text)
+
+    def finish(self, reason: str) -> None:
+        from .chat import final_text
+
+        if self.done:
+            return
+        self.done = True
+        job = self.job
+        job.completion_tokens = len(self.tokens)
+        job.text = final_text(self.tok.decode(self.tokens, skip_special_tokens=True))
+        job.finish = reason
+        job.emit("end")
+
+
+class _BatchStreamer:
+    """What ``generate`` calls with each step's new tokens (one per row): each row streams and ends on its own."""
+
+    def __init__(self, rows: list[_Row], eos_ids: set[int]):
+        self.rows, self.eos_ids, self.prompt_seen = rows, eos_ids, False
+
+    def put(self, value) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt
+            self.prompt_seen = True
+            return
+        for row, token in zip(self.rows, value.reshape(-1).tolist(), strict=True):
+            if row.done:
+                continue
+            if token in self.eos_ids:
+                row.finish("stop")
+            else:
+                row.add(token)
+
+    def end(self) -> None:
+        for row in self.rows:
+            row.finish("length")
+
+
+class _StopRows:
+    """A per-row stopping criterion: a row ends at its own token limit, on a loop, when cancelled or past its deadline.
+
+    ``generate`` pads a stopped row from then on; the row's request has its answer at once, not when the batch ends.
+    """
+
+    def __init__(self, rows: list[_Row], repetition):
+        self.rows, self.repetition = rows, repetition
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        looped = self.repetition(input_ids, scores).tolist()
+        now = time.monotonic()
+        flags = []
+        for row, loop in zip(self.rows, looped, strict=True):
+            job = row.job
+            if not row.done:
+                if job.cancelled.is_set():
+                    row.finish("cancelled")
+                elif now > job.deadline:
+                    row.finish("timeout")
+                elif loop:
+                    row.finish("stop")
+                elif len(row.tokens) >= job.options.max_new_tokens:
+                    row.finish("length")
+            flags.append(row.done)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+class BatchEngine:
+    """The model's one worker: takes waiting requests in batches and decodes each batch with one ``generate``.
+
+    Why a worker and not a lock per request: with a lock, 16 students wait for 16 answers one after another; one
+    batched ``generate`` answers all 16 in little more than the time of one, because a decoding step is bound by
+    reading the weights, not by the number of rows. Batches are formed by waiting ``wait_s`` after the first request
+    (or until ``max_batch`` are there); requests that need another adapter state or sampling wait for the next batch.
+    Uses :meth:`umtcds_core.chat.ChatModel.encode` (left-padded prompts) and the same loop detection and text
+    clean-up as :meth:`~umtcds_core.chat.ChatModel.answer_batch`.
+    """
+
+    def __init__(self, chat_model, max_batch: int = 16, wait_s: float = 0.02, queue_size: int = 64):
+        self.cm = chat_model
+        self.max_batch, self.wait_s, self.queue_size = max(1, max_batch), max(0.0, wait_s), max(1, queue_size)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self.running = 0
+        self.stats = {"requests": 0, "answered": 0, "rejected_full": 0, "cancelled": 0, "timeouts": 0, "batches": 0,
+                      "batch_sizes": {}, "max_batch_seen": 0, "output_tokens": 0}  # fmt: skip
+        self._thread = threading.Thread(target=self._loop, name="umtcds-serve-model", daemon=True)
+        self._thread.start()
+
+    # ---- called from request handlers
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self._closed or len(self._pending) >= self.queue_size:
+                self.stats["rejected_full"] += 1
+                raise QueueFull
+            self._pending.append(job)
+            self.stats["requests"] += 1
+            self._cv.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The request is gone (client left, timed out): drop it if still waiting, else stop its row."""
+        job.cancelled.set()
+        with self._cv, contextlib.suppress(ValueError):
+            self._pending.remove(job)
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            return {**self.stats, "batch_sizes": dict(self.stats["batch_sizes"]), "queued": len(self._pending),
+                    "running": self.running, "max_batch": self.max_batch, "queue_size": self.queue_size}  # fmt: skip
+
+    def retry_after(self) -> int:
+        """Seconds a rejected client should wait: a rough guess from the line ahead of it."""
+        return max(1, min(60, len(self._pending) // self.max_batch + 1))
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            left = list(self._pending)
+            self._pending.clear()
+            self._cv.notify_all()
+        for job in left:
+            job.emit("error", ServeError("The server is shutting down; try again in a moment."))
+        self._thread.join(timeout=30)
+
+    # ---- the worker
+    def _take(self) -> list[Job]:
+        with self._cv:
+            while not self._pending and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return []
+            key = self._pending[0].batch_key
+            until = time.monotonic() + self.wait_s
+            while not self._closed:
+                fits = sum(1 for j in self._pending if j.batch_key == key)
+                left = until - time.monotonic()
+                if fits >= self.max_batch or left <= 0:
+                    break
+                self._cv.wait(timeout=left)
+            batch = [j for j in self._pending if j.batch_key == key][: self.max_batch]
+            for job in batch:
+                self._pending.remove(job)
+            self.running = len(batch)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = self._take()
+            if not batch:
+                return
+            live = []
+            for job in batch:
+                if job.cancelled.is_set():
+                    self._count("cancelled")
+                elif time.monotonic() > job.deadline:
+                    job.finish = "timeout"
+                    job.emit("end")
+                    self._count("timeouts")
+                else:
+                    live.append(job)
+            try:
+                if live:
+                    self._generate(live)
+            except Exception as exc:  # noqa: BLE001 - every waiting request hears about it; the worker goes on
+                for job in live:
+                    if not job.finish:
+                        job.emit("error", exc)
+            finally:
+                with self._cv:
+                    self.running = 0
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._cv:
+            self.stats[name] += n
+
+    def _generate(self, jobs: list[Job]) -> None:
+        import torch
+        from transformers import StoppingCriteriaList
+
+        from .chat import GenOptions, _StopOnRepetition
+
+        cm, tok = self.cm, self.cm.tokenizer
+        first = jobs[0].options
+        longest = max(j.options.max_new_tokens for j in jobs)
+        gen_kwargs = cm._gen_kwargs(
+            GenOptions(max_new_tokens=longest, temperature=first.temperature, top_p=first.top_p)
+        )
+        enc = cm.encode([j.messages for j in jobs])
+        prompt_len = int(enc["input_ids"].shape[1])
+        for job, n in zip(jobs, enc["attention_mask"].sum(dim=1).tolist(), strict=True):
+            job.prompt_tokens = int(n)
+        rows = [_Row(job, tok) for job in jobs]
+        eos = cm.model.generation_config.eos_token_id
+        eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
+        if tok.eos_token_id is not None:
+            eos_ids.add(tok.eos_token_id)
+        streamer = _BatchStreamer(rows, eos_ids)
+        stop = StoppingCriteriaList([_StopRows(rows, _StopOnRepetition(tok, prompt_len))])
+        with self._cv:
+            self.stats["batches"] += 1
+            sizes = self.stats["batch_sizes"]
+            sizes[len(jobs)] = sizes.get(len(jobs), 0) + 1
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs))
+        with cm.lock, cm._mode(jobs[0].use_adapter) as m, torch.inference_mode():
+            m.generate(**enc, **gen_kwargs, streamer=streamer, stopping_criteria=stop)
+        streamer.end()  # rows still open reached the batch's token limit
+        with self._cv:
+            for row in rows:
+                self.stats["output_tokens"] += len(row.tokens)
+                kind = {"cancelled": "cancelled", "timeout": "timeouts"}.get(row.job.finish, "answered")
+                self.stats[kind] += 1
+
+
+# ---- rate limit -----------------------------------------------------------------------------------------------------
+class RateLimiter:
+    """A sliding window per client address, in memory only (addresses are never written anywhere)."""
+
+    def __init__(self, limit: int, per_s: float):
+        self.limit, self.per_s = limit, per_s
+        self._hits: dict[str, collections.deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, client: str) -> float | None:
+        """None when allowed (and counted); else seconds until the next request would be allowed."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._hits) > 10_000:  # forget idle clients so the table stays small
+                self._hits = {k: v for k, v in self._hits.items() if v and now - v[-1] < self.per_s}
+            hits = self._hits.setdefault(client, collections.deque())
+            while hits and now - hits[0] >= self.per_s:
+                hits.popleft()
+            if len(hits) >= self.limit:
+                return self.per_s - (now - hits[0])
+            hits.append(now)
+            return None
+
+
+# ---- request logic -------------------------------------------------------------------------------------------------
+def default_page_settings() -> dict:
+    return {k: SERVE[k].default for k in ("assistant_name", "welcome", "examples")}
+
+
+class ChatAPI:
+    """The request logic, separate from HTTP plumbing: validate a body, build the prompt, queue it, answer it."""
+
+    def __init__(self, chat_model, api_key: str | None = None, settings: dict | None = None):
+        values = SERVE.defaults()
+        values.update(settings or {})
+        self.settings = values
         self.cm = chat_model
         self.api_key = api_key or None
-        self.default_max_tokens = default_max_tokens
+        self.max_tokens = int(values["max_tokens"])
+        self.default_max_tokens = min(int(values["answer_tokens"]), self.max_tokens)
+        self.timeout = float(values["request_timeout"])
         self.created = int(time.time())
         self.tuned_id = chat_model.name
         self.base_id = chat_model.base_name
+        rate = parse_rate(values["rate_limit"])
+        self.rate = RateLimiter(*rate) if rate else None
+        self.engine = BatchEngine(
+            chat_model, values["max_batch"], values["batch_wait_ms"] / 1000.0, values["queue_size"]
+        )
+        self.feedback_file = feedback_path(values)
+        self._feedback_lock = threading.Lock()
+        self._answers: collections.OrderedDict[str, dict] = collections.OrderedDict()
+
+    def close(self) -> None:
+        self.engine.close()
 
     def model_ids(self) -> list[str]:
         return [self.tuned_id, self.base_id] if self.cm.has_adapter else [self.base_id]
@@ -147,6 +624,34 @@ class ChatAPI:
             return True
         given = (header or "").removeprefix("Bearer ").strip()
         return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    def check_rate(self, client: str) -> None:
+        if self.rate is None:
+            return
+        wait = self.rate.check(client)
+        if wait is not None:
+            err = _BadRequest(
+                429,
+                f"Too many requests from this address (limit {self.settings['rate_limit']}); "
+                f"try again in {int(wait) + 1} s.",
+                "rate_limit_exceeded",
+                zh=f"请求太频繁（上限 {self.settings['rate_limit']}）；请 {int(wait) + 1} 秒后再试。",
+            )
+            err.headers["Retry-After"] = str(int(wait) + 1)
+            raise err
+
+    # ---- the one place a request's prompt is assembled
+    def build_messages(self, messages: list[dict], *, page: bool) -> tuple[list[dict], list[dict]]:
+        """The messages the model answers for one request, and the sources to show with the answer.
+
+        Why one function: the API and the students' page must put the same prompt in front of the model, and
+        retrieval (answers from the website, ``--rag``) belongs exactly here — it turns the question into a grounded
+        prompt and returns the passages it used as sources. Without retrieval: the API's messages go as sent; the
+        page's conversation gets the run's system prompt (the one training used), since students cannot send one.
+        """
+        if page and self.cm.system_prompt and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.cm.system_prompt}, *messages]
+        return messages, []
 
     def parse(self, body: dict) -> tuple[list[dict], Any, bool, str, bool]:
         """``(messages, options, use_adapter, model id, stream)`` or :class:`_BadRequest`."""
@@ -170,155 +675,438 @@ class ChatAPI:
             raise _BadRequest(404, f"Unknown model '{model_id}'; use one of {self.model_ids()}.", "model_not_found")
         use_adapter = self.cm.has_adapter and model_id == self.tuned_id
         try:
-            max_tokens = int(body.get("max_completion_tokens") or body.get("max_tokens") or self.default_max_tokens)
+            asked = body.get("max_completion_tokens") or body.get("max_tokens")
+            max_tokens = int(asked) if asked is not None else self.default_max_tokens
             temperature = float(body.get("temperature", 0.7) if body.get("temperature") is not None else 0.7)
             top_p = float(body.get("top_p", 1.0) if body.get("top_p") is not None else 1.0)
         except (TypeError, ValueError) as exc:
             raise _BadRequest(400, "max_tokens, temperature and top_p must be numbers.") from exc
+        if max_tokens > self.max_tokens:
+            raise _BadRequest(
+                400,
+                f"max_tokens {max_tokens} is more than this server allows; ask for at most {self.max_tokens}.",
+            )
         if max_tokens < 1 or temperature < 0 or not 0 < top_p <= 1:
             raise _BadRequest(400, "Need max_tokens >= 1, temperature >= 0 and 0 < top_p <= 1.")
         options = GenOptions(max_new_tokens=max_tokens, temperature=temperature, top_p=top_p)
         return messages, options, use_adapter, model_id, bool(body.get("stream"))
 
-    def completion(self, messages, options, use_adapter: bool, model_id: str) -> dict:
-        usage: dict = {}
-        text = "".join(self.cm.stream(messages, options, use_adapter=use_adapter, usage=usage)).strip()
-        finish = "length" if usage.get("completion_tokens", 0) >= options.max_new_tokens else "stop"
+    def parse_page(self, body: dict) -> list[dict]:
+        """The students' page sends ``{"messages": [...]}``: user/assistant turns only, short, the last one a question."""
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            raise _BadRequest(400, "Send the conversation as a non-empty 'messages' list.", zh="请发送非空的对话列表。")
+        out = []
+        for m in msgs[-PAGE_HISTORY:]:
+            if (
+                not isinstance(m, dict)
+                or m.get("role") not in {"user", "assistant"}
+                or not isinstance(m.get("content"), str)
+            ):
+                raise _BadRequest(400, "Each message needs a role (user or assistant) and a text content.",
+                                  zh="每条消息都需要角色（user 或 assistant）和文本内容。")  # fmt: skip
+            out.append({"role": m["role"], "content": m["content"][:PAGE_TEXT_MAX]})
+        if out[-1]["role"] != "user" or not out[-1]["content"].strip():
+            raise _BadRequest(400, "The question is empty; type a question.", zh="问题是空的；请输入一个问题。")
+        if len(msgs[-1]["content"]) > PAGE_TEXT_MAX:
+            raise _BadRequest(400, f"The question is too long; keep it under {PAGE_TEXT_MAX} characters.",
+                              zh=f"问题太长了；请控制在 {PAGE_TEXT_MAX} 个字符以内。")  # fmt: skip
+        return out
+
+    # ---- queueing and answering
+    def submit(self, messages: list[dict], options, use_adapter: bool) -> Job:
+        job = Job(messages, options, use_adapter, deadline=time.monotonic() + self.timeout,
+                  loop=asyncio.get_running_loop(), out=asyncio.Queue())  # fmt: skip
+        try:
+            self.engine.submit(job)
+        except QueueFull:
+            err = _BadRequest(
+                503,
+                "The assistant is busy answering others; try again in a few seconds.",
+                "server_busy",
+                zh="助手正忙着回答其他人；请几秒钟后再试。",
+            )
+            err.headers["Retry-After"] = str(self.engine.retry_after())
+            raise err from None
+        return job
+
+    async def events(self, job: Job):
+        """The job's ``("piece", text)`` events, then returns; raises :class:`_BadRequest` on timeout or failure."""
+        while True:
+            left = job.deadline - time.monotonic() + 2.0  # the worker ends a running row itself at the deadline
+            try:
+                kind, value = await asyncio.wait_for(job.out.get(), timeout=max(0.1, left))
+            except TimeoutError:
+                self.engine.cancel(job)
+                raise self._timeout() from None
+            if kind == "piece":
+                yield value
+            elif kind == "error":
+                raise _BadRequest(
+                    500 if not isinstance(value, UserError) else 503,
+                    f"The model could not answer ({type(value).__name__}: {str(value)[:200]}).",
+                    "server_error",
+                    zh="模型无法回答这个请求。",
+                )
+            else:
+                if job.finish == "timeout":
+                    raise self._timeout()
+                return
+
+    def _timeout(self) -> _BadRequest:
+        return _BadRequest(
+            504,
+            f"The answer took longer than the {self.timeout:g} s limit; ask for fewer tokens or try again later.",
+            "timeout",
+            zh=f"回答超过了 {self.timeout:g} 秒的时限；请稍后再试。",
+        )
+
+    def completion_payload(self, job: Job, model_id: str) -> dict:
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_id,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": {
-                "prompt_tokens": usage.get("prompt_tokens", 0),
-                "completion_tokens": usage.get("completion_tokens", 0),
-                "total_tokens": usage.get("prompt_tokens", 0) + usage.get("completion_tokens", 0),
-            },
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": job.text}, "finish_reason": _finish(job)}
+            ],
+            "usage": _usage(job),
         }
 
+    def remember_answer(self, question: str, answer: str, sources: list[dict]) -> str:
+        """An id for an answer the page showed, so feedback can name the exact question and answer."""
+        answer_id = uuid.uuid4().hex[:16]
+        with self._feedback_lock:
+            self._answers[answer_id] = {"question": question, "answer": answer, "sources": sources}
+            while len(self._answers) > 2000:
+                self._answers.popitem(last=False)
+        return answer_id
 
-def make_handler(api: ChatAPI):
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "umtcds-serve"
-        protocol_version = "HTTP/1.1"
+    def feedback(self, body: dict) -> dict:
+        """Append one rating (and maybe a correction) to ``serve/feedback.jsonl``; never an IP address."""
+        rating = body.get("rating")
+        if rating not in ("up", "down"):
+            raise _BadRequest(400, '\'rating\' must be "up" or "down".', zh="rating 必须是 up 或 down。")
+        correction = body.get("correction") or ""
+        if not isinstance(correction, str) or len(correction) > FEEDBACK_TEXT_MAX:
+            raise _BadRequest(400, f"The correction must be text of at most {FEEDBACK_TEXT_MAX} characters.",
+                              zh=f"更正必须是不超过 {FEEDBACK_TEXT_MAX} 个字符的文本。")  # fmt: skip
+        answer_id = str(body.get("answer_id") or "")[:64]
+        with self._feedback_lock:
+            known = self._answers.get(answer_id)
+        verified = known is not None  # the server's own copy of the question and answer, not the client's
+        if known is None:
+            question, answer = body.get("question"), body.get("answer")
+            if not isinstance(question, str) or not isinstance(answer, str):
+                raise _BadRequest(400, "Name the answer: send its answer_id (or its question and answer as text).",
+                                  zh="请指明是哪个回答：发送 answer_id（或问题和回答的文本）。")  # fmt: skip
+            known = {"question": question[:FEEDBACK_TEXT_MAX], "answer": answer[:FEEDBACK_TEXT_MAX], "sources": []}
+        lang = body.get("lang") if body.get("lang") in ("zh", "en") else None
+        record = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "answer_id": answer_id or None,
+            "model": self.tuned_id,
+            "question": known["question"],
+            "answer": known["answer"],
+            "sources": known["sources"],
+            "rating": rating,
+            "correction": correction.strip() or None,
+            "lang": lang,
+            "verified": verified,
+        }
+        from .fileio import append_jsonl
 
-        def log_message(self, fmt, *args):  # one short line per request on stderr
-            sys.stderr.write(f"{self.address_string()} {fmt % args}\n")
+        with self._feedback_lock:
+            append_jsonl(self.feedback_file, record)
+        return {"ok": True}
 
-        # ---- helpers
-        def _json(self, status: int, payload: dict) -> None:
-            data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            if status >= 400:  # the request body may be unread: do not reuse this connection
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(data)
+    def page_payload(self) -> dict:
+        s = self.settings
+        return {"name": s["assistant_name"], "welcome": s["welcome"], "examples": s["examples"] or [],
+                "model": self.tuned_id}  # fmt: skip
 
-        def _error(self, status: int, message: str, code: str = "invalid_request_error") -> None:
-            self._json(status, {"error": {"message": message, "type": code, "code": code}})
 
-        def _check_key(self) -> bool:
-            if api.authorized(self.headers.get("Authorization")):
-                return True
-            self._error(401, "Missing or wrong API key; send it as 'Authorization: Bearer <key>'.", "invalid_api_key")
-            return False
+def _finish(job: Job) -> str:
+    return "length" if job.finish == "length" else "stop"
 
-        # ---- routes
-        def do_GET(self):  # noqa: N802 - http.server naming
-            path = self.path.split("?")[0].rstrip("/")
-            if path == "/health":
-                return self._json(200, {"status": "ok"})
-            if not self._check_key():
-                return
-            if path == "/v1/models":
-                return self._json(200, api.models_payload())
-            return self._error(404, f"No route {self.path}; use /v1/models or /v1/chat/completions.", "not_found")
 
-        def do_POST(self):  # noqa: N802
-            path = self.path.split("?")[0].rstrip("/")
-            if path != "/v1/chat/completions":
-                return self._error(404, f"No route {self.path}; use POST /v1/chat/completions.", "not_found")
-            if not self._check_key():
-                return
+def _usage(job: Job) -> dict:
+    return {
+        "prompt_tokens": job.prompt_tokens,
+        "completion_tokens": job.completion_tokens,
+        "total_tokens": job.prompt_tokens + job.completion_tokens,
+    }
+
+
+def feedback_path(values: dict) -> Path:
+    """``<feedback_dir>/serve/feedback.jsonl``; without one, the project (workspace) the adapter lives in, else ``.``."""
+    if values.get("feedback_dir"):
+        return Path(values["feedback_dir"]).expanduser() / "serve" / "feedback.jsonl"
+    adapter = values.get("adapter")
+    if adapter:
+        for parent in Path(adapter).expanduser().resolve().parents:
+            if (parent / "workspace.json").is_file():
+                return parent / "serve" / "feedback.jsonl"
+    return Path.cwd() / "serve" / "feedback.jsonl"
+
+
+def _sse(payload) -> bytes:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n".encode()
+
+
+# ---- the HTTP app ---------------------------------------------------------------------------------------------------
+def make_app(api: ChatAPI):
+    """The FastAPI app: routes, OpenAI-style error bodies, CORS and frame rules for ``--allow-origin``."""
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    origins = [o.strip().rstrip("/") for o in api.settings["allow_origin"] or []]
+    app = FastAPI(title="umtcds serve", docs_url=None, redoc_url=None, openapi_url=None)
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+
+    def error(exc: _BadRequest) -> JSONResponse:
+        body = {"error": {"message": exc.message, "type": exc.code, "code": exc.code}}
+        if exc.zh:
+            body["error"]["message_zh"] = exc.zh
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(_BadRequest)
+    async def _bad(request, exc: _BadRequest):
+        return error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, exc):
+        if exc.status_code == 404:
+            msg = f"No route {request.url.path}; use /v1/models or /v1/chat/completions."
+            return error(_BadRequest(404, msg, "not_found"))
+        if exc.status_code == 405:
+            return error(_BadRequest(405, f"{request.method} is not allowed on {request.url.path}.", "not_allowed"))
+        return error(_BadRequest(exc.status_code, str(exc.detail), "http_error"))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc):
+        return error(_BadRequest(400, "The request is not valid; check its fields."))
+
+    def need_key(request: Request) -> None:
+        if not api.authorized(request.headers.get("authorization")):
+            raise _BadRequest(401, "Missing or wrong API key; send it as 'Authorization: Bearer <key>'.",
+                              "invalid_api_key")  # fmt: skip
+
+    def client_of(request: Request) -> str:
+        return request.client.host if request.client else "unknown"
+
+    async def json_body(request: Request) -> dict:
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > MAX_BODY:
+            raise _BadRequest(413, "The body is too large; send at most 4 MiB.")
+        raw = await request.body()
+        if not raw:
+            raise _BadRequest(400, "Send a JSON body (at most 4 MiB).")
+        if len(raw) > MAX_BODY:
+            raise _BadRequest(413, "The body is too large; send at most 4 MiB.")
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _BadRequest(400, f"The body is not valid JSON ({exc}).", zh="请求内容不是有效的 JSON。") from exc
+        if not isinstance(body, dict):
+            raise _BadRequest(400, "The body must be a JSON object.")
+        return body
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        need_key(request)
+        return api.models_payload()
+
+    @app.get("/v1/stats")
+    async def stats(request: Request):
+        need_key(request)
+        return api.engine.snapshot()
+
+    @app.post("/v1/chat/completions")
+    async def completions(request: Request):
+        need_key(request)
+        api.check_rate(client_of(request))
+        body = await json_body(request)
+        messages, options, use_adapter, model_id, stream = api.parse(body)
+        messages, _sources = api.build_messages(messages, page=False)
+        job = api.submit(messages, options, use_adapter)
+        if not stream:
             try:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length <= 0 or length > MAX_BODY:
-                    raise _BadRequest(400 if length <= 0 else 413, "Send a JSON body (at most 4 MiB).")
-                try:
-                    body = json.loads(self.rfile.read(length))
-                except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                    raise _BadRequest(400, f"The body is not valid JSON ({exc}).") from exc
-                if not isinstance(body, dict):
-                    raise _BadRequest(400, "The body must be a JSON object.")
-                messages, options, use_adapter, model_id, stream = api.parse(body)
-            except _BadRequest as exc:
-                return self._error(exc.status, exc.message, exc.code)
-            try:
-                if stream:
-                    return self._stream(messages, options, use_adapter, model_id)
-                return self._json(200, api.completion(messages, options, use_adapter, model_id))
-            except (BrokenPipeError, ConnectionResetError):
-                return None
-            except UserError as exc:
-                return self._error(400, str(exc))
-
-        def _stream(self, messages, options, use_adapter: bool, model_id: str) -> None:
-            cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-            created = int(time.time())
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-
-            def send(delta: dict, finish: str | None = None) -> None:
-                chunk = {
-                    "id": cid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model_id,
-                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                }
-                self.wfile.write(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
-                self.wfile.flush()
-
-            usage: dict = {}
-            stop = threading.Event()
-            pieces = api.cm.stream(messages, options, use_adapter=use_adapter, stop_event=stop, usage=usage)
-            try:
-                send({"role": "assistant", "content": ""})
-                for piece in pieces:
-                    send({"content": piece})
+                async for _ in api.events(job):
+                    pass
             finally:
-                pieces.close()  # client gone: stops the generation, frees the lock
-            finish = "length" if usage.get("completion_tokens", 0) >= options.max_new_tokens else "stop"
-            send({}, finish)
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+                api.engine.cancel(job)  # no-op once answered; frees the row when this request is abandoned
+            return api.completion_payload(job, model_id)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(_completion_stream(api, job, model_id, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
-    return Handler
+    @app.post("/v1/feedback")
+    async def feedback(request: Request):
+        api.check_rate(client_of(request))
+        return api.feedback(await json_body(request))
+
+    if not api.settings["student_page"]:
+        return app
+
+    frame = "frame-ancestors 'self'" + "".join(f" {o}" for o in origins)
+
+    @app.get("/")
+    async def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html",
+                            headers={"Content-Security-Policy": frame, "Cache-Control": "no-cache"})  # fmt: skip
+
+    @app.get("/widget.js")
+    async def widget():
+        return FileResponse(STATIC / "widget.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/page.json")
+    async def page_json():
+        return api.page_payload()
+
+    @app.get("/assets/{name}")
+    async def asset(name: str):
+        path = STATIC / name
+        if "/" in name or name.startswith(".") or not path.is_file() or name == "index.html":
+            raise _BadRequest(404, f"No asset {name}.", "not_found")
+        types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+        return FileResponse(path, media_type=types.get(path.suffix, "application/octet-stream"),
+                            headers={"Cache-Control": "no-cache"})  # fmt: skip
+
+    @app.post("/page/chat")
+    async def page_chat(request: Request):
+        from .chat import GenOptions
+
+        api.check_rate(client_of(request))
+        conversation = api.parse_page(await json_body(request))
+        messages, sources = api.build_messages(conversation, page=True)
+        options = GenOptions(max_new_tokens=api.default_max_tokens, temperature=0.0)
+        job = api.submit(messages, options, api.cm.has_adapter)
+        question = conversation[-1]["content"]
+        return StreamingResponse(_page_stream(api, job, question, sources), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
+
+    return app
+
+
+async def _completion_stream(api: ChatAPI, job: Job, model_id: str, include_usage: bool):
+    """OpenAI chat-completion chunks; an error after the headers went out is sent as an ``error`` event."""
+    cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None) -> bytes:
+        return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})  # fmt: skip
+
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for piece in api.events(job):
+                yield chunk({"content": piece})
+        except _BadRequest as exc:
+            yield _sse({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
+            yield b"data: [DONE]\n\n"
+            return
+        yield chunk({}, _finish(job))
+        if include_usage:
+            yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
+                        "choices": [], "usage": _usage(job)})  # fmt: skip
+        yield b"data: [DONE]\n\n"
+    finally:
+        api.engine.cancel(job)  # the client left mid-stream: its row stops, the batch goes on
+
+
+async def _page_stream(api: ChatAPI, job: Job, question: str, sources: list[dict]):
+    """The students' page's events: ``delta`` pieces, then ``done`` (final text, sources, an id to rate it) or
+    ``error`` (one sentence in both languages)."""
+    from .grounding import is_refusal
+
+    try:
+        try:
+            async for piece in api.events(job):
+                yield _sse({"type": "delta", "text": piece})
+        except _BadRequest as exc:
+            yield _sse({"type": "error", "message": exc.message, "message_zh": exc.zh or exc.message})
+            return
+        answer_id = api.remember_answer(question, job.text, sources)
+        no_answer = not job.text.strip() or is_refusal(job.text)
+        yield _sse({"type": "done", "text": job.text, "answer_id": answer_id, "sources": sources,
+                    "no_answer": no_answer, "finish": _finish(job)})  # fmt: skip
+    finally:
+        api.engine.cancel(job)
+
+
+class Server:
+    """A bound socket + uvicorn, with the handful of methods the tests and the CLI use (``serve_forever`` in a
+    thread, ``shutdown``, ``server_close``, ``server_port``) — the shape ``http.server`` had, so callers did not
+    change when serving moved to FastAPI."""
+
+    def __init__(self, api: ChatAPI, sock: socket.socket):
+        import uvicorn
+
+        self.api, self.sock = api, sock
+        self.server_address = sock.getsockname()[:2]
+        self.server_port = self.server_address[1]
+        config = uvicorn.Config(make_app(api), log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=3)  # fmt: skip
+        self._uv = uvicorn.Server(config)
+        self._stopped = threading.Event()
+
+    def serve_forever(self) -> None:
+        try:
+            self._uv.run(sockets=[self.sock])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        self._uv.should_exit = True
+        self._stopped.wait(timeout=30)
+
+    def server_close(self) -> None:
+        self.api.close()
+        self.sock.close()
 
 
 def make_server(
-    chat_model, host: str = SERVE["host"].default, port: int = SERVE["port"].default, api_key: str | None = None
-):
-    """A ready (not yet serving) ``ThreadingHTTPServer``; ``port=0`` picks a free port (see ``server.server_port``)."""
-    api = ChatAPI(chat_model, api_key=api_key)
+    chat_model,
+    host: str = SERVE["host"].default,
+    port: int = SERVE["port"].default,
+    api_key: str | None = None,
+    **settings,
+) -> Server:
+    """A ready (bound, not yet serving) :class:`Server`; ``port=0`` picks a free port (``server.server_port``).
+
+    ``settings`` are :class:`ServeSettings` fields (``max_batch=8``, ``rate_limit="10/min"``, …), checked like a
+    ``--config`` file."""
+    values = SERVE.check({**SERVE.defaults(), **settings, "host": host, "port": port}, where="The serve settings")
+    api = ChatAPI(chat_model, api_key=api_key, settings=values)
     try:
-        server = ThreadingHTTPServer((host, port), make_handler(api))
+        info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(info[0], socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(info[4])
+        sock.listen(512)
     except OSError as exc:
+        api.close()
+        reason = exc.strerror or str(exc)
         raise ServeError(
-            f"Cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host.",
-            zh=f"无法监听 {host}:{port}（{exc.strerror}）；请换一个 --port 或 --host。",
+            f"Cannot listen on {host}:{port} ({reason}); pick another --port or --host.",
+            zh=f"无法监听 {host}:{port}（{reason}）；请换一个 --port 或 --host。",
         ) from exc
-    server.daemon_threads = True
-    server.api = api  # type: ignore[attr-defined]
-    return server
+    sock.set_inheritable(True)
+    return Server(api, sock)
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
@@ -337,10 +1125,16 @@ def run(args: argparse.Namespace) -> int:
     if warning := exposure_warning(host, api_key, key_env):
         print(warning, file=sys.stderr)
     cm = load_chat_model(values["model"], values["adapter"], device=values["device"])
-    server = make_server(cm, host, port, api_key=api_key)
+    settings = {k: v for k, v in values.items() if k not in ("host", "port")}
+    server = make_server(cm, host, port, api_key=api_key, **settings)
     host, port = server.server_address[:2]
+    shown = f"[{host}]" if ":" in host else host
     ids = ", ".join(server.api.model_ids())
-    print(f"Serving {ids} at http://{host}:{port}/v1 (key {'required' if api_key else 'not required'})", flush=True)
+    print(f"Serving {ids} at http://{shown}:{port}/v1 (key {'required' if api_key else 'not required'})", flush=True)
+    if values["student_page"]:
+        base = f"http://{shown}:{port}"
+        print(f'Students\' page: {base}/  ·  widget: <script src="{base}/widget.js"></script>', flush=True)
+        print(f"Feedback goes to {server.api.feedback_file}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
