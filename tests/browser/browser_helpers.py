@@ -64,11 +64,19 @@ def _venv_arg() -> list[str]:
     return [] if here == (REPO / ".venv").resolve() else [f"VENV={here}"]
 
 
+def _without_make_flags(env: dict[str, str]) -> dict[str, str]:
+    """A suite started by ``make test`` must not pass that make's flags (jobserver, -k…) on to ``make run``."""
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        env.pop(name, None)
+    return env
+
+
 def _require_make_setup() -> None:
     """``make run`` installs first when the venv is not set up; a test must not reinstall: say what to do instead."""
     if shutil.which("make") is None:
         raise RuntimeError("The browser tests start the app with `make run`: install make (apt-get install make).")
-    check = subprocess.run(["make", "--question", "setup", *_venv_arg()], cwd=REPO, capture_output=True, text=True)
+    env = _without_make_flags(dict(os.environ))
+    check = subprocess.run(["make", "--question", "setup", *_venv_arg()], cwd=REPO, env=env, capture_output=True)
     if check.returncode != 0:
         raise RuntimeError(
             f"The venv {sys.prefix} is not set up for `make run` (its install stamp is missing or older than "
@@ -92,6 +100,12 @@ class Dashboard:
 
 
 def start_dashboard(tmp: Path, env_extra: dict[str, str] | None = None, workspaces: Path | None = None) -> Dashboard:
+    """Start the dashboard with ``make run`` on a free port and wait until it answers.
+
+    Projects live in ``workspaces`` (default ``tmp/workspaces``); the password gate is on (``PASSWORD``). Only
+    environment variables differ from a user's start: Streamlit's own ``STREAMLIT_*`` ones are removed so that the
+    config file decides, unless ``env_extra`` sets one on purpose (the bench's watcher comparison).
+    """
     _require_make_setup()
     port = free_port()
     workspaces = workspaces or tmp / "workspaces"
@@ -103,8 +117,7 @@ def start_dashboard(tmp: Path, env_extra: dict[str, str] | None = None, workspac
     env.pop("UMTCDS_WARN_PUBLIC", None)
     for name in [k for k in env if k.startswith("STREAMLIT_")]:  # config comes from .streamlit/config.toml only
         env.pop(name)
-    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):  # a suite started by `make test` must not pass its flags on
-        env.pop(name, None)
+    env = _without_make_flags(env)
     env.update(env_extra or {})
     with open(log, "wb") as out:
         proc = subprocess.Popen(
@@ -272,9 +285,9 @@ EMBEDDED_TRAIN_CONFIG = {
     "model": "smollm2-135m",  # the embedded model: what a user without a GPU trains
     "data_dir": "dataset",
     "method": "lora",
-    "max_input_length": 128,
-    "max_output_length": 128,
-    "per_device_batch_size": 2,
+    "max_input_length": 64,  # short steps: a loaded 2-core machine still logs several per minute
+    "max_output_length": 64,
+    "per_device_batch_size": 1,
     "logging_steps": 1,  # one metrics line per step: the files a job writes all the time
     "eval_steps": 100_000,
     "save_steps": 100_000,
