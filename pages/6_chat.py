@@ -10,9 +10,10 @@ from pathlib import Path
 
 import streamlit as st
 
-from umtcds_core import chat, runs, ui
+from umtcds_core import chat, grounding, runs, ui
 from umtcds_core.errors import UserError
 from umtcds_core.i18n import error_text, tr
+from umtcds_core.index import Index, index_dir_of, index_status, snippet
 from umtcds_core.models import DEFAULT_MODEL, gpu_memory
 
 ws = ui.require_workspace()
@@ -119,6 +120,52 @@ compare = c1.toggle(
 if c2.button(tr("清空对话", "Clear conversation"), key="chat_clear"):
     st.session_state["chat_history"] = []
 
+
+# ---- answers from the website: the project's search index (built on the Crawl page) -------------------------------
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _loaded_index(path: str, built_at: str) -> Index:  # built_at: a rebuilt index is loaded afresh
+    return Index.load(path, check_stale=False)
+
+
+rag_index: Index | None = None
+index_state = index_status(index_dir_of(ws))
+if index_state.built and st.toggle(
+    tr("根据网站内容回答", "Answer from the website"),
+    value=True,
+    key="chat_rag",
+    help=tr(
+        "先在爬取的网页中查找相关段落，让模型只根据它们回答并用 [n] 标出来源；网站没有写的，模型应回答不知道。",
+        "Finds the matching passages of the crawled pages first; the model answers from them only, cites them as "
+        "[n], and should say the website does not say when it does not.",
+    ),
+):
+    try:
+        rag_index = _loaded_index(str(index_dir_of(ws)), index_state.built_at)
+    except UserError as exc:
+        st.error(error_text(exc))
+    if index_state.stale:
+        st.warning(
+            tr(
+                f"建立索引后有 {len(index_state.stale)} 个页面发生了变化；请在“爬取网页”页刷新索引。",
+                f"{len(index_state.stale)} pages changed since the index was built; refresh it on the Crawl page.",
+            )
+        )
+
+
+def _show_sources(sources: list[dict] | None, answer: str) -> None:
+    """The numbered pages an answer was given (title, link, snippet); ✓ marks those the answer cites."""
+    if not sources:
+        return
+    cited = set(grounding.cited(answer))
+    with st.container(border=True):
+        st.caption(tr("来源", "Sources"))
+        for src in sources:
+            name = src.get("title") or src.get("page") or "—"
+            link = f"[{name}]({src['url']})" if src.get("url") else name
+            st.markdown(f"**[{src['n']}]** {link}{' ✓' if src['n'] in cited else ''}")
+            st.caption(snippet(src.get("text", ""), limit=200))
+
+
 history: list[dict] = st.session_state.setdefault("chat_history", [])
 for msg in history:
     with st.chat_message(msg["role"]):
@@ -130,6 +177,7 @@ for msg in history:
             right.markdown(msg["content"])
         else:
             st.markdown(msg["content"])
+        _show_sources(msg.get("sources"), msg["content"])
 
 session = chat.ChatSession(
     cm,
@@ -137,6 +185,15 @@ session = chat.ChatSession(
     options=chat.GenOptions(max_new_tokens=int(max_tokens), temperature=float(temperature), top_p=float(top_p)),
 )
 session.history = [{"role": m["role"], "content": m["content"]} for m in history]
+sources: list[dict] = []  # the pages a grounded answer was given (filled by the retrieval)
+
+
+def _ask(text: str, **kwargs):
+    """The answer's pieces: from the website (retrieval + the grounded prompt) when the toggle is on."""
+    if rag_index is None:
+        return session.stream(text, **kwargs)
+    return chat.grounded_stream(session, rag_index, text, sources=sources, **kwargs)
+
 
 if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat_input"):
     with st.chat_message("user"):
@@ -147,18 +204,22 @@ if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat
                 left, right = st.columns(2)
                 left.caption(tr("基座模型", "Base model"))
                 with left:
-                    base_answer = st.write_stream(session.stream(prompt, use_adapter=False, remember=False))
+                    base_answer = st.write_stream(_ask(prompt, use_adapter=False, remember=False))
                 right.caption(tr("微调模型", "Tuned model"))
                 with right:
-                    answer = st.write_stream(session.stream(prompt))
+                    answer = st.write_stream(_ask(prompt))
             else:
                 base_answer = None
-                answer = st.write_stream(session.stream(prompt))
+                answer = st.write_stream(_ask(prompt))
         except UserError as exc:
             st.error(error_text(exc))
         else:
+            _show_sources(sources, str(answer))
             history.append({"role": "user", "content": prompt})
-            history.append({"role": "assistant", "content": str(answer).strip(), "base": base_answer})
+            history.append(
+                {"role": "assistant", "content": str(answer).strip(), "base": base_answer}
+                | ({"sources": list(sources)} if sources else {})
+            )
 
 # ---- merge / export -----------------------------------------------------------------------------------------------
 if cm.has_adapter and cm.adapter_kind in {"LORA", ""}:
