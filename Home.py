@@ -58,6 +58,14 @@ def home() -> None:
         c1, c2 = st.columns([3, 2])
         ui.step_link(step.name, location=c1)
         c2.write(ui.status_label(statuses[step.name]))
+    if (changed := ws.site_changes()) is not None:
+        n, m, k = changed["new"], changed["changed"], changed["removed"]
+        st.info(
+            tr(
+                f"网站有变化：新增 {n} 个、修改 {m} 个、删除 {k} 个网页。",
+                f"The site changed: {n} new, {m} changed, {k} removed.",
+            )
+        )
     st.caption(tr("项目文件夹：", "Project folder: ") + f"`{ws.root}`")
 
     st.subheader(tr("计算资源", "Machine"))

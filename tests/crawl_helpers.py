@@ -15,6 +15,11 @@
     /slow.html         answers after 3 s (for timeouts)
 
 ``{OFFSITE}`` in a page is replaced by the URL of a second server (``offsite``), which must never be requested.
+
+``routes`` is a mutable table (``path -> (status, body, content_type[, headers])``) that wins over the files, so a test
+can change the site between two crawls. A 200 route with an ``ETag`` / ``Last-Modified`` header answers a matching
+``If-None-Match`` / ``If-Modified-Since`` with 304 (If-None-Match first, as RFC 9110 says); ``conditional`` records
+every conditional request ``(path, If-None-Match, If-Modified-Since)`` and ``not_modified`` every 304 sent.
 ``BenchSite`` is a generated N-page site with a fixed latency per response.
 """
 
@@ -164,8 +169,16 @@ class _FixtureHandler(BaseHTTPRequestHandler):
         n = site.note(self.path, self.headers.get("User-Agent", ""))
         path = self.path.split("?", 1)[0]
         if path in site.routes:
-            status, body, ctype, *headers = site.routes[path]
-            return self._send(status, body, ctype, headers[0] if headers else None)
+            status, body, ctype, *extra = site.routes[path]
+            headers = extra[0] if extra else {}
+            inm, ims = self.headers.get("If-None-Match"), self.headers.get("If-Modified-Since")
+            if inm or ims:
+                site.conditional.append((path, inm, ims))
+            fresh = inm == headers.get("ETag") if inm else bool(ims) and ims == headers.get("Last-Modified")
+            if status == 200 and fresh:
+                site.not_modified.append(path)
+                return self._send(304, b"", None, headers)
+            return self._send(status, body, ctype, headers)
         if path == "/robots.txt":
             if site.robots is None:
                 return self._send(404, b"not found", "text/plain")
@@ -215,6 +228,8 @@ class FixtureSite(_Base):
         self.robots = robots
         self.offsite_url = offsite_url
         self.routes: dict[str, tuple] = {}
+        self.conditional: list[tuple[str, str | None, str | None]] = []
+        self.not_modified: list[str] = []
         super().__init__()
 
 

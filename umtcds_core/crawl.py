@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import hashlib
+import os
 import re
 import signal
 import sys
@@ -43,6 +44,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 
@@ -260,6 +262,26 @@ class CrawlSettings:
         step=1.0,
         range_msg=("must be a positive number of MB", "必须是大于 0 的 MB 数"),
     )
+    sitemap: bool = setting(
+        True,
+        ("读取站点地图（sitemap）", "Read sitemaps"),
+        "seed the crawl with the URLs of robots.txt Sitemap: lines and /sitemap.xml (as depth 1, same scope rules)",
+        help=(
+            "站点地图里的网址算作第 1 层，同样遵守范围、包含/排除和 robots.txt 规则。",
+            "Sitemap URLs count as depth 1 and obey the scope, include/exclude and robots.txt rules.",
+        ),
+    )
+    refresh: bool = setting(
+        False,
+        ("刷新：重新检查已爬取的网页", "Refresh: re-check the pages crawled before"),
+        "re-visit an earlier crawl in this folder with conditional requests; each row says new/changed/unchanged/removed",
+        help=(
+            "用条件请求（ETag / Last-Modified）重新访问上次爬取的网页，标记新增、修改、未变和已删除的网页；"
+            "删除的网页移到 removed/ 文件夹。",
+            "Re-visits the earlier crawl with conditional requests (ETag / Last-Modified) and marks pages new, "
+            "changed, unchanged or removed; removed pages move to removed/.",
+        ),
+    )
 
 
 CRAWL = S.from_dataclass(
@@ -286,6 +308,8 @@ class CrawlConfig:
     user_agent: str = CRAWL["user_agent"].default
     timeout: float = CRAWL["timeout"].default
     max_bytes: int = DEFAULT_MAX_BYTES
+    sitemap: bool = CRAWL["sitemap"].default
+    refresh: bool = CRAWL["refresh"].default
 
     def __post_init__(self) -> None:
         self.start_url = validate_start_url(self.start_url)
@@ -323,6 +347,8 @@ class CrawlConfig:
             user_agent=values["user_agent"],
             timeout=float(values["timeout"]),
             max_bytes=int(values["max_mb"] * 1024 * 1024),
+            sitemap=values["sitemap"],
+            refresh=values["refresh"],
         )
 
 
@@ -543,6 +569,94 @@ def text_fingerprint(text: str) -> str:
     return hashlib.sha1(re.sub(r"\s+", "", text).encode("utf-8")).hexdigest()
 
 
+# ---- sitemaps -------------------------------------------------------------------------------------------------------
+
+MAX_SITEMAP_FILES = 50  # sitemap files (indexes and their children) read per crawl
+MAX_SITEMAP_URLS = 20_000  # page URLs taken from them; --max-pages caps what is saved anyway
+
+
+def _sitemap_client(fetcher: Fetcher, scope):
+    """A ``usp`` web client that fetches through our :class:`Fetcher`: robots.txt, pacing, size cap and the crawl's
+    scope apply to sitemap files as to pages (usp's own client would ignore all four)."""
+    from usp.web_client.abstract_client import (
+        AbstractWebClient,
+        AbstractWebClientSuccessResponse,
+        WebClientErrorResponse,
+    )
+
+    class Response(AbstractWebClientSuccessResponse):
+        def __init__(self, res: FetchResult):
+            self.res = res
+
+        def status_code(self) -> int:
+            return self.res.status or 200
+
+        def status_message(self) -> str:
+            return "OK"
+
+        def header(self, case_insensitive_name: str) -> str | None:
+            return self.res.content_type or None if case_insensitive_name.lower() == "content-type" else None
+
+        def raw_data(self) -> bytes:
+            return self.res.body
+
+        def url(self) -> str:
+            return self.res.final_url
+
+    class Client(AbstractWebClient):
+        def __init__(self):
+            self.files = 0
+
+        def set_max_response_data_length(self, max_response_data_length: int | None) -> None:
+            pass  # the fetcher's own --max-mb cap applies
+
+        def get(self, url: str):
+            if not scope(url):
+                return WebClientErrorResponse(f"{url} is outside the crawl's scope", retryable=False)
+            if self.files >= MAX_SITEMAP_FILES:
+                return WebClientErrorResponse(f"more than {MAX_SITEMAP_FILES} sitemap files", retryable=False)
+            self.files += 1
+            res = fetcher.get(url, scope=scope)
+            if res.error or not res.ok:
+                return WebClientErrorResponse(res.error or f"HTTP {res.status}", retryable=False)
+            return Response(res)
+
+    return Client()
+
+
+def read_sitemaps(fetcher: Fetcher, base_url: str, scope, log=None) -> dict[str, float | None]:
+    """``{page URL: lastmod (epoch seconds) or None}`` from the ``Sitemap:`` lines of ``base_url``'s robots.txt and
+    its ``/sitemap.xml`` (indexes followed), parsed by ``ultimate-sitemap-parser``; never raises.
+
+    Why a parser library: sitemap indexes, gzip, plain-text and RSS/Atom sitemaps, and lenient XML are all in the
+    wild on campus sites, and ``usp`` handles each; we only supply the polite fetching."""
+    import logging
+
+    from usp.fetch_parse import SitemapFetcher
+
+    logging.getLogger("usp").setLevel(logging.ERROR)  # its per-file notes would interleave with our log lines
+    origin = f"{urlsplit(base_url).scheme}://{urlsplit(base_url).netloc}"
+    rules = fetcher.robots(base_url)
+    roots = [str(u).strip() for u in (rules.sitemaps if rules is not None else [])]
+    roots = list(dict.fromkeys([*roots, origin + "/sitemap.xml"]))
+    client = _sitemap_client(fetcher, scope)
+    found: dict[str, float | None] = {}
+    for root in roots:
+        try:
+            tree = SitemapFetcher(root, recursion_level=0, web_client=client, quiet_404=True).sitemap()
+            for page in tree.all_pages():
+                if len(found) >= MAX_SITEMAP_URLS:
+                    break
+                lastmod = page.last_modified.timestamp() if page.last_modified is not None else None
+                found.setdefault(page.url, lastmod)
+        except Exception as exc:  # noqa: BLE001 - a broken sitemap must not stop the crawl
+            if log:
+                log(f"[sitemap] {root}: {type(exc).__name__}: {exc}"[:300])
+    if log and found:
+        log(f"[sitemap] {len(found)} URLs from {', '.join(roots)}")
+    return found
+
+
 # ---- the crawl ------------------------------------------------------------------------------------------------------
 
 
@@ -560,6 +674,16 @@ class Outcome:
     error_kind: str | None = None
     kind: str | None = None
     encoding: str | None = None
+    not_modified: str | None = None  # refresh: "304" (the server said so) or "lastmod" (the sitemap did; no request)
+
+
+CHANGES = ("new", "changed", "unchanged", "removed")
+"""A refresh run's ``change`` values: about the text kept in DIR for a URL, so downstream steps know what to redo.
+``new``: saved now, not before; ``changed``: saved before, different text now; ``unchanged``: the same text (a 304,
+a sitemap ``lastmod`` older than the last visit, an equal content hash, or a failed request that keeps the earlier
+copy), or no text before or now (a link that was and is broken); ``removed``: saved before, now gone (4xx, no text
+left, or a duplicate of another page) — its file is moved to ``DIR/removed/``."""
+REMOVED_DIR = "removed"
 
 
 @dataclass
@@ -572,6 +696,29 @@ class CrawlSummary:
     saved_before: int = 0
     stopped_at_cap: bool = False
     start_outcome: Outcome | None = None
+    refresh: bool = False
+    changes: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANGES, 0))
+    """Refresh: pages per ``change`` value (unchanged counts pages with text only)."""
+    not_modified: int = 0  # refresh: pages confirmed unchanged by a 304
+    sitemap_urls: int = 0
+
+
+class _ConditionalFetcher(Fetcher):
+    """The fetcher with validators: a URL saved by the previous run is asked for with ``If-None-Match`` /
+    ``If-Modified-Since``, so an unchanged page costs a 304 and no body."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.validators: dict[str, dict[str, str]] = {}  # canonical URL -> {"ETag": …, "Last-Modified": …}
+
+    def request_headers(self, url: str) -> dict[str, str]:
+        v = self.validators.get(canonical(url)) or {}
+        headers = {}
+        if v.get("ETag"):
+            headers["If-None-Match"] = v["ETag"]
+        if v.get("Last-Modified"):
+            headers["If-Modified-Since"] = v["Last-Modified"]
+        return headers
 
 
 class Crawler:
@@ -583,7 +730,7 @@ class Crawler:
         self.log = log or (lambda msg: None)
         self.progress = progress
         self.scope = Scope(cfg.start_url, cfg.subdomains)
-        self.fetcher = Fetcher(
+        self.fetcher = _ConditionalFetcher(
             user_agent=cfg.user_agent,
             timeout=cfg.timeout,
             max_bytes=cfg.max_bytes,
@@ -597,6 +744,13 @@ class Crawler:
         self.taken: set[str] = set()
         self.queued: set[str] = set()
         self.queue: list[tuple[str, int]] = []
+        self.prev: dict[str, dict] = {}  # refresh: canonical key -> the previous run's record of a saved page
+        self.lastmod: dict[str, float] = {}  # canonical key -> the sitemap's lastmod (epoch seconds)
+        self.run_id = datetime.now().astimezone().isoformat(timespec="microseconds")  # tells runs apart in the manifest
+        self.summary.refresh = cfg.refresh
+        self._sitemaps_read = False
+        self.claimed: set[str] = set()  # files a row of this run points at
+        self._prev_start: str | None = None  # refresh: where the previous run's start page ended up
 
     # ---- state ---------------------------------------------------------------------------------------------------
     def _prepare_dir(self) -> None:
@@ -627,6 +781,9 @@ class Crawler:
         """Replay the journal: what is done, and the frontier it implies (links of done pages not yet done)."""
         path = self.out / STATE
         records = list(iter_jsonl(path, errors=[])) if path.exists() else []
+        self._sitemaps_read = any(rec.get("sitemap") for rec in records)  # read once; the journal keeps the URLs
+        if self.cfg.refresh:
+            return self._load_for_refresh(records)
         for rec in records:
             for key in rec.get("keys", []):
                 self.done[key] = rec
@@ -651,6 +808,35 @@ class Crawler:
         frontier.sort(key=lambda item: item[1])  # breadth first across both runs
         return frontier
 
+    def _load_for_refresh(self, records: list[dict]) -> list[tuple[str, int]]:
+        """Refresh: nothing counts as done; every page saved before is queued again at its depth, with its validators,
+        hash and links remembered, so it can be answered by a 304 and compared."""
+        self._sitemaps_read = False  # a refresh reads the sitemaps again (new URLs, new lastmod dates)
+        latest: dict[str, dict] = {}
+        for rec in records:
+            for key in rec.get("keys", []):
+                latest[key] = rec
+            if rec.get("final_url") and not rec.get("error") and rec.get("depth", 0) == 0:
+                self.scope.add_host(rec["final_url"])
+                self._prev_start = rec["final_url"]
+        frontier: list[tuple[str, int]] = [(self.cfg.start_url, 0)]
+        seen: set[int] = set()
+        for rec in latest.values():
+            if id(rec) in seen or not rec.get("path") or not (self.out / rec["path"]).exists():
+                continue  # a file deleted by hand has nothing to compare with: the page comes back as new
+            seen.add(id(rec))
+            for k in rec["keys"]:
+                self.prev[k] = rec
+                if rec.get("validators"):
+                    self.fetcher.validators[k] = rec["validators"]
+            if rec.get("sha"):
+                self.hashes[rec["sha"]] = rec.get("final_url") or rec.get("url", "")
+            url = clean_url(rec["url"])  # as first asked: a redirect's source and target are then fetched once
+            if url_verdict(url, self.cfg, self.scope) is None:
+                frontier.append((url, rec.get("depth", 0)))
+        frontier.sort(key=lambda item: item[1])
+        return frontier
+
     def _follow(self, links: list[str], depth: int) -> list[tuple[str, int]]:
         out = []
         for link in links:
@@ -673,6 +859,11 @@ class Crawler:
             self.queue.append((url, depth))
 
     # ---- worker --------------------------------------------------------------------------------------------------
+    def _lastmod_unchanged(self, url: str, prev: dict) -> bool:
+        """The sitemap dates this URL no later than our last visit: skip the request (refresh only)."""
+        lastmod, fetched = self.lastmod.get(canonical(url)), prev.get("fetched")
+        return lastmod is not None and fetched is not None and lastmod <= fetched
+
     def _scope_for(self, depth: int):
         if depth == 0:
             # the start page may redirect within its registrable domain (example.edu.cn → www.example.edu.cn)
@@ -682,8 +873,15 @@ class Crawler:
     def _process(self, url: str, depth: int) -> Outcome:
         from .extract import extract_docx, extract_html, extract_pdf, extract_plain
 
+        prev = self.prev.get(canonical(url))
+        if prev is not None and self._lastmod_unchanged(url, prev):
+            res = FetchResult(url, prev.get("final_url") or url)
+            return Outcome(url, depth, res, not_modified="lastmod")
         res = self.fetcher.get(url, scope=self._scope_for(depth))
         out = Outcome(url, depth, res)
+        if res.status == 304 and (prev is not None or canonical(res.final_url) in self.prev):
+            out.not_modified = "304"
+            return out
         if res.error:
             out.error, out.error_kind = res.error, res.error_kind
             return out
@@ -740,6 +938,7 @@ class Crawler:
     def _record(self, out: Outcome) -> None:
         res = out.res
         key, final_key = canonical(out.url), canonical(res.final_url)
+        prev = self.prev.get(key) or self.prev.get(final_key)  # refresh: the earlier saved page of this URL
         record = {
             "url": out.url,
             "final_url": res.final_url,
@@ -756,27 +955,64 @@ class Crawler:
             "extractor": out.page.extractor if out.page is not None else None,
             "duplicate_of": None,
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "run": self.run_id,
         }
         sha = None
         counter = None
-        if out.error is None and final_key != key and final_key in self.done and self.done[final_key].get("path"):
+        change = "unchanged"
+        links, same_depth = out.links, out.same_depth
+        validators = res.validators
+        if out.not_modified and prev is not None:
+            self._keep_previous(record, prev)
+            record["checked"] = out.not_modified
+            sha, counter = prev.get("sha"), "saved"
+            links, same_depth = prev.get("links", []), prev.get("same_depth", [])
+            validators = validators or prev.get("validators") or {}
+            self.summary.not_modified += out.not_modified == "304"
+        elif out.error is None and final_key != key and final_key in self.done and self.done[final_key].get("path"):
             record["error"] = "duplicate (redirects to a page already saved)"
             record["duplicate_of"] = self.done[final_key].get("url")
             counter = "duplicates"
         elif out.error is None and out.page is not None:
             sha = text_fingerprint(out.page.text)
-            if sha in self.hashes:
+            holder = self.hashes.get(sha)
+            if holder is not None and not self._same_page(holder, key, final_key, prev):
                 record["error"] = "duplicate (same text as another page)"
-                record["duplicate_of"] = self.hashes[sha]
+                record["duplicate_of"] = holder
                 counter = "duplicates"
             else:
-                name = safe_filename(res.final_url, self.taken)
-                write_text_atomic(self.out / name, out.page.file_text())
+                if prev is not None:
+                    name = prev["path"]
+                    change = "unchanged" if prev.get("sha") == sha else "changed"
+                    record["checked"] = "hash"
+                else:
+                    name = safe_filename(res.final_url, self.taken)
+                    change = "new"
+                if change != "unchanged" or not (self.out / name).exists():
+                    write_text_atomic(self.out / name, out.page.file_text())
                 self.hashes[sha] = res.final_url
                 record["path"], record["chars"] = name, out.page.chars
                 counter = "saved"
         else:
             counter = "robots" if out.error_kind == "robots" else "errors"
+        if prev is not None and record["path"] is None:
+            if prev["path"] in self.claimed:
+                pass  # the same page, saved this run under another of its URLs (a redirect's source and target)
+            elif self._transient(out) and (self.out / prev["path"]).exists():
+                self._keep_previous(record, prev)
+                record["error"] = f"{record['error']}; the earlier copy is kept"
+                sha = prev.get("sha")
+                links, same_depth = prev.get("links", []), prev.get("same_depth", [])
+                validators = prev.get("validators") or {}
+            else:
+                record["removed_to"] = self._move_to_removed(prev["path"])
+                change = "removed"
+        if record["path"]:
+            self.claimed.add(record["path"])
+        if self.cfg.refresh:
+            record["change"] = change
+            if change != "unchanged" or record["path"]:
+                self.summary.changes[change] += 1
         record["chars"] = record["chars"] or 0
         retry = out.error_kind in ("timeout", "network", "retry-after") or (
             out.error_kind == "http" and (res.status or 0) >= 500
@@ -789,9 +1025,13 @@ class Crawler:
             "path": record["path"],
             "sha": sha if record["path"] else None,
             "error": record["error"],
-            "retry": retry,
-            "links": out.links,
-            "same_depth": out.same_depth,
+            "retry": retry and not record["path"],
+            "links": links,
+            "same_depth": same_depth,
+            "title": record["title"],
+            "chars": record["chars"],
+            "validators": validators if record["path"] else {},
+            "fetched": time.time(),
         }
         append_jsonl(self.out / MANIFEST, record)
         append_jsonl(self.out / STATE, state)
@@ -803,12 +1043,70 @@ class Crawler:
             self.summary.start_outcome = out
             if out.error is None:
                 self.scope.add_host(res.final_url)
-        self._enqueue(
-            [(clean_url(u), out.depth) for u in out.same_depth if url_verdict(u, self.cfg, self.scope) is None]
-        )
-        self._enqueue(self._follow(out.links, out.depth))
+                if self._sitemaps_due():
+                    self._seed_sitemaps(res.final_url)
+        self._enqueue([(clean_url(u), out.depth) for u in same_depth if url_verdict(u, self.cfg, self.scope) is None])
+        self._enqueue(self._follow(links, out.depth))
         shown = record["path"] or record["error"]
-        self.log(f"[{counter}] {out.url} -> {shown}")
+        tag = f"{counter}, {change}" if self.cfg.refresh else counter
+        self.log(f"[{tag}] {out.url} -> {shown}")
+
+    # ---- refresh helpers (main thread) ---------------------------------------------------------------------------
+    def _keep_previous(self, record: dict, prev: dict) -> None:
+        """Fill a manifest row from the earlier copy of a page that was not downloaded again (304, lastmod, an error)."""
+        record["path"] = prev["path"]
+        record["title"] = prev.get("title")
+        record["chars"] = prev.get("chars") or 0
+        record["error"] = None
+        if record["title"] is None or not record["chars"]:
+            try:
+                text = (self.out / prev["path"]).read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                text = ""
+            record["title"] = record["title"] or (text.splitlines()[0].strip() if text.strip() else None)
+            record["chars"] = record["chars"] or len(text)
+
+    def _same_page(self, holder: str, key: str, final_key: str, prev: dict | None) -> bool:
+        """Whether the saved page holding a text hash is this URL itself (its earlier copy, or a redirect alias)."""
+        hk = canonical(holder)
+        return hk in (key, final_key) or (prev is not None and hk in prev.get("keys", ()))
+
+    @staticmethod
+    def _transient(out: Outcome) -> bool:
+        """A failure that says nothing about the page (network, 5xx, robots, size): keep the earlier copy."""
+        if out.error_kind in ("timeout", "network", "retry-after", "dns", "refused", "tls", "robots", "too-large"):
+            return True
+        status = out.res.status or 0
+        return status >= 500 or status in (408, 429)
+
+    def _move_to_removed(self, name: str) -> str | None:
+        """Move a removed page's file to ``DIR/removed/`` (never deleted); its new path relative to DIR."""
+        src = self.out / name
+        if not src.exists():
+            return None
+        dest_dir = self.out / REMOVED_DIR
+        dest_dir.mkdir(exist_ok=True)
+        dest = dest_dir / name
+        if dest.exists():
+            dest = dest_dir / f"{src.stem}-{re.sub(r'[^0-9]', '', self.run_id)[:14]}{src.suffix}"
+        os.replace(src, dest)
+        return str(dest.relative_to(self.out))
+
+    def _sitemaps_due(self) -> bool:
+        return self.cfg.sitemap and self.cfg.depth >= 1 and not self._sitemaps_read
+
+    def _seed_sitemaps(self, base_url: str) -> None:
+        """Read the site's sitemaps once and queue their URLs as links of the start page (depth 1, every scope rule);
+        the journal keeps them, so a resumed crawl continues them without reading the sitemaps again."""
+        self._sitemaps_read = True
+        found = read_sitemaps(self.fetcher, base_url, self.scope, log=self.log)
+        self.summary.sitemap_urls = len(found)
+        for url, lastmod in found.items():
+            if lastmod is not None:
+                self.lastmod[canonical(url)] = lastmod
+        state = {"keys": [], "sitemap": True, "url": None, "depth": 0, "path": None, "links": list(found)}
+        append_jsonl(self.out / STATE, state)
+        self._enqueue(self._follow(list(found), 0))
 
     def _saved_total(self) -> int:
         return self.summary.saved_before + self.summary.saved
@@ -822,6 +1120,11 @@ class Crawler:
 
     def _run(self) -> CrawlSummary:
         self._enqueue(self._load_state())
+        start = self.done.get(canonical(self.cfg.start_url))
+        if self._sitemaps_due() and ((self.cfg.refresh and self.prev) or (start and not start.get("error"))):
+            # refresh: before any page is fetched, so the sitemap's lastmod dates can spare requests; a resumed crawl
+            # whose start page is done (read at depth 0 before): now. Otherwise once the start page is in (_record).
+            self._seed_sitemaps(self._prev_start or (start or {}).get("final_url") or self.cfg.start_url)
         inflight: dict[Future, tuple[str, int]] = {}
         pool = ThreadPoolExecutor(max_workers=self.cfg.concurrency, thread_name_prefix="crawl")
         try:
@@ -940,7 +1243,7 @@ def crawl(cfg: CrawlConfig, log=None, progress=None) -> CrawlSummary:
     """Run a crawl; raise UserError (one sentence) when it saved nothing and nothing was saved before."""
     crawler = Crawler(cfg, log=log, progress=progress)
     summary = crawler.run()
-    if summary.saved == 0 and summary.saved_before == 0:
+    if summary.saved == 0 and summary.saved_before == 0 and not summary.changes["removed"]:
         start = summary.start_outcome
         if start is not None and start.error:
             en, zh = failure_sentence(start, cfg, crawler.fetcher.robots_note(start.url))
@@ -1010,7 +1313,14 @@ def run(args: argparse.Namespace) -> int:
     parts = [f"{summary.robots} blocked by robots.txt", f"{summary.duplicates} duplicates", f"{summary.errors} errors"]
     before = f" ({summary.saved_before} from earlier runs kept)" if summary.saved_before else ""
     cap = f"; stopped at --max-pages {cfg.max_pages}" if summary.stopped_at_cap else ""
-    if summary.tried == 0:
+    if summary.refresh:
+        c = summary.changes
+        print(
+            f"Refreshed {cfg.out_dir}: {c['new']} new, {c['changed']} changed, {c['unchanged']} unchanged, "
+            f"{c['removed']} removed (moved to {REMOVED_DIR}/); {summary.not_modified} answered 304 Not Modified; "
+            f"{', '.join(parts)}{cap}. Manifest: {cfg.out_dir / MANIFEST}"
+        )
+    elif summary.tried == 0:
         print(f"Nothing new to crawl; {summary.saved_before} pages already in {cfg.out_dir}{cap}.")
     else:
         print(

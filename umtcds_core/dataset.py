@@ -164,6 +164,15 @@ class DatasetSettings:
         widget="textarea",
         example=f'"{DEFAULT_SYSTEM_PROMPT}"',
     )
+    include_stale: bool = setting(
+        False,
+        ("保留过期的问答对", "Keep stale pairs"),
+        'keep pairs marked "stale" (their page changed or was removed since); false: leave them out and list them',
+        help=(
+            "网站刷新后，内容已修改或已删除的网页的问答对会被标为过期；默认不放进数据集。",
+            "After a site refresh, pairs of changed or removed pages are marked stale; by default they stay out.",
+        ),
+    )
 
 
 DATASET = S.from_dataclass(
@@ -918,6 +927,7 @@ def build_dataset(
     system_prompt: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     pairs: list[Pair] | None = None,
+    include_stale: bool = False,
 ) -> dict:
     """Read, validate, group, split and write; returns the split report (also saved as ``split_report.json``).
 
@@ -930,8 +940,17 @@ def build_dataset(
         loaded = load_pairs(inp)
     else:
         loaded = LoadResult(list(pairs), [], [str(inp)] if not isinstance(inp, list) else [str(p) for p in inp])
-    kept, dups = drop_exact_duplicates(loaded.pairs)
+    # pairs of a page that changed or was removed since (step 2 marks them after a crawl refresh): out unless asked
+    stale = [] if include_stale else [p for p in loaded.pairs if p.extra.get("stale") is True]
+    fresh = [p for p in loaded.pairs if include_stale or p.extra.get("stale") is not True]
+    kept, dups = drop_exact_duplicates(fresh)
     problems = loaded.problems + dups
+    if not kept and stale:
+        raise DatasetError(
+            f"All {len(stale)} pairs in {inp} are stale (their pages changed or were removed); run the generate step "
+            "again for the new pages, or keep them with --include-stale.",
+            zh=f"{inp} 里的 {len(stale)} 对问答都已过期（网页已修改或已删除）；请重新运行生成步骤，或选择保留过期的问答对。",
+        )
     if not kept:
         first = f" (first: {problems[0]})" if problems else ""
         first_zh = f"（第一条：{problems[0]}）" if problems else ""
@@ -950,6 +969,12 @@ def build_dataset(
     if skipped:
         warnings.append(f"{skipped} broken record(s) skipped; see 'problems' for file and line.")
         warnings_zh.append(f"跳过了 {skipped} 条有问题的记录；文件和行号见 problems。")
+    if stale:
+        warnings.append(
+            f"{len(stale)} stale pair(s) left out (their page changed or was removed); see 'stale', "
+            "or keep them with --include-stale."
+        )
+        warnings_zh.append(f"{len(stale)} 对过期的问答（网页已修改或已删除）没有放进数据集；列表见 stale。")
     report = {
         "input": loaded.files,
         "out_dir": str(Path(out_dir)),
@@ -976,6 +1001,8 @@ def build_dataset(
         "warnings": warnings,
         "warnings_zh": warnings_zh,
         "problems": [asdict(p) for p in problems],
+        "stale": [{"question": p.question, "source": p.source, "origin": p.origin} for p in stale][:500],
+        "stale_count": len(stale),
         "files": files,
     }
     write_json_atomic(Path(out_dir) / "split_report.json", report)
@@ -1026,6 +1053,7 @@ def build_from_settings(values: dict, pairs: list[Pair] | None = None) -> dict:
         system_prompt=values["system_prompt"],
         threshold=values["dedup_threshold"],
         pairs=pairs,
+        include_stale=values["include_stale"],
     )
 
 

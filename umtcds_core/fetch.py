@@ -258,6 +258,7 @@ class FetchResult:
     elapsed: float = 0.0
     location: str | None = None  # raw Location header of a redirect
     retry_after: str | None = None  # raw Retry-After header of a 429/503
+    validators: dict[str, str] = field(default_factory=dict)  # ETag / Last-Modified as sent (for a later refresh)
 
     @property
     def ok(self) -> bool:
@@ -466,12 +467,18 @@ class Fetcher:
             self._push_back(url, wait)
             attempt += 1
 
+    def request_headers(self, url: str) -> dict[str, str]:
+        """Extra headers for one request; none here. The crawler's refresh adds If-None-Match / If-Modified-Since."""
+        return {}
+
     def _request(self, url: str) -> FetchResult:
         res = FetchResult(url, url)
         try:
-            with self.session.get(url, timeout=self.timeout, stream=True, allow_redirects=False) as r:
+            headers = self.request_headers(url) or None
+            with self.session.get(url, timeout=self.timeout, stream=True, allow_redirects=False, headers=headers) as r:
                 res.status = r.status_code
                 res.content_type = r.headers.get("Content-Type", "")
+                res.validators = {k: r.headers[k] for k in ("ETag", "Last-Modified") if r.headers.get(k)}
                 res.location = r.headers.get("Location")
                 res.retry_after = r.headers.get("Retry-After")
                 if r.is_redirect or r.status_code in RETRY_STATUSES:

@@ -66,6 +66,7 @@ from .text import compact, han_ratio, normalize
 setting = S.setting
 
 PAGE_SUFFIXES = (".txt", ".md", ".markdown")
+REMOVED_DIR = "removed"  # crawl.REMOVED_DIR (not imported: crawl pulls in the fetcher)
 PROMPTS_FILE = "prompts.yaml"
 
 # ---- prompts ------------------------------------------------------------------------------------------------------
@@ -532,11 +533,14 @@ def read_pages(in_dir: str | Path) -> list[Page]:
             zh=f"输入文件夹 {in_dir} 不存在；请先运行爬取步骤，或指定一个包含 .txt 文件的文件夹。",
         )
     urls = _manifest_urls(in_dir)
+    crawled = (in_dir / "manifest.jsonl").exists()
     pages = []
     for path in sorted(in_dir.rglob("*")):
         rel = path.relative_to(in_dir)
         if not path.is_file() or path.suffix.lower() not in PAGE_SUFFIXES or any(p.startswith(".") for p in rel.parts):
             continue
+        if crawled and len(rel.parts) > 1 and rel.parts[0] == REMOVED_DIR:
+            continue  # pages a crawl refresh found gone: kept for the record, never a source of pairs
         text = path.read_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n").lstrip("\ufeff")
         key = str(rel)
         pages.append(
@@ -738,6 +742,25 @@ class GenerateSettings:
     retry_failed: bool = setting(
         False, ("重试失败的网页", "Retry failed pages"), "also retry pages that failed for good"
     )
+    pii: str = setting(
+        "mask",
+        ("个人信息", "Personal data"),
+        "mask: ID numbers, mobile numbers and personal e-mails become placeholders before the LLM sees a page "
+        "(office phones and the site's own addresses are kept); off: pages are sent as they are",
+        help=(
+            "mask：把身份证号、手机号和个人邮箱替换成占位符再交给大模型；办公电话和学校自己的邮箱保留。",
+            "mask: ID numbers, mobile numbers and personal e-mails are replaced before the LLM sees the text; "
+            "office phones and the site's own addresses stay.",
+        ),
+        choices=("off", "mask"),
+        widget="radio",
+    )
+    pii_names: bool = setting(
+        False,
+        ("同时遮盖人名", "Also mask person names"),
+        "also mask person names (jieba part-of-speech nr) — for news and award lists; may hit a few place words",
+        show=lambda v: v.get("pii") == "mask",
+    )
     device: str | None = setting(
         None, ("设备", "Device"), "local: cpu, cuda or mps; null = the best there is", kind=str, nullable=True
     )
@@ -801,9 +824,11 @@ class GenSettings:
     judge_threshold: int = GENERATE["judge_threshold"].default
     limits: CurationLimits = field(default_factory=CurationLimits)
     prompts: dict = field(default_factory=lambda: load_prompts(None))
+    pii: str = GENERATE["pii"].default  # off | mask: what the LLM is shown (pii.py)
+    pii_names: bool = GENERATE["pii_names"].default
 
     def __post_init__(self):
-        for name in ("pairs_per_page", "lang", "judge_threshold", "max_tokens"):
+        for name in ("pairs_per_page", "lang", "judge_threshold", "max_tokens", "pii"):
             S.check_value(GENERATE, name, getattr(self, name))
 
     def key(self) -> str:
@@ -827,6 +852,8 @@ class GenSettings:
             judge_threshold=values["judge_threshold"],
             limits=CurationLimits(min_grounding=float(values["min_grounding"])),
             prompts=load_prompts(values.get("prompt_file")),
+            pii=values["pii"],
+            pii_names=values["pii_names"],
         )
 
 
@@ -1091,10 +1118,33 @@ class Summary:
     tokens_out: int = 0
     seconds: float = 0.0
     bad_lines: list[str] = field(default_factory=list)
+    stale: int = 0  # pairs whose page changed or was removed since they were made (kept, marked "stale": true)
+    pii: Counter = field(default_factory=Counter)  # personal data masked, by kind (pii.KINDS), over this run's pages
+    pii_pages: int = 0  # pages of this run with anything masked
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens_out / self.seconds if self.seconds > 0 else 0.0
+
+
+def _is_stale(o: dict | None, current: dict[str, str]) -> bool:
+    """A generated pair whose page is gone from IN_DIR or whose text changed since (its key starts with the page's
+    text hash). Pairs without our ``file``/``key`` (imported, hand-written) are never stale."""
+    if not o or not isinstance(o.get("file"), str) or "-" not in str(o.get("key") or ""):
+        return False
+    return o["file"] not in current or str(o["key"]).split("-", 1)[0] != current[o["file"]]
+
+
+def _masked_page(page: Page, settings: GenSettings, masked: dict[str, dict]) -> Page:
+    """The page as the LLM may see it (:mod:`pii`); its hash stays the original text's, so resume keys and the stale
+    check follow the site, not the masking. What was masked is noted in ``masked`` by page."""
+    from .pii import mask
+
+    result = mask(page.text, page.source, names=settings.pii_names, lang=detect_lang(page.text))
+    if not result.counts:
+        return page
+    masked[page.rel] = dict(result.counts)
+    return Page(page.path, page.rel, result.text, page.source, page.hash)
 
 
 def _read_raw(path: Path) -> list[tuple[str, dict | None]]:
@@ -1154,6 +1204,7 @@ def generate(
             f"No .txt or .md pages in {in_dir}; run the crawl step first or put text files there.",
             zh=f"{in_dir} 里没有 .txt 或 .md 页面；请先运行爬取步骤，或把文本文件放到那里。",
         )
+    current = {p.rel: p.hash[:16] for p in pages}  # every page, picked or not: what "stale" is measured against
     pages = select_pages(pages, only)
     out_dir.mkdir(parents=True, exist_ok=True)
     qa_path, fail_path = out_dir / "qa.jsonl", out_dir / "failures.jsonl"
@@ -1180,18 +1231,30 @@ def generate(
     summary.skipped = len(pages) - len(todo)
     redo = {p.rel for p in todo}
 
-    # Pairs of a page that is generated again (its text or the settings changed) move to superseded.jsonl (kept);
-    # failure lines of pages that now have pairs or are retried are dropped (each page ends in exactly one file).
-    kept_qa, superseded = [], []
+    # Pairs of a page whose text changed or that was removed (a crawl refresh) stay in qa.jsonl marked
+    # "stale": true — the dataset step leaves them out and lists them. Pairs of a page generated again only because
+    # the settings changed move to superseded.jsonl (kept). Failure lines of pages that now have pairs or are
+    # retried are dropped (each page ends in exactly one file).
+    kept_qa, superseded, rewrite = [], [], False
+    stale_files: set[str] = set()
     for line, o in qa_raw:
         f = o.get("file") if o else None
-        if f in keys and o.get("key") != keys[f] and (f in redo or keys[f] in failed):
+        stale = _is_stale(o, current)
+        if stale:
+            stale_files.add(f)
+            summary.stale += 1
+        if not stale and f in keys and o.get("key") != keys[f] and (f in redo or keys[f] in failed):
             superseded.append(line)
-        else:
-            kept_qa.append(line)
+            rewrite = True
+            continue
+        if o is not None and bool(o.get("stale")) != stale:
+            o = {k: v for k, v in o.items() if k != "stale"} | ({"stale": True} if stale else {})
+            line, rewrite = json.dumps(o, ensure_ascii=False), True
+        kept_qa.append(line)
     if superseded:
         with open(out_dir / "superseded.jsonl", "a", encoding="utf-8") as fh:
             fh.write("\n".join(superseded) + "\n")
+    if rewrite:
         write_text_atomic(qa_path, "".join(ln + "\n" for ln in kept_qa))
 
     def keep_failure(o: dict | None) -> bool:
@@ -1207,8 +1270,15 @@ def generate(
 
     dedupe = NearDuplicateIndex(settings.limits.near_duplicate)
     for _, o in qa_raw:
-        if o and o.get("file") not in redo and isinstance(o.get("question"), str):
-            dedupe.add(o["question"])
+        if o and o.get("file") not in redo and isinstance(o.get("question"), str) and not _is_stale(o, current):
+            dedupe.add(o["question"])  # a stale pair's question may be asked again of its page's new text
+
+    masked: dict[str, dict] = {}  # page -> what was masked in it
+    if settings.pii == "mask":
+        todo = [_masked_page(p, settings, masked) for p in todo]
+        for counts in masked.values():
+            summary.pii.update(counts)
+        summary.pii_pages = len(masked)
 
     local = getattr(backend, "name", "") == "local"
     gen = Generator(backend, settings, concurrency=concurrency, dedupe=dedupe)
@@ -1246,6 +1316,7 @@ def generate(
                                         "backend": settings.backend,
                                         "model": model_name,
                                         "key": r.key,
+                                        **({"pii": masked[r.page.rel]} if r.page.rel in masked else {}),
                                     },
                                 )
                             summary.pairs += len(r.pairs)
@@ -1514,6 +1585,17 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.failures} pages failed (see failures.jsonl); {summary.skipped} pages were already done; "
         f"{summary.tokens_out} tokens generated at {summary.tokens_per_s:.1f} tokens/s."
     )
+    if summary.pii_pages:
+        from .pii import describe_counts
+
+        print(
+            f"Personal data masked before the LLM saw it: {describe_counts(summary.pii)} on {summary.pii_pages} pages."
+        )
+    if summary.stale:
+        print(
+            f"{summary.stale} pairs of changed or removed pages are marked stale in qa.jsonl "
+            "(kept; the dataset step leaves them out)."
+        )
     return 0
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import steps
 from .errors import UserError
-from .fileio import read_json, write_json_atomic
+from .fileio import iter_jsonl, read_json, write_json_atomic
 from .jobs import DONE, FAILED, RUNNING, latest_job
 from .runs import eval_metrics_path, has_final_model, list_runs, new_run_dir
 
@@ -184,6 +184,27 @@ class Workspace:
 
     def statuses(self) -> dict[str, str]:
         return {s: self.status(s) for s in STEPS}
+
+    def site_changes(self) -> dict[str, int] | None:
+        """What the latest crawl refresh found (see :func:`site_changes`)."""
+        return site_changes(self.pages_dir)
+
+
+def site_changes(pages_dir: Path) -> dict[str, int] | None:
+    """``{"new", "changed", "unchanged", "removed"}`` page counts of the latest refresh run in a crawl folder's
+    manifest (rows carry ``change`` and ``run``), or None when no refresh has run there.
+
+    Why from the manifest: it is the crawl's own record, so the count is right however the refresh was started
+    (the dashboard, the CLI, a cron line)."""
+    rows = list(iter_jsonl(pages_dir / "manifest.jsonl", errors=[])) if (pages_dir / "manifest.jsonl").exists() else []
+    last = next((r.get("run") for r in reversed(rows) if r.get("change")), None)
+    if last is None:
+        return None
+    counts = dict.fromkeys(("new", "changed", "unchanged", "removed"), 0)
+    for r in rows:
+        if r.get("run") == last and r.get("change") in counts and (r.get("path") or r["change"] == "removed"):
+            counts[r["change"]] += 1
+    return counts
 
 
 def list_workspaces(root: Path | None = None) -> list[Workspace]:

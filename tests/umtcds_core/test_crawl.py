@@ -319,3 +319,88 @@ def test_cli_reads_a_settings_file_and_flags_win(capsys, tmp_path):
     bad.write_text(f"out_dir: {out}\ndepth: -1\ndelay: 0\n", encoding="utf-8")
     assert cli.main(["crawl", "https://www.x.edu.cn/", "--config", str(bad)]) == 1
     assert "depth: must be 0 or more" in capsys.readouterr().err
+
+
+# ---- sitemaps -------------------------------------------------------------------------------------------------------
+
+
+def _urlset(*entries: tuple[str, str | None]) -> bytes:
+    urls = "".join(
+        f"<url><loc>{loc}</loc>{f'<lastmod>{lastmod}</lastmod>' if lastmod else ''}</url>" for loc, lastmod in entries
+    )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{urls}</urlset>'
+    ).encode()
+
+
+def _sitemap_site(site: FixtureSite, offsite: FixtureSite) -> None:
+    """robots.txt names a sitemap index (and an off-site sitemap); /sitemap.xml lists one more page."""
+    site.robots = (
+        f"User-agent: *\nDisallow: /private/\nSitemap: {site.url('/maps/index.xml')}\n"
+        f"Sitemap: {offsite.url('/their-sitemap.xml')}\n"
+    )
+    index = (
+        '<?xml version="1.0" encoding="UTF-8"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        f"<sitemap><loc>{site.url('/maps/news.xml')}</loc></sitemap></sitemapindex>"
+    ).encode()
+    news = _urlset(
+        (site.url("/only-in-sitemap.html"), "2020-01-01"),  # linked from nowhere
+        (site.url("/private/secret.html"), None),  # robots.txt says no
+        (offsite.url("/x.html"), None),  # another site
+        (site.url("/files/guide.pdf"), None),  # an attachment, not wanted without --attachments
+    )
+    xml = "application/xml"
+    site.routes["/maps/index.xml"] = (200, index, xml)
+    site.routes["/maps/news.xml"] = (200, news, xml)
+    site.routes["/sitemap.xml"] = (200, _urlset((site.url("/level2.html"), "2999-01-01")), xml)
+    site.routes["/only-in-sitemap.html"] = (
+        200,
+        "<html><head><title>校车时刻表</title></head><body><article><h1>校车时刻表</h1><p>校车每天早上七点从东门"
+        "发车，经过图书馆和体育馆，晚上九点末班车返回东门。</p></article></body></html>".encode(),
+        "text/html; charset=utf-8",
+    )
+
+
+def test_sitemaps_seed_the_crawl_at_depth_1_within_every_scope_rule(sites, tmp_path):
+    site, offsite = sites
+    _sitemap_site(site, offsite)
+    out = tmp_path / "pages"
+    summary = crawl(_cfg(site, out, depth=1))
+    by_url = {r["url"].replace(site.url(""), ""): r for r in _manifest(out)}
+    # the robots.txt Sitemap: line (an index, followed) and /sitemap.xml were read, each once, robots.txt once
+    for path in ("/maps/index.xml", "/maps/news.xml", "/sitemap.xml", "/robots.txt"):
+        assert site.requested(path) == 1, path
+    assert summary.sitemap_urls == 5
+    # their pages count as depth 1: /level2.html is two link hops from the start page but in the sitemap
+    assert by_url["/only-in-sitemap.html"]["depth"] == 1 and by_url["/only-in-sitemap.html"]["path"]
+    assert by_url["/level2.html"]["depth"] == 1 and by_url["/level2.html"]["path"]
+    # and obey every scope rule: robots.txt, other hosts (the off-site sitemap too), attachments
+    assert "/private/secret.html" not in site.requested_paths() and offsite.access_log == []
+    assert "/files/guide.pdf" not in site.requested_paths()
+
+
+def test_no_sitemap_flag_and_depth_0_read_no_sitemap(sites, tmp_path):
+    site, offsite = sites
+    _sitemap_site(site, offsite)
+    crawl(_cfg(site, tmp_path / "a", depth=0))
+    assert cli.main(["crawl", site.url("/"), "--out", str(tmp_path / "b"), "--no-sitemap", "--delay", "0"]) == 0
+    assert not {"/maps/index.xml", "/sitemap.xml", "/only-in-sitemap.html"} & site.requested_paths()
+
+
+def test_refresh_skips_pages_the_sitemap_dates_before_the_last_visit(sites, tmp_path, capsys):
+    site, offsite = sites
+    _sitemap_site(site, offsite)
+    out = tmp_path / "pages"
+    crawl(_cfg(site, out, depth=1))
+    site.access_log.clear()
+    crawl(_cfg(site, out, depth=1, refresh=True))
+    rows = {r["url"].replace(site.url(""), ""): r for r in _manifest(out) if r.get("change")}
+    # lastmod 2020 < our first visit: not requested at all, still there and unchanged
+    assert site.requested("/only-in-sitemap.html") == 0
+    assert (
+        rows["/only-in-sitemap.html"]["change"] == "unchanged" and rows["/only-in-sitemap.html"]["checked"] == "lastmod"
+    )
+    assert (out / rows["/only-in-sitemap.html"]["path"]).exists()
+    # lastmod in the future: asked again; no lastmod (a plain link): asked again
+    assert site.requested("/level2.html") == 1 and site.requested("/news/2.html") == 1
