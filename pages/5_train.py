@@ -81,6 +81,25 @@ running = job is not None and job.status() == RUNNING
 runs = [r for r in ws.runs() if has_training(r)]
 current = job_run_dir(job) or (runs[0] if runs else None)
 
+
+def refresh_seconds(run: Path | None) -> float:
+    """How often the live parts redraw: about twice per logged step, between 3 and 15 s.
+
+    Why not a fixed 2–3 s: each redraw rebuilds and sends the chart, and on a CPU, where a step of the embedded model
+    takes ~25 s, redrawing every few seconds showed nothing new while taking CPU from the training it displays
+    (bench/dashboard_cpu_bench.py)."""
+    if run is None:
+        return 3.0
+    times = [r["time"] for r in read_metrics(run)[-6:] if r.get("kind") == "train" and "time" in r]
+    if len(times) < 2:
+        return 3.0
+    per_log = (times[-1] - times[0]) / (len(times) - 1)
+    return float(min(15.0, max(3.0, per_log / 2)))
+
+
+REFRESH_S = refresh_seconds(current) if running else None
+
+
 # ---- start / resume / stop ----------------------------------------------------------------------------------------
 gpus = ui.gpu_status().get("count", 0)
 c1, c2, c3 = st.columns([1, 2, 1])
@@ -112,7 +131,9 @@ else:
         if c2.button(tr("继续训练", "Resume"), key="train_resume"):
             _start("auto", ws.runs_dir / pick)
 
-ui.job_panel(ws, "train", refresh_s=2.0)  # progress bar with ETA, loss/tokens-per-s counters, Stop button, log tail
+ui.job_panel(
+    ws, "train", refresh_s=REFRESH_S or 2.0
+)  # progress bar with ETA, loss/tokens-per-s counters, Stop button, log tail
 
 
 # ---- chart ----------------------------------------------------------------------------------------------------------
@@ -206,7 +227,7 @@ smoothing = o2.slider(tr("平滑", "Smoothing"), 0.0, 0.99, 0.8, 0.01, key="trai
 log_y = o3.toggle(tr("对数坐标", "Log scale"), key="train_log")
 
 
-@st.fragment(run_every=3.0 if running else None)
+@st.fragment(run_every=REFRESH_S)
 def live_chart() -> None:
     if not metrics_path(current).exists():
         st.info(
@@ -231,7 +252,11 @@ def live_chart() -> None:
             eta = rate * (max_steps - step)
         st.progress(
             min(1.0, step / max_steps),
-            text=f"{current.name}: {step}/{max_steps} " + tr("步", "steps") + f" · ETA {_fmt_eta(eta)}",
+            text=f"{current.name}: {step}/{max_steps} "
+            + tr("步", "steps")
+            + " · "
+            + tr("预计剩余", "ETA")
+            + f" {_fmt_eta(eta)}",
         )
     m = st.columns(5)
     m[0].metric(tr("训练损失", "Train loss"), f"{info['loss']:.4f}" if info["loss"] is not None else "—")
@@ -253,16 +278,16 @@ def live_chart() -> None:
         config={"toImageButtonOptions": {"format": "png", "filename": f"loss-{current.name}", "scale": 2}},
     )
     d1, d2 = st.columns(2)
-    d1.download_button(
+    d1.download_button(  # data as callables: built only when clicked, not on every redraw (~50 ms of CPU each)
         tr("下载图表（HTML，可交互）", "Download chart (HTML, interactive)"),
-        fig.to_html(include_plotlyjs="cdn", full_html=True),
+        lambda: fig.to_html(include_plotlyjs="cdn", full_html=True),
         file_name=f"loss-{current.name}.html",
         mime="text/html",
         key="train_dl_html",
     )
     d2.download_button(
         tr("下载指标（metrics.jsonl）", "Download metrics (metrics.jsonl)"),
-        metrics_path(current).read_bytes(),
+        lambda: metrics_path(current).read_bytes(),
         file_name=f"metrics-{current.name}.jsonl",
         mime="application/json",
         key="train_dl_metrics",
