@@ -16,8 +16,10 @@ What it loads (:func:`load_chat_model`):
   is simply loaded as the model.
 
 Base vs tuned uses the *same* weights: the base answer is generated inside peft's ``disable_adapter()`` context, so the
-comparison costs no second load. Streaming uses ``TextIteratorStreamer``: ``generate`` runs in a worker thread and the
-caller iterates over text pieces as they come. One generation at a time per model (a lock), because the adapter
+comparison costs no second load. Streaming uses a ``TextIteratorStreamer``: ``generate`` runs in a worker thread and
+the caller iterates over text pieces as they come — every complete character at once, never half of one ("�").
+Generation stops early when the answer falls into a loop ("；；；…", a line again and again; :func:`find_repetition`)
+and the loop is cut to one copy (:func:`final_text`). One generation at a time per model (a lock), because the adapter
 switch changes shared state.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import threading
 from collections.abc import Iterator
@@ -85,11 +88,129 @@ class _StopOnEvent:
 
     def __init__(self, event: threading.Event):
         self.event = event
+        self.fired = False
 
     def __call__(self, input_ids, scores, **kwargs):
         import torch
 
+        self.fired = self.fired or self.event.is_set()
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+# ---- clean text: loops and half characters -----------------------------------------------------------------------
+REPEAT_MAX_UNIT = 64  # longest repeating unit looked for, in characters (a sentence said again and again)
+REPEAT_MIN_SPAN = 20  # the repeats must cover at least this many characters ("；" × 20, "好的" × 10)
+REPEAT_MIN_COUNT = 3  # … and the unit occur at least this often back to back
+REPEAT_SAME_LINES = 3  # the same non-empty line this often in a row
+# Units made only of these are markdown rules and tables ("|---|---|", "====="), not a model stuck in a loop.
+_RULE_CHARS = frozenset("-=_*|:~+# \t")
+
+
+def _is_rule(unit: str) -> bool:
+    return set(unit) <= _RULE_CHARS and not unit.isspace()  # blank runs are loops too
+
+
+def find_repetition(text: str) -> int | None:
+    """How much of ``text`` to keep when its end is the model repeating itself; None when it is not.
+
+    Small models, the base model above all, fall into loops — "；；；；…", one phrase or one line again and again —
+    until the token limit, which on a CPU means minutes of nothing useful. A loop is a unit of 1–64 characters
+    repeated back to back at the very end (at least 3 times, covering at least 20 characters), or the same non-empty
+    line 3 times in a row. The length returned keeps the text before the loop and one copy of the unit, so the
+    answer still shows what was being repeated.
+    """
+    n = len(text)
+    for size in range(1, min(REPEAT_MAX_UNIT, n // REPEAT_MIN_COUNT) + 1):
+        unit = text[n - size :]
+        count = 1
+        while (count + 1) * size <= n and text[n - (count + 1) * size : n - count * size] == unit:
+            count += 1
+        if count >= REPEAT_MIN_COUNT and count * size >= REPEAT_MIN_SPAN and not _is_rule(unit):
+            return n - (count - 1) * size
+    complete = text[: text.rfind("\n") + 1]  # the unfinished last line does not count yet
+    lines = [(m.group().strip(), m.end()) for m in re.finditer(r"[^\n]+", complete) if m.group().strip()]
+    if len(lines) < REPEAT_SAME_LINES or _is_rule(lines[-1][0]):
+        return None
+    first = len(lines) - 1
+    while first > 0 and lines[first - 1][0] == lines[-1][0]:
+        first -= 1
+    return lines[first][1] if len(lines) - first >= REPEAT_SAME_LINES else None
+
+
+def complete_text(text: str) -> str:
+    """``text`` without a trailing half character.
+
+    Byte-level tokenizers split one Chinese character into 2–3 tokens; decoding after the first of them gives
+    U+FFFD ("�"). The next token usually completes it, so a stream holds that tail back, and an answer cut by the
+    token limit drops it rather than show "�".
+    """
+    return text.rstrip("\ufffd")
+
+
+def final_text(text: str) -> str:
+    """The answer as shown and remembered: no half character, a loop cut to one copy, no outer whitespace."""
+    text = complete_text(text)
+    keep = find_repetition(text)
+    return (text if keep is None else text[:keep]).strip()
+
+
+class _StopOnRepetition:
+    """A stopping criterion that ends a row once its generated text ends in a loop (:func:`find_repetition`).
+
+    Only the newest ``window`` generated tokens are decoded each step, which covers the longest loop looked for
+    (3 × 64 characters) at well under a millisecond per row — small next to one decoding step of any model.
+    """
+
+    def __init__(self, tokenizer, prompt_len: int, window: int = 256):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+        self.window = window
+        self.fired = False
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        new = input_ids[:, self.prompt_len :][:, -self.window :]
+        flags = [find_repetition(complete_text(self.tokenizer.decode(row, skip_special_tokens=True))) is not None
+                 for row in new.tolist()]  # fmt: skip
+        self.fired = self.fired or any(flags)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+def _text_streamer_class():
+    """``TextIteratorStreamer`` that shows every complete character at once and never a half one (imported lazily).
+
+    transformers' own streamer waits for a space after punctuation — so "；；；" or Chinese with full-width
+    punctuation shows nothing until the end — and flushes a half UTF-8 character as "�" when generation stops
+    mid-character. This one decodes the tokens so far, holds back only a trailing U+FFFD (the next token completes
+    it) and drops it at the end.
+    """
+    from transformers import TextIteratorStreamer
+
+    class SafeTextStreamer(TextIteratorStreamer):
+        def put(self, value):
+            if len(value.shape) > 1:
+                value = value[0]
+            if self.skip_prompt and self.next_tokens_are_prompt:
+                self.next_tokens_are_prompt = False
+                return
+            self.token_cache.extend(value.tolist())
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs)
+            printable = complete_text(text)[self.print_len :]
+            self.print_len += len(printable)
+            if text.endswith("\n"):  # a finished line: restart the cache (keeps decoding cheap), as transformers does
+                self.token_cache = self.token_cache[-1:]
+                self.print_len = len(self.tokenizer.decode(self.token_cache, **self.decode_kwargs))
+            if printable:
+                self.on_finalized_text(printable)
+
+        def end(self):
+            text = self.tokenizer.decode(self.token_cache, **self.decode_kwargs) if self.token_cache else ""
+            self.token_cache, rest, self.print_len = [], complete_text(text)[self.print_len :], 0
+            self.next_tokens_are_prompt = True
+            self.on_finalized_text(rest, stream_end=True)
+
+    return SafeTextStreamer
 
 
 @dataclass
@@ -153,18 +274,24 @@ class ChatModel:
     ) -> Iterator[str]:
         """Yield the answer to ``messages`` piece by piece (generation runs in a worker thread).
 
-        ``usage`` (a dict the caller passes) receives ``prompt_tokens``/``completion_tokens`` when done. Closing the
-        iterator early stops the generation.
+        Pieces are whole characters (never a half one) and generation stops early when the answer falls into a loop
+        (:func:`find_repetition`). ``usage`` (a dict the caller passes) receives, when done, ``prompt_tokens``,
+        ``completion_tokens``, ``text`` (the answer as it should be shown and remembered: :func:`final_text`, which
+        may be shorter than the pieces when a loop was cut) and ``stop_reason``: ``"end"`` (the model finished),
+        ``"length"`` (the token limit), ``"repetition"`` or ``"stopped"`` (``stop_event``). Closing the iterator
+        early stops the generation.
         """
         import torch
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList
 
         options = options or GenOptions()
         gen_kwargs = self._gen_kwargs(options)
         stop_event = stop_event or threading.Event()
         tok = self.tokenizer
         enc = self.encode([messages])
-        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        prompt_len = int(enc["input_ids"].shape[1])
+        streamer = _text_streamer_class()(tok, skip_prompt=True, skip_special_tokens=True)
+        on_event, on_repeat = _StopOnEvent(stop_event), _StopOnRepetition(tok, prompt_len)
         errors: list[BaseException] = []
         result: dict[str, Any] = {}
 
@@ -175,9 +302,10 @@ class ChatModel:
                         **enc,
                         **gen_kwargs,
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([_StopOnEvent(stop_event)]),
+                        stopping_criteria=StoppingCriteriaList([on_event, on_repeat]),
                     )
-                    result["completion_tokens"] = int(out.shape[1] - enc["input_ids"].shape[1])
+                    result["completion_tokens"] = int(out.shape[1] - prompt_len)
+                    result["text"] = tok.decode(out[0, prompt_len:], skip_special_tokens=True)
             except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread below
                 errors.append(exc)
                 streamer.end()
@@ -194,11 +322,25 @@ class ChatModel:
         if errors:
             raise errors[0]
         if usage is not None:
-            usage["prompt_tokens"] = int(enc["input_ids"].shape[1])
-            usage["completion_tokens"] = result.get("completion_tokens", 0)
+            completion = result.get("completion_tokens", 0)
+            usage["prompt_tokens"] = prompt_len
+            usage["completion_tokens"] = completion
+            usage["text"] = final_text(result.get("text", ""))
+            usage["stop_reason"] = (
+                "repetition"
+                if on_repeat.fired
+                else "stopped"
+                if on_event.fired
+                else "length"
+                if completion >= options.max_new_tokens
+                else "end"
+            )
 
     def answer(self, messages: list[Message], options: GenOptions | None = None, *, use_adapter: bool = True) -> str:
-        return "".join(self.stream(messages, options, use_adapter=use_adapter)).strip()
+        usage: dict = {}
+        for _ in self.stream(messages, options, use_adapter=use_adapter, usage=usage):
+            pass
+        return usage["text"]
 
     def answer_batch(
         self,
@@ -209,8 +351,13 @@ class ChatModel:
         batch_size: int = 8,
         on_batch=None,
     ) -> list[str]:
-        """Answers for many conversations, batched (left padding), sorted by length so batches pad little."""
+        """Answers for many conversations, batched (left padding), sorted by length so batches pad little.
+
+        A row that falls into a loop stops there (the batch goes on for the others) and is cut to one copy, as in
+        :meth:`stream`, so a rambling base model neither burns the token limit nor skews the scores with junk.
+        """
         import torch
+        from transformers import StoppingCriteriaList
 
         options = options or GenOptions(temperature=0.0)
         gen_kwargs = self._gen_kwargs(options)
@@ -221,11 +368,13 @@ class ChatModel:
         for start in range(0, len(order), max(1, batch_size)):
             idx = order[start : start + max(1, batch_size)]
             enc = self.encode([conversations[i] for i in idx])
+            prompt_len = int(enc["input_ids"].shape[1])
+            stop = StoppingCriteriaList([_StopOnRepetition(tok, prompt_len)])
             with self.lock, self._mode(use_adapter) as m, torch.inference_mode():
-                gen = m.generate(**enc, **gen_kwargs)
-            new = gen[:, enc["input_ids"].shape[1] :]
+                gen = m.generate(**enc, **gen_kwargs, stopping_criteria=stop)
+            new = gen[:, prompt_len:]
             for i, row in zip(idx, new, strict=True):
-                out[i] = tok.decode(row, skip_special_tokens=True).strip()
+                out[i] = final_text(tok.decode(row, skip_special_tokens=True))
             if on_batch is not None:
                 on_batch(len(idx))
         return out
@@ -294,22 +443,29 @@ class ChatSession:
         msgs: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
         return [*msgs, *self.history, {"role": "user", "content": user_text}]
 
-    def stream(self, user_text: str, *, use_adapter: bool = True, remember: bool = True) -> Iterator[str]:
-        """Yield the reply piece by piece; the turn joins the history once the reply is complete."""
+    def stream(
+        self, user_text: str, *, use_adapter: bool = True, remember: bool = True, usage: dict | None = None
+    ) -> Iterator[str]:
+        """Yield the reply piece by piece; the turn joins the history once the reply is complete.
+
+        ``usage`` gets what :meth:`ChatModel.stream` reports; its ``text`` (a loop cut to one copy) is what the
+        history keeps, so the next turn does not feed the loop back to the model.
+        """
         if not user_text.strip():
             raise ChatError("The message is empty; type a question.", zh="消息是空的；请输入一个问题。")
-        parts: list[str] = []
-        for piece in self.chat_model.stream(self.messages(user_text), self.options, use_adapter=use_adapter):
-            parts.append(piece)
-            yield piece
+        usage = {} if usage is None else usage
+        yield from self.chat_model.stream(self.messages(user_text), self.options, use_adapter=use_adapter, usage=usage)
         if remember:
             self.history += [
                 {"role": "user", "content": user_text},
-                {"role": "assistant", "content": "".join(parts).strip()},
+                {"role": "assistant", "content": usage["text"]},
             ]
 
-    def ask(self, user_text: str, *, use_adapter: bool = True) -> str:
-        return "".join(self.stream(user_text, use_adapter=use_adapter)).strip()
+    def ask(self, user_text: str, *, use_adapter: bool = True, remember: bool = True) -> str:
+        usage: dict = {}
+        for _ in self.stream(user_text, use_adapter=use_adapter, remember=remember, usage=usage):
+            pass
+        return usage["text"]
 
     def compare(self, user_text: str) -> tuple[str, str]:
         """``(base answer, tuned answer)`` to the same question on the same weights; the tuned turn is remembered."""
@@ -318,7 +474,7 @@ class ChatSession:
                 "Compare needs a tuned checkpoint; pick one with --adapter.",
                 zh="对比需要一个微调后的检查点；请用 --adapter 选择一个。",
             )
-        base = "".join(self.stream(user_text, use_adapter=False, remember=False)).strip()
+        base = self.ask(user_text, use_adapter=False, remember=False)
         tuned = self.ask(user_text)
         return base, tuned
 
@@ -463,12 +619,18 @@ def run(args: argparse.Namespace) -> int:
 def _answer(session: ChatSession, text: str, compare: bool) -> None:
     if compare:
         print("--- base ---", flush=True)
-        for piece in session.stream(text, use_adapter=False, remember=False):
-            print(piece, end="", flush=True)
-        print("\n--- tuned ---", flush=True)
-    for piece in session.stream(text):
+        _print_stream(session, text, use_adapter=False, remember=False)
+        print("--- tuned ---", flush=True)
+    _print_stream(session, text)
+
+
+def _print_stream(session: ChatSession, text: str, **kwargs) -> None:
+    usage: dict = {}
+    for piece in session.stream(text, usage=usage, **kwargs):
         print(piece, end="", flush=True)
     print(flush=True)
+    if usage.get("stop_reason") == "repetition":  # the loop already printed; say why it ended there
+        print("(stopped early: the model began repeating itself)", file=sys.stderr, flush=True)
 
 
 class _Grounded:

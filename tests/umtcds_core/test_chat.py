@@ -163,3 +163,110 @@ def test_cli_interactive_loop(fact_adapter, monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.out.count("> ") == 5  # a prompt per input line, up to /quit
     assert A_WIFI in captured.out and a2 in captured.out and "conversation cleared" in captured.err
+
+
+# ---- loops and half characters (issue 21 item 7) ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "kept"),
+    [
+        ("答案是" + "；" * 20, "答案是；"),  # one character again and again (the base model's "；；；…")
+        ("ok " + "ab" * 10, "ok ab"),  # a short n-gram
+        ("The library closes. " * 3, "The library closes. "),  # a sentence
+        ("Hi\nThe fee is 100.\nThe fee is 100.\n\nThe fee is 100.\n", "Hi\nThe fee is 100."),  # the same line
+        ("a" + "\n" * 20, "a\n"),  # blank lines are a loop too
+    ],
+)
+def test_find_repetition_cuts_a_loop_to_one_copy(text, kept):
+    keep = chat.find_repetition(text)
+    assert keep is not None and text[:keep] == kept
+    assert chat.final_text(text) == kept.strip()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "答案是" + "；" * 19,  # just under the span
+        "very very very good",  # a repeat that does not end the text
+        "哈哈哈",  # short emphasis
+        "x\nHello there\nHello there\nHello",  # the third line is not finished yet
+        "| a | b | c | d | e | f |\n|---|---|---|---|---|---|",  # a markdown table rule
+        "-" * 40,  # a horizontal rule
+        "The campus Wi-Fi network is ZV-Air-7731.",
+    ],
+)
+def test_find_repetition_leaves_normal_text(text):
+    assert chat.find_repetition(text) is None
+    assert chat.final_text(text) == text.strip()
+
+
+def _stream_tokens(tok, ids, cut: int | None = None) -> list[str]:
+    """Feed ``ids`` one token at a time through the chat streamer, as ``generate`` does; return the pieces."""
+    import torch
+
+    streamer = chat._text_streamer_class()(tok, skip_special_tokens=True)
+    for i in ids[:cut]:
+        streamer.put(torch.tensor([[i]]))
+    streamer.end()
+    return [p for p in streamer if p]
+
+
+def test_streamer_shows_whole_characters_at_once_and_never_half(fact_chat_model):
+    tok = fact_chat_model.tokenizer  # SmolLM2's byte-level BPE: a Chinese character is 1–3 tokens
+    text = "图书馆 23:30 关门。答案是；；；"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert any(tok.decode(ids[:k]).endswith("\ufffd") for k in range(1, len(ids)))  # the case that used to show "�"
+    pieces = _stream_tokens(tok, ids)
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces)
+    assert len(pieces) >= len(text) - 2  # streamed as it comes, punctuation too (no waiting for a space)
+    half = next(k for k in range(len(ids), 0, -1) if tok.decode(ids[:k]).endswith("\ufffd"))
+    cut = _stream_tokens(tok, ids, cut=half)  # generation stopped inside a character
+    assert "".join(cut) == tok.decode(ids[:half]).rstrip("\ufffd") and not any("\ufffd" in p for p in cut)
+
+
+@pytest.fixture(scope="module")
+def embedded_chat(embedded_model):
+    tok, model = embedded_model
+    return chat.ChatModel(tokenizer=tok, model=model, base_ref="smollm2-135m")
+
+
+def test_embedded_model_stops_on_a_loop(embedded_chat):
+    """The embedded model falls into "；；；…" on this question (greedy): it stops there instead of at the limit."""
+    msgs = [{"role": "user", "content": "宿舍费用是多少？；；；"}]
+    usage: dict = {}
+    pieces = list(embedded_chat.stream(msgs, GenOptions(max_new_tokens=256, temperature=0.0), usage=usage))
+    assert usage["stop_reason"] == "repetition" and usage["completion_tokens"] < 120
+    streamed = "".join(pieces)
+    assert chat.find_repetition(streamed) is not None and not any("\ufffd" in p for p in pieces)
+    assert chat.find_repetition(usage["text"]) is None and streamed.startswith(usage["text"])
+    assert usage["text"].endswith("；") and not usage["text"].endswith("；；")
+
+
+def test_repetition_stop_is_per_row_in_a_batch(fact_chat_model):
+    """In a batch only the looping row is stopped; the random base model's answers come back without their loops."""
+    import torch
+
+    tok = fact_chat_model.tokenizer
+    prompt = tok("Q: fee?", add_special_tokens=False)["input_ids"]
+    rows = [tok("答案是" + "；" * 20, add_special_tokens=False)["input_ids"], tok("The fee is 100.")["input_ids"]]
+    width = max(map(len, rows))
+    ids = torch.tensor([prompt + [tok.pad_token_id] * (width - len(r)) + r for r in rows])  # left padding
+    crit = chat._StopOnRepetition(tok, len(prompt))
+    assert crit(ids, None).tolist() == [True, False] and crit.fired
+    qs = [[{"role": "user", "content": q}] for q, _ in FACTS]
+    base = fact_chat_model.answer_batch(qs, GenOptions(max_new_tokens=200, temperature=0.0), use_adapter=False)
+    assert all(a and chat.find_repetition(a) is None and "\ufffd" not in a for a in base)
+
+
+def test_embedded_model_cut_inside_a_character_shows_no_half(embedded_chat):
+    """A token limit that falls inside a Chinese character ends before it, never with "�"."""
+    msgs = [{"role": "user", "content": "图书馆几点关门？请用中文回答。"}]
+    enc = embedded_chat.encode([msgs])
+    out = embedded_chat.model.generate(**enc, max_new_tokens=16, do_sample=False, top_p=None, top_k=None,
+                                       temperature=None, pad_token_id=embedded_chat.tokenizer.pad_token_id)  # fmt: skip
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
+    tok = embedded_chat.tokenizer
+    half = next(k for k in range(1, len(new)) if tok.decode(new[:k]).endswith("\ufffd"))
+    usage: dict = {}
+    pieces = list(embedded_chat.stream(msgs, GenOptions(max_new_tokens=half, temperature=0.0), usage=usage))
+    assert usage["stop_reason"] == "length" and usage["completion_tokens"] == half
+    assert "".join(pieces) == tok.decode(new[:half]).rstrip("\ufffd") and "\ufffd" not in usage["text"]
