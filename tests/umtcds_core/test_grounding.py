@@ -13,7 +13,14 @@ from umtcds_core.index import Index
 
 
 def _chunk(url, title, text, n=0, score=1.0):
-    return {"url": url, "title": title, "text": text, "page": url.rsplit("/", 1)[-1], "chunk_id": f"p#{n}", "score": score}
+    return {
+        "url": url,
+        "title": title,
+        "text": text,
+        "page": url.rsplit("/", 1)[-1],
+        "chunk_id": f"p#{n}",
+        "score": score,
+    }
 
 
 def test_sources_are_numbered_per_page_with_instructions_and_the_question():
@@ -34,7 +41,9 @@ def test_sources_are_numbered_per_page_with_instructions_and_the_question():
 
 def test_chinese_question_gets_chinese_instructions_and_refusal():
     messages, sources = g.build_grounded_messages("图书馆几点开门？", [], None, 500)
-    assert sources == [] and g.REFUSAL_ZH in messages[0]["content"] and "问题：图书馆几点开门？" in messages[1]["content"]
+    assert (
+        sources == [] and g.REFUSAL_ZH in messages[0]["content"] and "问题：图书馆几点开门？" in messages[1]["content"]
+    )
     assert g.refusal_for("图书馆几点开门？") == g.REFUSAL_ZH and g.refusal_for("Who?") == g.REFUSAL_EN
     assert g.is_refusal(g.REFUSAL_ZH) and g.is_refusal(f'"{g.REFUSAL_EN}"') and not g.is_refusal("7:30 [1]")
 
