@@ -4,6 +4,7 @@ Usage::
 
     umtcds crawl https://www.example.edu.cn/ --out pages/ [--depth 1] [--max-pages 500] [--concurrency 4]
                  [--delay 0.5] [--ignore-robots] [--include REGEX] [--exclude REGEX] [--subdomains] [--attachments]
+                 [--no-sitemap] [--refresh]
     umtcds crawl --config settings.yaml [any flag above, which wins over the file]
 
 Every setting is declared once in :class:`CrawlSettings` (type, default, bounds, labels, help, YAML comment, flag);
@@ -25,10 +26,19 @@ Features, each with its flag and trade-off:
 - **Resume** — ``DIR/.crawl_state.jsonl`` gets one line per finished page, flushed, so a killed crawl loses at most
   the pages in flight; re-running into the same DIR never fetches a saved page again and continues the frontier
   (a larger ``--depth`` continues from the pages already saved).
+- **Sitemaps** (``--sitemap``, default on; ``--no-sitemap``) — the ``Sitemap:`` lines of robots.txt and
+  ``/sitemap.xml`` (indexes followed; parsed by ``ultimate-sitemap-parser``, fetched by our polite fetcher) seed the
+  crawl: their URLs count as depth 1 and obey every scope rule. Read once per crawl (the journal keeps the URLs).
+- **Refresh** (``--refresh``) — re-visits every page saved in DIR before, with ``If-None-Match`` /
+  ``If-Modified-Since`` from its last ``ETag`` / ``Last-Modified``; a page the sitemap dates (``lastmod``) before our
+  last visit is not requested at all. Every manifest row of the run carries ``change`` (see :data:`CHANGES`) and
+  ``checked`` (``304``, ``lastmod`` or ``hash``); a changed page is rewritten in place, a removed page's file moves
+  to ``DIR/removed/`` (never deleted). Cron it: the README shows the line.
 
 Output: ``DIR/<readable-name>.txt`` (title first, then the main text) and ``DIR/manifest.jsonl`` with one object per
 URL tried: ``{"url","final_url","status","path","title","chars","error"}`` plus ``depth, bytes, content_type, kind,
-encoding, duplicate_of, fetched_at`` (``path`` is relative to DIR, null when nothing was saved).
+encoding, duplicate_of, fetched_at, run`` (``path`` is relative to DIR, null when nothing was saved; ``run`` tells the
+rows of one crawl run from another's), and on a refresh ``change``, ``checked`` and ``removed_to``.
 """
 
 from __future__ import annotations
@@ -595,7 +605,9 @@ def _sitemap_client(fetcher: Fetcher, scope):
             return "OK"
 
         def header(self, case_insensitive_name: str) -> str | None:
-            return self.res.content_type or None if case_insensitive_name.lower() == "content-type" else None
+            if case_insensitive_name.lower() == "content-type":
+                return self.res.content_type or None
+            return None  # usp also asks for Content-Encoding; requests has already decoded the body
 
         def raw_data(self) -> bytes:
             return self.res.body

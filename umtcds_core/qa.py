@@ -28,6 +28,11 @@ Features, each with its flag and trade-off:
   ``--judge`` an LLM rating 1–5 kept on the pair (``--judge-threshold``).
 * **Resumable**: each page is keyed by its content hash and the generation settings; a re-run skips pages already in
   ``qa.jsonl`` (or failed for good) and retries pages that failed on the LLM (``--retry-failed``: all failures).
+  After a crawl refresh only new and changed pages are generated; pairs of a changed or removed page stay in
+  ``qa.jsonl`` marked ``"stale": true`` (the dataset step leaves them out and lists them).
+* **Personal data** (``--pii mask``, the default; ``--pii-names``): resident ID numbers, mobile numbers and personal
+  e-mails are replaced by placeholders before the LLM sees a page (:mod:`pii`; office landlines and the site's own
+  addresses stay); each pair records what its page had masked (``"pii"``) and the summary line counts it.
 * **Throughput**: with a remote API, ``--concurrency`` pages are in flight at a time, each through its own stages,
   and the next page starts as soon as one finishes (a slow reply holds back only its page); local generation is
   batched in waves of pages (``--batch-size``; one batch per wave on a CPU, so pages are written batch by batch)
