@@ -130,7 +130,8 @@ def test_a_failed_crawl_job_explains_itself_in_chinese_in_the_chinese_dashboard(
     assert latest_job(ws, "crawl").wait(timeout=60) == "failed"
     at.run()
     shown = "\n".join(e.value for e in at.error)
-    assert "（连接被拒绝）" in shown and "connection refused" in shown  # the Chinese line and the English one
+    # issue 21 §6: one language per screen — the Chinese sentence, not the English one after it
+    assert "（连接被拒绝）" in shown and "connection refused" not in shown
 
 
 def test_url_tester_reads_robots_txt(ws):
