@@ -59,6 +59,11 @@ PROGRESS_WORDS: dict[str, tuple[str, str]] = {
     "loss": ("训练损失", "loss"),
     "eval_loss": ("验证损失", "eval loss"),
     "model": ("正在生成", "generating"),
+    "new": ("新增", "new"),
+    "changed": ("有变化", "changed"),
+    "unchanged": ("未变", "unchanged"),
+    "removed": ("已删除", "removed"),
+    "chunks": ("文本块", "chunks"),
     "base": ("微调前", "base"),
     "tuned": ("微调后", "tuned"),
 }

@@ -496,8 +496,8 @@ def build_index(
         all_tokens += tokens
         if log is not None and state != "unchanged":
             log(f"[{state}] {page.page} -> {len(records)} chunks")
-        if progress is not None:
-            progress.update(1)
+        if progress is not None:  # counter names are shown in the dashboard's language (i18n.PROGRESS_WORDS)
+            progress.update(1, new=report.new, changed=report.changed, unchanged=report.unchanged)
     report.removed = len(set(old_meta.get("pages", {})) - set(pages_meta))
     report.pages, report.chunks = len(pages_meta), len(all_records)
 
