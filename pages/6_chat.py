@@ -6,6 +6,7 @@ A thin view over umtcds_core.chat (the same code as ``umtcds chat``). The loaded
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -14,7 +15,7 @@ from umtcds_core import chat, grounding, runs, ui
 from umtcds_core.errors import UserError
 from umtcds_core.i18n import error_text, tr
 from umtcds_core.index import Index, index_dir_of, index_status, snippet
-from umtcds_core.models import DEFAULT_MODEL, gpu_memory
+from umtcds_core.models import DEFAULT_MODEL, EMBEDDED, gpu_memory
 
 ws = ui.require_workspace()
 ui.page_header("chat")
@@ -105,6 +106,8 @@ st.caption(
     f"{tr('已加载', 'Loaded')}: **{cm.name}** ({cm.adapter_kind or tr('基座模型', 'base model')}) · "
     f"{tr('基座', 'base')}: `{cm.base_ref}` · GPU {mem['allocated_gib']} GiB"
 )
+if cm.base_ref in EMBEDDED:
+    st.info(ui.embedded_model_note(), icon="ℹ️")
 
 # ---- options ------------------------------------------------------------------------------------------------------
 with st.expander(tr("生成设置", "Generation settings"), expanded=False):
@@ -166,17 +169,56 @@ def _show_sources(sources: list[dict] | None, answer: str) -> None:
             st.caption(snippet(src.get("text", ""), limit=200))
 
 
+def _answer_slots(where) -> tuple:
+    """(status line, answer body) placeholders: the status says whether this answer is waiting, generating or done."""
+    return where.empty(), where.empty()
+
+
+def _finished_note(usage: dict, seconds: float) -> str:
+    n = usage.get("completion_tokens", 0)
+    done = tr(f"完成 · {n} 个词元 · {seconds:.1f} 秒", f"done · {n} tokens · {seconds:.1f} s")
+    reason = usage.get("stop_reason")
+    if reason == "repetition":
+        return done + tr(" · 模型开始重复，已提前停止", " · stopped early: the model began repeating itself")
+    if reason == "length":
+        return done + tr(" · 已达最大生成长度", " · reached the max new tokens")
+    return done
+
+
+def _stream_into(slots: tuple, pieces, usage: dict) -> tuple[str, str]:
+    """Show ``pieces`` as they come under a "generating…" line; end with the clean answer and a one-line note.
+
+    The clean answer (``usage["text"]``) can be shorter than what streamed: a loop is cut to one copy.
+    """
+    status, body = slots
+    status.caption("⏳ " + tr("生成中…", "generating…"))
+    started, text = time.monotonic(), ""
+    for piece in pieces:
+        text += piece
+        body.markdown(text + "▌")
+    note = _finished_note(usage, time.monotonic() - started)
+    status.caption("✓ " + note)
+    body.markdown(usage["text"] or "—")
+    return usage["text"], note
+
+
 history: list[dict] = st.session_state.setdefault("chat_history", [])
 for msg in history:
     with st.chat_message(msg["role"]):
         if msg.get("base") is not None:
             left, right = st.columns(2)
             left.caption(tr("基座模型", "Base model"))
-            left.markdown(msg["base"])
+            if msg.get("base_note"):
+                left.caption("✓ " + msg["base_note"])
+            left.markdown(msg["base"] or "—")
             right.caption(tr("微调模型", "Tuned model"))
-            right.markdown(msg["content"])
+            if msg.get("note"):
+                right.caption("✓ " + msg["note"])
+            right.markdown(msg["content"] or "—")
         else:
-            st.markdown(msg["content"])
+            if msg.get("note"):
+                st.caption("✓ " + msg["note"])
+            st.markdown(msg["content"] or "—")
         _show_sources(msg.get("sources"), msg["content"])
 
 session = chat.ChatSession(
@@ -199,25 +241,33 @@ if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat
     with st.chat_message("user"):
         st.markdown(prompt)
     with st.chat_message("assistant"):
+        usage: dict = {}
+        base_answer = base_note = None
         try:
             if compare and cm.has_adapter:
+                # One model, one generation at a time (the adapter switch is shared state), so the two answers come
+                # one after the other: the tuned one first — it is what the user came for — while the base column
+                # says it is queued.
                 left, right = st.columns(2)
                 left.caption(tr("基座模型", "Base model"))
-                with left:
-                    base_answer = st.write_stream(_ask(prompt, use_adapter=False, remember=False))
                 right.caption(tr("微调模型", "Tuned model"))
-                with right:
-                    answer = st.write_stream(_ask(prompt))
+                base_slots, tuned_slots = _answer_slots(left), _answer_slots(right)
+                base_slots[0].caption(
+                    "⏸ " + tr("排队中：微调模型回答完后开始…", "queued: starts after the tuned answer…")
+                )
+                answer, note = _stream_into(tuned_slots, _ask(prompt, usage=usage), usage)
+                base_usage: dict = {}
+                pieces = _ask(prompt, use_adapter=False, remember=False, usage=base_usage)
+                base_answer, base_note = _stream_into(base_slots, pieces, base_usage)
             else:
-                base_answer = None
-                answer = st.write_stream(_ask(prompt))
+                answer, note = _stream_into(_answer_slots(st), _ask(prompt, usage=usage), usage)
         except UserError as exc:
             st.error(error_text(exc))
         else:
-            _show_sources(sources, str(answer))
+            _show_sources(sources, answer)
             history.append({"role": "user", "content": prompt})
             history.append(
-                {"role": "assistant", "content": str(answer).strip(), "base": base_answer}
+                {"role": "assistant", "content": answer, "note": note, "base": base_answer, "base_note": base_note}
                 | ({"sources": list(sources)} if sources else {})
             )
 

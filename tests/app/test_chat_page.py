@@ -8,6 +8,9 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from tests.chat_helpers import FACTS
+from umtcds_core import chat
+from umtcds_core.models import DEFAULT_MODEL
+from umtcds_core.ui import embedded_model_note
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +50,10 @@ def test_chat_page_load_stream_compare_unload(workspace, fact_adapter):
     at.chat_input(key="chat_input").set_value(q2).run()
     last = at.session_state["chat_history"][-1]
     assert last["content"] == a2 and last["base"] and a2 not in last["base"]  # side by side: base differs
+    # each column ends with its own status line (none still "generating…"), the base answer without a loop or "�"
+    assert len([c for c in at.caption if c.value.startswith("✓ done")]) >= 2
+    assert not any("generating" in c.value or "queued" in c.value for c in at.caption)
+    assert chat.find_repetition(last["base"]) is None and "\ufffd" not in last["base"] + last["content"]
 
     at.button(key="chat_merge").click().run()  # merge/export into the run folder, a standard HF folder
     assert not at.exception and any("merged" in s.value for s in at.success)
@@ -56,3 +63,14 @@ def test_chat_page_load_stream_compare_unload(workspace, fact_adapter):
     assert not at.exception
     assert "chat_loaded" not in at.session_state
     assert any("unloaded" in s.value for s in at.success)
+
+
+def test_chat_page_names_the_embedded_models_limits(workspace, monkeypatch):
+    """Chatting with the embedded model: the page says in one sentence what it is for (the shared note)."""
+    monkeypatch.setenv("UMTCDS_LANG", "en")  # embedded_model_note() below, outside the page, in the page's language
+    at = _page(workspace)
+    assert at.selectbox(key="chat_pick").value == "—" and at.text_input(key="chat_base").value == DEFAULT_MODEL
+    at.button(key="chat_load").click().run()
+    assert not at.exception and at.session_state["chat_loaded"] == [DEFAULT_MODEL, ""]
+    assert embedded_model_note() in [i.value for i in at.info]
+    at.button(key="chat_unload").click().run()
