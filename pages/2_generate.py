@@ -153,7 +153,7 @@ model = c1.text_input(
     disabled=locked,
 ).strip()
 if backend == "local" and (model or DEFAULT_MODELS["local"]) in EMBEDDED:
-    st.info(ui.embedded_model_note())  # a 135M model writes few usable pairs: say what it is for, once
+    st.info(ui.embedded_model_note(model or DEFAULT_MODELS["local"]))  # a 135M model writes few usable pairs: say what it is for, once
 base_url = ""
 key_env = ""
 typed_key = ""

@@ -107,7 +107,7 @@ st.caption(
     f"{tr('基座', 'base')}: `{cm.base_ref}` · GPU {mem['allocated_gib']} GiB"
 )
 if cm.base_ref in EMBEDDED:
-    st.info(ui.embedded_model_note(), icon="ℹ️")
+    st.info(ui.embedded_model_note(cm.base_ref), icon="ℹ️")
 
 # ---- options ------------------------------------------------------------------------------------------------------
 with st.expander(tr("生成设置", "Generation settings"), expanded=False):

@@ -216,12 +216,13 @@ def next_step(step: str) -> None:
     step_link(following.name, label=tr("下一步：", "Next step: ") + step_title(following.name, short=True))
 
 
-def embedded_model_note() -> str:
-    """The one sentence on what the embedded model is for (Home, Generate and Chat show it)."""
+def embedded_model_note(model: str | None = None) -> str:
+    """The one sentence on what an embedded model is for (Home, Generate and Chat show it); ``model``: which one."""
+    name = model or DEFAULT_MODEL
     return tr(
-        f"内置的小模型 {DEFAULT_MODEL} 只用来试走一遍流程：未经微调时它答不了中文问题；真正的校园助手请在 GPU 上使用 "
+        f"内置的小模型 {name} 只用来试走一遍流程：未经微调时它答不了中文问题；真正的校园助手请在 GPU 上使用 "
         "GLM-4-9B-chat（THUDM/glm-4-9b-chat-hf）或 Qwen2.5-7B-Instruct 这类模型。",
-        f"The embedded model {DEFAULT_MODEL} is for trying the flow only: untuned it cannot answer Chinese questions; "
+        f"The embedded model {name} is for trying the flow only: untuned it cannot answer Chinese questions; "
         "for a real campus assistant use a model such as GLM-4-9B-chat (THUDM/glm-4-9b-chat-hf) or "
         "Qwen2.5-7B-Instruct on a GPU.",
     )
