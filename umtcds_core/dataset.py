@@ -4,6 +4,7 @@ Usage::
 
     umtcds dataset IN --out DATA_DIR [--split 8:1:1] [--seed 42] [--format glm4|sharegpt|alpaca]
                       [--system-prompt TEXT] [--dedup-threshold 0.5]
+                      [--context none|retrieved --index INDEX_DIR [--context-k 5] [--oracle-share 0.8]]
     umtcds dataset --config settings.yaml [IN] [any flag above, which wins over the file]
 
 Every setting is declared once in :class:`DatasetSettings` (type, default, bounds, labels, help, YAML comment, flag);
@@ -28,6 +29,13 @@ Why each step:
   fill the rest, so the targets are met exactly unless one group is larger than the room left (then the report says so).
 * **Formats**: ``glm4`` is what the GLM-4 fine-tuning demo and ``umtcds train`` read (``{"messages": [...]}`` with an
   optional leading ``system``); ``sharegpt`` and ``alpaca`` also get a LLaMA-Factory ``dataset_info.json``.
+* **Context** (``--context retrieved``, retrieval-augmented fine-tuning): each record's user turn is the grounded
+  prompt (:mod:`umtcds_core.grounding`, the one chat, serve and evaluate use) over the top ``--context-k`` chunks of
+  ``--index`` for its question. In every split a seeded ``--oracle-share`` of the answerable records is sure to show
+  its source chunk and its target ends with that page's citation ``[n]``; the rest show only other pages and are
+  answered with the refusal sentence — so the tuned model learns both to cite and to say "the website does not say".
+  Test records carry a ``meta`` object (bare question, answer, source page, kind, paraphrase, context shown) that
+  ``umtcds evaluate`` reads; ``umtcds train`` reads the records as they are.
 * Every file is written atomically, and ``DATA_DIR/split_report.json`` records counts, groups, warnings and problems.
 """
 
@@ -53,6 +61,7 @@ from .text import CJK_RE, normalize
 setting = S.setting
 
 FORMATS = ("glm4", "sharegpt", "alpaca")
+CONTEXTS = ("none", "retrieved")
 SPLITS = ("train", "dev", "test")
 TINY = 10
 FEW = 50
@@ -173,11 +182,67 @@ class DatasetSettings:
             "After a site refresh, pairs of changed or removed pages are marked stale; by default they stay out.",
         ),
     )
+    context: str = setting(
+        "none",
+        ("训练时附带网站资料", "Context in training"),
+        "none: question alone (closed book); retrieved: the grounded prompt over the top-k chunks of --index, "
+        "the answer cited [n] (or refused when only unrelated chunks are shown)",
+        help=(
+            "retrieved：每条样本的问题前附上从索引检索到的网站资料（与“根据网站回答”的聊天同一格式），答案末尾标出来源 "
+            "[n]；一部分样本只给无关资料，答案是拒答句，模型由此学会“网站上没有提到”。",
+            "retrieved: each sample shows the chunks retrieved for its question (the same prompt grounded chat uses) "
+            "and its answer cites the source [n]; some samples show only unrelated chunks and teach the refusal.",
+        ),
+        choices=CONTEXTS,
+        widget="radio",
+    )
+    index: str | None = setting(
+        None,
+        ("索引文件夹", "Index folder"),
+        "the index built by `umtcds index` (needed with context: retrieved), e.g. index",
+        kind=str,
+        nullable=True,
+        example="index",
+    )
+    context_k: int = setting(
+        5,
+        ("每个问题的资料段数", "Chunks per question"),
+        "with context: retrieved, how many chunks each prompt shows; more: longer prompts (raise max_input_length)",
+        min=1,
+        max=20,
+        typical=(2, 8),
+        range_msg=("must be between 1 and 20 (5 is a good start)", "必须在 1 到 20 之间（可以先试 5）"),
+    )
+    oracle_share: float = setting(
+        0.8,
+        ("含答案资料的样本比例", "Share with the source chunk"),
+        "with context: retrieved, the share of answerable samples whose prompt is sure to hold the source chunk; the "
+        "rest show only other chunks and are answered with the refusal sentence",
+        min=0,
+        max=1,
+        typical=(0.5, 0.95),
+        step=0.05,
+        range_msg=("{value} must be between 0 and 1 (0.8 is the usual)", "{value} 必须在 0 到 1 之间（常用 0.8）"),
+    )
+
+
+def _context_needs_index(values: dict) -> list[S.Pair]:
+    if values.get("context") == "retrieved" and not values.get("index"):
+        return [
+            (
+                "index: context retrieved needs the index; build it with `umtcds index PAGES_DIR --out index` and "
+                "give --index index",
+                "index：context 为 retrieved 时需要索引；请先用 `umtcds index PAGES_DIR --out index` 建立索引并用 "
+                "--index index 指定",
+            )
+        ]
+    return []
 
 
 DATASET = S.from_dataclass(
     DatasetSettings,
     "dataset",
+    rules=(_context_needs_index,),
     title="UMTCDS dataset settings — run with `umtcds dataset --config`",
 )
 """The dataset step's schema: the CLI flags, the settings YAML and the Dataset page's widgets come from it."""
@@ -894,9 +959,16 @@ def dataset_info(fmt: str, prefix: str = "umtcds") -> dict:
 
 
 def write_dataset(
-    result: SplitResult, out_dir: str | Path, fmt: str = "glm4", system_prompt: str | None = None
+    result: SplitResult,
+    out_dir: str | Path,
+    fmt: str = "glm4",
+    system_prompt: str | None = None,
+    context: tuple[dict[str, list[Pair]], dict[str, list[dict]]] | None = None,
 ) -> dict:
-    """Write the three split files (+ ``dataset_info.json`` for sharegpt/alpaca); return ``{split: path}``."""
+    """Write the three split files (+ ``dataset_info.json`` for sharegpt/alpaca); return ``{split: path}``.
+
+    Test records also carry a ``meta`` object (:func:`record_meta`) that evaluation reads; ``context`` (from
+    :func:`add_context`) replaces each split's pairs by their grounded form."""
     check_setting("format", fmt)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -906,9 +978,12 @@ def write_dataset(
         )
     paths = {}
     for s in SPLITS:
-        paths[s] = str(
-            write_jsonl_atomic(out / f"{s}.jsonl", [to_record(p, fmt, system_prompt) for p in result.splits[s]])
-        )
+        shown = context[0][s] if context else result.splits[s]
+        records = [to_record(p, fmt, system_prompt) for p in shown]
+        if s == "test":
+            metas = context[1][s] if context else [record_meta(p, system_prompt) for p in result.splits[s]]
+            records = [{**r, "meta": m} for r, m in zip(records, metas, strict=True)]
+        paths[s] = str(write_jsonl_atomic(out / f"{s}.jsonl", records))
     info = out / "dataset_info.json"
     if fmt in ("sharegpt", "alpaca"):
         write_json_atomic(info, dataset_info(fmt))
@@ -928,12 +1003,21 @@ def build_dataset(
     threshold: float = DEFAULT_THRESHOLD,
     pairs: list[Pair] | None = None,
     include_stale: bool = False,
+    context: str = "none",
+    index: str | Path | None = None,
+    context_k: int = 5,
+    oracle_share: float = 0.8,
 ) -> dict:
     """Read, validate, group, split and write; returns the split report (also saved as ``split_report.json``).
 
     ``pairs`` given (the dashboard's edited table) replaces reading ``inp``; ``inp`` is then only named in the report.
+    ``context="retrieved"`` writes grounded records over ``index`` (:func:`add_context`), every split alike.
     """
     check_setting("format", fmt)
+    check_setting("context", context)
+    problems_ = _context_needs_index({"context": context, "index": index})
+    if problems_:
+        raise DatasetError(f"{problems_[0][0]}.", zh=f"{problems_[0][1]}。")
     ratios = parse_split(split) if isinstance(split, str) else tuple(split)
     check_setting("dedup_threshold", threshold)
     if pairs is None:
@@ -959,7 +1043,12 @@ def build_dataset(
             zh=f"{inp} 里没有有效的问答对：{len(problems)} 条记录有问题{first_zh}；请修正后重新运行。",
         )
     result = split_pairs(kept, ratios, seed, threshold)
-    files = write_dataset(result, out_dir, fmt, system_prompt)
+    ctx_report: dict = {"mode": "none"}
+    ctx = None
+    if context == "retrieved":
+        grounded, metas, ctx_report = add_context(result.splits, index, context_k, oracle_share, seed, system_prompt)
+        ctx = (grounded, metas)
+    files = write_dataset(result, out_dir, fmt, system_prompt, ctx)
     counts = {s: len(result.splits[s]) for s in SPLITS}
     warnings, warnings_zh = list(result.warnings), list(result.warnings_zh)
     if dups:
@@ -975,6 +1064,24 @@ def build_dataset(
             "or keep them with --include-stale."
         )
         warnings_zh.append(f"{len(stale)} 对过期的问答（网页已修改或已删除）没有放进数据集；列表见 stale。")
+    if ctx is not None:
+        lost = sum(c["no-source"] for c in ctx_report["counts"].values())
+        if lost:
+            warnings.append(
+                f"{lost} pair(s) name a page that is not in the index {index}, so their prompts show other pages and "
+                "they are answered with the refusal; rebuild the index over the same crawl (`umtcds index`)."
+            )
+            warnings_zh.append(
+                f"{lost} 对问答的来源网页不在索引 {index} 里，只能配无关资料并以拒答句作答；请用同一次爬取重建索引。"
+            )
+        need = ctx_report["prompt_tokens_max"]
+        warnings.append(
+            f"Prompts with context are up to about {need} tokens: set max_input_length to at least {need} in the "
+            "training config, or the sources are cut off."
+        )
+        warnings_zh.append(
+            f"附带资料的提示最长约 {need} 个 token：请在训练配置里把 max_input_length 设为至少 {need}，否则资料会被截断。"
+        )
     report = {
         "input": loaded.files,
         "out_dir": str(Path(out_dir)),
@@ -1003,6 +1110,7 @@ def build_dataset(
         "problems": [asdict(p) for p in problems],
         "stale": [{"question": p.question, "source": p.source, "origin": p.origin} for p in stale][:500],
         "stale_count": len(stale),
+        "context": ctx_report,
         "files": files,
     }
     write_json_atomic(Path(out_dir) / "split_report.json", report)
@@ -1024,6 +1132,174 @@ def describe(report: dict) -> str:
     lines += [f"Warning: {w}" for w in report["warnings"]]
     lines.append(f"Wrote {', '.join(report['files'].values())} and split_report.json")
     return "\n".join(lines)
+
+
+# ---- training with context (retrieval-augmented fine-tuning) ------------------------------------------------------
+CONTEXT_BUDGET = 1500
+"""Prompt tokens a context record may use (estimated; the same cap grounded chat uses, chat.RAG_BUDGET_MAX)."""
+_POOL = 10
+"""Chunks retrieved beyond ``k``: room to find the source chunk and enough distractors once it is left out."""
+
+
+def is_unanswerable(pair: Pair) -> bool:
+    """A question the site does not answer (step 2's ``"kind": "unanswerable"``): its target is always the refusal."""
+    return str(pair.extra.get("kind") or "").lower() == "unanswerable"
+
+
+def matches_source(item: dict, source: str, file: str = "") -> bool:
+    """Whether a chunk, hit or shown source (``url``/``page``) is the pair's own page: its URL equals the pair's
+    ``source``, or its page file is the pair's ``file`` (or the file ``source`` names when it is not a URL)."""
+    url, page = str(item.get("url") or ""), str(item.get("page") or "")
+    if source and url and url == source:
+        return True
+    names = {Path(f).name for f in (file, "" if "://" in (source or "") else source) if f}
+    return bool(page) and page in names
+
+
+def _source_of(pair: Pair) -> tuple[str, str]:
+    return pair.source or "", str(pair.extra.get("file") or "")
+
+
+def _best_source_chunk(index, pair: Pair) -> dict | None:
+    """The source page's chunk sharing the most words with the question and answer (when retrieval missed it)."""
+    from .index import tokenize
+
+    source, file = _source_of(pair)
+    mine = [c for c in index.chunks if matches_source(c, source, file)]
+    if not mine:
+        return None
+    words = set(tokenize(f"{pair.question} {pair.answer}"))
+    best = max(mine, key=lambda c: len(words & set(tokenize(c.get("text", "")))))
+    return {**best, "score": 0.0}
+
+
+def _slim(chunk: dict) -> dict:
+    return {k: chunk.get(k) for k in ("chunk_id", "page", "url", "title", "heading", "text", "score")}
+
+
+def context_pair(pair: Pair, index, k: int, oracle: bool, rng: random.Random, system_prompt: str | None) -> tuple:
+    """``(pair as the model sees it, how, chunks shown)``: the question becomes the grounded prompt
+    (:func:`umtcds_core.grounding.build_grounded_messages`, the one builder chat and evaluate use too) and the answer
+    its target. ``how`` is ``oracle`` (the source chunk is shown; the answer ends with its citation ``[n]``),
+    ``distractors`` (only other pages' chunks; the target is the refusal sentence), ``unanswerable`` (the top chunks;
+    refusal) or ``no-source`` (the pair's page is not in the index: only distractors can be shown; refusal)."""
+    from .grounding import build_grounded_messages, refusal_for
+
+    source, file = _source_of(pair)
+    hits = index.search(pair.question, min(100, k + _POOL))
+    how = "unanswerable" if is_unanswerable(pair) else "oracle" if oracle else "distractors"
+    if how == "unanswerable":
+        chunks = hits[:k]
+    elif how == "distractors":
+        chunks = [h for h in hits if not matches_source(h, source, file)][:k]
+    else:
+        chunks = hits[:k]
+        if not any(matches_source(h, source, file) for h in chunks):
+            own = next((h for h in hits if matches_source(h, source, file)), None) or _best_source_chunk(index, pair)
+            if own is None:
+                how, chunks = "no-source", [h for h in hits if not matches_source(h, source, file)][:k]
+            else:
+                others = chunks[: k - 1]
+                others.insert(rng.randrange(len(others) + 1), own)
+                chunks = others
+    system = pair.system or system_prompt
+    messages, shown = build_grounded_messages(pair.question, chunks, system, CONTEXT_BUDGET)
+    if how == "oracle":
+        n = next((s["n"] for s in shown if matches_source(s, source, file)), None)
+        if n is None:  # the budget left the source out: show it first instead
+            own = next(c for c in chunks if matches_source(c, source, file))
+            chunks = [own] + [c for c in chunks if c is not own]
+            messages, shown = build_grounded_messages(pair.question, chunks, system, CONTEXT_BUDGET)
+            n = next(s["n"] for s in shown if matches_source(s, source, file))
+        target = f"{pair.answer.rstrip()} [{n}]"
+    else:
+        target = refusal_for(pair.question)
+    grounded = Pair(
+        messages[1]["content"],
+        target,
+        pair.source,
+        pair.score,
+        messages[0]["content"],
+        [],
+        pair.origin,
+        dict(pair.extra),
+    )
+    return grounded, how, chunks
+
+
+def record_meta(
+    pair: Pair, system_prompt: str | None, how: str | None = None, chunks: list[dict] | None = None
+) -> dict:
+    """What evaluation needs beside a test record's messages: the bare question (for closed-book and live-retrieval
+    prompts), the pair's own answer, its source page, kind and paraphrase, and the context shown, if any."""
+    meta = {
+        "question": pair.question,
+        "answer": pair.answer,
+        "source": pair.source,
+        "file": str(pair.extra.get("file") or ""),
+        "title": str(pair.extra.get("title") or ""),
+        "kind": str(pair.extra.get("kind") or "answerable"),
+        "paraphrase": pair.extra.get("paraphrase") or None,
+        "system": pair.system or system_prompt or None,
+    }
+    if how is not None:
+        meta["context"] = how
+        meta["chunks"] = [_slim(c) for c in chunks or []]
+    return meta
+
+
+def add_context(
+    splits: dict[str, list[Pair]],
+    index_dir: str | Path,
+    k: int = 5,
+    share: float = 0.8,
+    seed: int = 42,
+    system_prompt: str | None = None,
+) -> tuple[dict[str, list[Pair]], dict[str, list[dict]], dict]:
+    """Every split's pairs as grounded records: ``(pairs, test metas, report)``.
+
+    In each split exactly ``round(share × answerable pairs whose page is indexed)`` pairs, chosen with ``seed``, show
+    their source chunk; the other answerable ones show distractors only and are refused — so the model learns to
+    answer from the sources and to say "the website does not say" instead of guessing. Same seed, same records."""
+    from .grounding import estimate_tokens
+    from .index import Index
+
+    check_setting("context_k", k)
+    check_setting("oracle_share", share)
+    index = Index.load(index_dir)  # missing or stale: one sentence that says how to rebuild it
+    out: dict[str, list[Pair]] = {}
+    metas: dict[str, list[dict]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    longest = 0
+    for split in SPLITS:
+        pairs = splits.get(split, [])
+        rng = random.Random(f"{seed}:{split}")
+        indexed = [
+            i
+            for i, p in enumerate(pairs)
+            if not is_unanswerable(p) and any(matches_source(c, *_source_of(p)) for c in index.chunks)
+        ]
+        oracle = set(rng.sample(indexed, round(share * len(indexed))))
+        out[split], metas[split] = [], []
+        tally = {"oracle": 0, "distractors": 0, "unanswerable": 0, "no-source": 0}
+        for i, p in enumerate(pairs):
+            grounded, how, chunks = context_pair(p, index, k, i in oracle, rng, system_prompt)
+            if how == "distractors" and i not in oracle and i not in indexed:
+                how = "no-source"
+            tally[how] += 1
+            out[split].append(grounded)
+            metas[split].append(record_meta(p, system_prompt, how, chunks))
+            longest = max(longest, estimate_tokens(grounded.system or "") + estimate_tokens(grounded.question))
+        counts[split] = tally
+    report = {
+        "mode": "retrieved",
+        "index": str(index_dir),
+        "k": k,
+        "oracle_share": share,
+        "counts": counts,
+        "prompt_tokens_max": longest,
+    }
+    return out, metas, report
 
 
 # ---- CLI --------------------------------------------------------------------------------------------------------
@@ -1054,6 +1330,10 @@ def build_from_settings(values: dict, pairs: list[Pair] | None = None) -> dict:
         threshold=values["dedup_threshold"],
         pairs=pairs,
         include_stale=values["include_stale"],
+        context=values["context"],
+        index=values["index"],
+        context_k=values["context_k"],
+        oracle_share=values["oracle_share"],
     )
 
 

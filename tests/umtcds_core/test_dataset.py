@@ -315,3 +315,95 @@ def test_size_warnings_name_few_pairs_and_a_tiny_test_split_in_both_languages():
     assert "Only 15 pairs" in en and "test split has only 1 question" in en
     assert "只有 15 对问答" in zh and "测试集只有 1 个问题" in zh
     assert size_warnings(400, {"train": 320, "dev": 40, "test": 40}) == []
+
+
+# ---- training with context (issue 15 §3) ---------------------------------------------------------------------------
+def _seed_pairs_for(index_dir: Path) -> list[dict]:
+    """The demo's hand-written pairs with full source URLs of the crawl the index was built from, plus two
+    unanswerable questions."""
+    from umtcds_core.demo_site import QA_SEED_FILE
+
+    root = json.loads((index_dir / "chunks.jsonl").read_text(encoding="utf-8").splitlines()[0])["url"]
+    seeds = [json.loads(x) for x in QA_SEED_FILE.read_text(encoding="utf-8").splitlines() if x.strip()]
+    pairs = [{**r, "source": root.rstrip("/") + "/" + r["source"]} for r in seeds]
+    pairs += [
+        {"question": "Who is the president of the university?", "answer": "The website does not say.",
+         "source": root, "kind": "unanswerable"},
+        {"question": "校长叫什么名字？", "answer": "网站上没有提到这一点。", "source": root, "kind": "unanswerable"},
+    ]  # fmt: skip
+    return pairs
+
+
+def test_context_retrieved_holds_the_source_at_the_share_cites_and_refuses(tmp_path, demo_index):
+    from umtcds_core.grounding import REFUSAL_EN, REFUSAL_ZH, cited, is_refusal
+
+    _, index_dir = demo_index
+    inp = write_jsonl(tmp_path / "qa.jsonl", _seed_pairs_for(index_dir))
+    report = ds.build_dataset(inp, tmp_path / "out", "6:2:2", seed=3, context="retrieved", index=index_dir,
+                              context_k=3, oracle_share=0.75)  # fmt: skip
+    ctx = report["context"]
+    assert ctx["mode"] == "retrieved" and ctx["k"] == 3
+    splits = read_splits(tmp_path / "out")
+    for split, recs in splits.items():
+        counts = ctx["counts"][split]
+        answerable = counts["oracle"] + counts["distractors"]
+        assert counts["no-source"] == 0 and len(recs) == answerable + counts["unanswerable"]
+        assert counts["oracle"] == round(0.75 * answerable)  # exactly the share, in every split
+    holding = refused = total = 0
+    for rec in splits["test"]:  # test records carry their pair's meta: check the source really is in the prompt
+        meta, msgs = rec["meta"], rec["messages"]
+        user, target = msgs[-2]["content"], msgs[-1]["content"]
+        assert msgs[0]["role"] == "system" and user.startswith(("Sources:", "资料："))
+        if meta["kind"] == "unanswerable":
+            assert target in (REFUSAL_EN, REFUSAL_ZH)
+            continue
+        total += 1
+        if meta["source"] + "\n" in user.replace(")\n", "\n"):  # "[n] title (url)" heads each source
+            holding += 1
+            n = cited(target)
+            assert meta["context"] == "oracle" and n and f"[{n[-1]}] " in user and target.endswith(f"[{n[-1]}]")
+            assert f"({meta['source']})" in user.split(f"[{n[-1]}] ", 1)[1].split("\n", 1)[0]
+        else:
+            refused += 1
+            assert meta["context"] == "distractors" and is_refusal(target) and not cited(target)
+    assert holding == ctx["counts"]["test"]["oracle"] and refused == ctx["counts"]["test"]["distractors"]
+    assert holding + refused == total
+    # seeded: the same settings give the same records; another seed picks other records
+    ds.build_dataset(inp, tmp_path / "again", "6:2:2", seed=3, context="retrieved", index=index_dir, context_k=3,
+                     oracle_share=0.75)  # fmt: skip
+    assert read_splits(tmp_path / "again") == splits
+    assert any("max_input_length" in w for w in report["warnings"])
+
+
+def test_context_settings_and_bad_index_are_one_sentence(tmp_path, demo_index, capsys):
+    inp = write_jsonl(tmp_path / "qa.jsonl", unique_pairs(6))
+    assert cli_main(["dataset", str(inp), "--out", str(tmp_path / "o"), "--context", "retrieved"]) == 1
+    err = capsys.readouterr().err
+    assert "context retrieved needs the index" in err and "Traceback" not in err
+    rc = cli_main(["dataset", str(inp), "--out", str(tmp_path / "o"), "--context", "retrieved",
+                   "--index", str(tmp_path / "nope")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "There is no index in" in err and "umtcds index" in err and "Traceback" not in err
+    assert cli_main(["dataset", str(inp), "--out", str(tmp_path / "o"), "--oracle-share", "1.5"]) == 1
+    assert "oracle_share: 1.5 must be between 0 and 1" in capsys.readouterr().err
+    # a stale index (a page edited since it was built) is refused the same way
+    import shutil
+
+    pages, index_dir = demo_index
+    copy = tmp_path / "copy"
+    shutil.copytree(pages, copy / "pages")
+    from umtcds_core.index import build_index
+
+    build_index(copy / "pages", copy / "index")
+    page = sorted((copy / "pages").glob("*.txt"))[0]
+    page.write_text(page.read_text(encoding="utf-8") + "\nNew line.\n", encoding="utf-8")
+    rc = cli_main(["dataset", str(inp), "--out", str(tmp_path / "o"), "--context", "retrieved",
+                   "--index", str(copy / "index")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and "changed since the index was built" in err and "Traceback" not in err
+    # context none: the test split still carries each pair's meta (evaluation reads it), training splits do not
+    report = ds.build_dataset(inp, tmp_path / "plain", "4:1:1")
+    assert report["context"] == {"mode": "none"}
+    splits = read_splits(tmp_path / "plain")
+    assert all("meta" in r for r in splits["test"]) and not any("meta" in r for r in splits["train"])
+    assert splits["test"][0]["meta"]["source"].startswith("https://u.edu/")
