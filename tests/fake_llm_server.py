@@ -49,11 +49,29 @@ def _quoted_text(message: str) -> str:
 
 def default_responder(body: dict) -> str:
     """Play a well-behaved LLM for our default prompts: clean → echo the text; judge → a score; Q&A → a JSON array
-    (in a fence, with prose around it) whose answers are sentences of the page, so they pass the grounding check."""
+    (in a fence, with prose around it) whose answers are sentences of the page, so they pass the grounding check;
+    paraphrase → each question reworded; unanswerable → questions about things no test page mentions (chargers, a
+    director's school); "does the text answer it?" → no."""
     messages = body.get("messages") or []
     system = " ".join(m.get("content", "") for m in messages if m.get("role") == "system").lower()
     last = messages[-1].get("content", "") if messages else ""
     text = _quoted_text(last)
+    if "paraphrase" in system or "改写" in system:  # one reworded question per line of the block, same order
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        return json.dumps([f"请问，{q}" if re.search(r"[\u4e00-\u9fff]", q) else f"Tell me: {q}" for q in lines])
+    if "yes or no" in system or "是或否" in system:  # does the text answer the question? our questions: no
+        return "no" if "yes or no" in system else "否"
+    if "does not answer" in system or "NOT answer" in system or "没有回答" in system:
+        topic = (text.strip().splitlines() or ["the office"])[0].strip()[:20]
+        n = int((re.search(r"(?:Write|写)\s*(\d+)", last) or [0, 1])[1])
+        if re.search(r"[\u4e00-\u9fff]", text):
+            asked = [f"{topic}附近有多少个电动车充电桩？", f"{topic}的负责人毕业于哪所学校？"]
+        else:
+            asked = [
+                f"How many electric scooter chargers are there near {topic}?",
+                f"Which school did the director of {topic} graduate from?",
+            ]
+        return json.dumps(asked[:n], ensure_ascii=False)
     if "rate" in system or "评分" in system:
         return "Score: 4"
     if "clean" in system or "清洗" in system:

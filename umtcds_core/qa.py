@@ -66,7 +66,7 @@ from . import schema as S
 from .errors import UserError
 from .fileio import BadLine, append_jsonl, iter_jsonl, write_text_atomic
 from .llm import BACKENDS
-from .text import compact, han_ratio, normalize
+from .text import CJK_RE, compact, han_ratio, normalize
 
 setting = S.setting
 
@@ -75,7 +75,8 @@ REMOVED_DIR = "removed"  # crawl.REMOVED_DIR (not imported: crawl pulls in the f
 PROMPTS_FILE = "prompts.yaml"
 
 # ---- prompts ------------------------------------------------------------------------------------------------------
-# Placeholders: {text} (the page chunk), {n} (pairs wanted), {title}, and for the judge {question}/{answer}.
+# Placeholders: {text} (the page chunk), {n} (pairs wanted), {title}, and for the judge {question}/{answer};
+# {questions} (one per line) for the paraphrase request.
 # The page text always sits between lines of three double quotes, so the model (and our test server) can find it.
 DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
     "en": {
@@ -104,6 +105,26 @@ DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
             "(clear, useful and fully supported by the text). Reply with the number only."
         ),
         "judge_user": 'Text:\n"""\n{text}\n"""\nQuestion: {question}\nAnswer: {answer}\nScore (1-5):',
+        "unanswerable_system": (
+            "You write questions that a university web page does NOT answer: questions a student could plausibly ask "
+            "about the topic of the page, whose answer is missing from its text (do not ask about anything the text "
+            'says). Reply with a JSON array of strings only: ["..."].'
+        ),
+        "unanswerable_user": (
+            'Write {n} questions about the topic of the page "{title}" that this text does NOT answer, as a JSON '
+            'array.\n"""\n{text}\n"""'
+        ),
+        "unanswerable_judge_system": (
+            "You check whether a text answers a question. Reply yes if the answer is in the text, no if it is not. "
+            "Reply with yes or no only."
+        ),
+        "unanswerable_judge_user": 'Text:\n"""\n{text}\n"""\nQuestion: {question}\nDoes the text answer it (yes/no)?',
+        "paraphrase_system": (
+            "You paraphrase questions: ask the same thing with other words and another sentence structure, keeping "
+            "every name, number and detail. Reply with a JSON array of strings only, one paraphrase per question, in "
+            "the same order."
+        ),
+        "paraphrase_user": 'Paraphrase these {n} questions (one per line) as a JSON array.\n"""\n{questions}\n"""',
     },
     "zh": {
         "clean_system": (
@@ -125,9 +146,37 @@ DEFAULT_PROMPTS: dict[str, dict[str, str]] = {
             "你为校园问答助手的问答对评分：1 分表示无用或错误，5 分表示清楚、有用且完全有文本依据。只回复分数数字。"
         ),
         "judge_user": '文本：\n"""\n{text}\n"""\n问题：{question}\n答案：{answer}\n评分（1-5）：',
+        "unanswerable_system": (
+            "你为校园问答助手编写网页“没有回答”的问题：与这个高校网页的主题相关、学生很可能会问，但文本中找不到答案的问题"
+            '（不要问文本里写到的内容）。只回复一个 JSON 字符串数组：["……"]。'
+        ),
+        "unanswerable_user": '围绕网页《{title}》的主题，写 {n} 个这段文本没有回答的问题，以 JSON 数组回复。\n"""\n{text}\n"""',
+        "unanswerable_judge_system": "你判断一段文本是否回答了一个问题：文本中有答案就回复“是”，没有就回复“否”。只回复是或否。",
+        "unanswerable_judge_user": '文本：\n"""\n{text}\n"""\n问题：{question}\n文本回答了这个问题吗（是/否）？',
+        "paraphrase_system": (
+            "你改写问题：用不同的词语和句式问同一件事，保留所有名称、数字和细节。只回复一个 JSON 字符串数组，"
+            "每个问题一个改写，顺序不变。"
+        ),
+        "paraphrase_user": '改写下面的 {n} 个问题（每行一个），以 JSON 数组回复。\n"""\n{questions}\n"""',
     },
 }
 PROMPT_KEYS = tuple(DEFAULT_PROMPTS["en"])
+UNANSWERABLE_PROMPTS = (
+    "unanswerable_system",
+    "unanswerable_user",
+    "unanswerable_judge_system",
+    "unanswerable_judge_user",
+)
+PARAPHRASE_PROMPTS = ("paraphrase_system", "paraphrase_user")
+REQUIRED_PLACEHOLDERS = {
+    "clean_user": "{text}",
+    "qa_user": "{text}",
+    "judge_user": "{text}",
+    "unanswerable_user": "{text}",
+    "unanswerable_judge_user": "{text}",
+    "paraphrase_user": "{questions}",
+}
+"""The placeholder each user template cannot do without (the page text, or the questions to paraphrase)."""
 
 
 def render(template: str, **values) -> str:
@@ -185,11 +234,11 @@ def prompts_from_yaml(text: str, where: str = "the prompt text") -> dict[str, di
         for key, value in templates.items():
             prompts[lang][key] = "" if value is None else str(value)
     for lang, t in prompts.items():
-        for key in ("clean_user", "qa_user", "judge_user"):
-            if "{text}" not in t[key]:
+        for key, placeholder in REQUIRED_PLACEHOLDERS.items():
+            if placeholder not in t[key]:
                 raise UserError(
-                    f"The prompt '{key}' ({lang}) in {where} lacks the {{text}} placeholder; add it back.",
-                    zh=f"{where} 中的提示词 '{key}'（{lang}）缺少 {{text}} 占位符；请把它加回去。",
+                    f"The prompt '{key}' ({lang}) in {where} lacks the {placeholder} placeholder; add it back.",
+                    zh=f"{where} 中的提示词 '{key}'（{lang}）缺少 {placeholder} 占位符；请把它加回去。",
                 )
     return prompts
 
@@ -206,7 +255,7 @@ def dump_prompts(prompts: dict[str, dict[str, str]]) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
     _Dumper.add_representer(str, _str)
-    head = "# Prompt templates for `umtcds generate` (edit, then pass with --prompt-file). Placeholders: {text} {n} {title} {question} {answer}\n"
+    head = "# Prompt templates for `umtcds generate` (edit, then pass with --prompt-file). Placeholders: {text} {n} {title} {question} {answer} {questions}\n"
     return head + yaml.dump(prompts, Dumper=_Dumper, allow_unicode=True, sort_keys=False, width=1000)
 
 
@@ -500,6 +549,179 @@ def check_pair(pair: dict, grounding: Grounding, limits: CurationLimits) -> tupl
     return None, g
 
 
+# ---- unanswerable questions and paraphrases -------------------------------------------------------------------------
+ANSWERABLE, UNANSWERABLE = "answerable", "unanswerable"
+"""A pair's ``kind`` in ``qa.jsonl`` (a pair without one is answerable: hand-written and older pairs)."""
+
+
+def refusal(question: str) -> str:
+    """The refusal answer of an unanswerable question, in the question's language: the sentences the grounded prompt
+    asks the model for (:mod:`grounding`), so training, chat and evaluation agree on what "the website does not say"
+    looks like."""
+    from .grounding import refusal_for
+
+    return refusal_for(question)
+
+
+_LIST_LINE = re.compile(r"^\s*(?:[-*•>]+|\(?\d+[.)、）:]|[QqＱ]\d*[:：.])?\s*")
+
+
+def parse_questions(reply: str) -> list[str]:
+    """Question strings from a reply: a JSON array of strings (or of objects with a question/paraphrase field), in a
+    fence or prose; else one per non-empty line, list markers and quotes stripped."""
+    text = strip_thinking(reply)
+    if not text:
+        return []
+
+    def from_value(value) -> list[str]:
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list):
+            return [q for item in value for q in from_value(item)]
+        if isinstance(value, dict):
+            low = {str(k).lower(): v for k, v in value.items()}
+            for k in ("paraphrase", "question", "q", "问题", "改写"):
+                if isinstance(low.get(k), str):
+                    return [low[k]]
+            return [q for v in value.values() if isinstance(v, (list, dict)) for q in from_value(v)]
+        return []
+
+    decoder = json.JSONDecoder()
+    for block in [*_FENCE_RE.findall(text), text]:
+        for i, ch in enumerate(block):
+            if ch not in "[{":
+                continue
+            try:
+                value, _ = decoder.raw_decode(block, i)
+            except ValueError:
+                continue
+            found = [q.strip() for q in from_value(value) if q.strip()]
+            if found:
+                return found
+    lines = (_LIST_LINE.sub("", ln).strip().strip("\"'“”,") for ln in text.splitlines())
+    return [ln for ln in lines if ln and not ln.startswith(("```", "[", "]"))]
+
+
+def parse_yes_no(reply: str) -> bool | None:
+    """A judge's yes (True) / no (False) from ``yes``, ``No.``, ``是``, ``否``, ``没有``; None when it says neither."""
+    text = strip_thinking(reply).strip().lower()
+    m = re.search(r"\b(yes|no)\b", text)
+    if m:
+        return m.group(1) == "yes"
+    for ch_no in ("否", "没有", "不是"):
+        if ch_no in text:
+            return False
+    return True if "是" in text or "有" in text else None
+
+
+_EN_STOP = frozenset(
+    "a an the of to in on at for from with by and or but not no is are was were be been being do does did done "
+    "can could should would will shall may might must have has had there here this that these those it its they "
+    "them their you your we our us i me my he she his her what when where which who whom whose why how whether "
+    "any some many much more most long often about into than then also only just still ever if so such as "
+    "student students page website site please tell know say says said".split()
+)
+_ZH_STOP = (
+    "请问 什么 哪里 哪儿 哪些 哪个 哪位 多少 几点 几个 几月 几号 怎么 怎样 如何 是否 是不是 为什么 可以 能否 能不能 需要 "
+    "有没有 有哪些 什么时候 时候 地方 情况 一下 告诉 知道 应该 具体 学生 同学 我们 我 你 吗 呢 吧 啊 的 了 是 有 在 和 与 及 或 "
+    "要 会 能 该 把 被 对 到 从 给 都 也 就 还 请"
+).split()
+
+
+def _stem(word: str) -> str:
+    for suffix in ("ing", "ies", "ied", "ed", "es", "s", "ly"):
+        if len(word) - len(suffix) >= 4 and word.endswith(suffix):
+            word = word[: -len(suffix)]
+            break
+    return word[:5]
+
+
+def key_terms(question: str) -> list[str]:
+    """The words a question hinges on, lower-cased: numbers, English content words (cut to a 5-letter stem, so
+    "libraries" meets "library") and Chinese words (jieba) that are not question words or fillers."""
+    text = question.lower()
+    terms = re.findall(r"\d+(?:[.:：]\d+)*", text)
+    terms += [_stem(w) for w in re.findall(r"[a-z][a-z'-]+", text) if len(w) >= 3 and w not in _EN_STOP]
+    chinese = "".join(ch if CJK_RE.match(ch) else " " for ch in question)
+    if chinese.strip():
+        import logging
+
+        import jieba
+
+        jieba.setLogLevel(logging.WARNING)
+        for word in jieba.lcut(chinese):
+            word = word.strip()
+            for stop in _ZH_STOP:  # question words glued to a content word (图书馆吗 → 图书馆)
+                if len(stop) > 1 and word != stop:
+                    word = word.replace(stop, " ")
+            for part in word.split():
+                if len(part) >= 2 and part not in _ZH_STOP:
+                    terms.append(part)
+    return list(dict.fromkeys(terms))
+
+
+class PageTerms:
+    """Where each term occurs in a page (lower-cased text), to tell whether a question's key terms sit together."""
+
+    WINDOW = 300
+    """Characters either side of an anchor within which every other term must occur: about one paragraph."""
+
+    def __init__(self, page_text: str):
+        self.text = page_text.lower()
+        self._cache: dict[str, list[int]] = {}
+
+    def positions(self, term: str) -> list[int]:
+        if term not in self._cache:
+            # a number is a whole number (30 is not the 30 of 7:30 or 130); a word may be part of a longer one
+            pattern = rf"(?<![\d.:：]){re.escape(term)}(?![\d])" if term[0].isdigit() else re.escape(term)
+            self._cache[term] = [m.start() for m in re.finditer(pattern, self.text)]
+        return self._cache[term]
+
+    def answers(self, question: str) -> bool:
+        """True when the page probably answers ``question``: every key term (numbers included) occurs, all within
+        :attr:`WINDOW` characters of one occurrence of the rarest. A cheap, deliberately eager check — dropping a
+        good unanswerable question costs one pair; keeping an answered one teaches the model to refuse a fact."""
+        import bisect
+
+        terms = key_terms(question)
+        if not terms:
+            return False
+        where = [self.positions(t) for t in terms]
+        if any(not w for w in where):
+            return False
+        where.sort(key=len)
+        for anchor in where[0]:
+            if all(
+                (i := bisect.bisect_left(w, anchor - self.WINDOW)) < len(w) and w[i] <= anchor + self.WINDOW
+                for w in where[1:]
+            ):
+                return True
+        return False
+
+
+def check_unanswerable(question: str, page: PageTerms, limits: CurationLimits) -> str | None:
+    """Why an "unanswerable" question is dropped, or None to keep it."""
+    if len(compact(question)) < limits.min_question_chars:
+        return "too short"
+    if len(question) > limits.max_question_chars:
+        return "too long"
+    if page.answers(question):
+        return "unanswerable question answered by the page"
+    return None
+
+
+def check_paraphrase(question: str, paraphrase: str, limits: CurationLimits) -> bool:
+    """A paraphrase worth keeping: a real question of sensible length, not the question itself, and asking about the
+    same numbers (a changed room number asks something else)."""
+    p = compact(paraphrase)
+    return (
+        limits.min_question_chars <= len(p)
+        and len(paraphrase) <= limits.max_question_chars
+        and normalize(paraphrase) != normalize(question)
+        and dataset.numbers(paraphrase) == dataset.numbers(question)
+    )
+
+
 # ---- pages --------------------------------------------------------------------------------------------------------
 @dataclass
 class Page:
@@ -719,6 +941,26 @@ class GenerateSettings:
         max=1,
         step=0.05,
     )
+    unanswerable: int = setting(
+        1,
+        ("每页无法回答的问题数", "Unanswerable questions per page"),
+        "questions per page on its topic that the page does not answer, kept with the refusal answer so the model "
+        "learns to say so (kind: unanswerable); 0 = none",
+        help=(
+            "与网页主题相关、但网页没有给出答案的问题，答案是拒答句，让模型学会说“网站上没有提到”。",
+            "Questions on the page's topic that it does not answer, with the refusal as answer, so the model "
+            "learns to say the website does not say.",
+        ),
+        min=0,
+        typical=(0, 5),
+        range_msg=("must be 0 or more", "必须大于或等于 0"),
+    )
+    paraphrase: bool = setting(
+        True,
+        ("为每个问题生成改写（仅用于评估）", "Paraphrase each question (evaluation only)"),
+        "ask the LLM for a reworded copy of each question, kept as 'paraphrase' on its pair and used only to "
+        "evaluate (one more call per page chunk)",
+    )
     prompt_file: str | None = setting(
         None,
         ("提示词文件", "Prompt file"),
@@ -811,10 +1053,20 @@ def resolved_max_tokens(values: dict) -> int:
     return CPU_MAX_TOKENS if values.get("backend") == "local" and not has_gpu(values.get("device")) else 1024
 
 
+LATER_FEATURES: tuple[tuple[str, object, tuple[str, ...]], ...] = (
+    ("unanswerable", 0, UNANSWERABLE_PROMPTS),
+    ("paraphrase", False, PARAPHRASE_PROMPTS),
+)
+"""Settings added after resume keys were first written: ``(name, value when off, its prompt templates)``. While a
+feature is off, neither it nor its templates enter the key, so a ``qa.jsonl`` made before it existed still resumes."""
+
+
 @dataclass
 class GenSettings:
     """Everything that changes the output; its hash is part of each page's resume key (defaults: :data:`GENERATE`'s,
-    ``max_tokens`` and ``clean`` resolved)."""
+    ``max_tokens`` and ``clean`` resolved — except ``unanswerable``/``paraphrase``, which are off here: the CLI, a
+    settings file and the Generate page turn them on through :meth:`from_settings`, while code that builds settings
+    itself (the demo, benchmarks) keeps exactly the pairs it asked for)."""
 
     backend: str = GENERATE["backend"].default
     model: str = ""
@@ -831,13 +1083,22 @@ class GenSettings:
     prompts: dict = field(default_factory=lambda: load_prompts(None))
     pii: str = GENERATE["pii"].default  # off | mask: what the LLM is shown (pii.py)
     pii_names: bool = GENERATE["pii_names"].default
+    unanswerable: int = 0  # questions per page the page does not answer (refusal answers); GENERATE's default is 1
+    paraphrase: bool = False  # a reworded copy of each question, for evaluation; GENERATE's default is on
 
     def __post_init__(self):
-        for name in ("pairs_per_page", "lang", "judge_threshold", "max_tokens", "pii"):
+        for name in ("pairs_per_page", "lang", "judge_threshold", "max_tokens", "pii", "unanswerable"):
             S.check_value(GENERATE, name, getattr(self, name))
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+        data = asdict(self)
+        for name, off, templates in LATER_FEATURES:
+            if data[name] == off:  # see LATER_FEATURES: turned off, the key is the one earlier versions wrote
+                del data[name]
+                data["prompts"] = {
+                    lang: {k: v for k, v in t.items() if k not in templates} for lang, t in data["prompts"].items()
+                }
+        return hashlib.sha256(json.dumps(data, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
 
     @classmethod
     def from_settings(cls, values: dict) -> GenSettings:
@@ -859,6 +1120,8 @@ class GenSettings:
             prompts=load_prompts(values.get("prompt_file")),
             pii=values["pii"],
             pii_names=values["pii_names"],
+            unanswerable=values["unanswerable"],
+            paraphrase=values["paraphrase"],
         )
 
 
@@ -1060,16 +1323,24 @@ class Generator:
                 answers[i].add(compact(pair["answer"]))
                 pair["grounding"] = round(score, 3)
                 candidates.append((i, j, pair))
-        # 5. optional judge
-        if s.judge and candidates:
+        # 4b. paraphrases of the kept questions and unanswerable questions: extras, asked together in one round
+        unanswerable = self._extras(results, chunks, candidates, seen, dropped)
+        # 5. optional judge (a 1-5 score for each pair; "does the page answer it?" for each unanswerable question)
+        if s.judge and (candidates or unanswerable):
             convs = []
             for _i, j, pair in candidates:
                 p = s.prompts[chunks[j][1]]
                 user = render(p["judge_user"], text=chunks[j][2], question=pair["question"], answer=pair["answer"])
                 convs.append([{"role": "system", "content": p["judge_system"]}, {"role": "user", "content": user}])
+            for _i, j, pair in unanswerable:
+                p = s.prompts[chunks[j][1]]
+                user = render(p["unanswerable_judge_user"], text=chunks[j][2], question=pair["question"])
+                convs.append(
+                    [{"role": "system", "content": p["unanswerable_judge_system"]}, {"role": "user", "content": user}]
+                )
             replies = self.completer.complete(convs, 16, 0.0)
-            kept = []
-            for (i, j, pair), reply in zip(candidates, replies, strict=True):
+            n_pairs, kept = len(candidates), []
+            for (i, j, pair), reply in zip(candidates, replies[:n_pairs], strict=True):
                 score = None if isinstance(reply, Exception) else parse_score(reply)
                 pair["judge_score"] = score
                 if score is not None and score < s.judge_threshold:
@@ -1077,6 +1348,13 @@ class Generator:
                     continue
                 kept.append((i, j, pair))
             candidates = kept
+            kept = []
+            for (i, j, pair), reply in zip(unanswerable, replies[n_pairs:], strict=True):
+                if not isinstance(reply, Exception) and parse_yes_no(reply):  # no verdict: the lexical check stands
+                    dropped[i]["unanswerable question answered by the page (judge)"] += 1
+                    continue
+                kept.append((i, j, pair))
+            unanswerable = kept
         # 6. assemble
         for i, j, pair in candidates:
             if results[i].reason:
@@ -1088,6 +1366,19 @@ class Generator:
             if duplicate:  # another page (of this group, or finished meanwhile) asked it first
                 dropped[i]["duplicate question"] += 1
                 continue
+            results[i].pairs.append({**pair, "kind": ANSWERABLE, "chunk": chunk_no.get(j, 0)})
+        refusals: Counter[int] = Counter()
+        for i, j, pair in unanswerable:
+            if results[i].reason or not results[i].pairs or refusals[i] >= s.unanswerable:
+                continue  # no answerable pair survived: the page fails as before, refusals alone teach nothing of it
+            with self._dedupe_lock:
+                duplicate = self.dedupe.is_duplicate(pair["question"])
+                if not duplicate:
+                    self.dedupe.add(pair["question"])
+            if duplicate:
+                dropped[i]["duplicate question"] += 1
+                continue
+            refusals[i] += 1
             results[i].pairs.append({**pair, "chunk": chunk_no.get(j, 0)})
         for i, r in enumerate(results):
             if r.reason or r.pairs:
@@ -1102,6 +1393,77 @@ class Generator:
             else:
                 self._fail(r, "the model returned no pairs", "qa", retryable=True)
         return results
+
+    def _extras(self, results, chunks, candidates, seen, dropped) -> list[tuple[int, int, dict]]:
+        """Ask, in one round, for a paraphrase of each kept question (one request per chunk; stored on the pair as
+        ``paraphrase``) and for ``unanswerable`` questions per page (one request, shown the page's first chunk).
+        Returns the unanswerable questions that pass :func:`check_unanswerable` and the duplicate checks (twice as
+        many as wanted when the judge will look at them: it may reject some), as
+        ``(result index, chunk index, pair)`` with the refusal answer. A failed or unparseable reply only costs its
+        extras: the page's pairs stand without them."""
+        s = self.s
+        convs: list[list[dict]] = []
+        jobs: list[tuple] = []
+        budgets: list[int] = []
+        if s.paraphrase:
+            by_chunk: dict[int, list[dict]] = defaultdict(list)
+            for _i, j, pair in candidates:
+                by_chunk[j].append(pair)
+            for j, pairs in sorted(by_chunk.items()):
+                p = s.prompts[chunks[j][1]]
+                listing = "\n".join(pair["question"] for pair in pairs)
+                user = render(p["paraphrase_user"], questions=listing, n=len(pairs))
+                convs.append([{"role": "system", "content": p["paraphrase_system"]}, {"role": "user", "content": user}])
+                jobs.append(("paraphrase", j, pairs))
+                budgets.append(2 * self._count_tokens(listing) + 16 * len(pairs) + 32)
+        if s.unanswerable > 0:
+            first: dict[int, int] = {}
+            for i, j, _pair in candidates:
+                first[i] = min(j, first.get(i, j))
+            for i, j in sorted(first.items()):
+                p = s.prompts[chunks[j][1]]
+                user = render(p["unanswerable_user"], text=chunks[j][2], n=s.unanswerable, title=results[i].page.title)
+                convs.append(
+                    [{"role": "system", "content": p["unanswerable_system"]}, {"role": "user", "content": user}]
+                )
+                jobs.append(("unanswerable", i, j))
+                budgets.append(48 * s.unanswerable + 32)
+        if not convs:
+            return []
+        replies = self.completer.complete(convs, min(s.max_tokens, max(budgets)), s.temperature)
+        out: list[tuple[int, int, dict]] = []
+        for job, reply in zip(jobs, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue
+            if job[0] == "paraphrase":
+                _, j, pairs = job
+                found = parse_questions(reply)
+                if len(found) == len(pairs):  # matched by position: a short or long list cannot be lined up
+                    for pair, para in zip(pairs, found, strict=True):
+                        para = re.sub(r"\s+", " ", para).strip()
+                        if check_paraphrase(pair["question"], para, s.limits):
+                            pair["paraphrase"] = para
+                continue
+            _, i, j = job
+            terms = PageTerms(results[i].page.text)
+            kept, room = 0, s.unanswerable * (2 if s.judge else 1)  # spares for the judge to reject
+            for q in parse_questions(reply):
+                if kept >= room:
+                    break
+                q = re.sub(r"\s+", " ", q).strip()
+                why = check_unanswerable(q, terms, s.limits)
+                if why is None:
+                    with self._dedupe_lock:
+                        earlier = self.dedupe.is_duplicate(q)
+                    if earlier or seen[i].is_duplicate(q):
+                        why = "duplicate question"
+                if why:
+                    dropped[i][why] += 1
+                    continue
+                seen[i].add(q)
+                out.append((i, j, {"question": q, "answer": refusal(q), "kind": UNANSWERABLE}))
+                kept += 1
+        return out
 
     @staticmethod
     def _fail(r: PageResult, reason: str, stage: str, retryable: bool) -> None:
@@ -1126,6 +1488,8 @@ class Summary:
     stale: int = 0  # pairs whose page changed or was removed since they were made (kept, marked "stale": true)
     pii: Counter = field(default_factory=Counter)  # personal data masked, by kind (pii.KINDS), over this run's pages
     pii_pages: int = 0  # pages of this run with anything masked
+    unanswerable: int = 0  # of ``pairs``: questions the page does not answer, with the refusal answer
+    paraphrases: int = 0  # pairs that got a paraphrase (for evaluation)
 
     @property
     def tokens_per_s(self) -> float:
@@ -1317,6 +1681,8 @@ def generate(
                                         "title": r.page.title,
                                         "chunk": pair.get("chunk", 0),
                                         "grounding": pair.get("grounding"),
+                                        "kind": pair.get("kind", ANSWERABLE),
+                                        **({"paraphrase": pair["paraphrase"]} if pair.get("paraphrase") else {}),
                                         **({"judge_score": pair["judge_score"]} if "judge_score" in pair else {}),
                                         "backend": settings.backend,
                                         "model": model_name,
@@ -1325,6 +1691,8 @@ def generate(
                                     },
                                 )
                             summary.pairs += len(r.pairs)
+                            summary.unanswerable += sum(p.get("kind") == UNANSWERABLE for p in r.pairs)
+                            summary.paraphrases += sum(bool(p.get("paraphrase")) for p in r.pairs)
                         else:
                             record = {
                                 "source": r.page.source,
@@ -1590,6 +1958,11 @@ def run(args: argparse.Namespace) -> int:
         f"{summary.failures} pages failed (see failures.jsonl); {summary.skipped} pages were already done; "
         f"{summary.tokens_out} tokens generated at {summary.tokens_per_s:.1f} tokens/s."
     )
+    if summary.unanswerable or summary.paraphrases:
+        print(
+            f"Of these, {summary.unanswerable} are unanswerable questions (answer: the refusal sentence) and "
+            f"{summary.paraphrases} answerable pairs have a paraphrase for evaluation."
+        )
     if summary.pii_pages:
         from .pii import describe_counts
 

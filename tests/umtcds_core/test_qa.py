@@ -434,7 +434,8 @@ def test_settings_file_runs_and_flags_win(tmp_path, monkeypatch, capsys):
         path = GENERATE.save_yaml(values, tmp_path / "settings.yaml")
         assert "api_key" not in path.read_text(encoding="utf-8").replace("api_key_env", "")  # never a key field
         assert cli.main(["generate", "--config", str(path), "--pairs-per-page", "1"]) == 0
-        asked = [r["body"]["messages"][-1]["content"] for r in srv.chat_requests()]
+        qa_requests = [r for r in srv.chat_requests() if "question-answer" in r["body"]["messages"][0]["content"]]
+        asked = [r["body"]["messages"][-1]["content"] for r in qa_requests]  # not the paraphrase/unanswerable ones
     assert "pairs from 1 pages" in capsys.readouterr().out  # max_pages from the file: one page of three
     assert all("Write 1 question-answer pairs" in a for a in asked)  # the flag won over pairs_per_page: 3
     with pytest.raises(SystemExit):  # argparse choices, as before
@@ -520,3 +521,144 @@ def test_measure_speed_with_the_embedded_model():
     from umtcds_core.qa import measure_speed
 
     assert measure_speed("smollm2-135m", device="cpu", batch_size=1, tokens=8) > 0
+
+
+# ---- unanswerable questions and paraphrases (issue 15 §4) -------------------------------------------------------------
+def test_key_terms_and_the_lexical_answered_check():
+    from umtcds_core.qa import PageTerms, key_terms
+
+    library = PageTerms(PAGES["library.txt"])
+    assert key_terms("How many libraries are there?") == ["libra"]  # stems: "libraries" meets "library"
+    assert library.answers("When does the library open?")
+    assert library.answers("How many books can students borrow?")
+    assert not library.answers("Who is the president of the university?")  # "president": nowhere on the page
+    assert not library.answers("Can I borrow 30 books?")  # 30 is not on the page
+    jwc = PageTerms(PAGES["jwc.txt"])
+    assert jwc.answers("选课时间是什么时候？") and jwc.answers("教务处的电话是多少？")
+    assert not jwc.answers("教务处处长是谁？")
+    far = PageTerms("The library opens at 8:00.\n" + "Filler text here. " * 40 + "\nThe gym has a pool.")
+    assert not far.answers("Does the library have a pool?")  # both words there, but paragraphs apart
+
+
+def test_unanswerable_questions_get_the_refusal_and_paraphrases_are_kept(tmp_path):
+    from umtcds_core.grounding import REFUSAL_EN, REFUSAL_ZH
+
+    pages = _pages(tmp_path, {"library.txt": PAGES["library.txt"], "jwc.txt": PAGES["jwc.txt"]})
+    out = tmp_path / "qa"
+    with FakeLLMServer(api_key=KEY) as srv:
+        settings = GenSettings(backend="openai", pairs_per_page=2, unanswerable=1, paraphrase=True)
+        summary = generate(pages, out, _openai(srv), settings)
+    qa, fails = _outcomes(out)
+    assert fails == []
+    refused = [q for q in qa if q["kind"] == "unanswerable"]
+    assert {q["file"]: q["answer"] for q in refused} == {"library.txt": REFUSAL_EN, "jwc.txt": REFUSAL_ZH}
+    assert all("paraphrase" not in q and q["key"] and q["source"] for q in refused)
+    answerable = [q for q in qa if q["kind"] == "answerable"]
+    assert len(answerable) == 4 and all(q["paraphrase"] != q["question"] for q in answerable)
+    assert all(q["question"] in q["paraphrase"] for q in answerable)  # the fake server rewords by a prefix
+    assert summary.unanswerable == 2 and summary.paraphrases == 4 and summary.pairs == len(qa) == 6
+
+
+def test_an_answerable_unanswerable_question_is_rejected_lexically_and_by_the_judge(tmp_path):
+    """The model proposes "unanswerable" questions the page does answer: the lexical check drops one, the judge the
+    other (a paraphrase list of the wrong length is not lined up, so those pairs keep no paraphrase)."""
+    from fake_llm_server import default_responder
+
+    pages = _pages(tmp_path, {"library.txt": PAGES["library.txt"]})
+
+    def responder(body):
+        system, last = body["messages"][0]["content"], body["messages"][-1]["content"]
+        if "does NOT answer" in system:
+            return json.dumps(
+                ["When does the library close?", "Is the library pleasant to sit in?", "Who is the dean?"]
+            )
+        if "yes or no" in system:
+            return "Yes." if "pleasant" in last else "No."
+        if "paraphrase" in system:
+            return '["Only one paraphrase."]'
+        return default_responder(body)
+
+    for judge, expected in ((False, "Is the library pleasant to sit in?"), (True, "Who is the dean?")):
+        out = tmp_path / f"qa-{judge}"
+        with FakeLLMServer(api_key=KEY, responder=responder) as srv:
+            settings = GenSettings(backend="openai", pairs_per_page=2, unanswerable=1, paraphrase=True, judge=judge)
+            generate(pages, out, _openai(srv), settings)
+        qa, fails = _outcomes(out)
+        assert [q["question"] for q in qa if q["kind"] == "unanswerable"] == [expected]
+        assert not any("paraphrase" in q for q in qa) and fails == []
+
+
+def test_resume_keys_ignore_the_new_options_while_they_are_off():
+    """A qa.jsonl written before unanswerable/paraphrase existed still resumes with both off (the key is the hash of
+    the settings without them and without their templates, as before); turning either on (the CLI's defaults) is
+    another output, so another key."""
+    import hashlib
+    from dataclasses import asdict
+
+    from umtcds_core.qa import GENERATE, LATER_FEATURES, PROMPT_KEYS
+
+    later = {t for _, _, templates in LATER_FEATURES for t in templates}
+    assert later < set(PROMPT_KEYS)
+
+    def key_before_the_new_options(settings: GenSettings) -> str:
+        old = asdict(settings)
+        for name, _, _ in LATER_FEATURES:
+            del old[name]
+        old["prompts"] = {lang: {k: v for k, v in t.items() if k not in later} for lang, t in old["prompts"].items()}
+        return hashlib.sha256(json.dumps(old, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:12]
+
+    defaults = GENERATE.check({"backend": "openai"})
+    assert (defaults["unanswerable"], defaults["paraphrase"]) == (1, True)
+    off = GenSettings.from_settings(defaults | {"unanswerable": 0, "paraphrase": False})
+    base = GenSettings(backend="openai")  # code that builds settings itself: both off
+    assert off.key() == key_before_the_new_options(off) and base.key() == key_before_the_new_options(base)
+    keys = {
+        GenSettings.from_settings(defaults | change).key()
+        for change in ({}, {"unanswerable": 0}, {"paraphrase": False}, {"unanswerable": 2})
+    }
+    assert len(keys) == 4 and off.key() not in keys
+
+
+def test_cli_flags_for_unanswerable_and_paraphrase(tmp_path, capsys):
+    pages = _pages(tmp_path, {"library.txt": PAGES["library.txt"]})
+    with FakeLLMServer() as srv:  # a local server with a base URL needs no key
+        base = ["generate", str(pages), "--backend", "openai", "--base-url", srv.openai_base, "--no-clean"]
+        base += ["--pairs-per-page", "2"]
+        assert cli.main([*base, "--out", str(tmp_path / "a")]) == 0  # defaults: 1 unanswerable, paraphrases on
+        assert "1 are unanswerable questions" in capsys.readouterr().out
+        assert cli.main([*base, "--out", str(tmp_path / "b"), "--unanswerable", "0", "--no-paraphrase"]) == 0
+        assert "unanswerable" not in capsys.readouterr().out
+        assert cli.main([*base, "--out", str(tmp_path / "c"), "--unanswerable", "-1"]) == 1
+        assert "unanswerable" in capsys.readouterr().err
+    a, _ = _outcomes(tmp_path / "a")
+    b, _ = _outcomes(tmp_path / "b")
+    assert [q["kind"] for q in a] == ["answerable", "answerable", "unanswerable"]
+    assert all(q.get("paraphrase") for q in a[:2])
+    assert [q["kind"] for q in b] == ["answerable", "answerable"] and not any("paraphrase" in q for q in b)
+
+
+def test_prompt_files_keep_the_new_templates_editable(tmp_path):
+    prompts = load_prompts(None)
+    assert "{questions}" in prompts["zh"]["paraphrase_user"] and "{text}" in prompts["en"]["unanswerable_user"]
+    assert prompts_from_yaml(dump_prompts(prompts)) == prompts
+    with pytest.raises(UserError, match=r"paraphrase_user.*\{questions\}"):
+        prompts_from_yaml("en:\n  paraphrase_user: Paraphrase these.\n")
+
+
+def test_parse_questions_and_yes_no():
+    from umtcds_core.qa import parse_questions, parse_yes_no
+
+    assert parse_questions('Sure:\n```json\n["Who is the dean?", "Is there a pool?"]\n```') == [
+        "Who is the dean?",
+        "Is there a pool?",
+    ]
+    assert parse_questions('[{"paraphrase": "Where is it?"}]') == ["Where is it?"]
+    assert parse_questions("1. Who is the dean?\n2) 图书馆有咖啡厅吗？") == ["Who is the dean?", "图书馆有咖啡厅吗？"]
+    assert [parse_yes_no(r) for r in ("Yes.", "no", "否", "是", "没有回答", "maybe")] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        None,
+    ]
