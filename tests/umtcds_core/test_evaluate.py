@@ -145,3 +145,126 @@ def test_cli_needs_a_model_and_the_test_split(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("Error: Give --model")
     assert main(["evaluate", "--model", "smollm2-135m"]) == 1
     assert "Give --data with the test split" in capsys.readouterr().err
+
+
+# ---- four systems, refusals, citations, retrieval recall, the judge (issue 15 §5) ----------------------------------
+def _context_split(tmp_path, index_dir, n_unanswerable=1):
+    """A test split built by the dataset step with --context retrieved over the demo index (paraphrases included)."""
+    from tests.umtcds_core.test_dataset import _seed_pairs_for, write_jsonl
+    from umtcds_core import dataset as ds
+
+    pairs = _seed_pairs_for(index_dir)
+    for p in pairs[:20]:
+        p["paraphrase"] = "Please tell me: " + p["question"]
+    inp = write_jsonl(tmp_path / "qa.jsonl", pairs)
+    ds.build_dataset(inp, tmp_path / "ds", "1:0:1", seed=1, context="retrieved", index=index_dir, context_k=3)
+    return tmp_path / "ds" / "test.jsonl"
+
+
+def test_evaluate_writes_the_four_system_table_with_judge(tmp_path, fact_adapter, demo_index, capsys):
+    from tests.fake_llm_server import FakeLLMServer
+
+    _, index_dir = demo_index
+    data = _context_split(tmp_path, index_dir)
+    out = tmp_path / "eval" / "metrics.json"
+    with FakeLLMServer() as srv:
+        rc = main(["evaluate", "--adapter", str(fact_adapter), "--data", str(data), "--out", str(out),
+                   "--rag", str(index_dir), "--rag-k", "3", "--limit", "4", "--max-new-tokens", "6",
+                   "--judge", "openai", "--judge-base-url", srv.openai_base, "--judge-model", "grader"])  # fmt: skip
+        judged = srv.chat_requests()
+    printed = capsys.readouterr().out
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    systems = ["base", "tuned", "base+retrieval", "tuned+retrieval"]
+    assert metrics["systems"] == systems and list(metrics["metrics"]) == systems
+    assert metrics["retrieval"] == {"mode": "live", "index": str(index_dir), "k": 3}
+    assert metrics["n"] == 4 and metrics["n_paraphrase"] >= 1 and set(metrics["paraphrase"]) == set(systems)
+    for name in systems:
+        assert set(ev.ALL_METRICS) <= set(metrics["metrics"][name])
+        assert metrics["metrics"][name]["judge"] == 4  # the fake judge says "Score: 4" to every answer
+    for name in ("base", "tuned"):  # closed book: nothing shown, nothing to cite
+        assert metrics["metrics"][name]["recall@k"] is None and metrics["metrics"][name]["citation-acc"] is None
+    assert set(metrics["delta"]) == set(ev.METRICS)
+    rows = [json.loads(line) for line in (out.parent / "examples.jsonl").read_text().splitlines()]
+    tests = [r for r in rows if r["variant"] == "test"]
+    # recall@k is the share of answerable test questions whose page is among the shown sources (LLM-free)
+    answerable = [r for r in tests if r["kind"] != "unanswerable"]
+    expect = 100 * sum(r["tuned+retrieval_source_shown"] for r in answerable) / len(answerable)
+    assert metrics["metrics"]["tuned+retrieval"]["recall@k"] == pytest.approx(expect)
+    assert metrics["metrics"]["base+retrieval"]["recall@k"] == metrics["metrics"]["tuned+retrieval"]["recall@k"] > 0
+    assert all(len(r["base+retrieval_sources"]) <= 3 for r in rows)
+    assert len(judged) == 4 * len(rows)  # one grade per answer, with the prompt and the raw reply kept
+    body = judged[0]["body"]
+    assert body["model"] == "grader" and "Reference answer:" in body["messages"][-1]["content"]
+    assert all(r["tuned_judge_reply"] == "Score: 4" for r in rows)
+    assert metrics["judge"]["backend"] == "openai" and "{reference}" in metrics["judge"]["prompt"]
+    with open(out.parent / "examples.csv", encoding="utf-8") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == len(rows) and {"variant", "tuned+retrieval_answer", "base_judge"} <= set(table[0])
+    for name in systems:  # the printed table has one column per system
+        assert name in printed.splitlines()[0]
+    assert metrics["best"]["en"] in printed
+
+
+def test_evaluate_stored_context_without_index(tmp_path, fact_chat_model, demo_index):
+    """A split built with --context retrieved is scored with the context it was built with when no --rag is given."""
+    _, index_dir = demo_index
+    data = _context_split(tmp_path, index_dir)
+    metrics = ev.evaluate(None, data, out=tmp_path / "e" / "metrics.json", max_new_tokens=4, limit=3,
+                          chat_model=fact_chat_model)  # fmt: skip
+    assert metrics["retrieval"]["mode"] == "stored" and len(metrics["systems"]) == 4
+    assert metrics["judge"] is None and metrics["metrics"]["tuned"]["judge"] is None
+
+
+def test_summarize_refusals_citations_and_recall():
+    """The trust metrics on hand-made rows: what each percentage counts."""
+    rows = [  # two answerable (one cited right, one refused), one unanswerable refused, one unanswerable answered
+        {"s_should_refuse": False, "s_refused": False, "s_cites_source": True, "s_source_shown": True},
+        {"s_should_refuse": False, "s_refused": True, "s_cites_source": False, "s_source_shown": False},
+        {"s_should_refuse": True, "s_refused": True, "s_cites_source": None, "s_source_shown": None},
+        {"s_should_refuse": True, "s_refused": False, "s_cites_source": None, "s_source_shown": None},
+    ]
+    out = ev.summarize(rows, "s")
+    assert out["refusal-acc"] == 50 and out["false-refusal"] == 50
+    assert out["citation-acc"] == 100 and out["recall@k"] == 50 and out["judge"] is None
+
+
+def test_verdict_names_the_best_system_only_with_enough_questions():
+    m = {"base": {"key-fact": 10.0}, "tuned+retrieval": {"key-fact": 60.0, "refusal-acc": 80.0}}
+    en, zh = ev.verdict({"n": 12, "metrics": m})
+    assert en.startswith("tuned+retrieval answered best: key-fact 60%") and "refusing 80%" in en and "最好" in zh
+    assert "no system can be named best" in ev.verdict({"n": 2, "metrics": m})[0]
+    assert "tie" in ev.verdict({"n": 12, "metrics": {"a": {"key-fact": 5.0}, "b": {"key-fact": 5.0}}})[0]
+
+
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        (["--rag", "{tmp}/no-index"], "There is no index in"),
+        (["--judge", "zhipuai", "--judge-api-key-env", "UMTCDS_TEST_NO_SUCH_KEY"], "No Zhipu API key"),
+        (["--judge-prompt", "Rate {answer}"], "judge_prompt: must contain {question}, {reference} and {answer}"),
+    ],
+)
+def test_cli_bad_rag_or_judge_is_one_sentence(tmp_path, capsys, monkeypatch, extra, expected):
+    monkeypatch.delenv("UMTCDS_TEST_NO_SUCH_KEY", raising=False)
+    data = write_test_split(tmp_path / "test.jsonl")
+    argv = ["evaluate", "--model", str(tmp_path / "never-loaded"), "--data", str(data)]
+    assert main(argv + [a.replace("{tmp}", str(tmp_path)) for a in extra]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_stale_index_is_one_sentence(tmp_path, capsys, demo_index):
+    import shutil
+
+    from umtcds_core.index import build_index
+
+    pages, _ = demo_index
+    shutil.copytree(pages, tmp_path / "pages")
+    build_index(tmp_path / "pages", tmp_path / "index")
+    page = sorted((tmp_path / "pages").glob("*.txt"))[0]
+    page.write_text(page.read_text(encoding="utf-8") + "\nChanged.\n", encoding="utf-8")
+    data = write_test_split(tmp_path / "test.jsonl")
+    assert main(["evaluate", "--model", "x", "--data", str(data), "--rag", str(tmp_path / "index")]) == 1
+    err = capsys.readouterr().err
+    assert "changed since the index was built" in err and "Traceback" not in err
