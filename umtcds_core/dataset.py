@@ -21,7 +21,10 @@ Why each step:
   whether it was skipped; one bad line never costs the valid ones.
 * **Grouping** puts exact and near-duplicate questions (character n-gram Jaccard; characters + bigrams for Chinese,
   trigrams for other scripts, so it needs no word segmenter) into one group, and a group lands in one split — otherwise the test
-  split measures memorisation of a paraphrase seen in training.
+  split measures memorisation of a paraphrase seen in training. Step 2's evaluation-only ``paraphrase`` of a question
+  groups like a question too, and an unanswerable question (``"kind": "unanswerable"``, answered with the refusal)
+  joins its page's closest answerable question (:func:`sibling_groups`). Paraphrases are never training examples;
+  unanswerable pairs train the refusal; the report counts both per split.
 * **Exact counts**: the target size of each split is computed with the largest-remainder rule (floor of
   ``n * ratio``, then the leftover pairs go one each to the splits with the largest fractional parts, ties to the
   earlier split: train, dev, test); every split with a non-zero ratio gets at least one pair when there are at least
@@ -604,7 +607,7 @@ def save_pairs(path: str | Path, pairs: list[Pair]) -> Path:
     return write_jsonl_atomic(path, [p.to_qa_record() for p in pairs])
 
 
-EDITABLE = ("question", "answer", "source")
+EDITABLE = ("question", "answer", "source", "paraphrase")
 
 
 def apply_table_edits(records: list[dict], visible: list[int], delta: dict | None) -> tuple[list[dict], list[str]]:
@@ -630,6 +633,9 @@ def apply_table_edits(records: list[dict], visible: list[int], delta: dict | Non
             if col in ("question", "answer") and not text:
                 notes.append(f"row {int(row) + 1}: an empty {col} is not saved; delete the row instead.")
                 continue
+            if col == "paraphrase" and not text:
+                out[idx].pop(col, None)  # no paraphrase: the pair is evaluated on its question alone
+                continue
             out[idx][col] = text
     deleted = set()
     for row in delta.get("deleted_rows") or []:
@@ -643,7 +649,9 @@ def apply_table_edits(records: list[dict], visible: list[int], delta: dict | Non
         q = str(added.get("question") or "").strip()
         a = str(added.get("answer") or "").strip()
         if q and a:
-            out.append({"question": q, "answer": a, "source": str(added.get("source") or "").strip() or "manual"})
+            para = str(added.get("paraphrase") or "").strip()
+            source = str(added.get("source") or "").strip() or "manual"
+            out.append({"question": q, "answer": a, "source": source, **({"paraphrase": para} if para else {})})
         elif q or a or added.get("source"):
             incomplete += 1
     if incomplete:
@@ -743,6 +751,59 @@ def find_groups(questions: list[str], threshold: float = DEFAULT_THRESHOLD) -> l
                 union(i, j)
     groups: dict[int, list[int]] = defaultdict(list)
     for i in range(len(questions)):
+        groups[find(i)].append(i)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def _page_of(pair: Pair) -> str:
+    """The page a generated pair came from (step 2's ``file``, else its ``source``): siblings share it."""
+    return str(pair.extra.get("file") or pair.source or "")
+
+
+def sibling_groups(pairs: list[Pair], threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
+    """:func:`find_groups` over the questions *and their paraphrases*, with every unanswerable question joined to the
+    answerable question of its page it most resembles — the groups a split keeps together.
+
+    Why: a paraphrase (step 2's ``"paraphrase"``, asked only in evaluation) is a fair test of understanding only if
+    neither it nor a near-duplicate of it was trained, so it groups like a question of its own. An unanswerable
+    question stays with its closest answerable sibling, so a refusal and the fact it borders ("When does the library
+    open on Sundays?" / "When does the library open?") are trained or tested together. Not whole pages: a page split
+    would leave the closed-book model no trained fact to be tested on, changing what the test split measures.
+    Same shape as :func:`find_groups` (every group, singletons included, sorted, ordered by first member)."""
+    texts = [p.question for p in pairs]
+    owner = list(range(len(pairs)))
+    for i, p in enumerate(pairs):
+        para = p.extra.get("paraphrase")
+        if isinstance(para, str) and para.strip():
+            texts.append(para)
+            owner.append(i)
+    parent = list(range(len(pairs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def union(i: int, j: int) -> None:
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+
+    for g in find_groups(texts, threshold):
+        for t in g[1:]:
+            union(owner[g[0]], owner[t])
+    answerable: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(pairs):
+        if _page_of(p) and not is_unanswerable(p):
+            answerable[_page_of(p)].append(i)
+    for i, p in enumerate(pairs):
+        siblings = answerable.get(_page_of(p)) if is_unanswerable(p) else None
+        if siblings:
+            mine = shingles(p.question)
+            union(i, max(siblings, key=lambda j: (jaccard(mine, shingles(pairs[j].question)), -j)))
+    groups: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(pairs)):
         groups[find(i)].append(i)
     return sorted(groups.values(), key=lambda g: g[0])
 
@@ -862,7 +923,7 @@ def split_pairs(
         )
     notes: list[tuple[str, str]] = size_warnings(n, targets)
     rng = random.Random(seed)
-    groups = find_groups([p.question for p in pairs], threshold)
+    groups = sibling_groups(pairs, threshold)  # near-duplicates, paraphrases and unanswerable siblings
     multi = [g for g in groups if len(g) > 1]
     singles = [g[0] for g in groups if len(g) == 1]
     rng.shuffle(multi)
@@ -1110,6 +1171,8 @@ def build_dataset(
         "problems": [asdict(p) for p in problems],
         "stale": [{"question": p.question, "source": p.source, "origin": p.origin} for p in stale][:500],
         "stale_count": len(stale),
+        "unanswerable": {s: sum(is_unanswerable(p) for p in result.splits[s]) for s in SPLITS},
+        "paraphrases": {s: sum(bool(p.extra.get("paraphrase")) for p in result.splits[s]) for s in SPLITS},
         "context": ctx_report,
         "files": files,
     }
@@ -1127,6 +1190,16 @@ def describe(report: dict) -> str:
         f"{report['groups']['count']} near-duplicate group(s) covering {report['groups']['pairs_in_groups']} pairs, "
         "each kept inside one split.",
     ]
+    refused = report.get("unanswerable") or {}
+    if any(refused.values()):
+        paraphrased = report.get("paraphrases") or {}
+        lines.append(
+            "Unanswerable questions (answer: the refusal) per split: "
+            + " / ".join(f"{s} {refused.get(s, 0)}" for s in SPLITS)
+            + "; paraphrases (evaluation only, never trained): "
+            + " / ".join(f"{s} {paraphrased.get(s, 0)}" for s in SPLITS)
+            + "."
+        )
     for p in report["problems"]:
         lines.append(str(Problem(**p)))
     lines += [f"Warning: {w}" for w in report["warnings"]]

@@ -407,3 +407,88 @@ def test_context_settings_and_bad_index_are_one_sentence(tmp_path, demo_index, c
     splits = read_splits(tmp_path / "plain")
     assert all("meta" in r for r in splits["test"]) and not any("meta" in r for r in splits["train"])
     assert splits["test"][0]["meta"]["source"].startswith("https://u.edu/")
+
+
+# ---- unanswerable questions and paraphrases (issue 15 §4) -------------------------------------------------------------
+def _generated_pages(n_pages: int = 12) -> list[dict]:
+    """Step-2 output for ``n_pages`` pages: three answerable pairs each (with paraphrases) and one unanswerable
+    question that borders the second one."""
+    from umtcds_core.grounding import REFUSAL_ZH
+
+    out = []
+    for i, topic in enumerate(TOPICS[:n_pages]):
+        file = f"p{i}.txt"
+        for k, ask in enumerate(ASKS[:3]):
+            out.append(
+                {
+                    "question": f"{topic}{ask}？",
+                    "answer": f"答案{i}-{k}：{topic}{ask}的说明。",
+                    "source": f"https://u.edu/{i}",
+                    "file": file,
+                    "kind": "answerable",
+                    "paraphrase": f"想问一下，{topic}{ask}",
+                }
+            )
+        out.append(
+            {
+                "question": f"{topic}{ASKS[1]}附近有没有充电桩？",
+                "answer": REFUSAL_ZH,
+                "source": f"https://u.edu/{i}",
+                "file": file,
+                "kind": "unanswerable",
+            }
+        )
+    return out
+
+
+def test_siblings_share_a_split_paraphrases_are_not_trained_and_refusals_are_counted(tmp_path, capsys):
+    records = _generated_pages()
+    inp = write_jsonl(tmp_path / "qa.jsonl", records)
+    # a hand-written question worded like the canteen pair's paraphrase (and nothing like its question): it must
+    # land with that pair, or the paraphrase would be tested on a trained question
+    canteen = next(r for r in records if r["question"] == "食堂在哪里？")
+    canteen["paraphrase"] = "学生吃饭的餐厅位置能告诉我吗"
+    records.append({"question": "学生吃饭的餐厅位置能告诉我吗？", "answer": "另一个答案。", "source": "manual"})
+    write_jsonl(inp, records)
+    assert [0, 1] not in ds.find_groups(["食堂在哪里？", "学生吃饭的餐厅位置能告诉我吗？"])
+    out = tmp_path / "data"
+    assert cli_main(["dataset", str(inp), "--out", str(out), "--seed", "7"]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "split_report.json").read_text(encoding="utf-8"))
+    splits = read_splits(out)
+    where = {}
+    for split, recs in splits.items():
+        for r in recs:
+            user = [m["content"] for m in r["messages"] if m["role"] == "user"][0]
+            where[user] = split
+    assert len(where) == len(records)
+    # each unanswerable question sits with the answerable question of its page it borders (same ask: 在哪里)
+    for topic in TOPICS[:12]:
+        assert where[f"{topic}{ASKS[1]}附近有没有充电桩？"] == where[f"{topic}{ASKS[1]}？"], topic
+    assert where["学生吃饭的餐厅位置能告诉我吗？"] == where["食堂在哪里？"]
+    # paraphrases are never training examples (nor dev/test records' questions)
+    trained = json.dumps(splits["train"], ensure_ascii=False)
+    assert "想问一下，图书馆" not in trained and all(not u.startswith("想问一下，图书馆") for u in where)
+    # unanswerable pairs train the refusal; the report counts them (and paraphrases) per split
+    refusals = {
+        s: sum(r["messages"][-1]["content"] == "网站上没有提到这一点。" for r in recs) for s, recs in splits.items()
+    }
+    assert report["unanswerable"] == refusals and sum(refusals.values()) == 12 and refusals["train"] > 0
+    assert sum(report["paraphrases"].values()) == 36
+    assert "Unanswerable questions (answer: the refusal) per split: train " in printed
+    # the test records carry the paraphrase for evaluation
+    test_meta = [r["meta"] for r in splits["test"]]
+    assert all(m["paraphrase"] for m in test_meta if m["kind"] == "answerable")
+
+
+def test_sibling_groups_without_kinds_are_the_near_duplicate_groups():
+    pairs = [ds.parse_record(r, f"x:{i}")[0] for i, r in enumerate(unique_pairs(30))]
+    assert ds.sibling_groups(pairs) == ds.find_groups([p.question for p in pairs])
+
+
+def test_paraphrase_is_editable_in_the_table_and_an_empty_one_is_removed():
+    records = [{"question": "Q1?", "answer": "A1.", "paraphrase": "P1?"}, {"question": "Q2?", "answer": "A2."}]
+    delta = {"edited_rows": {0: {"paraphrase": ""}, 1: {"paraphrase": "P2?", "kind": "unanswerable"}}}
+    out, notes = ds.apply_table_edits(records, [0, 1], delta)
+    assert out == [{"question": "Q1?", "answer": "A1."}, {"question": "Q2?", "answer": "A2.", "paraphrase": "P2?"}]
+    assert notes == []
