@@ -128,8 +128,29 @@ if (
 base: list[dict] = view["base"]
 visible = ds.search_rows(base, search)
 has_score = any(r.get("score") is not None for r in base)
-columns = ["question", "answer", "source"] + (["score"] if has_score else [])
-table = pd.DataFrame([{c: base[i].get(c) for c in columns} for i in visible], columns=columns)
+has_kind = any(r.get("kind") for r in base)  # step 2 marks its pairs answerable / unanswerable (refusal answer)
+has_paraphrase = has_kind or any(r.get("paraphrase") for r in base)
+columns = (
+    ["question", "answer"]
+    + (["kind"] if has_kind else [])
+    + (["paraphrase"] if has_paraphrase else [])
+    + ["source"]
+    + (["score"] if has_score else [])
+)
+KIND_LABELS = {
+    "answerable": tr("可回答", "answerable"),
+    "unanswerable": tr("无法回答（拒答）", "unanswerable (refusal)"),
+}
+
+
+def _cell(record: dict, column: str):
+    if column == "kind":  # shown in the dashboard's language; the column is read-only, so the label is never saved
+        kind = str(record.get("kind") or "answerable")
+        return KIND_LABELS.get(kind, kind)
+    return record.get(column)
+
+
+table = pd.DataFrame([{c: _cell(base[i], c) for c in columns} for i in visible], columns=columns)
 is_url = table["source"].astype(str).str.startswith(("http://", "https://")).any() if len(table) else False
 column_config = {
     "question": st.column_config.TextColumn(tr("问题", "Question"), width="large", required=True),
@@ -138,6 +159,26 @@ column_config = {
         tr("来源", "Source"), width="medium"
     ),
 }
+if has_kind:
+    column_config["kind"] = st.column_config.TextColumn(
+        tr("类型", "Kind"),
+        disabled=True,
+        help=tr(
+            "无法回答：网页没有给出答案的问题，答案是拒答句，用来教模型说“网站上没有提到”。",
+            "Unanswerable: a question the page does not answer; its answer is the refusal, which teaches the model "
+            "to say the website does not say.",
+        ),
+    )
+if has_paraphrase:
+    column_config["paraphrase"] = st.column_config.TextColumn(
+        tr("改写（仅用于评估）", "Paraphrase (evaluation only)"),
+        width="medium",
+        help=tr(
+            "同一问题换一种说法，只在评估时提问，检验模型是否真正理解；从不作为训练样本。清空即删除。",
+            "The question reworded, asked only in evaluation to test understanding; never a training example. "
+            "Clear it to remove it.",
+        ),
+    )
 if has_score:
     column_config["score"] = st.column_config.NumberColumn(tr("评分", "Judge score"), disabled=True, format="%.1f")
 st.data_editor(
@@ -278,6 +319,15 @@ if report:
     k2.metric(tr("验证", "Dev"), counts["dev"])
     k3.metric(tr("测试", "Test"), counts["test"])
     k4.metric(tr("近似重复组", "Duplicate groups"), report["groups"]["count"])
+    refused = report.get("unanswerable") or {}
+    if any(refused.values()):
+        r_train, r_dev, r_test = (refused.get(s, 0) for s in ds.SPLITS)
+        st.caption(
+            tr(
+                f"其中无法回答的问题（答案为拒答句）：训练 {r_train} / 验证 {r_dev} / 测试 {r_test}。",
+                f"Of these, unanswerable questions (refusal answer): train {r_train} / dev {r_dev} / test {r_test}.",
+            )
+        )
     shown = report.get("warnings_zh") if current_lang() == "zh" and report.get("warnings_zh") else report["warnings"]
     for w in shown:
         st.warning(w)

@@ -154,3 +154,55 @@ def test_split_settings_come_from_the_schema_and_bad_values_block_export(_isolat
     assert DATASET.problems(DATASET.merge(remembered)) == []
     again = _page(ws)  # a new session starts from what was exported
     assert again.number_input(key="ds_seed").value == 5 and again.text_area(key="ds_system_prompt").value == ""
+
+
+def _generated_workspace(root: Path) -> Workspace:
+    """Step 2's output with issue 15 §4's fields: kinds, paraphrases and one refusal per page."""
+    ws = Workspace.create("ds-kinds", root=root)
+    ws.qa_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(6):
+        src = {"source": f"https://u.edu/p{i}", "file": f"p{i}.txt"}
+        records.append(
+            {"question": f"第{i}号楼在哪里？", "answer": f"第{i}号楼在校园{i}区。", "kind": "answerable"}
+            | {"paraphrase": f"请问{i}号楼位于什么地方？"}
+            | src
+        )
+        records.append(
+            {"question": f"第{i}号楼有几部电梯？", "answer": "网站上没有提到这一点。", "kind": "unanswerable"} | src
+        )
+    ws.qa_file.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return ws
+
+
+def test_kind_and_paraphrase_columns_in_both_languages(_isolated_workspaces):
+    ws = _generated_workspace(_isolated_workspaces)
+    at = _page(ws)
+    assert not at.exception
+    table = at.data_editor[0].value
+    assert list(table.columns) == ["question", "answer", "kind", "paraphrase", "source"]
+    assert list(table["kind"][:2]) == ["answerable", "unanswerable (refusal)"]
+    assert table["paraphrase"][0] == "请问0号楼位于什么地方？"
+    # the paraphrase is editable (saved on its pair); the kind label is only shown, never saved
+    at.session_state[at.data_editor[0].key] = {"edited_rows": {0: {"paraphrase": "0号楼在校园的哪个位置？"}}}
+    at.run()
+    saved = _edited(ws)
+    assert saved[0]["paraphrase"] == "0号楼在校园的哪个位置？" and saved[0]["kind"] == "answerable"
+    assert saved[1]["kind"] == "unanswerable"
+    at.button(key="ds_export").click().run()
+    assert not at.exception
+    report = json.loads((ws.dataset_dir / "split_report.json").read_text(encoding="utf-8"))
+    n = report["unanswerable"]
+    assert sum(n.values()) == 6
+    line = f"unanswerable questions (refusal answer): train {n['train']} / dev {n['dev']} / test {n['test']}"
+    assert any(line in c.value for c in at.caption)
+
+    zh = AppTest.from_file(PAGE, default_timeout=60)
+    zh.session_state["workspace"] = str(ws.root)
+    zh.session_state["lang"] = "zh"
+    zh.run()
+    assert not zh.exception
+    assert list(zh.data_editor[0].value["kind"][:2]) == ["可回答", "无法回答（拒答）"]
+    headers = json.loads(zh.data_editor[0].proto.columns)
+    assert headers["kind"]["label"] == "类型" and headers["paraphrase"]["label"] == "改写（仅用于评估）"
+    assert any("其中无法回答的问题" in c.value for c in zh.caption)
