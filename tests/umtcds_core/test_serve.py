@@ -1,4 +1,6 @@
-"""Serve: the OpenAI-compatible API answered through the real ``openai`` client, streaming and not, on 127.0.0.1."""
+"""Serve: the OpenAI-compatible API answered through the real ``openai`` client, streaming and not, on 127.0.0.1;
+requests that arrive together answered in one batch; a full queue (503), a rate limit (429), a client that leaves
+mid-stream; the students' page endpoints and feedback file. The page in a real browser: tests/browser."""
 
 from __future__ import annotations
 
@@ -15,15 +17,33 @@ from umtcds_core import serve
 Q, A = FACTS[0]
 
 
-@pytest.fixture(scope="module")
-def server(fact_chat_model):
-    srv = serve.make_server(fact_chat_model, "127.0.0.1", 0, api_key="s3cret-key")
+ORIGIN = "https://www.zorvale.example"
+
+
+def _start(chat_model, **settings):
+    srv = serve.make_server(chat_model, "127.0.0.1", 0, **settings)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
-    yield srv
+    return srv, thread
+
+
+def _stop(srv, thread):
     srv.shutdown()
     srv.server_close()
     thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(fact_chat_model, tmp_path_factory):
+    srv, thread = _start(
+        fact_chat_model,
+        api_key="s3cret-key",
+        feedback_dir=str(tmp_path_factory.mktemp("feedback")),
+        allow_origin=[ORIGIN],
+        examples=["When does the library close?"],
+    )
+    yield srv
+    _stop(srv, thread)
 
 
 def _client(server, key="s3cret-key"):
@@ -152,3 +172,193 @@ def test_cli_serve_bad_value_is_one_sentence_and_exit_1(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"Error: {settings} has a problem — host: must be non-empty text") and "Traceback" not in err
     assert main(["serve"]) == 1 and capsys.readouterr().err.startswith("Error: Give --model")
+
+
+# ---- many students at once -------------------------------------------------------------------------------------
+def _stats(server, key="s3cret-key") -> dict:
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{server.server_port}/v1/stats", headers={"Authorization": f"Bearer {key}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.load(r)
+
+
+def _wait(check, what: str, timeout_s: float = 60.0):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(0.05)
+    return value
+
+
+def test_sixteen_concurrent_clients_are_answered_in_batches(server):
+    """16 openai clients in threads at once: every answer right, and the server decoded them in batches (> 1)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    before = _stats(server)
+
+    def ask(i):
+        q, a = FACTS[i % len(FACTS)]
+        resp = _client(server).chat.completions.create(
+            model="run", messages=[{"role": "user", "content": q}], temperature=0, max_tokens=20
+        )
+        return resp.choices[0].message.content, a
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, range(16)))
+    assert all(got == want for got, want in results), results
+    after = _stats(server)
+    assert after["answered"] - before["answered"] == 16
+    assert after["max_batch_seen"] > 1 and after["batches"] - before["batches"] < 16, after
+
+
+def test_full_queue_is_503_with_retry_after_and_the_server_goes_on(fact_chat_model):
+    """One request running, one waiting (queue_size=1): the third is refused at once, not queued or crashed.
+
+    The test holds the model's lock, so the worker is stuck on the first request until the refusal was seen."""
+    import openai
+
+    srv, thread = _start(fact_chat_model, queue_size=1, max_batch=1, batch_wait_ms=0)
+    client = _client(srv, key="x")
+    answers: list[str] = []
+
+    def ask():
+        resp = client.chat.completions.create(model="run", messages=[{"role": "user", "content": Q}],
+                                              temperature=0, max_tokens=20)  # fmt: skip
+        answers.append(resp.choices[0].message.content)
+
+    workers = [threading.Thread(target=ask) for _ in range(2)]
+    try:
+        with fact_chat_model.lock:
+            workers[0].start()
+            _wait(lambda: _stats(srv)["running"] == 1, "the first request to reach the model")
+            workers[1].start()
+            _wait(lambda: _stats(srv)["queued"] == 1, "the second request to wait in the queue")
+            url = f"http://127.0.0.1:{srv.server_port}/v1/chat/completions"
+            body = json.dumps({"model": "run", "messages": [{"role": "user", "content": Q}]}).encode()
+            req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=10)
+            assert err.value.code == 503 and int(err.value.headers["Retry-After"]) >= 1
+            assert "busy" in json.load(err.value)["error"]["message"]
+            with pytest.raises(openai.InternalServerError):  # the openai client sees it as a server-side refusal
+                client.chat.completions.create(model="run", messages=[{"role": "user", "content": Q}])
+        for w in workers:
+            w.join(timeout=60)
+        assert answers == [A, A]
+        assert _stats(srv)["rejected_full"] == 2
+    finally:
+        _stop(srv, thread)
+
+
+def test_rate_limit_is_429(fact_chat_model):
+    import openai
+
+    srv, thread = _start(fact_chat_model, rate_limit="2/min")
+    try:
+        client = _client(srv, key="x")
+        for _ in range(2):
+            client.chat.completions.create(model="run", messages=[{"role": "user", "content": Q}], max_tokens=2)
+        with pytest.raises(openai.RateLimitError) as err:
+            client.chat.completions.create(model="run", messages=[{"role": "user", "content": Q}], max_tokens=2)
+        assert "Too many requests" in str(err.value) and int(err.value.response.headers["Retry-After"]) >= 1
+        assert json.load(urllib.request.urlopen(f"http://127.0.0.1:{srv.server_port}/health", timeout=10))
+    finally:
+        _stop(srv, thread)
+
+
+def test_bad_requests_and_a_client_leaving_mid_stream(server):
+    """Oversized max_tokens, an unknown route, a client that hangs up mid-answer: a status + one sentence each, and
+    the server still answers the next request."""
+    import httpx
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as err:
+        _client(server).chat.completions.create(
+            model="run", messages=[{"role": "user", "content": Q}], max_tokens=100_000
+        )
+    assert "ask for at most 512" in str(err.value)
+    url = f"http://127.0.0.1:{server.server_port}"
+    r = httpx.get(url + "/v1/nothing", headers={"Authorization": "Bearer s3cret-key"})
+    assert r.status_code == 404 and r.json()["error"]["message"].startswith("No route /v1/nothing")
+    cancelled = _stats(server)["cancelled"]
+    body = {"model": server.api.base_id, "messages": [{"role": "user", "content": Q}], "stream": True,
+            "max_tokens": 500, "temperature": 1.0}  # fmt: skip  # the untuned base rambles on: still going when we leave
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60,
+                      headers={"Authorization": "Bearer s3cret-key"}) as resp:  # fmt: skip
+        for line in resp.iter_lines():  # leave right after the first piece of the answer
+            if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                break
+        else:
+            raise AssertionError("the answer ended before the client could leave")
+    _wait(lambda: _stats(server)["cancelled"] > cancelled, "the server to stop the abandoned answer")
+    resp = _client(server).chat.completions.create(
+        model="run", messages=[{"role": "user", "content": Q}], temperature=0, max_tokens=20, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(resp)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == A
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+# ---- the students' page ------------------------------------------------------------------------------------------
+def _page_events(server, messages) -> list[dict]:
+    import httpx
+
+    url = f"http://127.0.0.1:{server.server_port}/page/chat"
+    with httpx.stream("POST", url, json={"messages": messages}, timeout=60) as resp:
+        assert resp.status_code == 200
+        return [json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+
+
+def test_page_chat_and_feedback_file_without_ip(server):
+    """The page's own endpoints need no key: a streamed answer with an id, then 👎 + a correction in feedback.jsonl."""
+    import httpx
+
+    url = f"http://127.0.0.1:{server.server_port}"
+    page = httpx.get(url + "/")
+    assert page.status_code == 200 and "assets/chat.js" in page.text
+    assert f"frame-ancestors 'self' {ORIGIN}" == page.headers["content-security-policy"]
+    assert (
+        httpx.get(url + "/assets/chat.js").status_code == 200 and "umtcds-bubble" in httpx.get(url + "/widget.js").text
+    )
+    assert httpx.get(url + "/page.json").json()["examples"] == ["When does the library close?"]
+    events = _page_events(server, [{"role": "user", "content": Q}])
+    assert [e["type"] for e in events][-1] == "done" and len(events) > 2
+    done = events[-1]
+    assert "".join(e["text"] for e in events if e["type"] == "delta").strip() == done["text"] == A
+    assert done["no_answer"] is False and done["sources"] == []
+    r = httpx.post(url + "/v1/feedback", json={"answer_id": done["answer_id"], "rating": "down",
+                                               "correction": "It is ZV-Air-9000 since May."})  # fmt: skip
+    assert r.status_code == 200
+    bad = httpx.post(url + "/v1/feedback", json={"answer_id": done["answer_id"], "rating": "meh"})
+    assert bad.status_code == 400 and "rating" in bad.json()["error"]["message"]
+    empty = httpx.post(url + "/page/chat", json={"messages": [{"role": "user", "content": "  "}]})
+    assert empty.status_code == 400 and empty.json()["error"]["message"] == "The question is empty; type a question."
+    rows = [json.loads(x) for x in server.api.feedback_file.read_text(encoding="utf-8").splitlines()]
+    assert server.api.feedback_file.parent.name == "serve" and server.api.feedback_file.name == "feedback.jsonl"
+    last = rows[-1]
+    assert (last["question"], last["answer"], last["rating"]) == (Q, A, "down") and last["verified"] is True
+    assert last["correction"] == "It is ZV-Air-9000 since May."
+    assert "127.0.0.1" not in json.dumps(rows)  # no client address stored
+
+
+def test_cors_only_for_allowed_origins(server):
+    import httpx
+
+    url = f"http://127.0.0.1:{server.server_port}/v1/chat/completions"
+    pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    ok = httpx.options(url, headers={"Origin": ORIGIN, **pre})
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == ORIGIN
+    other = httpx.options(url, headers={"Origin": "https://evil.example", **pre})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_serve_settings_refuse_bad_values(fact_chat_model):
+    with pytest.raises(serve.S.SettingsError, match="rate_limit: 'often' is not a rate; write it like 10/min"):
+        serve.make_server(fact_chat_model, "127.0.0.1", 0, rate_limit="often")
+    with pytest.raises(serve.S.SettingsError, match="must look like https://www.example.edu"):
+        serve.make_server(fact_chat_model, "127.0.0.1", 0, allow_origin=["www.example.edu/path"])

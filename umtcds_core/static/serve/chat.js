@@ -21,6 +21,8 @@
     },
   };
   const $ = (id) => document.getElementById(id);
+  const THUMB = '<svg viewBox="0 0 24 24" width="18" height="18" aria-hidden="true"><path fill="currentColor" ' +
+    'd="M2 10h4v11H2zM8 10l4-8c1.7 0 3 1.3 3 3v4h5.5c1.1 0 2 1 1.8 2.1l-1.6 8.2c-.2.9-1 1.7-2 1.7H8z"/></svg>';
   const params = new URLSearchParams(location.search);
   const stored = (() => { try { return localStorage.getItem("umtcds-lang"); } catch (e) { return null; } })();
   let lang = params.get("lang") || stored || ((navigator.language || "").toLowerCase().startsWith("zh") ? "zh" : "en");
@@ -152,10 +154,13 @@
   function addRating(col, answerId, question, answer) {
     const bar = el("div", "rate");
     bar.appendChild(el("span", "", t("helpful")));
-    const up = el("button", "up", "👍");
-    const down = el("button", "down", "👎");
+    const up = el("button", "up");
+    const down = el("button", "down");
+    up.innerHTML = THUMB; // drawn here, not an emoji: phones and PCs without an emoji font show it too
+    down.innerHTML = THUMB.replace("<svg ", '<svg style="transform:rotate(180deg)" ');
     up.type = down.type = "button";
-    up.title = t("up"); down.title = t("down");
+    up.title = `👍 ${t("up")}`; down.title = `👎 ${t("down")}`;
+    up.setAttribute("aria-label", up.title); down.setAttribute("aria-label", down.title);
     bar.append(up, down);
     col.appendChild(bar);
     const send = async (rating, correction) => {
