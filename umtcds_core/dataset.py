@@ -938,11 +938,12 @@ def split_pairs(
             choice = rng.choices(fits, weights=weights)[0]
         else:
             choice = max(SPLITS, key=lambda s: room[s])
+            example = pairs[g[0]].question  # whole: a cut question is neither readable nor findable in the table
             notes.append(
                 (
-                    f"A group of {len(g)} near-duplicate questions (e.g. '{pairs[g[0]].question[:40]}') is larger "
+                    f"A group of {len(g)} near-duplicate questions (e.g. '{example}') is larger "
                     f"than the room left in any split; it went to {choice}, so the counts differ from the targets.",
-                    f"一组 {len(g)} 个近似重复的问题（如“{pairs[g[0]].question[:40]}”）比任何集合剩余的名额都多；"
+                    f"一组 {len(g)} 个近似重复的问题（如“{example}”）比任何集合剩余的名额都多；"
                     f"它被放进了 {choice}，所以数量与目标不同。",
                 )
             )
