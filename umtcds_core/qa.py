@@ -5,6 +5,7 @@ Usage::
     umtcds generate IN_DIR --out OUT_DIR --backend {local,zhipuai,openai} [--model NAME|PATH] [--base-url URL]
                     [--api-key-env VAR] [--pairs-per-page N] [--concurrency K] [--clean/--no-clean] [--lang auto|zh|en]
                     [--prompt-file prompts.yaml] [--judge] [--retry-failed] [--pages A,B] [--max-pages N]
+                    [--unanswerable N] [--paraphrase/--no-paraphrase]
     umtcds generate --config settings.yaml [any flag above, which wins over the file]
 
 Every setting is declared once in :class:`GenerateSettings` (type, default, bounds, labels, help, YAML comment, flag):
@@ -26,6 +27,14 @@ Features, each with its flag and trade-off:
 * **Curation**: too-short/empty pairs, exact and near duplicates (character n-gram Jaccard, which works for Chinese),
   answers with little grounding in their page (``--min-grounding``; numbers must appear in the page), and with
   ``--judge`` an LLM rating 1–5 kept on the pair (``--judge-threshold``).
+* **Questions the site cannot answer, and paraphrases** (``--unanswerable N``, default 1 per page;
+  ``--paraphrase/--no-paraphrase``, default on): after curation one more round asks, per page, for questions on its
+  topic that its text does not answer — kept with the refusal sentence of :mod:`grounding` as answer and
+  ``"kind": "unanswerable"`` (answerable pairs say ``"answerable"``) — and, per chunk, for a reworded copy of each
+  kept question, stored as ``"paraphrase"`` on its pair and used only in evaluation. An "unanswerable" question whose
+  key terms and numbers all occur close together in the page is dropped (:class:`PageTerms`), and with ``--judge``
+  the LLM is asked whether the text answers it. Both are off while their values are 0/off, and then leave the resume
+  key as it was (:data:`LATER_FEATURES`).
 * **Resumable**: each page is keyed by its content hash and the generation settings; a re-run skips pages already in
   ``qa.jsonl`` (or failed for good) and retries pages that failed on the LLM (``--retry-failed``: all failures).
   After a crawl refresh only new and changed pages are generated; pairs of a changed or removed page stay in
