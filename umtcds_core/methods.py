@@ -102,12 +102,30 @@ def _wrap_lora(model, cfg, kbit: str = "lean", checkpointing: bool = True):
     return get_peft_model(model, lora), targets
 
 
-def _wrap_prefix(model, cfg, kbit: str = "lean", checkpointing: bool = True):
-    """peft prefix tuning (P-tuning v2): ``num_virtual_tokens`` learned key/value prefixes per layer."""
+def wrap_prefix_peft(model, cfg, kbit: str = "lean", checkpointing: bool = True):
+    """peft prefix tuning (P-tuning v2) as peft runs it: ``num_virtual_tokens`` learned key/value prefixes per layer
+    handed to the model as a KV cache (no checkpointing, no packing). The benchmark's Hugging Face baseline."""
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
+    # peft's defaults: no reparametrisation MLP (prefix_projection=False), N(0, 1) init of the prefix embedding
     prefix = PrefixTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=cfg.num_virtual_tokens)
     return get_peft_model(model, prefix), None
+
+
+def _wrap_prefix(model, cfg, kbit: str = "lean", checkpointing: bool = True):
+    """P-tuning v2 with the prefix passed into attention explicitly (:mod:`umtcds_core.prefix`): the same peft
+    parameters, initial values and saved format as :func:`wrap_prefix_peft`, but checkpointing, packing and compile
+    work. A model the explicit path cannot serve is refused (it would silently lose the prefix when checkpointed)."""
+    from .prefix import enable_explicit_prefix
+
+    model, _ = wrap_prefix_peft(model, cfg, kbit, checkpointing)
+    why = enable_explicit_prefix(model)
+    if why:
+        raise MethodError(
+            f"P-tuning v2 cannot run on this model: {why}; use method lora instead.",
+            zh=f"这个模型不能使用 P-tuning v2：{why}；请改用 lora 方法。",
+        )
+    return model, None
 
 
 def _wrap_none(model, cfg, kbit: str = "lean", checkpointing: bool = True):
@@ -175,9 +193,30 @@ def _prefix_trainable(cfg, shape: dict, total: int) -> int:
     return cfg.num_virtual_tokens * shape["num_layers"] * 2 * _kv_width(shape)
 
 
+def _prefix_rows(cfg) -> tuple[int, int]:
+    """``(rows, row length)`` of a worst-case micro-batch: one packed row of every sample, or padded samples."""
+    length = cfg.max_input_length + cfg.max_output_length
+    if getattr(cfg, "packing", False) and REGISTRY["ptuning-v2"].packing:
+        return 1, cfg.per_device_batch_size * length
+    return cfg.per_device_batch_size, length
+
+
+def _prefix_layer_extra(cfg, shape: dict, a: int) -> float:
+    """The widened mask of :mod:`umtcds_core.prefix`: each query row holds ``row + T`` booleans, and SDPA keeps an
+    additive copy in the compute dtype for backward: ``(1 + a)·(row + T)`` bytes per token and layer."""
+    _, length = _prefix_rows(cfg)
+    return (1 + a) * (length + cfg.num_virtual_tokens)
+
+
 def _prefix_step_extra(cfg, shape: dict, a: int) -> float:
-    """The prefix keys/values expanded to every sample of the micro-batch."""
-    return cfg.per_device_batch_size * cfg.num_virtual_tokens * shape["num_layers"] * 2 * _kv_width(shape) * a
+    """Each layer that keeps its activations holds its prefix keys/values expanded to every row of the micro-batch,
+    once concatenated (``kv_heads``) and once repeated to all query heads for SDPA with a mask: ``rows·T·2·(kv_heads +
+    heads)·head_dim·a``. Checkpointed, two layers hold them at the peak (the one recomputed and the last, kept);
+    otherwise all ``L``."""
+    rows, _ = _prefix_rows(cfg)
+    layers = 2 if cfg.gradient_checkpointing else shape["num_layers"]
+    width = 2 * (shape["num_kv_heads"] + shape["num_heads"]) * shape["head_dim"]
+    return layers * rows * cfg.num_virtual_tokens * width * a
 
 
 def _all_trainable(cfg, shape: dict, total: int) -> int:
@@ -353,19 +392,23 @@ _TABLE = (
         ),
         wrap=_wrap_prefix,
         adapter="prefix",
-        no_packing="P-tuning v2's prefix cache disables the packed-sequence mask",
-        no_checkpointing="transformers drops the prefix cache under checkpointing",
+        # the prefix reaches attention explicitly (umtcds_core.prefix), not through the KV cache: checkpointing
+        # recomputes it, every packed sample sees it (tests/umtcds_core/test_prefix.py), compiled layers see static
+        # shapes. One layer per compiled call: each layer's prefix slice is its own call's argument.
+        compile=True,
+        compile_group=1,
         trainable=_prefix_trainable,
+        layer_extra=_prefix_layer_extra,
         step_extra=_prefix_step_extra,
         presets={
-            # The original UMTCDS's only method (pre_seq_len 128); demo lr 5e-4, batch 4.
+            # The original UMTCDS's only method (pre_seq_len 128); demo lr 5e-4, batch 4. Packing is on (every packed
+            # sample sees the whole prefix: umtcds_core.prefix).
             "glm4": dict(
                 method="ptuning-v2",
                 num_virtual_tokens=128,
                 learning_rate=5e-4,
                 per_device_batch_size=4,
                 **_DEMO,
-                packing=False,
             ),
             "small": dict(
                 method="ptuning-v2",
@@ -373,7 +416,6 @@ _TABLE = (
                 learning_rate=5e-3,
                 per_device_batch_size=8,
                 **_SHORT,
-                packing=False,
             ),
         },  # fmt: skip
     ),

@@ -36,7 +36,9 @@ def test_what_each_method_supports():
     lora, qlora, pt, full = (methods.get(n) for n in methods.METHODS)
     assert lora.packing and lora.checkpointing and lora.compile and not lora.quantised
     assert qlora.quantised and qlora.compile and qlora.compile_group == 1 and lora.compile_group == 2
-    assert not pt.packing and "prefix cache" in pt.no_packing and not pt.checkpointing and not pt.compile
+    # P-tuning v2's prefix reaches attention explicitly (umtcds_core.prefix): it packs, checkpoints and compiles,
+    # one layer per compiled call (each layer's prefix slice is its call's argument)
+    assert pt.packing and pt.checkpointing and pt.compile and pt.compile_group == 1 and pt.adapter == "prefix"
     assert full.sharded and full.load_dtype("bf16") == "fp32" and lora.load_dtype("bf16") == "bf16"
     assert lora.quantization(C.TrainConfig(), "bf16") is None
     # the adapters' state is 16 bytes a parameter; full fine-tuning in bf16 keeps grads and moments in bf16
@@ -49,7 +51,8 @@ def test_presets_come_from_the_table_and_are_valid():
     for name, values in C.PRESETS.items():
         cfg = C.TrainConfig.from_dict(values)
         assert cfg.method == name.split("-", 1)[1]
-    assert C.PRESETS["glm4-ptuning-v2"]["packing"] is False  # P-tuning v2 cannot pack
+    # P-tuning v2 packs since its prefix reaches attention explicitly (umtcds_core.prefix; test_prefix.py)
+    assert C.PRESETS["glm4-ptuning-v2"].get("packing", True) is True
     assert C.preset_for("full", "smollm2-135m").learning_rate == 5e-5
 
 

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..prefix import PREFIX_ATTN
 from .attention import (
     VARLEN_ATTN,
     VARLEN_OP,
@@ -239,7 +240,10 @@ def plan(config, machine: Machine, precision: str | None = None) -> SpeedPlan:
 
     attention = "sdpa"
     why["attention"] = "SDPA: the default"
-    if cuda and importlib.util.find_spec("flash_attn") is not None:
+    if method.adapter == "prefix":
+        # the prefix attention (umtcds_core.prefix) widens the model's mask and runs SDPA itself
+        why["attention"] = "P-tuning v2: SDPA over [prefix; keys] with a widened mask (umtcds_core.prefix)"
+    elif cuda and importlib.util.find_spec("flash_attn") is not None:
         attention = "flash_attention_2"
         why["attention"] = "flash-attn is installed"
     elif packing and varlen_usable(machine.device):
@@ -305,6 +309,8 @@ def apply(model, plan: SpeedPlan) -> SpeedReport:
     report = SpeedReport(device=device, notes=list(plan.notes), checkpointing=plan.checkpointing)
     lm = causal_lm_of(model) or model
     report.attention = plan.load_attention
+    if getattr(lm.config, "_attn_implementation", None) == PREFIX_ATTN:  # P-tuning v2's (set by its wrap)
+        report.attention = PREFIX_ATTN
     if plan.attention == VARLEN_ATTN:
         report.attention = enable_varlen_attention(model, device, force=not plan.cuda)
     if plan.packing:
