@@ -1,4 +1,5 @@
-"""Step page: score base vs tuned on the test split (a background job running ``umtcds evaluate``), then show results.
+"""Step page: score base vs tuned (and each with retrieval) on the test split — a background job running
+``umtcds evaluate`` — then show which system answered best, a grouped bar chart of the systems and every answer.
 
 Results live in ``<run>/eval/`` (metrics.json, examples.jsonl/.csv), so they survive restarts and match the CLI.
 """
@@ -9,14 +10,17 @@ import math
 from pathlib import Path
 
 import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from umtcds_core import runs, ui, ui_fields
 from umtcds_core.errors import UserError
-from umtcds_core.evaluate import EVALUATE, METRICS
+from umtcds_core.evaluate import ALL_METRICS, EVALUATE, METRICS, SYSTEM_LABELS
 from umtcds_core.fileio import read_json, read_jsonl
 from umtcds_core.i18n import tr
+from umtcds_core.index import has_index, index_dir_of
 from umtcds_core.jobs import latest_job, running_job
+from umtcds_core.llm import BACKENDS
 
 # Fewer test questions than this and a base-vs-tuned difference is noise: shown neutrally, with a warning.
 FEW_TO_COMPARE = 5
@@ -45,6 +49,8 @@ def _label(p: Path) -> str:
 
 # ---- settings: labels, help, defaults and checks from the evaluate schema (umtcds_core.evaluate.EVALUATE) ----------
 _FIELDS = ("data", "max_new_tokens", "batch_size", "limit")
+_RAG_FIELDS = ("rag", "rag_k")
+_JUDGE_FIELDS = ("judge_model", "judge_base_url", "judge_api_key_env", "judge_prompt")
 
 
 def _job_settings(job) -> dict | None:
@@ -60,7 +66,8 @@ def _job_settings(job) -> dict | None:
 active = running_job(ws, "evaluate")
 shown = _job_settings(active)
 if shown:  # an evaluation runs: its own settings (from its settings.yaml) are shown, not this page's defaults
-    ui_fields.seed(EVALUATE, shown, "ev_", _FIELDS, force=True)
+    ui_fields.seed(EVALUATE, shown, "ev_", _FIELDS + _RAG_FIELDS + _JUDGE_FIELDS, force=True)
+    st.session_state["ev_judge"] = shown.get("judge")
     running_target = shown.get("adapter") or shown.get("model")
     if running_target in [str(p) for p in candidates]:
         st.session_state["ev_ckpt"] = running_target
@@ -77,6 +84,30 @@ with st.container(border=True):
     values = ui_fields.inputs(
         EVALUATE, {"data": str(ws.dataset_dir / "test.jsonl")}, "ev_", names=_FIELDS, cols=3, disabled=locked
     )
+    # the project's index (when built) is the starting value: the +retrieval systems are then scored too
+    project_index = index_dir_of(ws)
+    values.update(
+        ui_fields.inputs(
+            EVALUATE,
+            {"rag": str(project_index) if has_index(project_index) else None},
+            "ev_",
+            names=_RAG_FIELDS,
+            cols=2,
+            disabled=locked,
+        )
+    )
+    with st.expander(tr("LLM 评分（可选）", "LLM judge (optional)"), expanded=bool(st.session_state.get("ev_judge"))):
+        judge = st.selectbox(
+            tr(*EVALUATE["judge"].label),
+            [None, *BACKENDS],
+            format_func=lambda v: tr("不评分", "no judge") if v is None else v,
+            help=tr(*EVALUATE["judge"].help),
+            key="ev_judge",
+            disabled=locked,
+        )
+        values["judge"] = judge
+        if judge:
+            values.update(ui_fields.inputs(EVALUATE, {}, "ev_", names=_JUDGE_FIELDS, cols=3, disabled=locked))
     run_dir = runs.run_dir_of(Path(target))
     out_file = runs.eval_metrics_path(run_dir)
     model_key = "model" if runs.is_full_model(target) else "adapter"
@@ -113,6 +144,10 @@ if not metrics:
     st.stop()
 
 
+def _system(name: str) -> str:
+    return tr(*SYSTEM_LABELS.get(name, (name, name)))
+
+
 def _cell(value):
     """A table cell as shown: numbers to 4 significant digits, a missing value as "—" (never "None" or "nan")."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -134,6 +169,9 @@ if too_few and "delta" in metrics:
             "in step 3 and evaluate again.",
         )
     )
+best = metrics.get("best")
+if best and len(m) > 1:
+    (st.info if too_few else st.success)(tr(best.get("zh", best["en"]), best["en"]))
 cols = st.columns(len(METRICS))
 for col, name in zip(cols, METRICS, strict=True):
     tuned = m.get("tuned", m.get("base", {})).get(name)
@@ -144,22 +182,72 @@ for col, name in zip(cols, METRICS, strict=True):
         None if delta is None else f"{delta:+.4g}",
         delta_color="off" if too_few else "normal",
     )
-table = pd.DataFrame({v: {k: m[v].get(k) for k in METRICS} for v in m})
+shown_metrics = [k for k in ALL_METRICS if k in METRICS or any(m[v].get(k) is not None for v in m)]
+if len(m) > 1:  # the systems side by side on every 0-100 metric (BLEU-4 is 0-1 and the judge 1-5: table only)
+    chart = go.Figure()
+    bars = [k for k in shown_metrics if k not in ("bleu-4", "judge")]
+    for v in m:
+        chart.add_trace(go.Bar(name=_system(v), x=bars, y=[m[v].get(k) for k in bars]))
+    chart.update_layout(barmode="group", height=340, margin=dict(l=10, r=10, t=30, b=10), yaxis_title="%")
+    st.plotly_chart(chart, key="ev_chart")
+table = pd.DataFrame({v: {k: m[v].get(k) for k in shown_metrics} for v in m})
 if "delta" in metrics:
     table["delta"] = pd.Series(metrics["delta"])
 st.dataframe(table.astype(object).map(_cell), width="stretch")
 st.caption(
-    f"n = {metrics.get('n')} · {tr('基座', 'base')}: `{metrics.get('model')}` · "
-    + tr("BLEU-4 为 0–1，ROUGE 与关键事实为 0–100。", "BLEU-4 is 0–1; ROUGE and key-fact are 0–100.")
+    f"n = {metrics.get('n')}"
+    + (f" (+{metrics['n_paraphrase']} {tr('个改写问题', 'paraphrases')})" if metrics.get("n_paraphrase") else "")
+    + f" · {tr('基座', 'base')}: `{metrics.get('model')}` · "
+    + tr(
+        "BLEU-4 为 0–1，LLM 评分为 1–5，其余为 0–100（拒答准确率：无法回答的问题被拒答的比例；误拒率：可回答的问题被拒答的"
+        "比例；引用准确率：回答引用了来源网页的比例；recall@k：来源网页在检索结果中的比例）。",
+        "BLEU-4 is 0–1, the judge 1–5, the rest 0–100 (refusal-acc: unanswerable questions refused; false-refusal: "
+        "answerable ones refused; citation-acc: answers citing their source page; recall@k: source page retrieved).",
+    )
 )
 
 examples = read_jsonl(out_file.parent / "examples.jsonl", errors=[])
 if examples:
     st.subheader(tr("逐条结果", "Per example"))
     df = pd.DataFrame(examples)
-    keep = [c for c in ("question", "reference", "base_answer", "tuned_answer", "base_rouge-l", "tuned_rouge-l",
-                        "base_key-fact", "tuned_key-fact") if c in df.columns]  # fmt: skip
-    st.dataframe(df[keep].astype(object).map(_cell), width="stretch", hide_index=True)
+    systems = list(m)
+    f1, f2 = st.columns([1, 2])
+    system = f1.selectbox(tr("系统", "System"), systems, index=len(systems) - 1, format_func=_system, key="ev_system")
+    filters = {
+        "all": tr("全部", "all"),
+        "wrong": tr("答错的", "wrong answers"),
+        "refusals": tr("拒答的", "refusals"),
+        "citations": tr("引错来源的", "wrong citations"),
+    }
+    show = f2.radio(tr("显示", "Show"), list(filters), format_func=filters.get, horizontal=True, key="ev_filter")
+    col = lambda name: df.get(f"{system}_{name}", pd.Series([None] * len(df)))  # noqa: E731
+    refused = col("refused").fillna(False).astype(bool)
+    should = col("should_refuse").fillna(False).astype(bool)
+    if show == "wrong":  # a refusal where an answer was due, an answer where a refusal was, or missed key facts
+        facts = pd.to_numeric(col("key-fact"), errors="coerce")
+        mask = (refused != should) | (~should & ~refused & facts.notna() & (facts < 100))
+    elif show == "refusals":
+        mask = refused
+    elif show == "citations":
+        mask = col("cites_source").map(lambda v: v is not None and not pd.isna(v) and not bool(v))
+    else:
+        mask = pd.Series([True] * len(df))
+    keep = [c for c in ("variant", "question", "reference", "base_answer", "tuned_answer", "base_rouge-l",
+                        "tuned_rouge-l", "base_key-fact", "tuned_key-fact") if c in df.columns]  # fmt: skip
+    keep += [
+        c
+        for c in (
+            f"{system}_answer",
+            f"{system}_key-fact",
+            f"{system}_refused",
+            f"{system}_cites_source",
+            f"{system}_judge",
+            f"{system}_judge_reply",
+        )  # fmt: skip
+        if c in df.columns and c not in keep
+    ]
+    st.dataframe(df[mask.to_numpy()][keep].astype(object).map(_cell), width="stretch", hide_index=True)
+    st.caption(tr(f"显示 {int(mask.sum())} / {len(df)} 条", f"{int(mask.sum())} of {len(df)} shown"))
     csv_file = out_file.parent / "examples.csv"
     if csv_file.exists():
         st.download_button(

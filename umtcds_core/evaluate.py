@@ -73,6 +73,19 @@ TRUST_METRICS = ("refusal-acc", "false-refusal", "citation-acc", "recall@k", "ju
 """Whether an answer can be trusted: refusals, citations, retrieval and the optional LLM judge."""
 ALL_METRICS = METRICS + TRUST_METRICS
 SYSTEMS = ("base", "tuned", "base+retrieval", "tuned+retrieval")
+SYSTEM_LABELS = {
+    "base": ("基座模型", "base"),
+    "tuned": ("微调模型", "tuned"),
+    "base+retrieval": ("基座模型 + 检索", "base+retrieval"),
+    "tuned+retrieval": ("微调模型 + 检索", "tuned+retrieval"),
+}
+"""``(Chinese, English)`` names of the systems, in the argument order of ``i18n.tr``."""
+
+
+def _zh(system: str) -> str:
+    return SYSTEM_LABELS.get(system, (system, system))[0]
+
+
 FEW_TO_COMPARE = 5
 """Fewer test questions than this and a difference between systems is noise."""
 
@@ -504,7 +517,7 @@ def verdict(metrics: dict, few: int = FEW_TO_COMPARE) -> tuple[str, str]:
     if rest and rest[0][0] == best:
         return (
             f"{name} and {rest[0][1]} tie on {metric} ({best:.4g}); no single system answered best.",
-            f"{name} 与 {rest[0][1]} 的 {metric} 相同（{best:.4g}），没有唯一最好的系统。",
+            f"{_zh(name)} 与 {_zh(rest[0][1])} 的 {metric} 相同（{best:.4g}），没有唯一最好的系统。",
         )
     unit = "/5" if metric == "judge" else "%"
     extra_en = extra_zh = ""
@@ -515,10 +528,10 @@ def verdict(metrics: dict, few: int = FEW_TO_COMPARE) -> tuple[str, str]:
             f"，拒答了 {refusal:.0f}% 的无法回答的问题",
         )
     second = f" (next: {rest[0][1]}, {rest[0][0]:.4g}{unit})" if rest else ""
-    second_zh = f"（其次：{rest[0][1]}，{rest[0][0]:.4g}{unit}）" if rest else ""
+    second_zh = f"（其次：{_zh(rest[0][1])}，{rest[0][0]:.4g}{unit}）" if rest else ""
     return (
         f"{name} answered best: {metric} {best:.4g}{unit}{second}{extra_en}.",
-        f"{name} 回答得最好：{metric} {best:.4g}{unit}{second_zh}{extra_zh}。",
+        f"{_zh(name)} 回答得最好：{metric} {best:.4g}{unit}{second_zh}{extra_zh}。",
     )
 
 

@@ -116,3 +116,53 @@ def test_evaluate_page_one_question_shows_no_verdict(workspace, fact_adapter, fa
         cells = frame.value.astype(str).to_numpy().ravel().tolist()
         assert "None" not in cells and "nan" not in cells
     assert "—" in at.dataframe[0].value.to_numpy().ravel().tolist()
+
+
+def _wait_for(at, ready, timeout=60.0):
+    """Re-run the page until ``ready(at)`` holds (or the timeout passes); returns the last run."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    at.run()
+    while not ready(at) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        at.run()
+    return at
+
+
+def test_evaluate_page_four_systems_chart_verdict_and_filters(workspace, fact_adapter, fact_chat_model, demo_index):
+    """Four systems (a split built with context, scored live over the demo index): a grouped bar chart of the
+    systems, the one-sentence verdict, the index offered as the retrieval setting, and the per-example filters."""
+    from tests.umtcds_core.test_evaluate import _context_split
+    from umtcds_core.evaluate import evaluate
+    from umtcds_core.runs import eval_metrics_path
+
+    _, index_dir = demo_index
+    run = workspace.runs_dir / "run-1"
+    shutil.copytree(fact_adapter, run, ignore=shutil.ignore_patterns("eval", "merged"))
+    shutil.copytree(index_dir, workspace.root / "index")
+    data = _context_split(workspace.root / "tmp", index_dir)
+    metrics = evaluate(None, data, out=eval_metrics_path(run), max_new_tokens=4, limit=6, rag=index_dir, rag_k=3,
+                       chat_model=fact_chat_model)  # fmt: skip
+    assert metrics["systems"] == ["base", "tuned", "base+retrieval", "tuned+retrieval"]
+
+    at = _wait_for(_page(workspace), lambda a: len(a.get("plotly_chart")) == 1)
+    assert not at.exception
+    chart = json.loads(at.get("plotly_chart")[0].proto.spec)
+    assert [t["name"] for t in chart["data"]] == metrics["systems"] and chart["layout"]["barmode"] == "group"
+    assert "recall@k" in chart["data"][2]["x"] and "false-refusal" in chart["data"][0]["x"]
+    verdict = [e.value for e in (*at.success, *at.info) if "answered best" in e.value or "tie" in e.value]
+    assert verdict == [metrics["best"]["en"]]
+    assert at.text_input(key="ev_rag").value == str(workspace.root / "index")  # the project's index is offered
+    assert len(at.dataframe) == 2 and list(at.dataframe[0].value.columns)[:4] == metrics["systems"]
+    rows = at.dataframe[1].value
+    assert len(rows) == 6 + metrics["n_paraphrase"] and "tuned+retrieval_answer" in rows.columns
+
+    at.selectbox(key="ev_system").set_value("tuned")
+    at.radio(key="ev_filter").set_value("refusals")
+    at = _wait_for(at, lambda a: "tuned_refused" in a.dataframe[1].value.columns)
+    shown = at.dataframe[1].value
+    assert all(v == "True" for v in shown["tuned_refused"].astype(str))  # only the tuned model's refusals
+    at.radio(key="ev_filter").set_value("wrong")
+    at = _wait_for(at, lambda a: any("shown" in c.value for c in a.caption))
+    assert not at.exception and any(f"of {len(rows)} shown" in c.value for c in at.caption)
