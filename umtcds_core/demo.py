@@ -11,7 +11,8 @@ What it does, step by step (each step calls the same core function as ``umtcds <
    the output says how many pairs came from each source;
 5. **config**: a LoRA config for the small model, sized for a few minutes on 2 CPU cores (``config.yaml``);
 6. **train** into ``runs/demo-…/`` (checkpoints, ``metrics.jsonl``, final adapter);
-7. **evaluate** base vs tuned on the test split (``runs/…/eval/``);
+7. **evaluate** base vs tuned, each closed book and with retrieval over ``index/`` (built right after the crawl), on
+   the test split, and print the four-system table (``runs/…/eval/``);
 8. **chat**: one answer from the tuned model, and a question whose answer the tuned model learned and the base model
    did not — found by comparing their answers (not chosen in advance).
 
@@ -273,12 +274,21 @@ class Demo:
             f"saved {summary.saved} pages ({summary.robots} blocked by robots.txt, {summary.duplicates} duplicates, "
             f"{summary.errors} errors); the staff-only area was {'REQUESTED' if blocked else 'never requested'}"
         )
-        return StepReport(
-            "crawl",
-            summary=text,
-            files=[self._rel(self.ws.pages_dir) + "/*.txt", self._rel(self.ws.pages_dir / "manifest.jsonl")],
-            data={"saved": summary.saved, "errors": summary.errors},
-        )
+        files = [self._rel(self.ws.pages_dir) + "/*.txt", self._rel(self.ws.pages_dir / "manifest.jsonl")]
+        text += "; " + self._index(files)
+        return StepReport("crawl", summary=text, files=files, data={"saved": summary.saved, "errors": summary.errors})
+
+    def _index(self, files: list[str]) -> str:
+        """Index the crawled pages (``umtcds index``) so evaluate can score the +retrieval systems; a failure is said
+        and only costs those two systems."""
+        from .index import build_index, index_dir_of
+
+        try:
+            report = build_index(self.ws.pages_dir, index_dir_of(self.ws))
+        except UserError as exc:
+            return f"not indexed ({exc})"
+        files.append(self._rel(index_dir_of(self.ws)))
+        return f"indexed {report.pages} pages into {report.chunks} chunks"
 
     def generate(self) -> StepReport:
         qa = _module("generate")
@@ -406,6 +416,9 @@ class Demo:
         evaluate, format_report = _need(_module("evaluate"), "evaluate", "format_report")
         assert self.run_dir is not None
         out = runs.eval_metrics_path(self.run_dir)
+        from .index import has_index, index_dir_of
+
+        index = index_dir_of(self.ws)
         metrics = evaluate(
             self.s.model,
             self.ws.dataset_dir / "test.jsonl",
@@ -414,6 +427,7 @@ class Demo:
             max_new_tokens=self.s.probe_new_tokens,
             limit=self.s.eval_limit,
             chat_model=self._chat_model(),
+            rag=index if has_index(index) else None,
         )
         m = metrics["metrics"]
         base, tuned = m.get("base", {}), m.get("tuned", {})
@@ -422,6 +436,10 @@ class Demo:
             f", tuned {_pct(tuned.get('key-fact'))}; ROUGE-L base {_num(base.get('rouge-l'))}, "
             f"tuned {_num(tuned.get('rouge-l'))}"
         )
+        rag = m.get("tuned+retrieval")
+        if rag:
+            text += f"; with retrieval: tuned {_pct(rag.get('key-fact'))}, recall@5 {_pct(rag.get('recall@k'))}"
+        text += "\n" + "\n".join("      " + line for line in format_report(metrics).splitlines())
         return StepReport(
             "evaluate",
             summary=text,

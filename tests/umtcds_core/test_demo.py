@@ -98,3 +98,19 @@ def test_fast_demo_runs_every_step(tmp_path, capsys):
     assert (run_dir / "adapter_config.json").exists()
     assert (run_dir / "eval" / "metrics.json").exists()
     assert "Time per step:" in out and "Q:" in steps["chat"]["summary"]
+
+
+def test_demo_crawl_step_builds_the_index(tmp_path):
+    """The crawl step indexes what it saved (`umtcds index`), so evaluate can score base/tuned + retrieval."""
+    from umtcds_core.demo import Demo
+    from umtcds_core.demo_site import DemoSite
+    from umtcds_core.index import Index, index_dir_of
+
+    ws = prepare_workspace(tmp_path / "demo-ws")
+    demo = Demo(ws, DemoSettings.fast(), out=lambda _: None)
+    with DemoSite() as site:
+        demo.site = site
+        rep = demo.crawl()
+    assert rep.status == "done" and "indexed 3 pages" in rep.summary
+    assert Index.load(index_dir_of(ws)).search("library opening hours", 3)
+    assert any(f.endswith("index") for f in rep.files)
