@@ -5,6 +5,8 @@ Usage::
     python bench/train_bench.py                              # GPU: GLM-4-9B shape, LoRA, QLoRA, P-tuning v2
     python bench/train_bench.py --methods lora --variants baseline,ours,ours-pack --rounds 2
     python bench/train_bench.py --tiny                       # tiny GLM on CPU: a smoke test of the same code
+    python bench/train_bench.py --methods ptuning-v2 --other-variants baseline,ours,ours+pad \
+        --memory-cap-gib 22 --out-dir bench/results         # P-tuning v2 on a 24 GB card's budget (issue 19)
     torchrun --nproc_per_node 2 bench/train_bench.py --ddp --methods lora --variants ours \
         --compare-to bench/results/train_h200.json           # 2 GPUs, DDP; ratio to the 1-GPU "ours" figure
 
@@ -18,13 +20,20 @@ tokens, prompt tokens included. Variants are built fresh, warmed up, and alterna
 
 * ``baseline`` — the Hugging Face default: batches padded to the longest sample, gradient checkpointing on every
   layer, the model's own loss (full logits upcast to fp32); QLoRA prepared with peft's
-  ``prepare_model_for_kbit_training`` (frozen 16-bit weights upcast to fp32).
+  ``prepare_model_for_kbit_training`` (frozen 16-bit weights upcast to fp32); P-tuning v2 as peft's PrefixTuning
+  (prefix in the KV cache), hence without checkpointing, which would drop it.
 * ``ours`` — ``speed.plan(TrainConfig(method=...), this machine)``, built and applied exactly as ``umtcds train``
   does (load → ``methods`` wrap → ``speed.apply``); on one CUDA GPU: padding-free packing with per-sample
   FlashAttention varlen attention, the fused linear+cross-entropy loss on labelled positions only, the decoder layers
   compiled (``speed.compile_options``), TF32, pinned batches copied without a host wait, QLoRA prepared without the
-  fp32 upcast. P-tuning v2 is padded and runs without checkpointing; under ``--ddp`` nothing is compiled — both as
+  fp32 upcast. P-tuning v2 passes its prefix into attention explicitly (``umtcds_core.prefix``): checkpointed,
+  packed (SDPA with a widened block mask), compiled one layer per call; under ``--ddp`` nothing is compiled — as
   the plan says for ``umtcds train``.
+
+``--memory-cap-gib 22`` caps this process's CUDA allocator (``torch.cuda.set_per_process_memory_fraction``) as a
+24 GB card would: a variant that needs more fails with CUDA out of memory (recorded as its error). Each result
+carries ``memory_estimate``: ``memory.estimate_memory`` for the variant's settings and largest step beside the
+measured peak (error %), and the log line of every variant prints both.
 * Ablations (each a change of the plan, ``VARIANTS``): ``ours-eager`` — without compile (Liger RMSNorm/SwiGLU
   kernels instead); ``ours-noliger`` — eager with the chunked PyTorch loss and no Liger kernels; ``ours-sdpa`` —
   packing through SDPA's dense block-diagonal mask; ``ours-pack`` — packing only; ``ours-skipN`` — the last N layers
@@ -101,6 +110,8 @@ FLAGS = {
     "fr": {"inductor": {"fallback_random": True}},  # eager random kernels instead of Triton-generated ones
     "notf32": {"tf32": False},
     "nodrop": {"lora_dropout": 0.0},  # diagnostic: what LoRA dropout costs (not the users' default)
+    "pad": {"packing": False},  # padded batches instead of packed rows (P-tuning v2: packing is new, measure it)
+    "nogc": {"checkpointing": False},  # no gradient checkpointing (the memory it saves, the time it costs)
 }
 
 
@@ -131,6 +142,12 @@ class GuardSkipping:
         return out
 
 
+def _method_row(method: str):
+    from umtcds_core import methods
+
+    return methods.get(method)
+
+
 def variant(name: str, method: str, machine) -> tuple:
     """``(plan, extras)`` of a variant: the speed plan and the bench-only settings (Inductor options, dropout)."""
     import dataclasses
@@ -144,7 +161,12 @@ def variant(name: str, method: str, machine) -> tuple:
         changes["skip_last"] = int(base[len("ours-skip") :])
         base = "ours"
     changes = {**VARIANTS[base], **changes}
-    extras: dict = {"inductor": {}, "lora_dropout": None}
+    extras: dict = {"inductor": {}, "lora_dropout": None, "prefix": None}
+    if base == "baseline" and _method_row(method).adapter == "prefix":
+        # the Hugging Face default of P-tuning v2: peft's PrefixTuning, whose prefix travels in the KV cache —
+        # dropped by checkpointed layers, so it runs without checkpointing (and padded)
+        changes.update(checkpointing=False, packing=False)
+        extras["prefix"] = "peft"
     options = {}
     for f in flags:
         for key, value in FLAGS[f].items():
@@ -266,7 +288,8 @@ def build(hf_cfg, method: str, plan, extras: dict, dtype, seed: int = 0):
     if m.quantised:
         quantize_4bit_(model, dtype)  # a 4-bit load of the random-init model
     transformers.set_seed(seed)
-    model, targets = m.wrap(model, tc, kbit=plan.kbit, checkpointing=plan.checkpointing)
+    wrap = methods.wrap_prefix_peft if extras.get("prefix") == "peft" else m.wrap  # same init values either way
+    model, targets = wrap(model, tc, kbit=plan.kbit, checkpointing=plan.checkpointing)
     if plan.compile:
         torch._dynamo.reset()  # a variant's compile options must not reuse another variant's compiled code
         torch._inductor.config.cpp_wrapper = bool(extras["inductor"].get("cpp_wrapper", False))
@@ -274,6 +297,46 @@ def build(hf_cfg, method: str, plan, extras: dict, dtype, seed: int = 0):
     report = speed.apply(model, plan)
     model.train()
     return model, report, targets
+
+
+def tc_overrides(extras: dict) -> dict:
+    """The TrainConfig changes a variant's extras make (what :func:`build` trains and the estimate must describe)."""
+    return {"lora_dropout": extras["lora_dropout"]} if extras.get("lora_dropout") is not None else {}
+
+
+def variant_estimate(method, hf_cfg, plan, packed: bool, positions: int, batch: int, peak, overrides=None) -> dict:
+    """``memory.estimate_memory`` for what a variant ran: its method's defaults, its checkpointing/packing/loss, the
+    model's shape, and the largest step's positions (the peak's step) — beside the measured peak (error %)."""
+    from umtcds_core import memory
+    from umtcds_core.config import TrainConfig
+
+    if not positions:
+        return {"error": "no timed step"}
+    sample = max(16, -(-positions // max(1, batch)))  # padded: the longest sample; packed: the row's share
+    tc = TrainConfig(
+        method=method,
+        precision=plan.precision,
+        per_device_batch_size=batch,
+        gradient_checkpointing=plan.checkpointing,
+        packing=packed,
+        max_input_length=sample // 2,
+        max_output_length=sample - sample // 2,
+        **(overrides or {}),
+    )
+    shape = memory.shape_from_hf_config(hf_cfg.to_dict())
+    est = memory.estimate_memory(
+        tc, shape, tokens=positions, gpus=[], verdict=False, fused_loss=plan.loss != "standard"
+    )
+    out = {
+        "tokens_per_step_used": positions,
+        "estimate_peak_allocated_gib": est["peak_allocated_gib"],
+        "estimate_total_gib": est["total_gib"],
+        "parts_gib": {k: est[k] for k in ("weights_gib", "trainable_state_gib", "activations_gib", "logits_gib")},
+        "measured_peak_gib": peak,
+    }
+    if peak:
+        out["error_pct"] = round(100 * (est["peak_allocated_gib"] - peak) / peak, 1)
+    return out
 
 
 # ---- one timed run -------------------------------------------------------------------------------------------------
@@ -418,6 +481,9 @@ def run_variant(
         gib = 1024**3
         res["peak_gib"] = round(torch.cuda.max_memory_allocated() / gib, 2)
         res["peak_reserved_gib"] = round(torch.cuda.max_memory_reserved() / gib, 2)
+    res["memory_estimate"] = variant_estimate(
+        method, hf_cfg, plan, packed, max_positions, len(mine[0]), res.get("peak_gib"), tc_overrides(extras)
+    )
     torch.backends.cuda.matmul.allow_tf32 = tf32_before
     del model, opt, params
     if plan.compile:
@@ -425,8 +491,10 @@ def run_variant(
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
+    est = res["memory_estimate"]
     log(
-        f"[{method} {name}] {res['tokens_per_s']} tok/s, peak {res.get('peak_gib')} GiB, loss0 {res['first_step_loss']}"
+        f"[{method} {name}] {res['tokens_per_s']} tok/s, peak {res.get('peak_gib')} GiB (estimate "
+        f"{est.get('estimate_peak_allocated_gib')} GiB, error {est.get('error_pct')} %), loss0 {res['first_step_loss']}"
     )
     return res
 
@@ -547,6 +615,10 @@ def summarize(method, runs: list[dict], n_params: float, peak_tflops, matmul_tfl
             "supervised_tokens": rs[0]["supervised_tokens"],
             "settings": rs[0]["settings"],
             "step_s": round(sum(r["step_s"] for r in rs if "step_s" in r) / len(tps), 4),
+            # the estimate of the run with the highest peak (the last round's when no GPU measured one)
+            "memory_estimate": max((r for r in rs if "memory_estimate" in r), key=lambda r: r.get("peak_gib") or 0)[
+                "memory_estimate"
+            ],
         }
         if peak_tflops:
             v["mfu_4n_spec"] = round(mean * 4 * n_params / (peak_tflops * 1e12), 4)
@@ -606,6 +678,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     ap.add_argument("--profile-variants", default="ours", help="comma-separated variants to profile")
     ap.add_argument("--gpu-warmup", type=float, default=15.0, help="seconds of matmuls before the first variant")
+    ap.add_argument(
+        "--memory-cap-gib",
+        type=float,
+        default=0.0,
+        help="cap this process's CUDA memory (torch.cuda.set_per_process_memory_fraction), e.g. 22 for a 24 GB card",
+    )
     args = ap.parse_args(argv)
     _OPTIONS["compile_on_cpu"] = args.compile_on_cpu
 
@@ -639,6 +717,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(hf_cfg).parameters())
     gpu = torch.cuda.get_device_name(0) if cuda else None
+    cap = memory_cap(args.memory_cap_gib, cuda, log)
     peak = next((v for k, v in PEAK_TFLOPS.items() if gpu and k in gpu), None)
     matmul = measure_matmul_tflops(args.gpu_warmup) if cuda and rank == 0 else None
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -733,8 +812,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             + (", bf16 autocast" if args.autocast else ", no autocast"),
             "versions": versions,
         }
-        if method == "lora" and not args.ddp and "ours" in summary.get("variants", {}):
-            result["memory_estimate"] = memory_estimate_check(summary, runs, args.batch, args.tiny)
+        if args.memory_cap_gib:
+            result["memory_cap"] = cap
+        if not args.ddp:
+            result["memory_estimate"] = memory_estimate_check(summary, args.tiny)
         if args.compare_to and "ours" in summary.get("variants", {}):
             result["vs_one_gpu"] = compare(args.compare_to, summary)
         results.append(result)
@@ -776,33 +857,36 @@ def compare(path: str, summary: dict) -> dict:
     }
 
 
-def memory_estimate_check(summary: dict, runs: list[dict], batch: int, tiny: bool) -> dict:
-    """``umtcds_core.config.estimate_memory`` for the measured steps vs the measured peaks (error %)."""
-    try:
-        from umtcds_core.config import estimate_glm4_9b_lora
-    except ImportError as exc:
-        return {"error": f"estimate not available: {exc}"}
-    if tiny:
-        return {"note": "tiny shape: the estimate is for GLM-4-9B, compared on GPU runs only"}
-    out = {}
-    for name in ("baseline", "ours"):
-        v = summary["variants"].get(name) or {}
-        rs = [r for r in runs if r["variant"] == name and "processed_positions" in r]
-        if not rs or not v.get("peak_gib"):
-            continue
-        # the peak comes from the largest step of the run
-        tokens = max(r["max_step_positions"] for r in rs)
-        est = estimate_glm4_9b_lora(batch_size=1, tokens=tokens, fused_loss=name == "ours")
-        measured = v["peak_gib"]
-        out[name] = {
-            "tokens_per_step_used": tokens,
-            "estimate_peak_allocated_gib": est["peak_allocated_gib"],
-            "measured_peak_gib": measured,
-            "error_pct": round(100 * (est["peak_allocated_gib"] - measured) / measured, 1),
-        }
+def memory_cap(gib: float, cuda: bool, log=print) -> dict | None:
+    """Cap the CUDA caching allocator of this process at ``gib`` GiB (``set_per_process_memory_fraction``), as a
+    smaller card would; past it an allocation raises CUDA out of memory. Returns what was set (None: no cap)."""
+    if not gib:
+        return None
+    if not cuda:
+        log(f"--memory-cap-gib {gib}: no CUDA GPU, nothing capped")
+        return {"cap_gib": gib, "applied": False}
+    import torch
+
+    total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    fraction = min(1.0, gib * 1024**3 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction)
+    log(f"CUDA memory capped at {gib} GiB ({fraction:.4f} of {total / 1024**3:.1f} GiB)")
+    return {"cap_gib": gib, "fraction": round(fraction, 5), "device_total_gib": round(total / 1024**3, 2),
+            "applied": True}  # fmt: skip
+
+
+def memory_estimate_check(summary: dict, tiny: bool) -> dict:
+    """``umtcds_core.memory.estimate_memory`` for each variant's settings and largest step vs its measured peak."""
+    out = {
+        name: v["memory_estimate"]
+        for name, v in summary.get("variants", {}).items()
+        if isinstance(v, dict) and v.get("memory_estimate")
+    }
     out["note"] = (
-        "tokens = positions of the largest timed step; the baseline is estimated with full fp32 logits, 'ours' "
-        "with the chunked/fused loss (one chunk of logits alive)"
+        "per variant: the method's defaults with the variant's checkpointing, packing and loss (the baseline: full "
+        "fp32 logits), tokens = positions of its largest timed step; estimate_peak_allocated_gib compares with "
+        "torch.cuda.max_memory_allocated (measured_peak_gib)"
+        + ("; tiny shape on CPU: no measured peak" if tiny else "")
     )
     return out
 

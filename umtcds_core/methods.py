@@ -212,11 +212,12 @@ def _prefix_step_extra(cfg, shape: dict, a: int) -> float:
     """Each layer that keeps its activations holds its prefix keys/values expanded to every row of the micro-batch,
     once concatenated (``kv_heads``) and once repeated to all query heads for SDPA with a mask: ``rows·T·2·(kv_heads +
     heads)·head_dim·a``. Checkpointed, two layers hold them at the peak (the one recomputed and the last, kept);
-    otherwise all ``L``."""
+    otherwise all ``L``. Plus every layer's own copy of its slice in the compute dtype, ``L·T·2·kv_heads·head_dim·a``."""
     rows, _ = _prefix_rows(cfg)
     layers = 2 if cfg.gradient_checkpointing else shape["num_layers"]
     width = 2 * (shape["num_kv_heads"] + shape["num_heads"]) * shape["head_dim"]
-    return layers * rows * cfg.num_virtual_tokens * width * a
+    slices = shape["num_layers"] * cfg.num_virtual_tokens * 2 * _kv_width(shape) * a
+    return layers * rows * cfg.num_virtual_tokens * width * a + slices
 
 
 def _all_trainable(cfg, shape: dict, total: int) -> int:

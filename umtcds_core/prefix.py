@@ -83,8 +83,12 @@ def _layer_hook(index: int, kv_heads: int, head_dim: int):
     def hook(module, args, kwargs):
         full = kwargs.get(PREFIX_KW)
         if full is not None and not isinstance(full, tuple):
+            hidden = args[0] if args else kwargs.get("hidden_states")
+            dtype = hidden.dtype if hidden is not None else full.dtype
+            # fresh contiguous tensors in the compute dtype: every layer hands the compiled layer function inputs
+            # of one layout (a view's storage offset differs per layer) — a few KB per layer
             kwargs = dict(kwargs)
-            kwargs[PREFIX_KW] = layer_prefix(full, index, kv_heads, head_dim)
+            kwargs[PREFIX_KW] = tuple(t.to(dtype).contiguous() for t in layer_prefix(full, index, kv_heads, head_dim))
             return args, kwargs
         return None
 

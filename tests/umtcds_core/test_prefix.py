@@ -210,10 +210,11 @@ def test_memory_parts_follow_the_explicit_path():
     row = methods.get("ptuning-v2")
     cfg = TrainConfig(method="ptuning-v2", per_device_batch_size=8, precision="bf16", packing=False)
     t, width = cfg.num_virtual_tokens, 2 * (shape["num_kv_heads"] + shape["num_heads"]) * shape["head_dim"]
-    assert row.step_extra(cfg, shape, 2) == 2 * 8 * t * width * 2
+    slices = shape["num_layers"] * t * 2 * shape["num_kv_heads"] * shape["head_dim"] * 2  # each layer's own copy
+    assert row.step_extra(cfg, shape, 2) == 2 * 8 * t * width * 2 + slices
     off = cfg.replace(gradient_checkpointing=False)
-    assert row.step_extra(off, shape, 2) == shape["num_layers"] * 8 * t * width * 2
-    assert row.step_extra(cfg.replace(packing=True), shape, 2) == 2 * 1 * t * width * 2
+    assert row.step_extra(off, shape, 2) == shape["num_layers"] * 8 * t * width * 2 + slices
+    assert row.step_extra(cfg.replace(packing=True), shape, 2) == 2 * 1 * t * width * 2 + slices
     seq = cfg.max_input_length + cfg.max_output_length
     assert row.layer_extra(cfg, shape, 2) == 3 * (seq + t)
     on, no = (memory.estimate_memory(c, shape, gpus=[], verdict=False) for c in (cfg, off))

@@ -171,6 +171,32 @@ def test_train_bench_tiny_smoke(tmp_path):
     assert result["ours"]["padding_fraction"] == 0.0 and result["baseline"]["padding_fraction"] > 0
 
 
+def test_train_bench_tiny_ptuning_peft_baseline_vs_explicit_prefix(tmp_path):
+    """The P-tuning v2 bench path (issue 19): peft's PrefixTuning (cache, no checkpointing) vs ours (explicit
+    prefix, checkpointed, packed) from the same weights and batches — same first loss — with the memory cap option
+    and the estimate beside each variant."""
+    args = ["--tiny", "--methods", "ptuning-v2", "--other-variants", "baseline,ours", "--steps", "1", "--warmup", "1"]
+    args += ["--batch", "4", "--memory-cap-gib", "22", "--out-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train_bench.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "train_ptuning-v2_cpu.json").read_text())
+    base, ours = result["variants"]["baseline"], result["variants"]["ours"]
+    assert base["settings"]["prefix"] == "peft" and not base["settings"]["checkpointing"]
+    assert ours["settings"]["checkpointing"] and ours["settings"]["applied"]["attention"] == "umtcds_prefix"
+    assert ours["padding_fraction"] == 0.0 and base["padding_fraction"] > 0
+    assert result["first_step_loss"]["abs_diff"] < 1e-4
+    assert result["memory_cap"] == {"cap_gib": 22.0, "applied": False}  # no GPU here
+    for name in ("baseline", "ours"):
+        assert result["memory_estimate"][name]["estimate_peak_allocated_gib"] > 0
+    assert "estimate" in proc.stderr
+
+
 def test_packed_rebalance_sampler_balances_tokens_and_covers_every_sample():
     lengths = [300, 20, 250, 40, 400, 35, 120, 90, 60, 380, 25, 200, 150, 45, 310, 80]
     per_rank = [list(speed.packed_rebalance_sampler(lengths, 4, 2, r, grad_accum=2, seed=3)) for r in range(2)]
