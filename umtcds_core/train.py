@@ -6,8 +6,8 @@ What one run does (every feature, its flag, and its trade-off):
 
 * **Methods** (``method``): ``lora`` (adapters on the attention projections chosen per architecture, or
   ``lora_target_modules``), ``qlora`` (the same on a 4-bit NF4 base through bitsandbytes; CUDA only: ~4× less weight
-  memory, somewhat slower), ``ptuning-v2`` (peft prefix tuning with ``num_virtual_tokens`` per layer: the original
-  UMTCDS method) and ``full`` (every weight; needs the most memory).
+  memory, somewhat slower), ``ptuning-v2`` (peft prefix tuning with ``num_virtual_tokens`` per layer, the original
+  UMTCDS method; the prefix reaches attention explicitly, ``umtcds_core.prefix``, and saves in peft's format) and ``full`` (every weight; needs the most memory).
 * **Data**: ``data_dir/train_file`` (and ``dev_file`` for eval) in the GLM-4 ``messages`` format, ShareGPT
   (``conversations``) or Alpaca (``instruction``/``input``/``output``). Each sample is rendered with the model's OWN
   chat template: the prompt ids are exactly ``apply_chat_template(history, add_generation_prompt=True)`` — what chat
@@ -17,11 +17,11 @@ What one run does (every feature, its flag, and its trade-off):
 * **Padding-free packing** (``packing``, default on): a batch is one row of concatenated samples with
   ``position_ids`` restarting per sample (transformers' ``DataCollatorWithFlattening``); transformers turns those
   into a block-diagonal causal mask (or FlashAttention varlen kwargs), so samples never attend to each other and no
-  compute is spent on padding. Checked at start-up on the real model; when the check fails, or for P-tuning v2 (its
-  prefix cache disables the packed mask), batches are padded instead and the log says why.
+  compute is spent on padding. Checked at start-up on the real model; when the check fails, batches are padded instead
+  and the log says why (P-tuning v2 packs too: every packed sample sees the whole prefix).
 * **Speed/memory** (``umtcds_core.speed``: one plan from the config and the machine, applied once; figures in
   ``bench/results/NOTES.md``): gradient checkpointing
-  (``gradient_checkpointing``; off for P-tuning v2, whose prefix cache transformers drops under checkpointing),
+  (``gradient_checkpointing``; P-tuning v2 included, its prefix being an explicit input of each attention),
   bf16/fp16/fp32 chosen by hardware (``precision: auto``); packed rows attend per sample through PyTorch's
   FlashAttention varlen kernel on CUDA (FlashAttention-2 when ``flash-attn`` is installed, SDPA's block-diagonal
   mask elsewhere); the loss never materialises the ``tokens × vocab`` logits (Liger's fused linear+cross-entropy on
