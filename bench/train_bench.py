@@ -662,7 +662,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--variants", default="baseline,ours,ours-noliger,ours-sdpa", help="for LoRA; other methods run baseline,ours"
     )
     ap.add_argument("--other-variants", default="baseline,ours", help="variants for QLoRA and P-tuning v2")
-    ap.add_argument("--rounds", type=int, default=2, help="LoRA rounds (other methods: 1)")
+    ap.add_argument("--rounds", type=int, default=2, help="LoRA rounds (other methods: --other-rounds)")
+    ap.add_argument("--other-rounds", type=int, default=1, help="rounds for QLoRA and P-tuning v2")
     ap.add_argument("--steps", type=int, default=10, help="timed steps per variant run")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=8, help="samples per step (per GPU)")
@@ -742,7 +743,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             log("[qlora] skipped: needs CUDA and bitsandbytes")
             continue
         names = lora_variants if method == "lora" else [v for v in args.other_variants.split(",") if v]
-        rounds = args.rounds if method == "lora" else 1
+        rounds = args.rounds if method == "lora" else args.other_rounds
         runs = []
         for r in range(rounds):
             for name in names:
@@ -839,6 +840,11 @@ def headline(r: dict) -> dict:
     for side in ("baseline", "ours"):
         if side in r:
             keep[side] = {k: r[side].get(k) for k in ("tokens_per_s", "peak_gib", "mfu_4n_spec", "first_step_loss")}
+            est = r[side].get("memory_estimate") or {}
+            keep[side]["estimate_gib"] = est.get("estimate_peak_allocated_gib")
+            keep[side]["estimate_error_pct"] = est.get("error_pct")
+    if "memory_cap" in r:
+        keep["memory_cap_gib"] = r["memory_cap"].get("cap_gib")
     for k in ("speedup", "speedup_median", "speedup_rounds", "vs_one_gpu"):
         if k in r:
             keep[k] = r[k]
