@@ -91,6 +91,11 @@ def _backend_defaults(backend: str) -> dict:
     }
 
 
+# settings drawn straight from their declarations in GenerateSettings (label, help, choices come from there); a bare
+# string here would be shown on the page by Streamlit's "magic"
+EXTRA_FIELDS = ("unanswerable", "paraphrase", "pii", "pii_names")
+
+
 def _seed(values: dict, force: bool) -> None:
     """Put ``values`` into the widgets (all of them when ``force``: a running job's settings replace what is shown)."""
     b = values["backend"]
@@ -109,6 +114,7 @@ def _seed(values: dict, force: bool) -> None:
         "gen_pages": [p for p in values.get("pages") or [] if p in page_names],
         "gen_judge": values["judge"],
         "gen_threshold": values["judge_threshold"],
+        **{f"gen_{name}": values[name] for name in EXTRA_FIELDS},
     }
     for key, value in shown.items():
         if force or key not in st.session_state:
@@ -153,7 +159,9 @@ model = c1.text_input(
     disabled=locked,
 ).strip()
 if backend == "local" and (model or DEFAULT_MODELS["local"]) in EMBEDDED:
-    st.info(ui.embedded_model_note(model or DEFAULT_MODELS["local"]))  # a 135M model writes few usable pairs: say what it is for, once
+    st.info(
+        ui.embedded_model_note(model or DEFAULT_MODELS["local"])
+    )  # a 135M model writes few usable pairs: say what it is for, once
 base_url = ""
 key_env = ""
 typed_key = ""
@@ -246,6 +254,11 @@ j1, j2 = st.columns(2)
 judge = ui_fields.widget(field["judge"], j1, "gen_judge", disabled=locked)
 threshold = j2.slider(_label("judge_threshold"), 1, 5, key="gen_threshold", disabled=locked or not judge)
 
+e = st.columns(len(EXTRA_FIELDS))
+extra = {
+    name: ui_fields.widget(field[name], e[i], f"gen_{name}", disabled=locked) for i, name in enumerate(EXTRA_FIELDS)
+}
+
 # ---- which pages ---------------------------------------------------------------------------------------------------
 p1, p2 = st.columns([3, 1])
 chosen_pages = p1.multiselect(
@@ -311,6 +324,7 @@ values = {
     "max_tokens": max_tokens,
     "judge": judge,
     "judge_threshold": threshold,
+    **extra,
     "prompt_file": str(prompt_path) if prompt_path.exists() else None,
     "pages": chosen_pages or None,
     "max_pages": int(max_pages) or None,

@@ -1004,11 +1004,12 @@ class GenerateSettings:
         "mask: ID numbers, mobile numbers and personal e-mails become placeholders before the LLM sees a page "
         "(office phones and the site's own addresses are kept); off: pages are sent as they are",
         help=(
-            "mask：把身份证号、手机号和个人邮箱替换成占位符再交给大模型；办公电话和学校自己的邮箱保留。",
+            "遮盖：把身份证号、手机号和个人邮箱替换成占位符再交给大模型；办公电话和学校自己的邮箱保留。",
             "mask: ID numbers, mobile numbers and personal e-mails are replaced before the LLM sees the text; "
             "office phones and the site's own addresses stay.",
         ),
         choices=("off", "mask"),
+        choice_labels={"off": ("不处理", "off"), "mask": ("遮盖", "mask")},
         widget="radio",
     )
     pii_names: bool = setting(

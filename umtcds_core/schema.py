@@ -73,6 +73,8 @@ class Field:
     """``min`` itself is not allowed (``0 < learning_rate``)."""
     max_open: bool = False
     choices: tuple | None = None
+    choice_labels: dict | None = None
+    """``{choice: (zh, en)}`` — how a choice is shown in the dashboard (the YAML and the CLI keep the value)."""
     valid: Callable[[Any], bool] | None = None
     """A custom test instead of ``min``/``max`` (e.g. ``max_steps`` is -1 or positive)."""
     range_msg: Pair | None = None

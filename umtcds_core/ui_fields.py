@@ -55,6 +55,8 @@ def widget(f: Field, container, key: str, on_change: Callable | None = None, dis
     label = tr(*f.label)
     help_ = tr(*f.help) if f.help else None
     common = dict(key=key, help=help_, on_change=on_change, disabled=disabled)
+    if f.choices and f.choice_labels:
+        common["format_func"] = lambda c: tr(*f.choice_labels[c]) if c in f.choice_labels else str(c)
     if f.widget == "radio" and f.choices:
         raw = container.radio(label, list(f.choices), horizontal=True, **common)
     elif f.choices:

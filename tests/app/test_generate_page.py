@@ -159,3 +159,15 @@ def test_local_embedded_model_says_what_it_is_for(ws):
     at.radio(key="gen_backend").set_value("local").run()
     assert not at.exception
     assert any("for trying the flow only" in i.value for i in at.info)
+
+
+def test_new_generation_options_come_from_their_declarations(ws):
+    """Unanswerable questions, paraphrases and personal-data masking are on the page, drawn from GenerateSettings."""
+    from umtcds_core.qa import GENERATE
+
+    at = _page(ws)
+    assert not at.exception
+    assert at.number_input(key="gen_unanswerable").value == GENERATE["unanswerable"].default
+    assert at.radio(key="gen_pii").value == GENERATE["pii"].default
+    at.radio(key="gen_pii").set_value("off").run()
+    assert not at.exception and at.radio(key="gen_pii").value == "off"
