@@ -19,6 +19,7 @@ from umtcds_core import ui, ui_fields
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import write_jsonl_atomic
 from umtcds_core.i18n import current_lang, error_text, tr
+from umtcds_core.index import index_dir_of
 
 ws = ui.require_workspace()
 ui.page_header("dataset")
@@ -260,11 +261,18 @@ if len(stats):
 
 # ---- split and export: labels, help, defaults and checks from the dataset schema (umtcds_core.dataset.DATASET) ----
 st.subheader(tr("划分与导出", "Split and export"))
-_FIELDS = ("seed", "format", "dedup_threshold", "system_prompt")
-_KEPT = ("split", *_FIELDS)  # what the project remembers of the last export (not its paths)
+_FIELDS = ("seed", "format", "dedup_threshold", "system_prompt", "context", "index", "context_k", "oracle_share")
+_KEPT = ("split", "seed", "format", "dedup_threshold", "system_prompt")  # remembered of the last export (no paths)
 # Start values: the last export's settings, else the schema's defaults with the campus system prompt filled in (the
 # page has always offered it; the CLI adds none unless asked).
-start = ds.DATASET.merge({"system_prompt": ds.DEFAULT_SYSTEM_PROMPT, **(ws.meta().get("dataset") or {})})
+_index = index_dir_of(ws)  # the project's search index (Crawl page / `umtcds index`), offered for context training
+start = ds.DATASET.merge(
+    {
+        "system_prompt": ds.DEFAULT_SYSTEM_PROMPT,
+        **({"index": str(_index)} if _index.is_dir() else {}),
+        **(ws.meta().get("dataset") or {}),
+    }
+)
 ratios_start = ds.split_ratios(start["split"]) or ds.parse_split(ds.DEFAULT_SPLIT)
 st.caption(tr(*ds.DATASET["split"].label))
 c1, c2, c3 = st.columns(3)

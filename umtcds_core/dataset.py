@@ -98,6 +98,11 @@ def _split_ok(text) -> bool:
     return split_ratios(text) is not None
 
 
+def _retrieved(values: dict) -> bool:
+    """The context options matter (and are shown) only when training with retrieved context."""
+    return values.get("context") == "retrieved"
+
+
 @dataclass
 class DatasetSettings:
     """What ``umtcds dataset`` runs with: flags, a ``--config`` YAML, or both (flags win); the page passes these too."""
@@ -191,12 +196,16 @@ class DatasetSettings:
         "none: question alone (closed book); retrieved: the grounded prompt over the top-k chunks of --index, "
         "the answer cited [n] (or refused when only unrelated chunks are shown)",
         help=(
-            "retrieved：每条样本的问题前附上从索引检索到的网站资料（与“根据网站回答”的聊天同一格式），答案末尾标出来源 "
+            "附带检索资料：每条样本的问题前附上从索引检索到的网站资料（与“根据网站回答”的聊天同一格式），答案末尾标出来源 "
             "[n]；一部分样本只给无关资料，答案是拒答句，模型由此学会“网站上没有提到”。",
             "retrieved: each sample shows the chunks retrieved for its question (the same prompt grounded chat uses) "
             "and its answer cites the source [n]; some samples show only unrelated chunks and teach the refusal.",
         ),
         choices=CONTEXTS,
+        choice_labels={
+            "none": ("不附带（闭卷）", "none (closed book)"),
+            "retrieved": ("附带检索到的资料", "retrieved"),
+        },
         widget="radio",
     )
     index: str | None = setting(
@@ -206,6 +215,7 @@ class DatasetSettings:
         kind=str,
         nullable=True,
         example="index",
+        show=_retrieved,
     )
     context_k: int = setting(
         5,
@@ -215,6 +225,7 @@ class DatasetSettings:
         max=20,
         typical=(2, 8),
         range_msg=("must be between 1 and 20 (5 is a good start)", "必须在 1 到 20 之间（可以先试 5）"),
+        show=_retrieved,
     )
     oracle_share: float = setting(
         0.8,
@@ -226,6 +237,7 @@ class DatasetSettings:
         typical=(0.5, 0.95),
         step=0.05,
         range_msg=("{value} must be between 0 and 1 (0.8 is the usual)", "{value} 必须在 0 到 1 之间（常用 0.8）"),
+        show=_retrieved,
     )
 
 

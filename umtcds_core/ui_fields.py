@@ -97,7 +97,11 @@ def inputs(
     Fields sit ``cols`` to a row; text areas, lists and radios take a full row; a field declaring ``section``
     starts a subheader. Missing widget keys are seeded from ``values`` first (a field hidden on the last run, e.g.
     the LoRA rank while P-tuning was chosen, comes back with its kept value)."""
-    fields = visible(schema, values, names)
+    live = dict(values)  # what the widgets hold now decides what is shown (e.g. a choice that reveals its options)
+    for f in schema.fields:
+        if prefix + f.name in st.session_state:
+            live[f.name] = from_widget(f, st.session_state[prefix + f.name])
+    fields = visible(schema, live, names)
     seed(schema, values, prefix, [f.name for f in fields])
     out: dict = {}
     row: list[Field] = []

@@ -206,3 +206,22 @@ def test_kind_and_paraphrase_columns_in_both_languages(_isolated_workspaces):
     headers = json.loads(zh.data_editor[0].proto.columns)
     assert headers["kind"]["label"] == "类型" and headers["paraphrase"]["label"] == "改写（仅用于评估）"
     assert any("其中无法回答的问题" in c.value for c in zh.caption)
+
+
+def test_context_training_options_are_on_the_page(workspace):
+    """Issue 15 §3 from the dashboard: the context choice is drawn from DatasetSettings; its options appear with it."""
+    from streamlit.testing.v1 import AppTest
+
+    from umtcds_core.fileio import write_jsonl_atomic
+
+    write_jsonl_atomic(workspace.qa_file, [{"question": "图书馆几点开门？", "answer": "早上八点。", "source": "a.txt"}])
+    at = AppTest.from_file(PAGE, default_timeout=60)
+    at.session_state["workspace"] = str(workspace.root)
+    at.session_state["lang"] = "en"
+    at.run()
+    assert not at.exception
+    assert at.radio(key="ds_context").value == "none"
+    assert not [n for n in at.number_input if n.key == "ds_context_k"]  # shown only with retrieved context
+    at.radio(key="ds_context").set_value("retrieved").run()
+    assert at.number_input(key="ds_context_k").value == 5
+    assert any("index" in e.value for e in at.error)  # retrieved without an index: the CLI's sentence, export blocked
