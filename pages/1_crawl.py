@@ -180,17 +180,26 @@ def _cell(value) -> str:
 
 
 def _of_latest_crawl(records: list[dict]) -> list[dict]:
-    """The manifest lines the latest crawl job wrote: a URL that failed in an earlier crawl is not this crawl's."""
+    """The manifest lines the latest crawl job wrote: a URL that failed in an earlier crawl is not this crawl's.
+
+    Each crawl stamps its lines with its start (``run``, to the microsecond); the latest job's lines are those of a
+    run that started after the job did. ``fetched_at`` alone (whole seconds) could not tell apart two crawls started
+    within the same second."""
     job = latest_job(ws, "crawl")
     started = (job.meta.get("started") if job is not None else None) or 0
 
-    def when(r: dict) -> float:
+    def run_start(r: dict) -> float:
         try:
-            return datetime.strptime(r.get("fetched_at") or "", "%Y-%m-%dT%H:%M:%S%z").timestamp()
+            if r.get("run"):
+                return datetime.fromisoformat(r["run"]).timestamp()
+            # a manifest written before lines carried their run: the fetch time, to the second
+            return datetime.strptime(r.get("fetched_at") or "", "%Y-%m-%dT%H:%M:%S%z").timestamp() + 0.999
         except ValueError:
             return 0.0
 
-    return [r for r in records if when(r) >= int(started)] if started else records
+    if not started:
+        return records
+    return [r for r in records if run_start(r) >= started]
 
 
 @st.fragment(run_every=2.0 if active is not None else None)
