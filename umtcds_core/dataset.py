@@ -713,18 +713,10 @@ def jaccard(a: frozenset, b: frozenset) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-def find_groups(questions: list[str], threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
-    """Indices grouped by exact or near-duplicate question (Jaccard of shingles ≥ threshold, transitive).
-
-    Two questions whose numbers differ (楼号, years, course codes) are never near-duplicates.
-
-    Candidates come from prefix filtering (an exact technique for Jaccard joins): each question's shingles are
-    ordered rarest first, and only its first ``|s| - ceil(threshold·|s|) + 1`` go into the inverted index, since two
-    sets with Jaccard ≥ threshold must share one of those. Frequent shingles (的, 吗, "the") are thereby never probed,
-    which keeps thousands of questions fast. Returns every group (singletons included), each sorted, ordered by first
-    member.
-    """
-    parent = list(range(len(questions)))
+def _disjoint_sets(n: int):
+    """``(find, union)`` over ``0..n-1`` (path halving; a set's root is its smallest member, so groups come out in
+    first-member order)."""
+    parent = list(range(n))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -736,6 +728,22 @@ def find_groups(questions: list[str], threshold: float = DEFAULT_THRESHOLD) -> l
         ri, rj = find(i), find(j)
         if ri != rj:
             parent[max(ri, rj)] = min(ri, rj)
+
+    return find, union
+
+
+def find_groups(questions: list[str], threshold: float = DEFAULT_THRESHOLD) -> list[list[int]]:
+    """Indices grouped by exact or near-duplicate question (Jaccard of shingles ≥ threshold, transitive).
+
+    Two questions whose numbers differ (楼号, years, course codes) are never near-duplicates.
+
+    Candidates come from prefix filtering (an exact technique for Jaccard joins): each question's shingles are
+    ordered rarest first, and only its first ``|s| - ceil(threshold·|s|) + 1`` go into the inverted index, since two
+    sets with Jaccard ≥ threshold must share one of those. Frequent shingles (的, 吗, "the") are thereby never probed,
+    which keeps thousands of questions fast. Returns every group (singletons included), each sorted, ordered by first
+    member.
+    """
+    find, union = _disjoint_sets(len(questions))
 
     sh = [shingles(q) for q in questions]
     nums = [numbers(q) for q in questions]
@@ -789,18 +797,7 @@ def sibling_groups(pairs: list[Pair], threshold: float = DEFAULT_THRESHOLD) -> l
         if isinstance(para, str) and para.strip():
             texts.append(para)
             owner.append(i)
-    parent = list(range(len(pairs)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    def union(i: int, j: int) -> None:
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
+    find, union = _disjoint_sets(len(pairs))
 
     for g in find_groups(texts, threshold):
         for t in g[1:]:
