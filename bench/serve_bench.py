@@ -148,10 +148,10 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
-    ap.add_argument("--rounds", type=int, default=2, help="questions each client asks, one after another")
+    ap.add_argument("--rounds", type=int, default=1, help="questions each client asks, one after another")
     ap.add_argument("--max-tokens", type=int, default=32, help="longest answer (short answers keep CPU runs short)")
     ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=int, default=20)
+    ap.add_argument("--batch-wait-ms", type=int, default=50)
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -159,7 +159,10 @@ def main(argv=None) -> int:
     try:
         model = json.load(urllib.request.urlopen(base + "/v1/models", timeout=30))["data"][0]["id"]
         run_level(base, model, 1, 1, args.max_tokens)  # warm-up: first-call costs are not the baseline's fault
-        levels = [run_level(base, model, c, args.rounds, args.max_tokens) for c in args.clients]
+        levels = []
+        for c in args.clients:
+            levels.append(run_level(base, model, c, args.rounds, args.max_tokens))
+            print(json.dumps(levels[-1]), file=sys.stderr, flush=True)  # progress: a level can take minutes on a CPU
     finally:
         proc.terminate()
         proc.wait(timeout=60)

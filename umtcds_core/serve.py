@@ -162,7 +162,7 @@ class ServeSettings:
         max=1024,
     )
     batch_wait_ms: int = setting(
-        20,
+        50,
         ("凑批等待（毫秒）", "Batch wait (ms)"),
         "how long the first waiting request waits for others to join its batch; higher: bigger batches, later starts",
         min=0,
