@@ -195,6 +195,23 @@ class ServeSettings:
         min=0,
         min_open=True,
     )
+    rag: str | None = setting(
+        None,
+        ("网站索引（根据网站回答）", "Website index (answers from the website)"),
+        "an index built by `umtcds index`: each question is answered from its best chunks, with `sources` "
+        "(url, title) on the reply and in the last stream chunk; null: answer from the model alone",
+        kind=str,
+        nullable=True,
+        example="index",
+    )
+    rag_k: int = setting(
+        5,
+        ("每个问题的资料段数", "Chunks per question"),
+        "with --rag, how many chunks each question is answered from",
+        min=1,
+        max=20,
+        range_msg=("must be between 1 and 20 (5 is a good start)", "必须在 1 到 20 之间（可以先试 5）"),
+    )
     student_page: bool = setting(
         True,
         ("学生页面", "Students' page"),
@@ -603,6 +620,11 @@ class ChatAPI:
         )
         self.feedback_file = feedback_path(values)
         self._feedback_lock = threading.Lock()
+        self.index = None
+        if values.get("rag"):
+            from .index import Index
+
+            self.index = Index.load(values["rag"])  # a missing or stale index: one sentence, before serving
         self._answers: collections.OrderedDict[str, dict] = collections.OrderedDict()
 
     def close(self) -> None:
@@ -649,9 +671,26 @@ class ChatAPI:
         prompt and returns the passages it used as sources. Without retrieval: the API's messages go as sent; the
         page's conversation gets the run's system prompt (the one training used), since students cannot send one.
         """
+        if self.index is not None and messages and messages[-1]["role"] == "user":
+            return self._grounded(messages)
         if page and self.cm.system_prompt and not any(m["role"] == "system" for m in messages):
             messages = [{"role": "system", "content": self.cm.system_prompt}, *messages]
         return messages, []
+
+    def _grounded(self, messages: list[dict]) -> tuple[list[dict], list[dict]]:
+        """The last question answered from the index's best chunks (grounding.py, the one builder): the grounded
+        system turn replaces the client's own (its text goes in front of the instructions), earlier turns stay."""
+        from .chat import context_budget
+        from .grounding import build_grounded_messages
+
+        question = messages[-1]["content"]
+        system = next((m["content"] for m in messages if m["role"] == "system"), None) or self.cm.system_prompt
+        hits = self.index.search(question, k=int(self.settings["rag_k"]))
+        budget = context_budget(self.cm, self.default_max_tokens)
+        grounded, shown = build_grounded_messages(question, hits, system, budget, tokenizer=self.cm.tokenizer)
+        history = [m for m in messages[:-1] if m["role"] != "system"]
+        sources = [{"n": s["n"], "url": s.get("url"), "title": s.get("title")} for s in shown]
+        return [grounded[0], *history, grounded[-1]], sources
 
     def parse(self, body: dict) -> tuple[list[dict], Any, bool, str, bool]:
         """``(messages, options, use_adapter, model id, stream)`` or :class:`_BadRequest`."""
@@ -761,15 +800,16 @@ class ChatAPI:
             zh=f"回答超过了 {self.timeout:g} 秒的时限；请稍后再试。",
         )
 
-    def completion_payload(self, job: Job, model_id: str) -> dict:
+    def completion_payload(self, job: Job, model_id: str, sources: list[dict] | None = None) -> dict:
+        message = {"role": "assistant", "content": job.text}
+        if self.index is not None:  # an extra field OpenAI clients ignore (message.model_extra["sources"] in openai)
+            message["sources"] = sources or []
         return {
             "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model_id,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": job.text}, "finish_reason": _finish(job)}
-            ],
+            "choices": [{"index": 0, "message": message, "finish_reason": _finish(job)}],
             "usage": _usage(job),
         }
 
@@ -941,7 +981,7 @@ def make_app(api: ChatAPI):
         api.check_rate(client_of(request))
         body = await json_body(request)
         messages, options, use_adapter, model_id, stream = api.parse(body)
-        messages, _sources = api.build_messages(messages, page=False)
+        messages, sources = api.build_messages(messages, page=False)
         job = api.submit(messages, options, use_adapter)
         if not stream:
             try:
@@ -949,9 +989,9 @@ def make_app(api: ChatAPI):
                     pass
             finally:
                 api.engine.cancel(job)  # no-op once answered; frees the row when this request is abandoned
-            return api.completion_payload(job, model_id)
+            return api.completion_payload(job, model_id, sources)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_completion_stream(api, job, model_id, include_usage), media_type="text/event-stream",
+        return StreamingResponse(_completion_stream(api, job, model_id, include_usage, sources), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
     @app.post("/v1/feedback")
@@ -1002,8 +1042,11 @@ def make_app(api: ChatAPI):
     return app
 
 
-async def _completion_stream(api: ChatAPI, job: Job, model_id: str, include_usage: bool):
-    """OpenAI chat-completion chunks; an error after the headers went out is sent as an ``error`` event."""
+async def _completion_stream(
+    api: ChatAPI, job: Job, model_id: str, include_usage: bool, sources: list[dict] | None = None
+):
+    """OpenAI chat-completion chunks; an error after the headers went out is sent as an ``error`` event. With
+    ``--rag`` the last chunk's delta carries ``sources``."""
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
 
     def chunk(delta: dict, finish: str | None = None) -> bytes:
@@ -1019,7 +1062,7 @@ async def _completion_stream(api: ChatAPI, job: Job, model_id: str, include_usag
             yield _sse({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
             yield b"data: [DONE]\n\n"
             return
-        yield chunk({}, _finish(job))
+        yield chunk({"sources": sources or []} if api.index is not None else {}, _finish(job))
         if include_usage:
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
                         "choices": [], "usage": _usage(job)})  # fmt: skip
@@ -1124,6 +1167,10 @@ def run(args: argparse.Namespace) -> int:
     api_key = os.environ.get(key_env) or None
     if warning := exposure_warning(host, api_key, key_env):
         print(warning, file=sys.stderr)
+    if values["rag"]:
+        from .index import Index
+
+        Index.load(values["rag"])  # a missing or stale index is said before the model loads
     cm = load_chat_model(values["model"], values["adapter"], device=values["device"])
     settings = {k: v for k, v in values.items() if k not in ("host", "port")}
     server = make_server(cm, host, port, api_key=api_key, **settings)

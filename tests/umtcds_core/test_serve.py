@@ -362,3 +362,33 @@ def test_serve_settings_refuse_bad_values(fact_chat_model):
         serve.make_server(fact_chat_model, "127.0.0.1", 0, rate_limit="often")
     with pytest.raises(serve.S.SettingsError, match="must look like https://www.example.edu"):
         serve.make_server(fact_chat_model, "127.0.0.1", 0, allow_origin=["www.example.edu/path"])
+
+
+def test_rag_returns_sources_on_the_reply_and_in_the_last_stream_chunk(fact_chat_model, demo_index):
+    """Issue 15 §2: `serve --rag INDEX` answers from the index and returns `sources` (url, title) through the openai
+    client, plain and streamed; a missing index is one sentence before serving."""
+    from openai import OpenAI
+
+    _pages, index_dir = demo_index
+    srv, thread = _start(fact_chat_model, rag=str(index_dir), rag_k=3)
+    try:
+        client = OpenAI(base_url=f"http://127.0.0.1:{srv.server_port}/v1", api_key="x", max_retries=0, timeout=120)
+        question = "When does the library open on weekdays?"
+        resp = client.chat.completions.create(
+            model="run", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=8
+        )
+        sources = resp.choices[0].message.model_extra["sources"]
+        assert sources and all(s["url"].startswith("http") and s["title"] for s in sources)
+        assert sources[0]["n"] == 1 and "librar" in (sources[0]["title"] + sources[0]["url"]).lower()
+        chunks = list(
+            client.chat.completions.create(
+                model="run", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=8, stream=True
+            )
+        )
+        assert chunks[-1].choices[0].delta.model_extra["sources"] == sources
+    finally:
+        _stop(srv, thread)
+    from umtcds_core.errors import UserError
+
+    with pytest.raises(UserError, match="index"):
+        serve.make_server(fact_chat_model, "127.0.0.1", 0, rag=str(index_dir.parent / "no-index"))
