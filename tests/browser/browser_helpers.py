@@ -240,8 +240,10 @@ def set_language(pg, lang: str) -> None:
 
     label = "English" if lang == "en" else "中文"
     sidebar = pg.locator('[data-testid="stSidebar"]')
-    sidebar.get_by_text(label, exact=True).click()
-    expect(sidebar.get_by_role("radio", name=label, exact=True)).to_be_checked(timeout=WAIT_MS)
+    # While a rerun replaces the sidebar, the old radio can still be in the page beside the new one: act on the first
+    # match and wait for any copy to be checked, instead of requiring exactly one element.
+    sidebar.get_by_text(label, exact=True).first.click()
+    expect(sidebar.get_by_role("radio", name=label, exact=True, checked=True).first).to_be_attached(timeout=WAIT_MS)
     wait_idle(pg)
 
 
