@@ -1177,12 +1177,14 @@ def run(args: argparse.Namespace) -> int:
     host, port = server.server_address[:2]
     shown = f"[{host}]" if ":" in host else host
     ids = ", ".join(server.api.model_ids())
-    print(f"Serving {ids} at http://{shown}:{port}/v1 (key {'required' if api_key else 'not required'})", flush=True)
-    if values["student_page"]:
-        base = f"http://{shown}:{port}"
-        print(f'Students\' page: {base}/  ·  widget: <script src="{base}/widget.js"></script>', flush=True)
-        print(f"Feedback goes to {server.api.feedback_file}", flush=True)
-    try:
+    try:  # Ctrl+C from here on (even while the lines below print) is the normal way to stop: exit 0
+        print(
+            f"Serving {ids} at http://{shown}:{port}/v1 (key {'required' if api_key else 'not required'})", flush=True
+        )
+        if values["student_page"]:
+            base = f"http://{shown}:{port}"
+            print(f'Students\' page: {base}/  ·  widget: <script src="{base}/widget.js"></script>', flush=True)
+            print(f"Feedback goes to {server.api.feedback_file}", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
