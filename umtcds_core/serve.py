@@ -26,6 +26,9 @@ Endpoints (FastAPI on uvicorn):
   builder's name, welcome text and example questions), ``POST /page/chat`` (one answer as server-sent events, the
   server's own system prompt and answer length), ``POST /v1/feedback`` (👍/👎 and a correction, appended to
   ``serve/feedback.jsonl``; no IP address is stored).
+* ``--log-questions`` (off by default): every answered question — its answer, whether it was refused and the sources
+  it was given — is appended to ``serve/questions.jsonl`` next to the feedback, again without IP addresses. The
+  dashboard's Dataset page ("From students") turns thumbs-down answers, refusals and corrections into new pairs.
 
 Serving many students with one model: one worker thread owns the model (:class:`BatchEngine`). Requests that arrive
 together — within ``--batch-wait-ms`` of each other, up to ``--max-batch`` — are decoded together in one batched
@@ -264,6 +267,18 @@ class ServeSettings:
         kind=str,
         nullable=True,
         widget="text",
+    )
+    log_questions: bool = setting(
+        False,
+        ("记录学生的问题", "Log questions"),
+        "append every question, its answer, whether it was refused and its sources to serve/questions.jsonl "
+        "(next to feedback.jsonl; no IP address); off: only what students rate is kept",
+        help=(
+            "把每个问题、回答、是否拒答和引用的来源追加到 serve/questions.jsonl（不记录 IP 地址），"
+            "用于在“数据集”页的“来自学生”中改进问答对。请先告知使用者。",
+            "Appends each question, its answer, whether it was refused and its sources to serve/questions.jsonl "
+            "(no IP address), to improve the pairs on the Dataset page's From students tab. Tell your users first.",
+        ),
     )
 
 
@@ -619,6 +634,7 @@ class ChatAPI:
             chat_model, values["max_batch"], values["batch_wait_ms"] / 1000.0, values["queue_size"]
         )
         self.feedback_file = feedback_path(values)
+        self.questions_file = questions_path(values) if values.get("log_questions") else None
         self._feedback_lock = threading.Lock()
         self.index = None
         if values.get("rag"):
@@ -860,6 +876,32 @@ class ChatAPI:
             append_jsonl(self.feedback_file, record)
         return {"ok": True}
 
+    def log_question(
+        self, question: str, job: Job, sources: list[dict] | None, via: str, answer_id: str | None = None
+    ) -> None:
+        """With ``--log-questions``, one line in ``serve/questions.jsonl`` per answered question (no IP address).
+
+        Why the refusal is decided here: it is the server that knows which sentence it refuses with
+        (grounding.py); the Dataset page lists refused questions as the ones the site or the pairs are missing."""
+        if self.questions_file is None or job.finish not in ("stop", "length"):
+            return
+        from .fileio import append_jsonl
+        from .grounding import is_refusal
+
+        record = {
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            "answer_id": answer_id,
+            "via": via,
+            "model": self.tuned_id,
+            "question": question[:FEEDBACK_TEXT_MAX],
+            "answer": job.text,
+            "refused": not job.text.strip() or is_refusal(job.text),
+            "sources": sources or [],
+            "finish": job.finish,
+        }
+        with self._feedback_lock:
+            append_jsonl(self.questions_file, record)
+
     def page_payload(self) -> dict:
         s = self.settings
         return {"name": s["assistant_name"], "welcome": s["welcome"], "examples": s["examples"] or [],
@@ -888,6 +930,11 @@ def feedback_path(values: dict) -> Path:
             if (parent / "workspace.json").is_file():
                 return parent / "serve" / "feedback.jsonl"
     return Path.cwd() / "serve" / "feedback.jsonl"
+
+
+def questions_path(values: dict) -> Path:
+    """``serve/questions.jsonl`` next to :func:`feedback_path`'s file: one folder holds what students said."""
+    return feedback_path(values).parent / "questions.jsonl"
 
 
 def _sse(payload) -> bytes:
@@ -981,6 +1028,7 @@ def make_app(api: ChatAPI):
         api.check_rate(client_of(request))
         body = await json_body(request)
         messages, options, use_adapter, model_id, stream = api.parse(body)
+        question = messages[-1]["content"] if messages[-1]["role"] == "user" else ""
         messages, sources = api.build_messages(messages, page=False)
         job = api.submit(messages, options, use_adapter)
         if not stream:
@@ -989,9 +1037,11 @@ def make_app(api: ChatAPI):
                     pass
             finally:
                 api.engine.cancel(job)  # no-op once answered; frees the row when this request is abandoned
+            if question:
+                api.log_question(question, job, sources, "api")
             return api.completion_payload(job, model_id, sources)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(_completion_stream(api, job, model_id, include_usage, sources), media_type="text/event-stream",
+        return StreamingResponse(_completion_stream(api, job, model_id, include_usage, sources, question), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
 
     @app.post("/v1/feedback")
@@ -1043,7 +1093,7 @@ def make_app(api: ChatAPI):
 
 
 async def _completion_stream(
-    api: ChatAPI, job: Job, model_id: str, include_usage: bool, sources: list[dict] | None = None
+    api: ChatAPI, job: Job, model_id: str, include_usage: bool, sources: list[dict] | None = None, question: str = ""
 ):
     """OpenAI chat-completion chunks; an error after the headers went out is sent as an ``error`` event. With
     ``--rag`` the last chunk's delta carries ``sources``."""
@@ -1063,6 +1113,8 @@ async def _completion_stream(
             yield b"data: [DONE]\n\n"
             return
         yield chunk({"sources": sources or []} if api.index is not None else {}, _finish(job))
+        if question:
+            api.log_question(question, job, sources, "api")
         if include_usage:
             yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model_id,
                         "choices": [], "usage": _usage(job)})  # fmt: skip
@@ -1084,6 +1136,7 @@ async def _page_stream(api: ChatAPI, job: Job, question: str, sources: list[dict
             yield _sse({"type": "error", "message": exc.message, "message_zh": exc.zh or exc.message})
             return
         answer_id = api.remember_answer(question, job.text, sources)
+        api.log_question(question, job, sources, "page", answer_id)
         no_answer = not job.text.strip() or is_refusal(job.text)
         yield _sse({"type": "done", "text": job.text, "answer_id": answer_id, "sources": sources,
                     "no_answer": no_answer, "finish": _finish(job)})  # fmt: skip
@@ -1185,6 +1238,8 @@ def run(args: argparse.Namespace) -> int:
             base = f"http://{shown}:{port}"
             print(f'Students\' page: {base}/  ·  widget: <script src="{base}/widget.js"></script>', flush=True)
             print(f"Feedback goes to {server.api.feedback_file}", flush=True)
+        if server.api.questions_file is not None:
+            print(f"Questions are logged to {server.api.questions_file} (no IP addresses)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass

@@ -346,6 +346,27 @@ def test_page_chat_and_feedback_file_without_ip(server):
     assert "127.0.0.1" not in json.dumps(rows)  # no client address stored
 
 
+def test_question_log_is_opt_in_and_holds_no_ip(server, fact_chat_model, tmp_path):
+    """--log-questions: each answered question (page or API) → serve/questions.jsonl with its refusal flag; off by
+    default (the module's server wrote none)."""
+    assert server.api.questions_file is None
+    assert not (server.api.feedback_file.parent / "questions.jsonl").exists()
+    srv, thread = _start(fact_chat_model, feedback_dir=str(tmp_path), log_questions=True, answer_tokens=24)
+    try:
+        done = _page_events(srv, [{"role": "user", "content": Q}])[-1]
+        _client(srv, key="x").chat.completions.create(
+            model="run", messages=[{"role": "user", "content": FACTS[1][0]}], temperature=0, max_tokens=24
+        )
+    finally:
+        _stop(srv, thread)
+    rows = [json.loads(x) for x in (tmp_path / "serve" / "questions.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["via"], r["question"], r["answer"], r["refused"]) for r in rows] == [
+        ("page", Q, A, False), ("api", FACTS[1][0], FACTS[1][1], False)
+    ]  # fmt: skip
+    assert rows[0]["answer_id"] == done["answer_id"] and rows[0]["sources"] == []
+    assert "127.0.0.1" not in json.dumps(rows)
+
+
 def test_cors_only_for_allowed_origins(server):
     import httpx
 
