@@ -15,6 +15,7 @@ import plotly.express as px
 import streamlit as st
 
 from umtcds_core import dataset as ds
+from umtcds_core import feedback as student_feedback
 from umtcds_core import ui, ui_fields
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import write_jsonl_atomic
@@ -55,6 +56,105 @@ def rebase() -> None:
     view["base"] = None
     st.session_state[VIEW] = view
 
+
+# ---- tabs: the pairs (review, stats, split) · what students said on the published assistant --------------------------
+# A segmented control, not st.tabs: only the chosen view runs, so the students' view stays quick on a big table.
+TABS = {"review": ("问答对", "Pairs"), "students": ("来自学生", "From students")}
+tab = st.segmented_control(
+    tr("视图", "View"),
+    list(TABS),
+    format_func=lambda t: tr(*TABS[t]),
+    default="review",
+    required=True,
+    key="ds_tab",
+    label_visibility="collapsed",
+)
+
+
+def from_students() -> None:
+    """👎 answers, refused questions and corrections from `umtcds serve` (umtcds_core.feedback) → new pairs."""
+    st.caption(
+        tr(
+            "学生在发布的助手页面上点了 👎、助手拒答的问题，以及学生填写的正确答案。勾选几行、检查答案，一键加入 "
+            "qa.jsonl；之后重新划分数据集并训练，助手就学会了。拒答的问题只有在“对话”页发布时打开“记录学生的问题”才会出现。",
+            "Answers students rated 👎, questions the assistant refused, and the right answers students typed. Tick "
+            "rows, check the answers and add them to qa.jsonl in one click; split and train again and the assistant "
+            "learns them. Refused questions appear only when “Log questions” is on when publishing (Chat page).",
+        )
+    )
+    if added := st.session_state.pop("ds_st_added", None):
+        st.success(tr(f"已加入 {added} 条问答对到 qa.jsonl。", f"Added {added} pairs to qa.jsonl."))
+    errors: list = []
+    items = student_feedback.workspace_items(ws, errors)
+    for bad in errors[:3]:
+        st.warning(tr("无法读取的行：", "Unreadable line: ") + str(bad))
+    show_done = st.toggle(tr("也显示已加入的", "Also show the ones already added"), key="ds_st_done")
+    shown = [it for it in items if show_done or not it.done]
+    if not shown:
+        st.info(
+            tr(
+                "还没有需要处理的学生反馈。在“对话”页发布助手后，学生的 👎、更正和被拒答的问题会出现在这里。",
+                "No student feedback to handle yet. Publish the assistant on the Chat page; students' 👎, "
+                "corrections and refused questions appear here.",
+            )
+        )
+        return
+    why = {"down": "👎", "refused": tr("拒答", "refused"), "correction": tr("有更正", "corrected")}
+    table = pd.DataFrame(
+        [
+            {
+                "add": False,
+                "question": it.question,
+                "said": it.answer,
+                "why": " · ".join(why[r] for r in it.reasons()) + (" ✓" if it.done else ""),
+                "answer": it.correction or "",
+                "sources": [s.get("url") or s.get("title") or "" for s in it.sources],
+            }
+            for it in shown
+        ]
+    )
+    version = st.session_state.get("ds_st_ver", 0)
+    edited = st.data_editor(
+        table,
+        key=f"ds_st_editor_{version}",
+        hide_index=True,
+        width="stretch",
+        disabled=["question", "said", "why", "sources"],
+        column_config={
+            "add": st.column_config.CheckboxColumn(tr("加入", "Add"), width="small"),
+            "question": st.column_config.TextColumn(tr("学生的问题", "Student's question"), width="medium"),
+            "said": st.column_config.TextColumn(tr("助手的回答", "The assistant said"), width="medium"),
+            "why": st.column_config.TextColumn(tr("原因", "Why"), width="small"),
+            "answer": st.column_config.TextColumn(
+                tr("正确答案（成为训练答案）", "Right answer (becomes the pair's answer)"),
+                width="large",
+                help=tr(
+                    "学生的更正会预先填好；拒答且没有更正的问题请自己填写答案。",
+                    "A student's correction is filled in; for a refused question without one, type the answer.",
+                ),
+            ),
+            "sources": st.column_config.ListColumn(tr("检索到的来源", "Sources it retrieved"), width="medium"),
+        },
+    )
+    picked = [i for i, on in enumerate(edited["add"]) if on]
+    label = tr(f"把勾选的 {len(picked)} 条加入问答对", f"Add the {len(picked)} ticked as Q&A pairs")
+    if st.button(label, type="primary", disabled=not picked, key="ds_st_add"):
+        chosen = [shown[i] for i in picked]
+        answers = {shown[i].id: "" if pd.isna(edited["answer"][i]) else str(edited["answer"][i]) for i in picked}
+        try:
+            added = student_feedback.add_pairs(ws, student_feedback.to_pairs(chosen, answers))
+        except UserError as exc:
+            st.error(error_text(exc))
+        else:
+            st.session_state["ds_st_ver"] = version + 1  # a fresh table without the added rows
+            st.session_state["ds_st_added"] = added
+            rebase()
+            st.rerun()
+
+
+if tab == "students":
+    from_students()
+    st.stop()
 
 records, problems, shown_path = load_records()
 
