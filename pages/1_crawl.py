@@ -48,7 +48,20 @@ def _help(name: str) -> str | None:
 
 
 # ---- settings: labels, help and defaults from the crawl schema (umtcds_core.crawl.CRAWL) -------------------------
-_PLAIN = ("depth", "max_pages", "concurrency", "delay", "subdomains", "attachments", "user_agent", "timeout", "max_mb")
+_PLAIN = (
+    "depth",
+    "max_pages",
+    "concurrency",
+    "delay",
+    "subdomains",
+    "attachments",
+    "user_agent",
+    "timeout",
+    "max_mb",
+    "render",
+    "render_concurrency",
+    "render_timeout",
+)
 
 
 def _job_settings(job) -> dict | None:
@@ -102,6 +115,9 @@ with st.expander(tr("筛选与高级选项", "Filters and advanced options")):
     )
     values |= ui_fields.inputs(
         CRAWL, CRAWL.defaults(), "crawl_", names=("user_agent", "timeout", "max_mb"), cols=2, disabled=locked
+    )
+    values |= ui_fields.inputs(
+        CRAWL, CRAWL.defaults(), "crawl_", names=("render", "render_concurrency", "render_timeout"), disabled=locked
     )
 values.update(
     start_url=url.strip() or None,

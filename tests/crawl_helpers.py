@@ -13,6 +13,8 @@
     /flaky.html        503 + Retry-After: 1 on the first request, then 200
     /big.html          a 3 MB page (for the size cap)
     /slow.html         answers after 3 s (for timeouts)
+    /app/              an app shell: its text is written by /app/app.js (for ``--render``); it also asks for a
+                       style sheet, an image and an off-site script, none of which a render may request
 
 ``{OFFSITE}`` in a page is replaced by the URL of a second server (``offsite``), which must never be requested.
 
@@ -216,6 +218,8 @@ class _FixtureHandler(BaseHTTPRequestHandler):
         body = file.read_bytes()
         body = body.replace(b"{OFFSITE}", (site.offsite_url or "http://offsite.invalid/").encode())
         ctype = "text/html" if file.name == "gbk.html" else "text/html; charset=utf-8"
+        if file.suffix == ".js":
+            ctype = "text/javascript; charset=utf-8"
         return self._send(200, body, ctype)
 
 

@@ -4,7 +4,7 @@ Usage::
 
     umtcds crawl https://www.example.edu.cn/ --out pages/ [--depth 1] [--max-pages 500] [--concurrency 4]
                  [--delay 0.5] [--ignore-robots] [--include REGEX] [--exclude REGEX] [--subdomains] [--attachments]
-                 [--no-sitemap] [--refresh]
+                 [--no-sitemap] [--refresh] [--render {never,auto,always}]
     umtcds crawl --config settings.yaml [any flag above, which wins over the file]
 
 Every setting is declared once in :class:`CrawlSettings` (type, default, bounds, labels, help, YAML comment, flag);
@@ -34,11 +34,18 @@ Features, each with its flag and trade-off:
   last visit is not requested at all. Every manifest row of the run carries ``change`` (see :data:`CHANGES`) and
   ``checked`` (``304``, ``lastmod`` or ``hash``); a changed page is rewritten in place, a removed page's file moves
   to ``DIR/removed/`` (never deleted). Cron it: the README shows the line.
+- **Pages that need a browser** (``--render``, default ``never``; :mod:`render`) — ``auto`` loads an HTML page in
+  headless Chromium (Playwright) when it has scripts and under :data:`render.AUTO_MIN_CHARS` characters of text (an
+  app shell), ``always`` every HTML page. The page is fetched by the normal fetcher first and the browser is handed
+  those bytes; what its scripts load obeys the scope (third parties never contacted), robots.txt and the per-host
+  delay, and images/fonts/media/CSS are never requested. One browser, ``--render-concurrency`` pages at once,
+  ``--render-timeout`` seconds each. No browser installed → one sentence with the install command, before any fetch.
 
 Output: ``DIR/<readable-name>.txt`` (title first, then the main text) and ``DIR/manifest.jsonl`` with one object per
 URL tried: ``{"url","final_url","status","path","title","chars","error"}`` plus ``depth, bytes, content_type, kind,
 encoding, duplicate_of, fetched_at, run`` (``path`` is relative to DIR, null when nothing was saved; ``run`` tells the
-rows of one crawl run from another's), and on a refresh ``change``, ``checked`` and ``removed_to``.
+rows of one crawl run from another's), and on a refresh ``change``, ``checked`` and ``removed_to``; with ``--render auto|always`` ``rendered`` (and
+``render_error`` when the browser failed and the served text was kept).
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ from .fetch import (
     sniff_binary,
 )
 from .fileio import append_jsonl, iter_jsonl, write_text_atomic
+from .render import needs_render
 
 setting = S.setting
 
@@ -292,6 +300,40 @@ class CrawlSettings:
             "changed, unchanged or removed; removed pages move to removed/.",
         ),
     )
+    render: str = setting(
+        "never",
+        ("用浏览器渲染网页", "Render pages in a browser"),
+        "never: the HTML as served; auto: pages with scripts and little text (app shells) are rendered in headless "
+        "Chromium; always: every HTML page (slow)",
+        help=(
+            "有些网页的正文由 JavaScript 写入。自动：只渲染带脚本且几乎没有正文的网页；总是：渲染每个网页（慢）。"
+            "需要 Chromium：python -m playwright install chromium。",
+            "Some pages write their text with JavaScript. auto: only pages with scripts and almost no text; "
+            "always: every page (slow). Needs Chromium: python -m playwright install chromium.",
+        ),
+        choices=("never", "auto", "always"),
+        choice_labels={"never": ("从不", "never"), "auto": ("自动", "auto"), "always": ("总是", "always")},
+        widget="radio",
+    )
+    render_concurrency: int = setting(
+        2,
+        ("同时渲染的网页数", "Pages rendered at once"),
+        "pages open in the one browser at the same time; each takes memory (~100 MB) and a share of a core",
+        min=1,
+        max=8,
+        range_msg=("must be between 1 and 8", "必须在 1 到 8 之间"),
+        show=lambda v: v.get("render", "never") != "never",
+    )
+    render_timeout: float = setting(
+        20.0,
+        ("单页渲染超时（秒）", "Render timeout per page (s)"),
+        "seconds a page may take in the browser; what has rendered by then is kept",
+        min=0,
+        min_open=True,
+        step=1.0,
+        range_msg=("must be a positive number of seconds", "必须是大于 0 的秒数"),
+        show=lambda v: v.get("render", "never") != "never",
+    )
 
 
 CRAWL = S.from_dataclass(
@@ -320,11 +362,23 @@ class CrawlConfig:
     max_bytes: int = DEFAULT_MAX_BYTES
     sitemap: bool = CRAWL["sitemap"].default
     refresh: bool = CRAWL["refresh"].default
+    render: str = CRAWL["render"].default
+    render_concurrency: int = CRAWL["render_concurrency"].default
+    render_timeout: float = CRAWL["render_timeout"].default
 
     def __post_init__(self) -> None:
         self.start_url = validate_start_url(self.start_url)
         self.out_dir = Path(self.out_dir)
-        for name in ("depth", "max_pages", "concurrency", "delay", "timeout"):
+        for name in (
+            "depth",
+            "max_pages",
+            "concurrency",
+            "delay",
+            "timeout",
+            "render",
+            "render_concurrency",
+            "render_timeout",
+        ):
             S.check_value(CRAWL, name, getattr(self, name))
         if not self.user_agent.strip():
             raise UserError(
@@ -359,6 +413,9 @@ class CrawlConfig:
             max_bytes=int(values["max_mb"] * 1024 * 1024),
             sitemap=values["sitemap"],
             refresh=values["refresh"],
+            render=values["render"],
+            render_concurrency=values["render_concurrency"],
+            render_timeout=float(values["render_timeout"]),
         )
 
 
@@ -687,6 +744,8 @@ class Outcome:
     kind: str | None = None
     encoding: str | None = None
     not_modified: str | None = None  # refresh: "304" (the server said so) or "lastmod" (the sitemap did; no request)
+    rendered: bool = False  # the text comes from the DOM after the page's scripts ran (--render)
+    render_error: str | None = None
 
 
 CHANGES = ("new", "changed", "unchanged", "removed")
@@ -713,6 +772,7 @@ class CrawlSummary:
     """Refresh: pages per ``change`` value (unchanged counts pages with text only)."""
     not_modified: int = 0  # refresh: pages confirmed unchanged by a 304
     sitemap_urls: int = 0
+    rendered: int = 0  # pages whose text came from the browser (--render)
 
 
 class _ConditionalFetcher(Fetcher):
@@ -763,6 +823,7 @@ class Crawler:
         self._sitemaps_read = False
         self.claimed: set[str] = set()  # files a row of this run points at
         self._prev_start: str | None = None  # refresh: where the previous run's start page ended up
+        self.renderer = None  # render.Renderer while a --render auto/always crawl runs
 
     # ---- state ---------------------------------------------------------------------------------------------------
     def _prepare_dir(self) -> None:
@@ -930,11 +991,12 @@ class Crawler:
                     out.page = extract_plain(decoded.text, final, decoded.encoding, decoded.source)
                 else:
                     out.kind = "html"
-                    out.links = extract_links(decoded.text, final, decoded.encoding)
-                    out.same_depth = extract_links(decoded.text, final, decoded.encoding, same_page_only=True)
-                    out.page = extract_html(
-                        decoded.text, final, decoded.encoding, decoded.source, replaced=decoded.replaced
-                    )
+                    html, base = decoded.text, final
+                    out.page = extract_html(html, final, decoded.encoding, decoded.source, replaced=decoded.replaced)
+                    if self.renderer is not None and needs_render(self.cfg.render, html, len(out.page.text)):
+                        html, base = self._render(out, html, base)
+                    out.links = extract_links(html, base, decoded.encoding)
+                    out.same_depth = extract_links(html, base, decoded.encoding, same_page_only=True)
             else:
                 out.kind = "other"
                 out.error, out.error_kind = f"not HTML ({mime})", "not-html"
@@ -945,6 +1007,50 @@ class Crawler:
         if out.page is None or not out.page.text.strip():
             out.error, out.error_kind = "no text extracted", "empty"
         return out
+
+    def _render(self, out: Outcome, html: str, base: str) -> tuple[str, str]:
+        """Load the fetched page in the browser (worker thread); keep the rendered text when it has any. Returns the
+        HTML and base URL links are read from (the rendered DOM: menus written by scripts are links too)."""
+        from .extract import extract_html
+
+        res = out.res
+        shown = self.renderer.render(res.final_url, res.body, res.content_type)
+        out.render_error = shown.error
+        if not shown.html:
+            return html, base
+        page = extract_html(shown.html, res.final_url, out.encoding, "browser")
+        if not page.text.strip() and out.page is not None and out.page.text.strip():
+            return html, base  # the script emptied the page (an error screen): the served text is better than none
+        out.page, out.rendered = page, True
+        where = shown.final_url if self.scope(shown.final_url) else base
+        return shown.html, where
+
+    def _render_vet(self, url: str) -> str | None:
+        """Why the browser may not request ``url`` (None: it may). The site's own hosts — the crawl's scope or its
+        registrable domain, where campus sites keep their API and static hosts — are allowed; everything else is a
+        third party (analytics, CDNs, ads) and never contacted. robots.txt applies as to any page."""
+        if not (self.scope(url) or self.scope.same_domain(url)):
+            return "off-site"
+        if not self.fetcher.allowed(url):
+            return "blocked by robots.txt"
+        return None
+
+    def _start_renderer(self) -> None:
+        """Launch the one browser before any page is fetched, so a missing browser stops the crawl at once."""
+        if self.cfg.render == "never":
+            return
+        from .render import Renderer
+
+        self.renderer = Renderer(
+            self.cfg.render,
+            vet=self._render_vet,
+            pace=self.fetcher.pace,
+            concurrency=self.cfg.render_concurrency,
+            timeout=self.cfg.render_timeout,
+            user_agent=self.cfg.user_agent,
+        ).start()
+        where = self.renderer.executable or "Playwright's Chromium"
+        self.log(f"[render] {self.cfg.render}: {where}, {self.cfg.render_concurrency} pages at once")
 
     # ---- main thread ---------------------------------------------------------------------------------------------
     def _record(self, out: Outcome) -> None:
@@ -969,6 +1075,11 @@ class Crawler:
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "run": self.run_id,
         }
+        if self.cfg.render != "never":
+            record["rendered"] = out.rendered
+            if out.render_error:
+                record["render_error"] = out.render_error
+            self.summary.rendered += out.rendered
         sha = None
         counter = None
         change = "unchanged"
@@ -1126,8 +1237,11 @@ class Crawler:
     def run(self) -> CrawlSummary:
         self._prepare_dir()
         try:
+            self._start_renderer()
             return self._run()
         finally:
+            if self.renderer is not None:
+                self.renderer.close()
             self._lock_file.close()  # releases the flock
 
     def _run(self) -> CrawlSummary:
@@ -1323,6 +1437,8 @@ def run(args: argparse.Namespace) -> int:
     with Progress(None, unit="pages", desc="crawl") as progress:
         summary = crawl(cfg, log=log, progress=progress)
     parts = [f"{summary.robots} blocked by robots.txt", f"{summary.duplicates} duplicates", f"{summary.errors} errors"]
+    if cfg.render != "never":
+        parts.append(f"{summary.rendered} rendered in Chromium (--render {cfg.render})")
     before = f" ({summary.saved_before} from earlier runs kept)" if summary.saved_before else ""
     cap = f"; stopped at --max-pages {cfg.max_pages}" if summary.stopped_at_cap else ""
     if summary.refresh:

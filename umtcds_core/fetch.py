@@ -403,6 +403,11 @@ class Fetcher:
         if slot > now:
             time.sleep(slot - now)
 
+    def pace(self, url: str) -> None:
+        """Wait for this host's turn under the per-host delay (raised to robots.txt's Crawl-delay), for a request made
+        outside this fetcher: the renderer's browser loading a page's scripts and data keeps the crawl's pace."""
+        self._wait_turn(url, self.host_delay(url))
+
     def _push_back(self, url: str, seconds: float) -> None:
         """After a 429/503 the whole host waits, not only the thread that got it."""
         key = host_key(url)

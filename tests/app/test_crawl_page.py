@@ -165,3 +165,13 @@ def test_a_new_crawl_shows_only_its_own_urls_and_no_raw_none(ws):
     assert dead not in recent.iloc[:, 0].tolist() and len(recent) > 0
     for table in at.dataframe:
         assert not (table.value.astype(str) == "None").any().any()
+
+
+def test_render_option_comes_from_the_schema_and_reveals_its_settings(ws):
+    at = _app(ws)
+    radio = at.radio(key="crawl_render")
+    assert radio.value == "never" and not any(n.key == "crawl_render_concurrency" for n in at.number_input)
+    radio.set_value("auto").run()
+    assert not at.exception
+    keys = {n.key for n in at.number_input}
+    assert {"crawl_render_concurrency", "crawl_render_timeout"} <= keys
