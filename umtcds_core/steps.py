@@ -202,3 +202,4 @@ def title(name: str, lang: str, short: bool = False) -> str:
     step = get(name)
     zh, en = (step.nav_title or step.title) if short else step.title
     return f"{number(name)} · {en if lang == 'en' else zh}"
+    Step("models", "umtcds_core.pull", "`models pull NAME --to DIR`: download a chat model (HF or ModelScope)."),
