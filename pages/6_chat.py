@@ -6,16 +6,19 @@ A thin view over umtcds_core.chat (the same code as ``umtcds chat``). The loaded
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import streamlit as st
 
-from umtcds_core import chat, grounding, runs, ui
+from umtcds_core import chat, grounding, publish, runs, serve, ui, ui_fields
 from umtcds_core.errors import UserError
 from umtcds_core.i18n import error_text, tr
 from umtcds_core.index import Index, index_dir_of, index_status, snippet
+from umtcds_core.jobs import FAILED, RUNNING, latest_job
 from umtcds_core.models import DEFAULT_MODEL, EMBEDDED, gpu_memory
+from umtcds_core.serve import SERVE
 
 ws = ui.require_workspace()
 ui.page_header("chat")
@@ -90,6 +93,134 @@ if info := st.session_state.get("chat_unloaded"):
         tr("模型已卸载。", "Model unloaded.")
         + f" GPU {tr('已分配', 'allocated')}: {info['before']['allocated_gib']} → {info['after']['allocated_gib']} GiB"
     )
+
+
+# ---- publish to students: `umtcds serve` as a background job -------------------------------------------------------
+# The server is a process of its own with its own copy of the model, so it serves on when the dashboard closes and it
+# needs no model loaded here (on one GPU, unload the page's model first: two copies may not fit). It serves the
+# checkpoint picked above; feedback and question logs go to this project's serve/ folder (Dataset → From students).
+PUBLISH_FIELDS = ("host", "port", "assistant_name", "welcome", "examples", "log_questions")
+
+
+def _publish_start_values(job) -> dict:
+    """The last serve job's settings (what is running now, or ran last), else the schema's defaults."""
+    if job is not None and job.settings_file.exists():
+        try:
+            return SERVE.merge(SERVE.read_yaml(job.settings_file))
+        except UserError:
+            pass
+    return SERVE.defaults()
+
+
+def _publish_state(job) -> tuple[str | None, str | None, bool]:
+    """(job status, the server's http://host:port from its start line, whether /health answers)."""
+    if job is None:
+        return None, None, False
+    state = job.status()
+    base = publish.served_base(job.log_tail(20_000)) if state == RUNNING else None
+    return state, base, base is not None and publish.healthy(base)
+
+
+def publish_section() -> None:
+    job = latest_job(ws, "serve")
+    state, _, up = _publish_state(job)
+    running = state == RUNNING
+    values = ui_fields.inputs(SERVE, _publish_start_values(job), "pub_", names=PUBLISH_FIELDS, cols=2, disabled=running)
+    index_dir = index_dir_of(ws)
+    use_rag = index_status(index_dir).built and st.toggle(
+        tr(*SERVE["rag"].label),
+        value=True,
+        key="pub_rag",
+        disabled=running,
+        help=tr(
+            "用本项目的网站索引回答，并在每个回答下列出来源链接。",
+            "Answers from this project's website index, with the source links under each answer.",
+        ),
+    )
+    key_env = values.get("api_key_env") or SERVE["api_key_env"].default
+    if serve.exposure_warning(str(values["host"]), os.environ.get(key_env), key_env):
+        st.warning(
+            tr(
+                f"监听 {values['host']} 且没有 API 密钥：能连到这个端口的人都能调用模型接口。请在启动仪表盘前设置环境变量 "
+                f"{key_env}（学生页面本身不需要密钥）。",
+                f"Listening on {values['host']} without an API key: anyone who can reach this port can use the model's "
+                f"API. Set {key_env} before starting the dashboard (the students' page itself needs no key).",
+            )
+        )
+    st.caption(
+        tr(
+            "如果你是通过 SSH 端口转发（如 AutoDL）访问这台机器，学生要用的是这台机器的公网地址或转发出去的端口，"
+            "而不是 127.0.0.1。",
+            "If you reach this machine through an SSH port-forward (AutoDL and the like), students use the machine's "
+            "public address or the forwarded port, not 127.0.0.1.",
+        )
+    )
+    if not running and st.button(tr("启动服务", "Start serving"), type="primary", key="pub_start"):
+        settings = {
+            **values,
+            "model": base or (None if adapter else DEFAULT_MODEL),
+            "adapter": adapter or None,
+            "feedback_dir": str(ws.root),
+            "rag": str(index_dir) if use_rag else None,
+        }
+        try:
+            checked = SERVE.check(settings, where=tr("发布设置", "The publish settings"))
+        except UserError as exc:
+            st.error(error_text(exc))
+        else:
+            ui.start_step(ws, "serve", [], settings=SERVE.to_yaml(checked))
+            st.rerun()
+    publish_status(2.0 if running and not up else 10.0 if running else None)
+
+
+def publish_status(every: float | None) -> None:
+    @st.fragment(run_every=every)
+    def _status():
+        job = latest_job(ws, "serve")
+        state, found, up = _publish_state(job)
+        if state is None:
+            return
+        if state == RUNNING:
+            if up:
+                st.success(tr("服务运行中 · /health 正常", "Serving · /health answers"))
+            else:
+                st.info(tr("正在启动：加载模型…", "Starting: loading the model…"))
+            if st.button(tr("停止服务", "Stop serving"), key="pub_stop"):
+                job.stop(grace=10)
+                st.rerun()
+        elif state == FAILED:
+            st.error(tr("服务已退出：", "The server exited: ") + job.error_summary())
+        else:
+            st.caption(tr("服务已停止。", "The server is stopped."))
+        if up:
+            url = publish.public_url(found)
+            st.markdown(f"**{tr('学生页面', 'Students’ page')}:** [{url}]({url})")
+            c1, c2 = st.columns([3, 1])
+            c1.caption(tr("把这一行粘贴到学校网站的页面里，页面右下角就会出现聊天按钮：",
+                          "Paste this line into a page of the university website to add the chat bubble:"))  # fmt: skip
+            c1.code(publish.widget_snippet(url), language="html")
+            if "127.0.0.1" in url or "localhost" in url:
+                c1.caption(
+                    tr(
+                        "这个地址只在本机可用；要让手机访问，请停止服务，把监听地址改为 0.0.0.0 后重新启动。",
+                        "This address works on this machine only; for phones, stop, set the host to 0.0.0.0 and "
+                        "start again.",
+                    )
+                )
+            c2.image(publish.qr_png(url), caption=tr("手机扫码打开", "Scan with a phone"), width=160)
+        with st.expander(tr("服务日志", "Server log")):
+            st.code(job.log_tail(4000) or "…", language=None)
+        seen = (state, up)
+        if st.session_state.get("_pub_seen") not in (None, seen):
+            st.session_state["_pub_seen"] = seen
+            st.rerun()  # started, answering or stopped: redraw the whole section (inputs, polling speed)
+        st.session_state["_pub_seen"] = seen
+
+    _status()
+
+
+with st.expander(tr("发布给学生", "Publish to students"), expanded=latest_job(ws, "serve") is not None):
+    publish_section()
 
 loaded = st.session_state.get("chat_loaded")
 if not loaded:
