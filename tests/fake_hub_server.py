@@ -23,7 +23,7 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LFS_MIN = 1024
@@ -125,10 +125,32 @@ class FakeHub:
                 siblings = [{"rfilename": p} for p in sorted(self.repos[repo])]
                 return self._json(h, 200, {"id": repo, "modelId": repo, "sha": self.commit, "siblings": siblings})
             return self._json(h, 200, self.tree(repo))
+        m = re.match(r"^/api/v1/models/([^/]+/[^/]+)/repo/files$", path)
+        if m:
+            repo = m.group(1)
+            if repo not in self.repos:
+                return self._json(h, 404, {"Code": 10010101004, "Message": "model not found", "Success": False})
+            files = [
+                {
+                    "Path": p,
+                    "Name": p.rsplit("/", 1)[-1],
+                    "Size": len(d),
+                    "Sha256": hashlib.sha256(d).hexdigest(),
+                    "Type": "blob",
+                    "Revision": self.commit,
+                }
+                for p, d in sorted(self.repos[repo].items())
+            ]
+            return self._json(h, 200, {"Code": 200, "Data": {"Files": files}, "Success": True})
         m = re.match(r"^/([^/]+/[^/]+)/resolve/([^/]+)/(.+)$", path)
-        if not m:
+        ms = re.match(r"^/api/v1/models/([^/]+/[^/]+)/repo$", path)  # ModelScope: ?Revision=…&FilePath=…
+        if ms:
+            query = parse_qs(urlsplit(h.path).query)
+            repo, file = ms.group(1), (query.get("FilePath") or [""])[0]
+        elif m:
+            repo, _rev, file = m.groups()
+        else:
             return self._not_found(h, "EntryNotFound", "Not found")
-        repo, rev, file = m.groups()
         if repo not in self.repos:
             return self._not_found(h, "RepoNotFound", "Repository not found")
         if file not in self.repos[repo]:

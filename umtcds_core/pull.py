@@ -20,9 +20,10 @@ How, per source:
   within the run. A file half-written when the process itself was killed starts again from zero (huggingface_hub 2.x
   downloads to a per-process temporary file and removes it on failure), so a killed pull loses at most the files in
   flight (one ~5 GB shard of GLM-4-9B each).
-* ``modelscope`` — ``modelscope`` (``snapshot_download`` into ``--to``); ``MODELSCOPE_ENDPOINT`` or ``--endpoint``
-  picks the address. It keeps ``*.incomplete`` files and resumes them with Range requests across runs too, and checks
-  each file's sha256 itself when the hub lists one.
+* ``modelscope`` — ``modelscope-hub``, the client the ``modelscope`` package itself delegates to (``HubApi`` lists and
+  ``download_repo``s into ``--to``; importing it costs a fraction of ``import modelscope``); ``MODELSCOPE_ENDPOINT`` or
+  ``--endpoint`` picks the address. It keeps ``*.incomplete`` files and resumes them with Range requests across runs
+  too, and checks each file's sha256 itself when the hub lists one.
 
 Then, for both: every listed file must be on disk with the listed size; with ``--verify`` (default) its sha256 (LFS
 files) or git blob id (small files, Hugging Face) must match. A damaged file is removed so that running the same
@@ -293,12 +294,12 @@ def _ms_endpoint(values: dict) -> str:
 
 def _need_modelscope() -> None:
     try:
-        import modelscope  # noqa: F401
+        import modelscope_hub  # noqa: F401
     except ImportError:
         raise PullError(
-            "The modelscope package is not installed; install it with `pip install modelscope==1.40.2`, "
+            "The ModelScope client is not installed; install it with `pip install modelscope-hub==0.5.1`, "
             "or pull from Hugging Face (--source hf).",
-            zh="没有安装 modelscope；请用 `pip install modelscope==1.40.2` 安装，或改从 Hugging Face 下载（--source hf）。",
+            zh="没有安装 ModelScope 客户端；请用 `pip install modelscope-hub==0.5.1` 安装，或改从 Hugging Face 下载（--source hf）。",
         ) from None
 
 
@@ -345,16 +346,15 @@ def _ms_listing(values: dict) -> tuple[str, list[RemoteFile]]:
 
 
 def _ms_download(values: dict, commit: str, dest: Path) -> None:
-    from modelscope import snapshot_download
-    from modelscope_hub import ProgressCallback
+    from modelscope_hub import HubApi
 
-    snapshot_download(
+    # it draws its own per-file bars on a terminal (it has no switch for them); ours counts the whole folder
+    HubApi(endpoint=_ms_endpoint(values)).download_repo(
         values["name"],
+        "model",
         revision=values.get("revision"),
-        local_dir=str(dest),
-        endpoint=_ms_endpoint(values),
+        local_dir=dest,
         max_workers=int(values["workers"]),
-        progress_callbacks=[ProgressCallback],  # silent: our own bar counts the folder's bytes
     )
 
 

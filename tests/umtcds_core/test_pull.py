@@ -2,8 +2,10 @@
 pull and a re-run that fetches nothing, a line dropped mid-file and resumed with a Range request, a damaged file
 caught by its sha256 and fetched anew on the next run, an unknown repo, no server at all, and the CLI's exit codes.
 
-ModelScope's downloader is not exercised here: its client (modelscope-hub) probes regions and storage redirects of
-modelscope.cn that this fake does not speak; only its error sentences' mapping is covered."""
+The same fake answers ModelScope's two download calls (``/api/v1/models/{id}/repo/files`` and
+``/api/v1/models/{id}/repo?FilePath=…``), so the modelscope path runs for real too, including its cross-run resume
+of a ``*.incomplete`` file. Not covered for ModelScope: its region/CDN redirects and acceleration probe (the fake
+answers 404 to ``/api/v1/repos/internalAccelerationInfo`` and serves files directly)."""
 
 from __future__ import annotations
 
@@ -136,6 +138,23 @@ def test_bad_settings_are_one_sentence():
         P.pull({"name": REPO})
     with pytest.raises(UserError, match="is not an address"):
         P.pull({"name": REPO, "to": "x", "endpoint": "hf-mirror.com"})
+
+
+def test_modelscope_pull_resumes_a_half_file_left_by_a_killed_run(hub, tmp_path):
+    pytest.importorskip("modelscope_hub")
+    shard = "model-00001-of-00002.safetensors"
+    dest = tmp_path / "m"
+    dest.mkdir()
+    (dest / f"{shard}.incomplete").write_bytes(hub.repos[REPO][shard][:100_000])  # what a killed run leaves
+    hub.requests.clear()
+    res = _pull(hub.url, dest, source="modelscope")
+    for path, data in hub.repos[REPO].items():
+        assert (dest / path).read_bytes() == data
+    assert res.verified and res.source == "modelscope"
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p.endswith("/repo") and r]
+    assert ranges == ["bytes=100000-"]  # only the rest of the half file was asked for
+    with pytest.raises(P.PullError, match="No model called org/nope"):
+        _pull(hub.url, tmp_path / "n", name="org/nope", source="modelscope")
 
 
 def test_cli_honours_hf_endpoint_and_exits_non_zero_without_traceback(hub, tmp_path):
