@@ -166,6 +166,7 @@ STEPS: tuple[Step, ...] = (
         outputs=("index/meta.json", "index/chunks.jsonl", "index/bm25/"),
     ),
     Step("retrieve", "umtcds_core.retrieve", "Print the indexed chunks that best match a question.", inputs=("index/",)),
+    Step("models", "umtcds_core.pull", "`models pull NAME --to DIR`: download a chat model (HF or ModelScope)."),
     Step("serve", "umtcds_core.serve", "Serve a model over an OpenAI-compatible HTTP API.", inputs=("runs/<run>/",)),
     Step("demo", "umtcds_core.demo", "Run the whole pipeline on the bundled demo campus site."),
     Step("doctor", "umtcds_core.doctor", "Print what this machine has (Python, torch, CUDA, disk, packages, model)."),
@@ -202,4 +203,3 @@ def title(name: str, lang: str, short: bool = False) -> str:
     step = get(name)
     zh, en = (step.nav_title or step.title) if short else step.title
     return f"{number(name)} · {en if lang == 'en' else zh}"
-    Step("models", "umtcds_core.pull", "`models pull NAME --to DIR`: download a chat model (HF or ModelScope)."),
