@@ -13,6 +13,7 @@ import streamlit as st
 
 from umtcds_core import steps, ui
 from umtcds_core.i18n import tr
+from umtcds_core.jobs import latest_job, running_job
 
 st.set_page_config(page_title="UMTCDS", page_icon="🎓", layout="wide")
 ui.init_state()
@@ -65,7 +66,10 @@ def home() -> None:
                 f"网站有变化：新增 {n} 个、修改 {m} 个、删除 {k} 个网页。",
                 f"The site changed: {n} new, {m} changed, {k} removed.",
             )
+            if n or m or k
+            else tr("网站自上次检查以来没有变化。", "The site has not changed since the last check.")
         )
+    site_refresh(ws)
     st.caption(tr("项目文件夹：", "Project folder: ") + f"`{ws.root}`")
 
     st.subheader(tr("计算资源", "Machine"))
@@ -85,6 +89,30 @@ def home() -> None:
                 "cores). The embedded small model runs the whole journey on CPU.",
             )
         )
+
+
+def site_refresh(ws) -> None:
+    # One button for the refresh chain (`umtcds refresh`): crawl --refresh → index → generate, as one background job
+    # whose panel re-attaches like any step's. Shown once the project has crawled pages.
+    if not any(ws.pages_dir.glob("*.txt")):
+        return
+    busy = [s for s in ("refresh", "crawl", "index", "generate") if running_job(ws, s) is not None]
+    st.caption(
+        tr(
+            "重新检查网站：只重新索引有变化的网页，只为新增和修改的网页生成问答，旧问答标记为过期。",
+            "Re-check the site: only changed pages are re-indexed, only new and changed pages get pairs, and the "
+            "pairs of changed or removed pages are marked stale.",
+        )
+    )
+    if st.button(
+        tr("检查网站更新（爬取 → 索引 → 生成）", "Update from the site (crawl → index → generate)"),
+        key="home_refresh",
+        disabled=bool(busy),
+    ):
+        ui.start_step(ws, "refresh", [str(ws.root)])
+        st.rerun()
+    if latest_job(ws, "refresh") is not None:
+        ui.job_panel(ws, "refresh")
 
 
 def build_navigation():

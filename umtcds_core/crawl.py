@@ -307,9 +307,9 @@ class CrawlSettings:
         "Chromium; always: every HTML page (slow)",
         help=(
             "有些网页的正文由 JavaScript 写入。自动：只渲染带脚本且几乎没有正文的网页；总是：渲染每个网页（慢）。"
-            "需要 Chromium：python -m playwright install chromium。",
+            "需要 Chromium：`python -m playwright install chromium`。",
             "Some pages write their text with JavaScript. auto: only pages with scripts and almost no text; "
-            "always: every page (slow). Needs Chromium: python -m playwright install chromium.",
+            "always: every page (slow). Needs Chromium: `python -m playwright install chromium`.",
         ),
         choices=("never", "auto", "always"),
         choice_labels={"never": ("从不", "never"), "auto": ("自动", "auto"), "always": ("总是", "always")},

@@ -166,6 +166,13 @@ STEPS: tuple[Step, ...] = (
         outputs=("index/meta.json", "index/chunks.jsonl", "index/bm25/"),
     ),
     Step("retrieve", "umtcds_core.retrieve", "Print the indexed chunks that best match a question.", inputs=("index/",)),
+    Step(
+        "refresh",
+        "umtcds_core.refresh",
+        "Update a project from its site: crawl --refresh, index, generate what changed.",
+        inputs=("pages/manifest.jsonl", "jobs/"),
+        outputs=("pages/", "index/", "qa/qa.jsonl"),
+    ),
     Step("models", "umtcds_core.pull", "`models pull NAME --to DIR`: download a chat model (HF or ModelScope)."),
     Step("serve", "umtcds_core.serve", "Serve a model over an OpenAI-compatible HTTP API.", inputs=("runs/<run>/",)),
     Step("demo", "umtcds_core.demo", "Run the whole pipeline on the bundled demo campus site."),

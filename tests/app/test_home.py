@@ -216,3 +216,56 @@ def test_a_step_page_opened_without_home_still_asks_for_the_password(monkeypatch
     at.button[0].click()
     at.run()
     assert at.header[0].value == "1 · 爬取网页"
+
+
+def test_home_update_button_runs_the_refresh_chain_as_one_job(_isolated_workspaces, monkeypatch):
+    """A crawled, indexed and generated project whose site then changes: Home's button runs crawl --refresh → index →
+    generate as one job; only the new and changed pages reach the LLM, pairs of changed/removed pages turn stale."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from crawl_helpers import FixtureSite
+    from fake_llm_server import FakeLLMServer
+
+    from tests.umtcds_core.test_refresh import KEY, _site_v1, _site_v2
+    from umtcds_core import cli
+    from umtcds_core.crawl import CrawlConfig, crawl
+    from umtcds_core.index import index_dir_of, index_status
+    from umtcds_core.jobs import cli_argv, latest_job, start_job
+    from umtcds_core.qa import GENERATE
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    ws = Workspace.create("campus")
+    with FixtureSite() as site, FakeLLMServer(api_key=KEY) as srv:
+        _site_v1(site)
+        crawl(CrawlConfig(site.url("/"), ws.pages_dir, delay=0, depth=1, sitemap=False))
+        ws.update_meta(start_url=site.url("/"))
+        assert cli.main(["index", str(ws.pages_dir), "--out", str(index_dir_of(ws)), "--quiet"]) == 0
+        values = GENERATE.check(
+            dict(in_dir=str(ws.pages_dir), out_dir=str(ws.qa_dir), backend="openai", model="fake-model")
+            | dict(base_url=srv.openai_base, pairs_per_page=2, clean=False, unanswerable=0, paraphrase=False)
+        )
+        first = start_job(ws, "generate", cli_argv("generate"), settings=GENERATE.to_yaml(values))
+        assert first.wait(timeout=120) == "done", first.log_tail()
+        asked_before = len(srv.chat_requests())
+
+        _site_v2(site)
+        at = _home()
+        at.session_state["workspace"] = str(ws.root)
+        at.session_state["lang"] = "en"
+        at.run()
+        assert not at.exception and not any("site changed" in i.value for i in at.info)  # no refresh has run yet
+        at.button(key="home_refresh").click().run()
+        job = latest_job(ws, "refresh")
+        assert job is not None and job.wait(timeout=180) == "done", job.log_tail()
+        asked = len(srv.chat_requests()) - asked_before
+    at.run()
+    assert not at.exception
+    assert any("The site changed: 1 new, 1 changed, 1 removed" in i.value for i in at.info)
+    assert "Refresh done" in job.log_tail() and "[refresh 3/3] generate: umtcds generate" in job.log_tail()
+    assert asked == 2  # one call per page: d (new) and b (changed) only
+    qa = [json.loads(x) for x in ws.qa_file.read_text(encoding="utf-8").splitlines()]
+    assert {p["file"].rsplit("_", 1)[-1] for p in qa if p.get("stale")} == {"b.txt", "c.txt"}
+    assert any(p["file"].endswith("_d.txt") for p in qa)
+    assert index_status(index_dir_of(ws)).stale == ()  # the index caught up with the changed pages
