@@ -174,6 +174,7 @@ STEPS: tuple[Step, ...] = (
         outputs=("pages/", "index/", "qa/qa.jsonl"),
     ),
     Step("models", "umtcds_core.pull", "`models pull NAME --to DIR`: download a chat model (HF or ModelScope)."),
+    Step("export", "umtcds_core.export", "Export a tuned model: HF, GGUF, Ollama or vLLM.", inputs=("runs/<run>/",)),
     Step("serve", "umtcds_core.serve", "Serve a model over an OpenAI-compatible HTTP API.", inputs=("runs/<run>/",)),
     Step("demo", "umtcds_core.demo", "Run the whole pipeline on the bundled demo campus site."),
     Step("doctor", "umtcds_core.doctor", "Print what this machine has (Python, torch, CUDA, disk, packages, model)."),
