@@ -21,6 +21,7 @@ from umtcds_core.errors import UserError
 from umtcds_core.fileio import write_jsonl_atomic
 from umtcds_core.i18n import current_lang, error_text, tr
 from umtcds_core.index import index_dir_of
+from umtcds_core.qa import sent_text
 
 ws = ui.require_workspace()
 ui.page_header("dataset")
@@ -304,6 +305,42 @@ st.caption(
         f"Showing {len(visible)} of {len(base)}. Edits are saved at once to {EDITED.name} (qa.jsonl stays untouched).",
     )
 )
+
+# ---- a pair's masked text: what the LLM was sent for its page, personal data replaced (qa/masked/, step 2) ---------
+masked_rows = [i for i in visible if i < len(base) and base[i].get("pii")]
+if masked_rows:
+    PII_WORDS = {
+        "id_card": tr("身份证号", "ID numbers"),
+        "mobile": tr("手机号", "mobile numbers"),
+        "email": tr("个人邮箱", "personal e-mails"),
+        "name": tr("人名", "names"),
+    }
+    with st.expander(
+        tr(
+            f"发送给大模型的文本：{len(masked_rows)} 条问答对的网页遮盖了个人信息",
+            f"Text sent to the LLM: {len(masked_rows)} pairs come from pages with personal data masked",
+        )
+    ):
+        pick = st.selectbox(
+            tr("问答对", "Pair"), masked_rows, format_func=lambda i: str(base[i]["question"])[:80], key="ds_masked_pick"
+        )
+        counts = base[pick]["pii"] if isinstance(base[pick]["pii"], dict) else {}
+        st.caption(
+            tr("已遮盖：", "Masked: ")
+            + tr("、", ", ").join(f"{PII_WORDS.get(k, k)} × {n}" for k, n in counts.items() if n)
+            + tr(f"（共 {sum(counts.values())} 处）", f" ({sum(counts.values())} in all)")
+        )
+        sent = sent_text(ws.qa_dir, base[pick])
+        if sent is None:
+            st.info(
+                tr(
+                    "这条问答对发送的文本没有保存（在保存此文本之前生成）；重新生成该网页的问答后即可查看。",
+                    "The text sent for this pair was not kept (generated before it was saved); generate its page "
+                    "again to see it.",
+                )
+            )
+        else:
+            st.code(sent, language=None, wrap_lines=True)
 
 with st.form("ds_add_form", clear_on_submit=True):
     st.markdown(tr("**添加一条问答对**", "**Add a pair**"))

@@ -1514,6 +1514,25 @@ def _is_stale(o: dict | None, current: dict[str, str]) -> bool:
     return o["file"] not in current or str(o["key"]).split("-", 1)[0] != current[o["file"]]
 
 
+MASKED_DIR = "masked"
+"""``qa/masked/<page text hash>.txt``: a page's text as the LLM was sent it, for pages that had personal data masked.
+Named by the original text's hash (the first part of a pair's ``key``), so a stale pair still finds the text its
+pairs came from after the page changed."""
+
+
+def sent_text(qa_dir: str | Path, pair: dict) -> str | None:
+    """The masked page text the LLM was sent for a generated ``pair`` (see :data:`MASKED_DIR`), or None when its page
+    had nothing masked, the pair is not a generated one, or the copy was not kept (generated before it was)."""
+    key = str(pair.get("key") or "")
+    if not pair.get("pii") or "-" not in key:
+        return None
+    path = Path(qa_dir) / MASKED_DIR / f"{key.split('-', 1)[0]}.txt"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 def _masked_page(page: Page, settings: GenSettings, masked: dict[str, dict]) -> Page:
     """The page as the LLM may see it (:mod:`pii`); its hash stays the original text's, so resume keys and the stale
     check follow the site, not the masking. What was masked is noted in ``masked`` by page."""
@@ -1658,6 +1677,9 @@ def generate(
         for counts in masked.values():
             summary.pii.update(counts)
         summary.pii_pages = len(masked)
+        for p in todo:
+            if p.rel in masked:  # what the LLM is sent, kept for review (the dataset page shows it beside a pair)
+                write_text_atomic(out_dir / MASKED_DIR / f"{p.hash[:16]}.txt", p.text)
 
     local = getattr(backend, "name", "") == "local"
     gen = Generator(backend, settings, concurrency=concurrency, dedupe=dedupe)

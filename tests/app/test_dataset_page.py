@@ -225,3 +225,40 @@ def test_context_training_options_are_on_the_page(workspace):
     at.radio(key="ds_context").set_value("retrieved").run()
     assert at.number_input(key="ds_context_k").value == 5
     assert any("index" in e.value for e in at.error)  # retrieved without an index: the CLI's sentence, export blocked
+
+
+def test_a_pairs_masked_text_is_what_the_llm_was_sent(_isolated_workspaces):
+    """A real generate run (fake LLM) on a page with a mobile number: the page shows, for that page's pairs only, the
+    text the LLM got (the placeholder, the office phone kept) and what was masked."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fake_llm_server import FakeLLMServer
+
+    from umtcds_core.llm import OpenAIBackend, RetryPolicy
+    from umtcds_core.qa import GenSettings, generate
+
+    ws = Workspace.create("pii", root=_isolated_workspaces)
+    ws.pages_dir.mkdir(parents=True)
+    (ws.pages_dir / "award.txt").write_text(
+        "奖学金评审通知\n\n本年度国家奖学金评审工作于十月开始，申请截止日期为十月十五日。\n"
+        "联系人张老师，手机 13812345678，办公电话 010-62751234。\n",
+        encoding="utf-8",
+    )
+    (ws.pages_dir / "library.txt").write_text(
+        "图书馆开放时间\n\n图书馆每天早上七点半开馆，晚上十点闭馆。借书需要携带校园卡，每人最多借二十本。\n",
+        encoding="utf-8",
+    )
+    settings = GenSettings(backend="openai", clean=False, pairs_per_page=2, unanswerable=0, paraphrase=False)
+    with FakeLLMServer(api_key="sk-test") as srv:
+        backend = OpenAIBackend("fake-model", "sk-test", srv.openai_base, timeout=5, retry=RetryPolicy(base_delay=0.01))
+        generate(ws.pages_dir, ws.qa_dir, backend, settings)
+    at = _page(ws)
+    assert not at.exception
+    pick = at.selectbox(key="ds_masked_pick")
+    pairs = [json.loads(x) for x in ws.qa_file.read_text(encoding="utf-8").splitlines()]
+    award = {p["question"][:80] for p in pairs if p["file"] == "award.txt"}
+    assert set(pick.options) == award  # the library page had nothing masked
+    shown = "\n".join(c.value for c in at.code)
+    assert "[手机号]" in shown and "13812345678" not in shown and "010-62751234" in shown
+    assert any("mobile numbers × 1" in c.value for c in at.caption)
