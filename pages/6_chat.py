@@ -403,17 +403,101 @@ if prompt := st.chat_input(tr("输入问题…", "Ask a question…"), key="chat
             )
 
 # ---- merge / export -----------------------------------------------------------------------------------------------
-if cm.has_adapter and cm.adapter_kind in {"LORA", ""}:
-    with st.expander(tr("合并并导出（Hugging Face 格式）", "Merge and export (Hugging Face folder)")):
-        default_out = runs.run_dir_of(cm.adapter_dir) / "merged"
-        out_dir = st.text_input(tr("导出文件夹", "Export folder"), value=str(default_out), key="chat_merge_out")
-        if st.button(tr("合并 LoRA 并保存", "Merge LoRA and save"), key="chat_merge"):
-            from umtcds_core.export import merge_adapter
+# The export runs as a background job (`umtcds export RUN --config settings.yaml`), not inside this page: for a 9B
+# model it merges, writes GGUF files of several GB and loads each back to check them — minutes of work that must
+# survive a browser reload (the job panel re-attaches) and that end, when they fail, in the CLI's one sentence.
+from umtcds_core.export import EXPORT, INFO_FILE, MERGEABLE, check_out  # noqa: E402 - this region's own imports
+from umtcds_core.fileio import read_json  # noqa: E402
+from umtcds_core.jobs import DONE  # noqa: E402
 
+_EXPORT_NOTES = {
+    "hf": (
+        "合并后的 Hugging Face 文件夹：transformers、vLLM 等都能直接加载。",
+        "The merged Hugging Face folder: transformers, vLLM and others load it as is.",
+    ),
+    "gguf": (
+        "f16 与 q8_0 两个 GGUF 文件（llama.cpp），导出后回读并与合并模型对比 `logits`。",
+        "f16 and q8_0 GGUF files (llama.cpp), loaded back and compared with the merged model.",
+    ),
+    "ollama": (
+        "GGUF 加 `Modelfile`（对话模板、系统提示词、参数）；之后运行 `ollama create`。",
+        "GGUF plus a Modelfile (chat template, system prompt, parameters); then run `ollama create`.",
+    ),
+    "vllm": (
+        "合并后的模型（或基座 + LoRA）和现成的 `vllm serve` 命令（serve.sh）。",
+        "The merged model (or base + LoRA) and a ready `vllm serve` command (serve.sh).",
+    ),
+}
+
+
+def _export_result(job) -> None:
+    """What the finished export job wrote: the folder, the commands to run next, the GGUF check figures."""
+    if job is None or job.status() != DONE or not job.settings_file.exists():
+        return
+    try:
+        out = EXPORT.read_yaml(job.settings_file).get("out") or ""
+    except UserError:
+        return
+    record = read_json(Path(out) / INFO_FILE)
+    if not isinstance(record, dict):
+        return
+    st.success(tr("已导出到 ", "Exported to ") + f"`{out}`")
+    for c in record.get("gguf_check") or []:
+        st.caption(
+            f"{c['file']}: {tr('最大对数几率差', 'max logit diff')} {c['max_abs_diff']} ({c['max_rel_diff']:.2%}) · "
+            f"top-1 {tr('一致率', 'agreement')} {c['top1_agreement']:.0%}"
+        )
+    for key in ("ollama_command", "vllm_command"):
+        if record.get(key):
+            st.code(f"cd {out} && {record[key]}", language="bash")
+
+
+if cm.has_adapter and cm.adapter_kind in MERGEABLE | {""}:
+    with st.expander(
+        tr("导出（Hugging Face / GGUF / Ollama / vLLM）", "Export (Hugging Face / GGUF / Ollama / vLLM)"),
+        expanded=latest_job(ws, "export") is not None,
+    ):
+        fmt_field = EXPORT["format"]
+        fmt = st.radio(
+            tr(*fmt_field.label),
+            fmt_field.choices,
+            format_func=lambda v: tr(*fmt_field.choice_labels[v]),
+            horizontal=True,
+            key="chat_export_format",
+        )
+        st.caption(tr(*_EXPORT_NOTES[fmt]))
+        default_out = runs.run_dir_of(cm.adapter_dir) / ("merged" if fmt == "hf" else f"export-{fmt}")
+        out_dir = st.text_input(tr(*EXPORT["out"].label), value=str(default_out), key=f"chat_merge_out_{fmt}")
+        force = st.checkbox(tr(*EXPORT["force"].label), key="chat_export_force")
+        st.caption(
+            tr(
+                "导出任务会另外加载一份模型；显存较小时请先卸载这里的模型。",
+                "The export job loads its own copy of the model; on a small GPU unload the model here first.",
+            )
+        )
+        job = latest_job(ws, "export")
+        if st.button(
+            tr("开始导出", "Export"),
+            key="chat_merge",
+            type="primary",
+            disabled=job is not None and job.status() == RUNNING,
+        ):
             try:
-                with st.spinner(tr("正在合并…", "Merging…")):
-                    target = merge_adapter(cm.adapter_dir, ws.inside(out_dir), model=cm.base_ref)
-                st.success(tr("已保存到 ", "Saved to ") + f"`{target}`")
+                target = ws.inside(out_dir)
+                check_out(target, force)
+                values = EXPORT.merge(
+                    {
+                        "adapter": str(cm.adapter_dir),
+                        "model": cm.base_ref,
+                        "format": fmt,
+                        "out": str(target),
+                        "force": force,
+                    }
+                )
+                ui.start_step(ws, "export", [str(cm.adapter_dir), "--format", fmt], settings=EXPORT.to_yaml(values))
+                st.rerun()
             except UserError as exc:
                 st.error(error_text(exc))
+        ui.job_panel(ws, "export")
+        _export_result(latest_job(ws, "export"))
 ui.next_step("chat")  # a link to the next step once this one is done

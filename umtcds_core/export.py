@@ -254,7 +254,8 @@ def _save_hf(model, tok, folder: Path) -> None:
     tok.save_pretrained(str(folder))
 
 
-def _check_out(out: Path, force: bool) -> None:
+def check_out(out: Path, force: bool) -> None:
+    """Refuse a target that is a file, or a non-empty folder without ``force`` (the page asks before starting a job)."""
     if out.exists() and not out.is_dir():
         raise ExportError(
             f"{out} is a file, not a folder; choose a folder for --out.",
@@ -683,7 +684,7 @@ def export(
         )
     source, kind = _source(adapter)
     out = Path(out).expanduser()
-    _check_out(out, force)
+    check_out(out, force)
     base_ref = model or (str(source) if kind == "FULL" else adapter_base_ref(source))
     run_name = _safe_name(run_dir_of(source).name if kind != "FULL" else source.name)
     info = train_info(source)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
@@ -55,8 +56,14 @@ def test_chat_page_load_stream_compare_unload(workspace, fact_adapter):
     assert not any("generating" in c.value or "queued" in c.value for c in at.caption)
     assert chat.find_repetition(last["base"]) is None and "\ufffd" not in last["base"] + last["content"]
 
-    at.button(key="chat_merge").click().run()  # merge/export into the run folder, a standard HF folder
-    assert not at.exception and any("merged" in s.value for s in at.success)
+    assert at.radio(key="chat_export_format").value == "hf"
+    at.button(key="chat_merge").click().run()  # export as a background job: the merged HF folder in the run folder
+    assert not at.exception
+    deadline = time.monotonic() + 180
+    while not any("merged" in s.value for s in at.success) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the job runs `umtcds export` in its own process; the page shows its result when done
+        at.run()
+    assert any("merged" in s.value for s in at.success), [e.value for e in at.error]
     assert (workspace.runs_dir / "run-1" / "merged" / "config.json").exists()
 
     at.button(key="chat_unload").click().run()
