@@ -4,6 +4,8 @@ Only a browser shows that the page's own script streams the answer onto the scre
 and what it posts lands in ``serve/feedback.jsonl``, that the zh/en switch changes the texts, and that one
 ``<script src=…/widget.js>`` line on another site's page adds a bubble whose frame the server allows for an
 ``--allow-origin`` site. The model is the tiny fact adapter (tests/chat_helpers.py): answers are exact and fast.
+The server writes its feedback into a dashboard project, so the 👎's correction is then found on the real dashboard's
+Dataset page, "From students" tab (issue 16 §3: the loop back to the pairs).
 """
 
 from __future__ import annotations
@@ -13,7 +15,17 @@ import json
 import threading
 
 import pytest
-from browser_helpers import WAIT_MS, free_port, shot, wait_until
+from browser_helpers import (
+    WAIT_MS,
+    create_workspace,
+    free_port,
+    main_area,
+    open_dashboard,
+    open_step_page,
+    shot,
+    wait_idle,
+    wait_until,
+)
 from playwright.sync_api import expect
 
 from tests.chat_helpers import FACTS
@@ -23,6 +35,8 @@ pytestmark = [pytest.mark.browser]
 
 Q, A = FACTS[0]
 Q2, A2 = FACTS[1]
+WS_NAME = "published"
+CORRECTION = "It was renamed to ZV-Air-9000 in May."
 WELCOME = "Welcome to the Zorvale helper — ask about Wi-Fi, the library or the president."
 
 
@@ -47,8 +61,8 @@ def host_site(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def assistant(fact_chat_model, host_site, tmp_path_factory):
-    feedback = tmp_path_factory.mktemp("feedback")
+def assistant(fact_chat_model, host_site, dashboard):
+    feedback = dashboard.workspaces / WS_NAME  # a dashboard project (created from Home in the test)
     srv = serve.make_server(
         fact_chat_model,
         "127.0.0.1",
@@ -74,7 +88,7 @@ def _answer(scope, n: int):
     return scope.locator(".msg.bot.answer.complete .col").nth(n - 1)
 
 
-def test_ask_see_streamed_answer_thumbs_down_with_correction(assistant, page):
+def test_ask_see_streamed_answer_thumbs_down_with_correction(assistant, dashboard, page):
     url = f"http://127.0.0.1:{assistant.server_port}/"
     page.set_viewport_size({"width": 390, "height": 780})  # a phone
     page.goto(url, timeout=WAIT_MS)
@@ -101,7 +115,7 @@ def test_ask_see_streamed_answer_thumbs_down_with_correction(assistant, page):
     first.locator("button.down").click()
     box = first.locator(".fix textarea")
     expect(box).to_have_attribute("placeholder", "The right answer is… (optional)", timeout=WAIT_MS)
-    box.fill("It was renamed to ZV-Air-9000 in May.")
+    box.fill(CORRECTION)
     first.locator(".fix button").click()
     expect(first.locator(".note.thanks")).to_have_text("Thanks for your feedback!", timeout=WAIT_MS)
     shot(page, "student-page-feedback")
@@ -113,7 +127,7 @@ def test_ask_see_streamed_answer_thumbs_down_with_correction(assistant, page):
 
     rows = wait_until(saved, "the 👎 to be written to serve/feedback.jsonl")
     assert rows[-1]["question"] == Q and rows[-1]["answer"] == A and rows[-1]["lang"] == "en"
-    assert rows[-1]["correction"] == "It was renamed to ZV-Air-9000 in May." and rows[-1]["verified"] is True
+    assert rows[-1]["correction"] == CORRECTION and rows[-1]["verified"] is True
 
     page.reload()  # a new conversation (the tiny test model knows single questions, not follow-ups)
     expect(page.locator("#send")).to_have_text("Send", timeout=WAIT_MS)  # the language choice is remembered
@@ -122,6 +136,19 @@ def test_ask_see_streamed_answer_thumbs_down_with_correction(assistant, page):
     page.locator("#lang-zh").click()
     expect(page.locator("#send")).to_have_text("发送", timeout=WAIT_MS)
     assert not page.js_errors, page.js_errors
+
+    # The builder sees the correction on the dashboard: Dataset → From students, with the question it corrects.
+    page.set_viewport_size({"width": 1366, "height": 900})  # a builder's screen: the sidebar is open
+    open_dashboard(page, dashboard)
+    create_workspace(page, WS_NAME)  # the folder the server writes to becomes the current project
+    open_step_page(page, "dataset")
+    main = main_area(page)
+    main.get_by_text("来自学生", exact=True).click()
+    wait_idle(page)
+    grid = main.locator('[data-testid="stDataFrame"], [data-testid="stDataEditor"]').first
+    expect(grid.get_by_text(CORRECTION)).to_be_attached(timeout=WAIT_MS)  # the grid's accessible cells
+    expect(grid.get_by_text(Q)).to_be_attached(timeout=WAIT_MS)
+    shot(page, "student-feedback-on-dataset-page")
 
 
 def test_widget_bubble_on_another_site(assistant, host_site, page):
