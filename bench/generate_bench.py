@@ -123,6 +123,84 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - start, time.process_time() - cpu
 
 
+VARIANTS = {
+    "plain": "model.generate on left-padded batches in the prompts' order (the Hugging Face default use)",
+    "ours": "LocalBackend.chat_batch: length-sorted batches (what the generate step runs)",
+    "loop": "LocalBackend.chat one prompt at a time (the original project's loop)",
+}
+
+
+def plain_generate(tok, model, convs, batch: int, new: int) -> tuple[list[str], int]:
+    """The library's plain call on batches in order: what a user of transformers writes without tuning anything."""
+    import torch
+
+    texts, n_tokens = [], 0
+    for start in range(0, len(convs), batch):
+        prompts = [
+            tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in convs[start : start + batch]
+        ]
+        tok.padding_side = "left"
+        enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            gen = model.generate(
+                **enc, max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        rows = gen[:, enc["input_ids"].shape[1] :]
+        n_tokens += int((rows != tok.pad_token_id).sum())
+        texts += [tok.decode(r, skip_special_tokens=True).strip() for r in rows]
+    return texts, n_tokens
+
+
+def make_round(name: str, tok, model, convs, batch: int, new: int, loop_n: int):
+    """A callable running one round of variant ``name``; returns (texts, output tokens)."""
+    from umtcds_core.llm import LocalBackend
+
+    fixed = {"min_new_tokens": new}
+
+    def one_round() -> tuple[list[str], int]:
+        if name == "plain":
+            return plain_generate(tok, model, convs, batch, new)
+        if name == "loop":
+            b = LocalBackend.from_loaded(tok, model, batch_size=1, gen_kwargs=fixed)
+            return [b.chat(c, max_tokens=new) for c in convs[:loop_n]], b.tokens_out
+        b = LocalBackend.from_loaded(tok, model, batch_size=batch, gen_kwargs=fixed)
+        return b.chat_batch(convs, max_tokens=new), b.tokens_out
+
+    return one_round
+
+
+def run_variants(names: list[str], tok, model, convs, batch: int, new: int, loop_n: int, rounds: int):
+    """A warm-up round of every variant, then ``rounds`` timed rounds in turn (plain, ours, …, plain, ours, …), so a
+    slow first round or a drifting GPU clock does not favour one side. The median round is compared."""
+    import statistics
+
+    fns = {name: make_round(name, tok, model, convs, batch, new, loop_n) for name in names}
+    for name in names:
+        fns[name]()
+    per_round: dict[str, list[dict]] = {name: [] for name in names}
+    texts: dict[str, list[str]] = {}
+    counts: dict[str, int] = {}
+    box: dict = {}
+    for _ in range(max(1, rounds)):
+        for name in names:
+            wall, cpu = timed(lambda name=name: box.update(out=fns[name]()))
+            texts[name], counts[name] = box["out"]
+            per_round[name].append(
+                {"seconds": round(wall, 3), "cpu_seconds": round(cpu, 3), "tokens_per_s": round(counts[name] / wall, 2)}
+            )
+    results = {}
+    for name in names:
+        tps = [r["tokens_per_s"] for r in per_round[name]]
+        results[name] = {
+            "what": VARIANTS[name],
+            "prompts": loop_n if name == "loop" else len(convs),
+            "output_tokens": counts[name],
+            "tokens_per_s": round(statistics.median(tps), 2),
+            "rounds": per_round[name],
+        }
+    return results, texts
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="model reference for the default (CPU) run")
@@ -135,12 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--new-tokens", type=int, help="fixed new tokens per prompt (default 32 CPU, 128 GPU)")
     ap.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--long-pages", action="store_true", help="pages long enough for 300-700-token prompts")
+    ap.add_argument(
+        "--tokenizer",
+        default="smollm2-135m",
+        help="tokenizer reference (a saved folder on a machine without the model)",
+    )
+    ap.add_argument("--variants", default="loop,ours", help=f"comma list of {', '.join(VARIANTS)} (default loop,ours)")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per variant after a warm-up; median compared")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
     import torch
 
-    from umtcds_core.llm import LocalBackend
     from umtcds_core.models import best_device, load_tokenizer
 
     if args.threads:
@@ -151,9 +235,13 @@ def main(argv: list[str] | None = None) -> dict:
     loop_n = min(n_prompts, args.loop_prompts or 8)
     batch = args.batch_size or (32 if gpu else 8)
     new = args.new_tokens or (128 if gpu else 32)
-    fixed = {"min_new_tokens": new}
 
-    tok = load_tokenizer("smollm2-135m")
+    if Path(args.tokenizer).is_dir():  # a saved tokenizer alone (the GPU box has no embedded model package)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.tokenizer, padding_side="left")
+    else:
+        tok = load_tokenizer(args.tokenizer)
     if args.gpu_shape:
         model, cfg, n_params = glm4_model(args.tiny, device)
         model_desc = f"{args.gpu_shape}{' (tiny)' if args.tiny else ''} random init, {n_params / 1e9:.3f} B params"
@@ -172,47 +260,40 @@ def main(argv: list[str] | None = None) -> dict:
         for c in convs
     ]
 
-    # warm-up (kernels, allocator), not timed
-    LocalBackend.from_loaded(tok, model, batch_size=2, gen_kwargs={"min_new_tokens": 4}).chat_batch(
-        convs[:2], max_tokens=4
-    )
-
-    looped = LocalBackend.from_loaded(tok, model, batch_size=1, gen_kwargs=fixed)
-    loop_s, loop_cpu = timed(lambda: [looped.chat(c, max_tokens=new) for c in convs[:loop_n]])
-    batched = LocalBackend.from_loaded(tok, model, batch_size=batch, gen_kwargs=fixed)
-    batch_s, batch_cpu = timed(lambda: batched.chat_batch(convs, max_tokens=new))
-
-    loop_tps = looped.tokens_out / loop_s
-    batch_tps = batched.tokens_out / batch_s
-    result = {
-        "bench": "generate_local_batched_vs_loop",
-        "machine": machine_info(device),
-        "settings": {
-            "model": model_desc,
-            "dtype": str(next(model.parameters()).dtype),
-            "new_tokens_per_prompt": new,
-            "greedy": True,
-            "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
-            "prompt_tokens_min": min(prompt_tokens),
-            "prompt_tokens_max": max(prompt_tokens),
-            "batch_size": batch,
-        },
-        "loop_one_prompt_at_a_time": {
-            "prompts": loop_n,
-            "output_tokens": looped.tokens_out,
-            "seconds": round(loop_s, 3),
-            "cpu_seconds": round(loop_cpu, 3),
-            "tokens_per_s": round(loop_tps, 2),
-        },
-        "batched": {
-            "prompts": n_prompts,
-            "output_tokens": batched.tokens_out,
-            "seconds": round(batch_s, 3),
-            "cpu_seconds": round(batch_cpu, 3),
-            "tokens_per_s": round(batch_tps, 2),
-        },
-        "speedup_tokens_per_s": round(batch_tps / loop_tps, 2),
+    settings = {
+        "model": model_desc,
+        "dtype": str(next(model.parameters()).dtype),
+        "new_tokens_per_prompt": new,
+        "greedy": True,
+        "prompt_tokens_mean": round(sum(prompt_tokens) / len(prompt_tokens), 1),
+        "prompt_tokens_min": min(prompt_tokens),
+        "prompt_tokens_max": max(prompt_tokens),
+        "batch_size": batch,
+        "rounds": args.rounds,
     }
+    result = {"bench": "generate_local", "machine": machine_info(device), "settings": settings}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    measured, texts = run_variants(variants, tok, model, convs, batch, new, loop_n, args.rounds)
+    result.update(measured)
+    base = "plain" if "plain" in result else None
+    if base:
+        for name in variants:
+            if name != base:
+                result[name]["vs_plain"] = round(result[name]["tokens_per_s"] / result[base]["tokens_per_s"], 3)
+                same = [a == b for a, b in zip(texts[name], texts[base], strict=False)]
+                result[name]["same_text_as_plain"] = f"{sum(same)}/{len(same)}"
+    if "plain" in variants and "ours" in variants:
+        # Same prompts in one batch on both paths (same padding): the greedy tokens must match.
+        from umtcds_core.llm import LocalBackend
+
+        sample = convs[: min(len(convs), batch, 32)]
+        plain_texts, _ = plain_generate(tok, model, sample, len(sample), new)
+        ours_texts = LocalBackend.from_loaded(tok, model, batch_size=len(sample), gen_kwargs={"min_new_tokens": new})
+        ours_texts = ours_texts.chat_batch(sample, max_tokens=new)
+        same = sum(a == b for a, b in zip(ours_texts, plain_texts, strict=True))
+        result["greedy_sample_same_batch"] = f"{same}/{len(sample)} identical texts (ours vs plain, one batch)"
+    if "loop" in result and "ours" in result:  # the original comparison, kept for older result files
+        result["speedup_tokens_per_s"] = round(result["ours"]["tokens_per_s"] / result["loop"]["tokens_per_s"], 2)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

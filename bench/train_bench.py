@@ -331,7 +331,9 @@ def variant_estimate(method, hf_cfg, plan, packed: bool, positions: int, batch: 
         "tokens_per_step_used": positions,
         "estimate_peak_allocated_gib": est["peak_allocated_gib"],
         "estimate_total_gib": est["total_gib"],
-        "parts_gib": {k: est[k] for k in ("weights_gib", "trainable_state_gib", "activations_gib", "logits_gib")},
+        "parts_gib": {
+            k: est[k] for k in ("weights_gib", "trainable_state_gib", "activations_gib", "logits_gib", "overlap_gib")
+        },
         "measured_peak_gib": peak,
     }
     if peak:

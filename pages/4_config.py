@@ -218,7 +218,9 @@ with side:
                 (tr("权重", "Weights"), est["weights_gib"]),
                 (tr("可训练参数状态", "Trainable state"), est["trainable_state_gib"]),
                 (tr("激活值", "Activations"), est["activations_gib"]),
-                (tr("输出层 logits", "Logits"), est["logits_gib"]),
+                # with checkpointing the logits and the recomputed layer are not alive together (memory.py)
+                (tr("输出层 logits（超出重算层的部分）", "Logits (beyond the recomputed layer)"),
+                 round(est["logits_gib"] - est.get("overlap_gib", 0.0), 2)),
                 (tr("其他开销", "Overhead"), est["overhead_gib"]),
             ]
             fig = go.Figure([go.Bar(name=n, x=[v], y=[""], orientation="h") for n, v in parts])

@@ -172,6 +172,8 @@ def estimate_memory(
       tokens (``fused_loss=True``, the default), so only one chunk counts — unless ``lm_head`` is a LoRA target.
       ``fused_loss=False`` describes the Hugging Face default path (e.g. the benchmark's baseline).
     * QLoRA's non-quantised parts (embeddings, head, norms) stay 16-bit (``speed.prepare_kbit_lean``).
+    * **peak**: the sum of the parts, minus ``overlap``: with checkpointing, the logits (end of forward) and the one
+      layer recomputed in backward are never alive together, so only the larger of the two counts.
     * **overhead**: 5% allocator fragmentation + 0.5 GiB CUDA context; ``peak_allocated_gib`` leaves it out (compare
       it with ``torch.cuda.max_memory_allocated``), ``total_gib`` includes it (compare with nvidia-smi).
 
@@ -211,10 +213,11 @@ def estimate_memory(
     else:
         per_layer_transient = 0
     if cfg.gradient_checkpointing:
-        act_per_token = a * h * L + per_layer + per_layer_transient
+        recompute = (per_layer + per_layer_transient) * N  # alive only while backward recomputes one layer
+        activations = a * h * L * N + recompute
     else:
-        act_per_token = per_layer * L + per_layer_transient
-    activations = act_per_token * N
+        recompute = 0
+        activations = (per_layer * L + per_layer_transient) * N
     activations += m.step_extra(cfg, shape, a)
     fp32_head = precision == "fp32"
     # umtcds train computes the loss chunk by chunk (speed.chunked_linear_cross_entropy / Liger's fused kernel on
@@ -223,7 +226,12 @@ def estimate_memory(
     logit_tokens = N if (head_targeted or not fused_loss) else min(N, max(64, (1 << 26) // V))
     logits = logit_tokens * V * (16 if fp32_head else 12)
 
-    peak = weights + state + activations + logits
+    # With checkpointing, the loss's logits (end of forward; the fused loss computes its input gradient there and
+    # frees them) and the one recomputed layer (during backward) are never alive together: only the larger counts.
+    # Measured on an H200 (TRAIN_GPU_RUNS.md, 22 GiB cap runs): summing both overestimated every method by 0.7-1.2 GiB
+    # (QLoRA +15.5 %).
+    overlap = min(recompute, logits)
+    peak = weights + state + activations + logits - overlap
     overhead = 0.05 * peak + 0.5 * GIB
     total = peak + overhead
     result = {
@@ -237,6 +245,7 @@ def estimate_memory(
         "trainable_state_gib": round(state / GIB, 2),
         "activations_gib": round(activations / GIB, 2),
         "logits_gib": round(logits / GIB, 2),
+        "overlap_gib": round(overlap / GIB, 2),  # of the recomputed layer and the logits, the smaller: not both alive
         "overhead_gib": round(overhead / GIB, 2),
         "peak_allocated_gib": round(peak / GIB, 2),
         "total_gib": round(total / GIB, 2),
