@@ -206,6 +206,27 @@ with side:
         if est is not None:
             st.metric(tr("预计峰值显存", "Expected peak GPU memory"), f"{est['total_gib']:.1f} GiB")
             st.markdown(f"**{verdict_text(est)}**")
+            fit = C.methods_fit(cfg)
+            card = fit["card"]
+            where = (
+                tr(
+                    f"你的 {card['name']}（{card['total_gib']:.0f} GiB）",
+                    f"your {card['name']} ({card['total_gib']:.0f} GiB)",
+                )
+                if card["detected"]
+                else tr("24 GB 显卡（原项目所用）", "a 24 GB card (the original project's)")
+            )
+            st.caption(
+                tr(f"能否放进{where}：", f"Which methods fit {where}: ")
+                + " · ".join(
+                    f"{tr(*r['label'])} {r['total_gib']:.1f} GiB {'✅' if r['fits'] else '❌'}" for r in fit["rows"]
+                ),
+                help=tr(
+                    "按当前模型、长度和批大小估算每种方法；在 H200 上限制为 22 GiB 实测，LoRA、QLoRA、P-tuning v2 的估算与实测峰值相差在 10% 以内。",
+                    "Each method estimated with this model, lengths and batch size; measured under a 22 GiB cap on an "
+                    "H200, the estimates of LoRA, QLoRA and P-tuning v2 were within 10 % of the real peak.",
+                ),
+            )
             if not est["gpus"]:
                 st.caption(
                     tr(
@@ -219,8 +240,10 @@ with side:
                 (tr("可训练参数状态", "Trainable state"), est["trainable_state_gib"]),
                 (tr("激活值", "Activations"), est["activations_gib"]),
                 # with checkpointing the logits and the recomputed layer are not alive together (memory.py)
-                (tr("输出层 logits（超出重算层的部分）", "Logits (beyond the recomputed layer)"),
-                 round(est["logits_gib"] - est.get("overlap_gib", 0.0), 2)),
+                (
+                    tr("输出层 logits（超出重算层的部分）", "Logits (beyond the recomputed layer)"),
+                    round(est["logits_gib"] - est.get("overlap_gib", 0.0), 2),
+                ),
                 (tr("其他开销", "Overhead"), est["overhead_gib"]),
             ]
             fig = go.Figure([go.Bar(name=n, x=[v], y=[""], orientation="h") for n, v in parts])

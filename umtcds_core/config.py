@@ -34,6 +34,7 @@ from .memory import (  # noqa: F401
     detect_gpus,
     estimate_memory,
     glm4_9b_shape,
+    methods_fit,
     model_shape,
     shape_from_hf_config,
 )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import methods
+from .errors import UserError
 from .schema import ConfigError
 
 if TYPE_CHECKING:
@@ -313,6 +314,33 @@ def _verdict(est: dict) -> str:
         else:
             parts.append("needs QLoRA plus shorter lengths, or several GPUs (ZeRO-3)")
     return f"~{est['total_gib']:.1f} GiB: " + "; ".join(parts)
+
+
+def methods_fit(cfg: TrainConfig, shape: dict | None = None, gpus: list[dict] | None = None) -> dict:
+    """Which training methods fit the detected card (or, without a GPU, the 24 GB card the original project names),
+    each estimated with ``cfg``'s model, lengths and batch: ``{"card": {"name", "total_gib", "detected"}, "rows":
+    [{"method", "label": (zh, en), "total_gib", "fits"}]}``.
+
+    Why: the estimate above covers the method picked; a student renting a card wants the whole answer at once. The
+    estimate is within ±10 % of the peak measured under a 22 GiB cap for LoRA, QLoRA and P-tuning v2 at 9B
+    (bench/results/TRAIN_GPU_RUNS.md); "fits" keeps the verdict's 3 % margin.
+    """
+    shape = shape or model_shape(cfg.model)
+    gpus = detect_gpus() if gpus is None else gpus
+    if gpus:
+        card = {"name": gpus[0]["name"], "total_gib": float(gpus[0]["total_gib"]), "detected": True}
+    else:
+        card = {"name": "24 GB", "total_gib": 24.0, "detected": False}  # as CARDS_GIB: the card's nominal size
+    rows = []
+    for name in methods.METHODS:
+        m = methods.get(name)
+        alt = cfg.replace(method=name, precision="bf16" if m.quantised else cfg.precision)
+        try:
+            total = estimate_memory(alt, shape, gpus=[], verdict=False)["total_gib"]
+        except UserError:  # a method this model/config cannot use at all
+            continue
+        rows.append({"method": name, "label": m.label, "total_gib": total, "fits": total <= card["total_gib"] * 0.97})
+    return {"card": card, "rows": rows}
 
 
 def detect_gpus() -> list[dict]:

@@ -290,3 +290,17 @@ def test_advice_knows_the_dataset_size():
     zh = advice(cfg, "zh", n_train=15)
     assert len(zh) == len(en) and any("训练集只有 15 对问答" in s for s in zh)
     assert advice(cfg.replace(eval_steps=50, logging_steps=5), n_train=2000) == []
+
+
+def test_methods_fit_names_every_method_for_the_card():
+    shape = C.glm4_9b_shape()
+    base = C.TrainConfig.from_dict(C.PRESETS["glm4-lora"])
+    fit = C.methods_fit(base, shape, gpus=[])
+    assert fit["card"] == {"name": "24 GB", "total_gib": 24.0, "detected": False}
+    rows = {r["method"]: r for r in fit["rows"]}
+    assert set(rows) == set(C.METHODS)
+    assert rows["qlora"]["fits"] and rows["lora"]["fits"] and not rows["full"]["fits"]
+    assert rows["qlora"]["total_gib"] < rows["lora"]["total_gib"]
+    small = C.methods_fit(base, shape, gpus=[{"name": "Test GPU", "total_gib": 12.0}])
+    assert small["card"]["detected"] and small["card"]["name"] == "Test GPU"
+    assert [r["method"] for r in small["rows"] if r["fits"]] == ["qlora"]
