@@ -201,6 +201,39 @@ def run_variants(names: list[str], tok, model, convs, batch: int, new: int, loop
     return results, texts
 
 
+def profile_decode(tok, model, convs, steps: int, out: str | None) -> dict:
+    """Where one batch of plain ``generate`` spends its time: wall vs the sum of GPU kernel time (busy share) and the
+    top operators, with the prefill included (``steps`` new tokens). Writes the table beside ``out``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if model.device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        wall, _ = timed(lambda: plain_generate(tok, model, convs, len(convs), steps))
+    events = prof.key_averages()
+    key = "self_device_time_total" if model.device.type == "cuda" else "self_cpu_time_total"
+    # kernels only: an aten op's device time repeats its kernels', and "Command Buffer Full" is the host waiting
+    kernels = (
+        [e for e in events if not e.key.startswith(("aten::", "Command Buffer"))]
+        if key.startswith("self_dev")
+        else events
+    )
+    busy_us = sum(getattr(e, key, 0) for e in kernels)
+    table = events.table(sort_by=key, row_limit=25)
+    if out:
+        Path(out).with_suffix(".profile.txt").write_text(table, encoding="utf-8")
+    return {
+        "batch": len(convs),
+        "new_tokens": steps,
+        "wall_s": round(wall, 3),
+        "device_busy_s": round(busy_us / 1e6, 3),
+        "busy_share": round(busy_us / 1e6 / wall, 3),
+        "top": [
+            (e.key, round(getattr(e, key, 0) / 1e3, 1), e.count)
+            for e in sorted(events, key=lambda e: -getattr(e, key, 0))[:12]
+        ],
+    }
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m", help="model reference for the default (CPU) run")
@@ -220,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     ap.add_argument("--variants", default="loop,ours", help=f"comma list of {', '.join(VARIANTS)} (default loop,ours)")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per variant after a warm-up; median compared")
+    ap.add_argument("--profile-steps", type=int, help="also profile one batch of plain generate with this many tokens")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
 
@@ -292,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         ours_texts = ours_texts.chat_batch(sample, max_tokens=new)
         same = sum(a == b for a, b in zip(ours_texts, plain_texts, strict=True))
         result["greedy_sample_same_batch"] = f"{same}/{len(sample)} identical texts (ours vs plain, one batch)"
+    if args.profile_steps:
+        result["profile"] = profile_decode(tok, model, convs[:batch], args.profile_steps, args.out)
     if "loop" in result and "ours" in result:  # the original comparison, kept for older result files
         result["speedup_tokens_per_s"] = round(result["ours"]["tokens_per_s"] / result["loop"]["tokens_per_s"], 2)
     text = json.dumps(result, indent=2)
