@@ -29,8 +29,10 @@ count), ``chunks.jsonl`` (one object per chunk: ``chunk_id, page, url, title, he
 matrix). Re-running re-chunks only new and changed pages; the score matrix is always rebuilt from the cached tokens
 (BM25's IDF depends on every document, and rebuilding 1,000 pages takes about a second).
 
-Optional dense retrieval (sentence-transformers, fused by reciprocal rank fusion) is not built yet: the lexical
-index is the whole retrieval today.
+Optional dense retrieval (``--embed-model DIR``, a local sentence-transformers-style folder): each chunk is also
+embedded (``dense.npy``, only new text is embedded on a re-run), the index remembers the model, and a search fuses
+the lexical and the dense rankings by reciprocal rank fusion — see :mod:`umtcds_core.dense`. Without the flag nothing
+of it is loaded; an index rebuilt without it is lexical again.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pathlib import Path
 from . import schema as S
 from .errors import UserError
 from .fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from .model_settings import device_setting
 
 setting = S.setting
 
@@ -117,6 +120,34 @@ class IndexSettings:
             "must be between 0 and 10 (0 = titles count as text only)",
             "必须在 0 到 10 之间（0 表示标题只按正文计）",
         ),
+    )
+    embed_model: str | None = setting(
+        None,
+        ("向量模型文件夹（可选）", "Embedding model folder (optional)"),
+        "a local sentence-transformers folder (e.g. bge-small-zh-v1.5) whose vectors are fused with the lexical "
+        "ranking; null: lexical only, nothing loaded",
+        help=(
+            "可选：本地向量模型文件夹（例如 bge-small-zh-v1.5），让意思相近但用词不同的问题也能找到网页；留空则只用关键词检索。",
+            "Optional: a local embedding-model folder (e.g. bge-small-zh-v1.5), so a question that means the same "
+            "with other words still finds its page; empty: keyword search only.",
+        ),
+        kind=str,
+        nullable=True,
+        widget="text",
+        example="models/bge-small-zh-v1.5",
+    )
+    embed_batch_size: int = setting(
+        32,
+        ("向量批大小", "Embedding batch size"),
+        "chunks embedded per forward pass; higher: faster on a GPU, more memory",
+        min=1,
+        max=4096,
+        typical=(1, 256),
+        range_msg=("must be between 1 and 4096 (32 is a good start)", "必须在 1 到 4096 之间（建议先用 32）"),
+        show=lambda v: bool(v.get("embed_model")),
+    )
+    embed_device: str | None = device_setting(
+        flag="--embed-device", comment="where the embedding model runs: cpu | cuda | cuda:N | mps (null: the best)"
     )
 
 
@@ -419,13 +450,14 @@ class IndexReport:
     chunks: int = 0
     seconds: float = 0.0
     rebuilt_all: bool = False  # the chunk settings changed, so every page was re-chunked
+    dense: str = ""  # the dense part's sentence (embedded, reused, or dropped); "" when there was none
 
     def sentence(self, out_dir: Path) -> str:
         why = " (chunk settings changed: every page re-chunked)" if self.rebuilt_all else ""
         return (
             f"Indexed {self.pages} pages as {self.chunks} chunks in {out_dir}: {self.new} new, {self.changed} changed, "
             f"{self.unchanged} unchanged, {self.removed} removed{why} ({self.seconds:.1f} s)."
-        )
+        ) + (f" {self.dense}" if self.dense else "")
 
 
 def _load_previous(out_dir: Path) -> tuple[dict, dict[str, list[tuple[dict, dict]]]]:
@@ -458,6 +490,10 @@ def build_index(
     values = INDEX.check({k: v for k, v in (settings or {}).items() if k in INDEX.by_name})
     chunk_settings = {k: values[k] for k in CHUNK_SETTINGS}
     files = _check_pages_dir(pages_dir, out_dir)
+    if values.get("embed_model"):  # a wrong folder is said before anything is read or written
+        from .dense import read_recipe
+
+        read_recipe(values["embed_model"])
     manifest = read_manifest(pages_dir)
     old_meta, old = _load_previous(out_dir)
     report = IndexReport(rebuilt_all=bool(old_meta) and old_meta.get("settings") != chunk_settings)
@@ -512,6 +548,7 @@ def build_index(
         tmp.rename(out_dir / name)
     write_jsonl_atomic(out_dir / CHUNKS, all_records)
     write_jsonl_atomic(out_dir / TOKENS, all_tokens)
+    embed = _build_dense(all_records, out_dir, values, report, progress, log) if values.get("embed_model") else None
     report.seconds = time.perf_counter() - t0
     write_json_atomic(  # last: a crash before this leaves the old meta, and the next run redoes the changed pages
         out_dir / META,
@@ -523,9 +560,36 @@ def build_index(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "report": asdict(report),
             "pages": pages_meta,
+            **({"embed": embed} if embed else {}),
         },
     )
+    if embed is None and old_meta.get("embed"):  # rebuilt without --embed-model: lexical only again
+        from .dense import remove_dense
+
+        remove_dense(out_dir)
+        report.dense = f"Dense vectors ({old_meta['embed'].get('model')}) dropped: give --embed-model to keep them."
     return report
+
+
+def _build_dense(records: list[dict], out_dir: Path, values: dict, report: IndexReport, progress, log) -> dict:
+    """Embed the chunks (only new text) with ``--embed-model``; what ``meta.json`` remembers of the model."""
+    from .dense import build_dense
+
+    def on_batch(done: int, total: int) -> None:
+        if progress is not None:  # "chunks 96/300" under the page counters, in the dashboard's language
+            progress.update(0, chunks=f"{done}/{total}")
+
+    embed, dense_report = build_dense(
+        records,
+        out_dir,
+        values["embed_model"],
+        device=values.get("embed_device"),
+        batch_size=values["embed_batch_size"],
+        on_batch=on_batch,
+        log=log,
+    )
+    report.dense = dense_report.sentence()
+    return embed
 
 
 # ---- searching ------------------------------------------------------------------------------------------------------
@@ -562,13 +626,15 @@ def stale_pages(meta: dict) -> list[str]:
 class Index:
     """A built index, loaded: ``Index.load(dir).search("question", k=5)`` → hits, best first."""
 
-    def __init__(self, index_dir: Path, meta: dict, chunks: list[dict], retriever, title_retriever):
+    def __init__(self, index_dir: Path, meta: dict, chunks: list[dict], retriever, title_retriever, dense=None):
         self.dir = index_dir
         self.meta = meta
         self.chunks = chunks
         self.retriever = retriever
         self.title_retriever = title_retriever
         self.title_weight = float(meta.get("title_weight", 1.0))
+        self.dense = dense  # a dense.DenseIndex when the index was built with --embed-model
+        self._rows: dict[str, int] | None = None  # chunk_id → row, for fusing (built at the first dense search)
 
     @classmethod
     def load(cls, index_dir: str | Path, check_stale: bool = True) -> Index:
@@ -606,16 +672,53 @@ class Index:
                     zh=f"{pages} 里的网页在建立索引后有变化（{changed[0]}{'等 ' + str(len(changed)) + ' 个' if len(changed) > 1 else ''}）；"
                     f"请用 `umtcds index {pages} --out {index_dir}` 重建索引。",
                 )
-        return cls(index_dir, meta, chunks, retriever, title_retriever)
+        dense = None
+        if meta.get("embed"):  # built with --embed-model: its vectors, the model itself waits for a question
+            from .dense import DenseIndex
+
+            dense = DenseIndex.open(index_dir, meta, len(chunks))
+        return cls(index_dir, meta, chunks, retriever, title_retriever, dense)
 
     def search(self, question: str, k: int = 5) -> list[dict]:
-        """The ``k`` best chunks for ``question``: chunk records plus ``score`` and ``rank``, best first; chunks that
-        share no word with the question are not returned."""
-        import numpy as np
-
+        """The ``k`` best chunks for ``question``: chunk records plus ``score`` and ``rank``, best first. Lexical:
+        chunks that share no word with the question are not returned. With dense vectors: the two rankings fused by
+        reciprocal rank fusion (``score`` is the fused score; ``lexical_rank``/``dense_rank`` say where each came
+        from, ``None`` when that ranking did not have it)."""
         if not question or not question.strip():
             raise IndexError_("The question is empty; type a question.", zh="问题是空的；请输入一个问题。")
         S.check_value(RETRIEVE, "k", k)
+        if self.dense is None:
+            return self._lexical(question, k)
+        from .dense import rrf
+
+        pool = max(50, 2 * k)  # each ranking's candidates: RRF needs a chunk's rank in both to reward agreement
+        lexical = self._lexical(question, pool)
+        lex_rank = {h["chunk_id"]: h["rank"] for h in lexical}
+        dense_ids = self.dense.ranking(question, pool) if self.chunks else []
+        if self._rows is None:
+            self._rows = {c["chunk_id"]: i for i, c in enumerate(self.chunks)}
+        by_id = self._rows
+        dense_rank = {self.chunks[i]["chunk_id"]: r for r, i in enumerate(dense_ids, start=1)}
+        fused = rrf([[by_id[h["chunk_id"]] for h in lexical], dense_ids])[:k]
+        hits = []
+        for rank, (i, score) in enumerate(fused, start=1):
+            chunk = self.chunks[i]
+            cid = chunk["chunk_id"]
+            hits.append(
+                {
+                    **chunk,
+                    "score": round(score, 6),
+                    "rank": rank,
+                    "lexical_rank": lex_rank.get(cid),
+                    "dense_rank": dense_rank.get(cid),
+                }
+            )
+        return hits
+
+    def _lexical(self, question: str, k: int) -> list[dict]:
+        """The BM25 ranking (text plus weighted title field): up to ``k`` chunks sharing a word with ``question``."""
+        import numpy as np
+
         terms = list(dict.fromkeys(tokenize(question)))
         text_terms = [t for t in terms if t in self.retriever.vocab_dict]
         if not text_terms or not self.chunks:
@@ -669,6 +772,7 @@ class IndexStatus:
     chunks: int = 0
     built_at: str = ""
     stale: tuple[str, ...] = ()
+    embed_model: str = ""  # the embedding-model folder the index was built with ("" : lexical only)
 
 
 def index_status(index_dir: str | Path) -> IndexStatus:
@@ -687,6 +791,7 @@ def index_status(index_dir: str | Path) -> IndexStatus:
         chunks=int(report.get("chunks", 0)),
         built_at=str(meta.get("built_at", "")),
         stale=tuple(stale_pages(meta)),
+        embed_model=str((meta.get("embed") or {}).get("path", "")),
     )
 
 

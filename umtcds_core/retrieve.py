@@ -2,7 +2,9 @@
 
 A command module of its own because the CLI gives each command one module (``add_arguments`` + ``run``); the index
 itself, and all the knowledge of it, is :mod:`umtcds_core.index`. ``--json`` prints a JSON array, best first, of
-objects with ``rank, score, url, title, text, page, chunk_id, heading`` — the shape tools and tests read.
+objects with ``rank, score, url, title, text, page, chunk_id, heading`` — the shape tools and tests read. An index
+built with ``--embed-model`` answers with the lexical and dense rankings fused (``score`` is the fused score; each hit
+also says its ``lexical_rank`` and ``dense_rank``); the model it remembers is loaded without any flag here.
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ def run(args: argparse.Namespace) -> int:
     if not hits:
         print("No indexed chunk shares a word with the question; try other words.")
         return 0
+    if "dense_rank" in hits[0]:  # an index built with --embed-model: fused scores are small (1/61 at most each)
+        print("(keywords + embeddings, fused by reciprocal rank)")
     for h in hits:
         text = " ".join(h["text"].split())
-        print(f"[{h['rank']}] {h['score']:.2f}  {h['title']}  {h['url'] or h['page']}")
+        score = f"{h['score']:.4f}" if "dense_rank" in h else f"{h['score']:.2f}"
+        print(f"[{h['rank']}] {score}  {h['title']}  {h['url'] or h['page']}")
         print(f"    {text[:300]}{'…' if len(text) > 300 else ''}")
     return 0
