@@ -184,7 +184,7 @@ def publish_status(every: float | None) -> None:
             if up:
                 st.success(tr("服务运行中 · /health 正常", "Serving · /health answers"))
             else:
-                st.info(tr("正在启动：加载模型…", "Starting: loading the model…"))
+                st.info(tr("正在启动：加载模型并预热…", "Starting: loading and warming up the model…"))
             if st.button(tr("停止服务", "Stop serving"), key="pub_stop"):
                 job.stop(grace=10)
                 st.rerun()

@@ -20,7 +20,8 @@ Endpoints (FastAPI on uvicorn):
   ``stream_options.include_usage``). With an adapter, ``/v1/models`` lists the tuned model (the run's name) and the
   base model; asking for the base name answers with the adapter disabled — the same weights, no second load.
   ``GET /v1/stats``: requests, batches and their sizes. These need the key when one is set.
-* ``GET /health`` (no key).
+* ``GET /health`` (no key): ``{"status": "ok"}``, or ``503`` ``{"status": "warming"}`` with ``Retry-After`` while
+  the start-up warm-up (``--warmup``, on by default) runs.
 * The students' page (``--student-page``, on by default; no key, no admin powers): ``GET /`` the chat page,
   ``GET /widget.js`` (one ``<script src=…>`` line adds a chat bubble to any web page), ``GET /page.json`` (the
   builder's name, welcome text and example questions), ``POST /page/chat`` (one answer as server-sent events, the
@@ -77,6 +78,10 @@ PAGE_HISTORY = 8
 PAGE_TEXT_MAX = 2000
 """Longest question (or earlier message) the students' page accepts, in characters."""
 FEEDBACK_TEXT_MAX = 4000
+WARMUP_QUESTION = "你好 / Hello"
+"""The warm-up's question: Chinese and English, so both paths of the tokenizer (and jieba with --rag) run once."""
+WARMUP_TOKENS = 4
+WARMUP_LIMIT_S = 900.0
 STATIC = Path(__file__).resolve().parent / "static" / "serve"
 
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour)\s*$")
@@ -197,6 +202,18 @@ class ServeSettings:
         "seconds a request may take, waiting included; beyond it 504 (or an error event mid-stream)",
         min=0,
         min_open=True,
+    )
+    warmup: bool = setting(
+        True,
+        ("启动时预热", "Warm up at start"),
+        "answer one short question through the batching queue before /health says ok, so the first student does "
+        "not wait for the model's first-call costs (once ~83 s on a fresh GPU); off: ready at once",
+        help=(
+            "启动时先在批处理队列里生成一个很短的回答，完成后 /health 才显示正常；这样第一位学生不用等待模型首次调用的"
+            "开销（在新启动的 GPU 上曾达 83 秒）。关闭：立即就绪。",
+            "Generates one short answer through the batching queue before /health says ok, so the first student does "
+            "not pay the model's first-call costs (once ~83 s on a fresh GPU). Off: ready at once.",
+        ),
     )
     rag: str | None = setting(
         None,
@@ -642,9 +659,47 @@ class ChatAPI:
 
             self.index = Index.load(values["rag"])  # a missing or stale index: one sentence, before serving
         self._answers: collections.OrderedDict[str, dict] = collections.OrderedDict()
+        self.ready = threading.Event()
+        """Set once the warm-up answered (or at once without ``--warmup``); ``/health`` says ``warming`` until then."""
+        self.warmup_s: float | None = None
+        self.warmup_error: str | None = None
+        if not values.get("warmup", True):
+            self.ready.set()
 
     def close(self) -> None:
         self.engine.close()
+
+    def warm_up(self, tokens: int = WARMUP_TOKENS) -> float:
+        """Answer one short question through the engine, like any request, and mark the server ready.
+
+        Why: a fresh model pays one-off costs on its first ``generate`` (CUDA context and kernel selection, lazy
+        imports, the tokenizer's and the index's first calls) — once ~83 s for the first student's question. Going
+        through the same queue, prompt builder and batched ``generate`` as a request pays them here instead, while
+        ``/health`` says ``warming``. Requests that arrive meanwhile wait in the queue as usual. A failure is
+        recorded (``warmup_error``) and the server becomes ready anyway: each request then reports its own error.
+        """
+        import queue
+
+        from .chat import GenOptions
+
+        start = time.monotonic()
+        try:
+            messages, _ = self.build_messages([{"role": "user", "content": WARMUP_QUESTION}], page=True)
+            options = GenOptions(max_new_tokens=tokens, temperature=0.0)
+            # Not the request timeout: this is the slow first call itself, and no client is waiting on it.
+            job = Job(messages, options, self.cm.has_adapter, deadline=start + WARMUP_LIMIT_S, out=queue.Queue())
+            self.engine.submit(job)
+            while True:
+                kind, value = job.out.get(timeout=WARMUP_LIMIT_S + 30)
+                if kind == "error":
+                    raise value
+                if kind == "end":
+                    break
+        except Exception as exc:  # noqa: BLE001 - reported on the start lines; serving goes on
+            self.warmup_error = f"{type(exc).__name__}: {str(exc)[:200]}"
+        self.warmup_s = time.monotonic() - start
+        self.ready.set()
+        return self.warmup_s
 
     def model_ids(self) -> list[str]:
         return [self.tuned_id, self.base_id] if self.cm.has_adapter else [self.base_id]
@@ -1010,6 +1065,8 @@ def make_app(api: ChatAPI):
 
     @app.get("/health")
     async def health():
+        if not api.ready.is_set():
+            return JSONResponse({"status": "warming"}, status_code=503, headers={"Retry-After": "2"})
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -1020,7 +1077,7 @@ def make_app(api: ChatAPI):
     @app.get("/v1/stats")
     async def stats(request: Request):
         need_key(request)
-        return api.engine.snapshot()
+        return {**api.engine.snapshot(), "ready": api.ready.is_set(), "warmup_s": api.warmup_s}
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request):
@@ -1147,9 +1204,10 @@ async def _page_stream(api: ChatAPI, job: Job, question: str, sources: list[dict
 class Server:
     """A bound socket + uvicorn, with the handful of methods the tests and the CLI use (``serve_forever`` in a
     thread, ``shutdown``, ``server_close``, ``server_port``) — the shape ``http.server`` had, so callers did not
-    change when serving moved to FastAPI."""
+    change when serving moved to FastAPI. ``serve_forever`` starts the warm-up (:meth:`ChatAPI.warm_up`) beside
+    uvicorn, so ``/health`` answers ``warming`` during it; ``on_ready(api)`` is called when it is done."""
 
-    def __init__(self, api: ChatAPI, sock: socket.socket):
+    def __init__(self, api: ChatAPI, sock: socket.socket, on_ready=None):
         import uvicorn
 
         self.api, self.sock = api, sock
@@ -1159,8 +1217,16 @@ class Server:
                                 timeout_graceful_shutdown=3)  # fmt: skip
         self._uv = uvicorn.Server(config)
         self._stopped = threading.Event()
+        self.on_ready = on_ready
+
+    def _warm(self) -> None:
+        self.api.warm_up()
+        if self.on_ready is not None:
+            self.on_ready(self.api)
 
     def serve_forever(self) -> None:
+        if not self.api.ready.is_set():
+            threading.Thread(target=self._warm, name="umtcds-serve-warmup", daemon=True).start()
         try:
             self._uv.run(sockets=[self.sock])
         finally:
@@ -1206,6 +1272,14 @@ def make_server(
 
 
 # ---- CLI ------------------------------------------------------------------------------------------------------------
+def _print_ready(api: ChatAPI) -> None:
+    if api.warmup_error:
+        print(f"Warning: the warm-up answer failed after {api.warmup_s:.1f} s ({api.warmup_error}); serving anyway — "
+              "requests will report their own errors.", file=sys.stderr, flush=True)  # fmt: skip
+    else:
+        print(f"Warm-up done in {api.warmup_s:.1f} s; ready (/health says ok).", flush=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Every flag (and ``--config``) from :data:`SERVE`."""
     SERVE.add_arguments(parser)
@@ -1240,6 +1314,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"Feedback goes to {server.api.feedback_file}", flush=True)
         if server.api.questions_file is not None:
             print(f"Questions are logged to {server.api.questions_file} (no IP addresses)", flush=True)
+        if not server.api.ready.is_set():
+            print(
+                'Warming up: one short answer through the queue; /health says "warming" until it is done…', flush=True
+            )
+            server.on_ready = _print_ready
         server.serve_forever()
     except KeyboardInterrupt:
         pass

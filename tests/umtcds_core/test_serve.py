@@ -20,10 +20,14 @@ Q, A = FACTS[0]
 ORIGIN = "https://www.zorvale.example"
 
 
-def _start(chat_model, **settings):
+def _start(chat_model, ready: bool = True, **settings):
+    """A server on a free port, serving in a thread; ``ready``: after its warm-up answered (so the tests that count
+    requests or hold the model's lock see only their own requests)."""
     srv = serve.make_server(chat_model, "127.0.0.1", 0, **settings)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
+    if ready:
+        _wait(srv.api.ready.is_set, "the warm-up answer")
     return srv, thread
 
 
@@ -252,6 +256,49 @@ def test_full_queue_is_503_with_retry_after_and_the_server_goes_on(fact_chat_mod
         assert _stats(srv)["rejected_full"] == 2
     finally:
         _stop(srv, thread)
+
+
+def _health(srv) -> tuple[int, dict, str | None]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{srv.server_port}/health", timeout=10) as r:
+            return r.status, json.load(r), None
+    except urllib.error.HTTPError as err:
+        return err.code, json.load(err), err.headers.get("Retry-After")
+
+
+def test_health_says_warming_until_the_warm_up_answered(fact_chat_model):
+    """The warm-up is one short answer through the queue: while it cannot reach the model (the test holds the
+    model's lock), /health is 503 "warming" with Retry-After and a question waits; then "ok" and both answered."""
+    srv, thread = _start(fact_chat_model, ready=False)
+    answers: list[str] = []
+
+    def ask():
+        resp = _client(srv, key="x").chat.completions.create(
+            model="run", messages=[{"role": "user", "content": Q}], temperature=0, max_tokens=20
+        )
+        answers.append(resp.choices[0].message.content)
+
+    asker = threading.Thread(target=ask)
+    try:
+        with fact_chat_model.lock:
+            _wait(lambda: _stats(srv)["running"] == 1, "the warm-up to reach the model")
+            status, body, retry = _health(srv)
+            assert (status, body) == (503, {"status": "warming"}) and int(retry) >= 1
+            asker.start()
+            _wait(lambda: _stats(srv)["queued"] == 1, "a question to wait behind the warm-up")
+            assert not srv.api.ready.is_set() and srv.api.warmup_s is None
+        _wait(lambda: _health(srv)[:2] == (200, {"status": "ok"}), "/health to say ok after the warm-up")
+        asker.join(timeout=60)
+        assert answers == [A]
+        stats = _stats(srv)
+        assert stats["ready"] and stats["warmup_s"] > 0 and stats["answered"] == 2 and not srv.api.warmup_error
+    finally:
+        _stop(srv, thread)
+    off = serve.make_server(fact_chat_model, "127.0.0.1", 0, warmup=False)  # --no-warmup: ready at once
+    try:
+        assert off.api.ready.is_set() and off.api.warmup_s is None
+    finally:
+        off.server_close()
 
 
 def test_rate_limit_is_429(fact_chat_model):
