@@ -15,10 +15,11 @@ import streamlit as st
 
 from umtcds_core import ui, ui_fields
 from umtcds_core.crawl import CRAWL, MANIFEST, CrawlConfig, robots_verdict, url_verdict
+from umtcds_core.dense import read_recipe
 from umtcds_core.errors import UserError
 from umtcds_core.fileio import read_jsonl
 from umtcds_core.i18n import error_text, tr
-from umtcds_core.index import Index, index_dir_of, index_status, snippet
+from umtcds_core.index import INDEX, Index, index_dir_of, index_status, snippet
 from umtcds_core.jobs import latest_job, running_job
 
 ws = ui.require_workspace()
@@ -331,13 +332,35 @@ if files and active is None:
                 f"索引包含 {status.pages} 个页面、{status.chunks} 个段落（建立于 {status.built_at}）。",
                 f"The index holds {status.pages} pages in {status.chunks} chunks (built {status.built_at}).",
             )
+            + (
+                tr(f" 同时使用向量模型 {status.embed_model}。", f" Embeddings: {status.embed_model}.")
+                if status.embed_model
+                else ""
+            )
         )
+    # the optional embedding-model folder, from the index schema; it starts as the model the index remembers
+    index_values = ui_fields.inputs(
+        INDEX,
+        {"embed_model": status.embed_model or None},
+        "ix_",
+        names=("embed_model", "embed_batch_size"),
+        cols=2,
+        disabled=index_running,
+    )
     label = (
         tr("刷新搜索索引", "Refresh the search index") if status.built else tr("建立搜索索引", "Build the search index")
     )
     if st.button(label, key="crawl_index", disabled=index_running):
-        ui.start_step(ws, "index", [str(pages_dir), "--out", str(index_dir), "--quiet"])
-        st.rerun()
+        try:  # a wrong folder is said here, before a job starts (reads its JSON only, no model is loaded)
+            checked = INDEX.check({**index_values, "pages_dir": str(pages_dir), "out_dir": str(index_dir)})
+            if checked.get("embed_model"):
+                read_recipe(checked["embed_model"])
+        except UserError as exc:
+            st.error(error_text(exc))
+        else:
+            args = [str(pages_dir), "--out", str(index_dir), "--quiet"]
+            ui.start_step(ws, "index", args, settings=INDEX.to_yaml(checked))
+            st.rerun()
     if latest_job(ws, "index") is not None:
         ui.job_panel(ws, "index", show_log=False)
     if status.built:

@@ -12,70 +12,17 @@ import shutil
 
 import pytest
 
+from tests.dense_helpers import PAGES, write_tiny_embed_model
 from umtcds_core import dense
 from umtcds_core import index as ix
 from umtcds_core.cli import main
-
-PAGES = {
-    "library.txt": "Library\n\nThe library opens at 8:00 on weekdays.\n\n图书馆周一至周五八点开门，周末九点开门。",
-    "canteen.txt": "Canteen\n\nThe canteen serves lunch from 11:00.\n\n食堂中午十一点供应午饭。",
-    "dorm.txt": "Dormitories\n\nA dorm room costs 1200 yuan a year.\n\n宿舍每年住宿费一千二百元。",
-}
-
-
-def _write_tiny_model(folder, modules: bool = True):
-    """A random BertModel + BertTokenizerFast saved like a sentence-transformers folder (CLS pooling, Normalize,
-    a query prompt)."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True)
-    chars = sorted(set("".join(PAGES.values())) - set(" \n"))
-    letters = [c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters), *chars]
-    vocab_file = folder / "vocab.txt"
-    vocab_file.write_text("\n".join(dict.fromkeys(vocab)) + "\n", encoding="utf-8")
-    BertTokenizerFast(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(folder)
-    import torch
-
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        vocab_size=len(dict.fromkeys(vocab)),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-    )
-    BertModel(cfg).save_pretrained(folder)
-    if modules:
-        (folder / "modules.json").write_text(
-            json.dumps(
-                [
-                    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-                    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-                    {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
-                ]
-            ),
-            encoding="utf-8",
-        )
-        (folder / "1_Pooling").mkdir()
-        (folder / "1_Pooling" / "config.json").write_text(
-            json.dumps({"word_embedding_dimension": 32, "pooling_mode_cls_token": True}), encoding="utf-8"
-        )
-        (folder / "2_Normalize").mkdir()
-        (folder / "config_sentence_transformers.json").write_text(
-            json.dumps({"prompts": {"query": "query: ", "document": ""}, "similarity_fn_name": "cosine"}),
-            encoding="utf-8",
-        )
-        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 64}), encoding="utf-8")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def tiny_embed(tmp_path_factory):
     """``(model_dir, pages_dir, index_dir)``: the tiny model and three pages indexed with it, once per module."""
     root = tmp_path_factory.mktemp("dense")
-    model_dir = _write_tiny_model(root / "tiny-embed")
+    model_dir = write_tiny_embed_model(root / "tiny-embed")
     pages = root / "pages"
     pages.mkdir()
     for name, text in PAGES.items():
@@ -199,9 +146,11 @@ def test_a_page_edit_re_embeds_only_that_page(tiny_embed, tmp_path, monkeypatch,
     assert rc == 0 and "1 changed" in out and "Dense vectors (tiny-embed): 1 chunk embedded on cpu" in out
     assert embedded and all("食堂" in t or "Canteen" in t for t in embedded)
 
-    embedded.clear()
-    report = ix.build_index(pages, index_dir, {"embed_model": str(model_dir)})
-    assert embedded == [] and report.dense.startswith("Dense vectors (tiny-embed): 0 chunks embedded, ")
+    embedded.clear()  # nothing changed, settings from a YAML as the dashboard saves them: the model is not even loaded
+    settings = tmp_path / "index.yaml"
+    settings.write_text(ix.INDEX.to_yaml({"embed_model": str(model_dir), "embed_batch_size": 8}), encoding="utf-8")
+    rc, out, _ = _run(capsys, "index", str(pages), "--out", str(index_dir), "--config", str(settings), "--quiet")
+    assert rc == 0 and embedded == [] and "Dense vectors (tiny-embed): 0 chunks embedded, 3 reused" in out
 
 
 # ---- bad input and a missing model ----------------------------------------------------------------------------------
