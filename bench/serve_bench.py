@@ -1,19 +1,34 @@
 """``umtcds serve`` under 1, 16 and 64 concurrent clients: aggregate output tokens/s, latency, time to first token.
 
-The server is the real command (``python -m umtcds_core.cli serve``, a subprocess on a free port) and every client is
-the real ``openai`` client in its own thread, streaming. Each client asks ``--rounds`` questions one after another
-(greedy, ``--max-tokens`` each); all clients of a level start together. The baseline is the same server with one
-client: what the old one-request-at-a-time server gave at best. The server's ``/v1/stats`` shows how the requests
-were batched.
+The server is the real app — :func:`umtcds_core.serve.make_server`: FastAPI on uvicorn at 127.0.0.1 (a free port),
+its batching engine and its start-up warm-up — run in this process, which holds the model. The clients are the real
+``openai`` client, streaming, one thread each, in a second process, so that 64 client threads parsing server-sent
+events do not take this process's GIL from the model's worker thread (real students are on other machines). Each
+client asks ``--rounds`` questions one after another (greedy); all clients of a level start together, after a
+warm-up level. The baseline is the same server with one client: what the old one-request-at-a-time server gave at
+best. The server's stats show how the requests were batched.
+
+Fixed-length answers, so tokens/s compare across levels (and with bench/generate_bench.py's ``min_new_tokens``):
+every answer is exactly ``--max-tokens`` tokens. One logits processor masks the model's end-of-sequence ids (what
+``min_new_tokens`` does), the tokenizer's special tokens and the ids it does not have (a random GLM-4 has a
+151,552-token vocabulary, the tokenizer fewer), with one precomputed mask — transformers' ``min_new_tokens``
+processor runs an ``isin`` over the whole vocabulary each step, a per-step cost on a CPU that would flatter the
+batched levels. The server's loop check still runs on every step (its cost is measured) but does not end a row.
 
 Usage::
 
-    python bench/serve_bench.py                                         # CPU, embedded smollm2-135m
+    python bench/serve_bench.py                                           # CPU, embedded smollm2-135m
     python bench/serve_bench.py --out bench/results/serve_cpu.json
+    python bench/serve_bench.py --gpu-shape glm4-9b --tokenizer /models/smollm2-tok --out bench/results/serve_h200.json
+    python bench/serve_bench.py --gpu-shape glm4-9b --tiny                # the same code path, tiny, on CPU (smoke)
     python bench/serve_bench.py --model /models/glm-4-9b-chat-hf --device cuda --max-tokens 128
 
-Prints one JSON object: machine, settings, per level (clients) the tokens/s, p50/p95 latency and time to first token,
-the batch sizes the server ran, and the 16-vs-1 throughput ratio.
+``--gpu-shape glm4-9b``: a random-init model of GLM-4-9B's shape (``transformers.GlmConfig()``, bf16 on cuda; see
+bench/generate_bench.py), no download; ``--tokenizer DIR`` a saved tokenizer folder (the GPU box has no embedded
+model package). Prints one JSON object: machine, settings, the server's warm-up time, per level (clients) the
+tokens/s, p50/p95 latency and time to first token and the batch sizes the server ran, the 16-vs-1 throughput ratio,
+and the issue's targets (≥ 8× at 16 clients, p95 time to first token ≤ 2 s) met or not. Exit status 1 when a request
+failed or an answer was not exactly ``--max-tokens`` long.
 """
 
 from __future__ import annotations
@@ -21,15 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 QUESTIONS = [
     "When does the library close?",
@@ -41,6 +55,8 @@ QUESTIONS = [
     "校医院在哪里？",
     "宿舍几点熄灯？",
 ]
+TARGET_RATIO = 8.0
+TARGET_TTFT_P95_S = 2.0
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -52,29 +68,7 @@ def pct(values: list[float], q: float) -> float | None:
     return round(s[lo] + (s[hi] - s[lo]) * (k - lo), 4)
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "umtcds_core.cli", "serve", "--model", args.model, "--port", "0",
-            "--max-batch", str(args.max_batch), "--queue-size", str(max(256, 4 * max(args.clients))),
-            "--max-tokens", str(max(512, args.max_tokens)), "--request-timeout", "1800",
-            "--batch-wait-ms", str(args.batch_wait_ms), "--api-key-env", "UMTCDS_BENCH_NO_KEY"]  # fmt: skip
-    if args.device:
-        argv += ["--device", args.device]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("UMTCDS_BENCH_NO_KEY", None)
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if "127.0.0.1:" not in line:
-        proc.kill()
-        raise SystemExit(f"the server did not start: {line!r}")
-    port = int(line.split("127.0.0.1:")[1].split("/")[0])
-    return proc, f"http://127.0.0.1:{port}"
-
-
-def stats(base: str) -> dict:
-    with urllib.request.urlopen(base + "/v1/stats", timeout=30) as r:
-        return json.load(r)
-
-
+# ---- the clients (run in the second process) ----------------------------------------------------------------------
 def one_request(client, model: str, question: str, max_tokens: int) -> dict:
     t0 = time.perf_counter()
     first = None
@@ -91,7 +85,8 @@ def one_request(client, model: str, question: str, max_tokens: int) -> dict:
     return {"latency": time.perf_counter() - t0, "ttft": first, "tokens": tokens}
 
 
-def run_level(base: str, model: str, clients: int, rounds: int, max_tokens: int) -> dict:
+def run_clients(base: str, model: str, clients: int, rounds: int, max_tokens: int) -> dict:
+    """``clients`` threads start together, each asks ``rounds`` questions in turn; wall time from the common start."""
     from openai import OpenAI
 
     client = OpenAI(base_url=base + "/v1", api_key="none", max_retries=0, timeout=1800)
@@ -112,7 +107,6 @@ def run_level(base: str, model: str, clients: int, rounds: int, max_tokens: int)
             with lock:
                 results.append(res)
 
-    before = stats(base)
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
     for t in threads:
         t.start()
@@ -120,19 +114,107 @@ def run_level(base: str, model: str, clients: int, rounds: int, max_tokens: int)
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    after = stats(base)
-    sizes = {int(k): v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
+    return {"wall": time.perf_counter() - t0, "results": results, "errors": errors}
+
+
+# ---- the model: fixed-length answers ------------------------------------------------------------------------------
+def fixed_length_chat_model(tok, model, name: str):
+    """A :class:`~umtcds_core.chat.ChatModel` whose every answer is exactly as long as asked (see the module doc).
+
+    Why a subclass of the real class: the server must run its own prompt encoding, batching and streaming; only the
+    ``generate`` arguments change — one logits processor that keeps text tokens only."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from umtcds_core.chat import ChatModel
+
+    class TextTokensOnly(LogitsProcessor):
+        def __init__(self):
+            self.mask = None
+
+        def __call__(self, input_ids, scores):
+            if self.mask is None or self.mask.device != scores.device:
+                mask = torch.ones(scores.shape[-1], dtype=torch.bool)
+                mask[: min(len(tok), scores.shape[-1])] = False
+                eos = model.generation_config.eos_token_id
+                ends = {*tok.all_special_ids, *(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
+                mask[[i for i in ends if i < scores.shape[-1]]] = True
+                self.mask = mask.to(scores.device)
+            return scores.masked_fill(self.mask, float("-inf"))
+
+    only_text = LogitsProcessorList([TextTokensOnly()])
+
+    class FixedLengthChatModel(ChatModel):
+        def _gen_kwargs(self, options):
+            kw = super()._gen_kwargs(options)
+            return {**kw, "logits_processor": only_text}
+
+    return FixedLengthChatModel(tokenizer=tok, model=model, base_ref=name)
+
+
+def keep_loop_check_running_without_stopping() -> None:
+    """The server's per-step loop check runs as always (its cost is part of what serving costs) but ends no row:
+    greedy text, above all from random weights, loops soon, and a row cut short would make tokens/s meaningless."""
+    import torch
+
+    from umtcds_core import chat
+
+    class CheckOnly(chat._StopOnRepetition):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.zeros_like(super().__call__(input_ids, scores, **kwargs))
+
+    chat._StopOnRepetition = CheckOnly  # serve's engine imports it from chat at each batch
+
+
+def load_tokenizer(ref: str):
+    if Path(ref).is_dir():  # a saved tokenizer alone (the GPU box has no embedded model package)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(ref, padding_side="left")
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return tok
+    from umtcds_core.models import load_tokenizer as load
+
+    return load(ref)
+
+
+def load_model(args, device: str):
+    """``(chat model, description)``: the GLM-4-9B shape (random init) or a real model reference."""
+    if args.gpu_shape:
+        from generate_bench import glm4_model
+
+        tok = load_tokenizer(args.tokenizer)
+        model, _, n_params = glm4_model(args.tiny, device)
+        desc = f"{args.gpu_shape}{' (tiny)' if args.tiny else ''} random init, {n_params / 1e9:.3f} B params"
+        return fixed_length_chat_model(tok, model, f"{args.gpu_shape}-random"), desc
+    from umtcds_core.models import load
+
+    tok, model = load(args.model, device=device)
+    desc = f"{args.model}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params"
+    return fixed_length_chat_model(tok, model, args.model), desc
+
+
+# ---- one level ----------------------------------------------------------------------------------------------------
+def run_level(pool, server, model_id: str, clients: int, rounds: int, max_tokens: int) -> dict:
+    base = f"http://127.0.0.1:{server.server_port}"
+    before = server.api.engine.snapshot()
+    got = pool.submit(run_clients, base, model_id, clients, rounds, max_tokens).result()
+    after = server.api.engine.snapshot()
+    results, wall = got["results"], got["wall"]
+    sizes = {k: v - before["batch_sizes"].get(k, 0) for k, v in after["batch_sizes"].items()}
     tokens = sum(r["tokens"] for r in results)
     lat = [r["latency"] for r in results]
     ttft = [r["ttft"] for r in results if r["ttft"] is not None]
+    per_answer = [r["tokens"] for r in results]
     return {
         "clients": clients,
         "requests": clients * rounds,
         "answered": len(results),
-        "errors": errors[:5],
+        "errors": got["errors"][:5],
         "wall_s": round(wall, 3),
         "output_tokens": tokens,
+        "tokens_per_answer": [min(per_answer), max(per_answer)] if per_answer else None,
         "tokens_per_s": round(tokens / wall, 2) if wall else None,
         "latency_p50_s": pct(lat, 0.5),
         "latency_p95_s": pct(lat, 0.95),
@@ -143,63 +225,116 @@ def run_level(base: str, model: str, clients: int, rounds: int, max_tokens: int)
     }
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
-    ap.add_argument("--rounds", type=int, default=1, help="questions each client asks, one after another")
-    ap.add_argument("--max-tokens", type=int, default=32, help="longest answer (short answers keep CPU runs short)")
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=int, default=50)
-    ap.add_argument("--out", help="also write the JSON here")
-    args = ap.parse_args(argv)
-
-    proc, base = start_server(args)
-    try:
-        model = json.load(urllib.request.urlopen(base + "/v1/models", timeout=30))["data"][0]["id"]
-        run_level(base, model, 1, 1, args.max_tokens)  # warm-up: first-call costs are not the baseline's fault
-        levels = []
-        for c in args.clients:
-            levels.append(run_level(base, model, c, args.rounds, args.max_tokens))
-            print(json.dumps(levels[-1]), file=sys.stderr, flush=True)  # progress: a level can take minutes on a CPU
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+def targets(levels: list[dict]) -> dict:
     by = {lv["clients"]: lv for lv in levels}
     ratio = None
     if 1 in by and 16 in by and by[1]["tokens_per_s"]:
         ratio = round(by[16]["tokens_per_s"] / by[1]["tokens_per_s"], 2)
-    import torch
+    ttft = {lv["clients"]: lv["ttft_p95_s"] for lv in levels}
+    return {
+        "throughput_16_vs_1": {"want": f">= {TARGET_RATIO:g}", "got": ratio,
+                               "met": ratio is not None and ratio >= TARGET_RATIO},
+        "ttft_p95_s": {"want": f"<= {TARGET_TTFT_P95_S:g} at every level", "got": ttft,
+                       "met": all(v is not None and v <= TARGET_TTFT_P95_S for v in ttft.values())},
+    }  # fmt: skip
 
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="model reference when not --gpu-shape")
+    ap.add_argument("--gpu-shape", choices=["glm4-9b"], help="serve a random-init model of this shape instead")
+    ap.add_argument("--tiny", action="store_true", help="with --gpu-shape: a tiny config (runs on CPU in seconds)")
+    ap.add_argument("--tokenizer", default="smollm2-135m", help="with --gpu-shape: a saved tokenizer folder")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda for --gpu-shape without --tiny when there, else cpu)")
+    ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    ap.add_argument("--rounds", type=int, help="questions each client asks, one after another (default 1 CPU, 3 GPU)")
+    ap.add_argument("--max-tokens", type=int, help="tokens in every answer (default 32 CPU, 128 GPU)")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--batch-wait-ms", type=int, default=50)
+    ap.add_argument("--warmup-clients", type=int, help="clients of the warm-up level (default 1 CPU, the most GPU)")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+    from generate_bench import machine_info
+
+    from umtcds_core.models import best_device
+    from umtcds_core.serve import make_server
+
+    device = args.device or (best_device() if args.gpu_shape and not args.tiny else "cpu")
+    gpu = device == "cuda"
+    rounds = args.rounds or (3 if gpu else 1)
+    max_tokens = args.max_tokens or (128 if gpu else 32)
+    warmup_clients = args.warmup_clients or (max(args.clients) if gpu else 1)
+
+    keep_loop_check_running_without_stopping()
+    cm, desc = load_model(args, device)
+    settings = {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+                "queue_size": max(256, 4 * max(args.clients)), "max_tokens": max(512, max_tokens),
+                "request_timeout": 1800.0, "student_page": False}  # fmt: skip
+    server = make_server(cm, "127.0.0.1", 0, **settings)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    levels = []
+    try:
+        if not server.api.ready.wait(timeout=1800):
+            raise SystemExit("the server's warm-up did not finish in 30 min")
+        model_id = server.api.model_ids()[0]
+        # The bench's own warm-up: the client process, and the batch shapes the levels will use (first-call costs
+        # are not the baseline's fault).
+        warm = run_level(pool, server, model_id, warmup_clients, 1, max_tokens)
+        print(json.dumps({"warm_up": warm}), file=sys.stderr, flush=True)
+        for c in args.clients:
+            levels.append(run_level(pool, server, model_id, c, rounds, max_tokens))
+            print(json.dumps(levels[-1]), file=sys.stderr, flush=True)  # progress: a level can take minutes on a CPU
+    finally:
+        pool.shutdown()
+        server.shutdown()
+        server.server_close()
+    machine = {**machine_info(device), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
+    if gpu:
+        machine["gpu_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
     out = {
         "bench": "serve",
-        "machine": {
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m_at_end": round(os.getloadavg()[0], 2),
-            "torch": torch.__version__,
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else None,
-        },
+        "machine": machine,
         "settings": {
-            "model": args.model,
-            "device": args.device,
-            "rounds": args.rounds,
-            "max_tokens": args.max_tokens,
+            "model": desc,
+            "dtype": str(next(cm.model.parameters()).dtype),
+            "device": device,
+            "clients": args.clients,
+            "rounds": rounds,
+            "tokens_per_answer": max_tokens,
             "max_batch": args.max_batch,
             "batch_wait_ms": args.batch_wait_ms,
             "greedy": True,
             "streaming": True,
-        },  # fmt: skip
+            "fixed_length": "end ids and special tokens masked (min_new_tokens' effect), text tokens only, "
+            "loop check runs but ends no row",
+            "server": "umtcds_core.serve.make_server in this process (uvicorn, 127.0.0.1); clients: openai, "
+            "one thread each, in a second process",
+            "warmup_clients": warmup_clients,
+        },
+        "server_warmup_s": round(server.api.warmup_s, 3) if server.api.warmup_s is not None else None,
         "baseline": "the same server with 1 client (one answer at a time, as the old server ran every request)",
         "levels": levels,
-        "throughput_16_vs_1": ratio,
+        "throughput_16_vs_1": None,
+        "targets": targets(levels),
     }
+    out["throughput_16_vs_1"] = out["targets"]["throughput_16_vs_1"]["got"]
     text = json.dumps(out, indent=2, ensure_ascii=False)
     print(text)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n", encoding="utf-8")
+    bad = [lv for lv in levels if lv["errors"] or lv["answered"] < lv["requests"]]
+    bad += [lv for lv in levels if lv["tokens_per_answer"] and set(lv["tokens_per_answer"]) != {max_tokens}]
+    if bad:
+        print(f"Some requests failed or were not {max_tokens} tokens long: see the levels above.", file=sys.stderr)
+        return 1
     return 0
 
 
