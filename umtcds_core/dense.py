@@ -118,10 +118,19 @@ def _read_json(path: Path, folder: Path) -> dict | list:
 
 
 def _pooling_of(cfg: dict) -> tuple[str, ...]:
+    """The pooling modes a config names: sentence-transformers 6 writes ``"pooling_mode": "cls"`` (or a list of
+    modes), earlier versions one ``pooling_mode_*`` flag per mode; unknown names make the result empty."""
     mode = cfg.get("pooling_mode")
-    if isinstance(mode, str):  # a newer, single-string form
-        mode = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}.get(mode, mode)
-        return (mode,) if mode in POOLING_MODES else ()
+    if isinstance(mode, (str, list)):
+        names = [mode] if isinstance(mode, str) else mode
+        aliases = {
+            "mean_tokens": "mean",
+            "cls_token": "cls",
+            "max_tokens": "max",
+            "mean_sqrt_len_tokens": "mean_sqrt_len",
+        }
+        modes = [aliases.get(str(n), str(n)) for n in names]
+        return tuple(dict.fromkeys(modes)) if set(modes) <= set(POOLING_MODES) else ()
     return tuple(m for m in POOLING_MODES if cfg.get(_POOLING_KEYS[m]))
 
 

@@ -56,6 +56,17 @@ def test_recipe_reads_pooling_normalize_and_prompts(tiny_embed, tmp_path):
     recipe = dense.read_recipe(plain)  # a plain HF encoder: mean pooling, and the build says so
     assert recipe.pooling == ("mean",) and "no modules.json" in recipe.notes[0] and "mean pooling" in recipe.notes[0]
 
+    st6 = [  # sentence-transformers 6 writes module paths of its own and one "pooling_mode" string
+        {"idx": 0, "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"},
+        {"idx": 1, "path": "1_Pooling", "type": "sentence_transformers.sentence_transformer.modules.pooling.Pooling"},
+    ]
+    (plain / "modules.json").write_text(json.dumps(st6), encoding="utf-8")
+    (plain / "1_Pooling").mkdir()
+    pooling = {"pooling_mode": "mean_sqrt_len_tokens", "include_prompt": False}
+    (plain / "1_Pooling" / "config.json").write_text(json.dumps(pooling), encoding="utf-8")
+    recipe = dense.read_recipe(plain)
+    assert recipe.pooling == ("mean_sqrt_len",) and not recipe.include_prompt and not recipe.normalize
+
     (plain / "modules.json").write_text(
         json.dumps([{"idx": 0, "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]), encoding="utf-8"
     )
