@@ -243,7 +243,12 @@ class Embedder:
         self.device = device or best_device()
         self.batch_size = max(1, int(batch_size))
         dtype = torch.float32 if self.device == "cpu" else best_dtype(self.device)
+        from transformers.utils import logging as hf_logging
+
+        quiet = hf_logging.is_progress_bar_enabled()  # its "Loading weights" bar would sit between our lines
         try:
+            if quiet:
+                hf_logging.disable_progress_bar()
             self.tokenizer = AutoTokenizer.from_pretrained(str(recipe.transformer_dir))
             self.model = AutoModel.from_pretrained(str(recipe.transformer_dir), dtype=dtype)
         except (OSError, ValueError, KeyError, ImportError) as exc:
@@ -254,6 +259,9 @@ class Embedder:
                 zh=f"transformers 无法加载 {recipe.transformer_dir} 里的向量模型（{first}）；"
                 "请换一个 transformers 原生支持、无需远程代码的模型文件夹（例如 bge-small-zh-v1.5）。",
             ) from None
+        finally:
+            if quiet:
+                hf_logging.enable_progress_bar()
         self.tokenizer.padding_side = "right"  # prompt tokens then sit at the start of every row
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
