@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import streamlit as st
 
-from .i18n import tr
+from .i18n import current_lang, tr
 from .schema import Field, Schema
 
 
@@ -56,7 +56,10 @@ def widget(f: Field, container, key: str, on_change: Callable | None = None, dis
     help_ = tr(*f.help) if f.help else None
     common = dict(key=key, help=help_, on_change=on_change, disabled=disabled)
     if f.choices and f.choice_labels:
-        common["format_func"] = lambda c: tr(*f.choice_labels[c]) if c in f.choice_labels else str(c)
+        # the language is read now: Streamlit may call format_func outside the script run (AppTest does), where
+        # tr() would fall back to English
+        zh = current_lang() != "en"
+        common["format_func"] = lambda c: f.choice_labels[c][0 if zh else 1] if c in f.choice_labels else str(c)
     if f.widget == "radio" and f.choices:
         raw = container.radio(label, list(f.choices), horizontal=True, **common)
     elif f.choices:
