@@ -71,7 +71,10 @@ def plan(ws: Workspace) -> list[tuple[str, list[str] | None, str]]:
     out: list[tuple[str, list[str] | None, str]] = [("crawl", crawl, "")]
     index_dir = index_dir_of(ws)
     if (index_dir / "meta.json").exists():
-        out.append(("index", [str(ws.pages_dir), "--out", str(index_dir), "--quiet"], ""))
+        # the project's own index settings (chunk size, embedding model…) when the Crawl page saved them
+        index_settings = _latest_settings(ws, "index")
+        again = ["--config", str(index_settings)] if index_settings is not None else []
+        out.append(("index", [*again, str(ws.pages_dir), "--out", str(index_dir), "--quiet"], ""))
     else:
         out.append(("index", None, "the project has no search index"))
     gen_settings = _latest_settings(ws, "generate")

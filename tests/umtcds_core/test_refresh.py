@@ -213,3 +213,27 @@ def test_a_dataset_of_only_stale_pairs_is_one_sentence(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "stale" in err and "--include-stale" in err and "Traceback" not in err
     assert cli.main(["dataset", str(qa), "--out", str(tmp_path / "ds"), "--include-stale"]) == 0
+
+
+def test_refresh_plan_reindexes_with_the_projects_own_index_settings(workspace):
+    """An index built from the Crawl page (chunk size, embedding model…) is refreshed with the same settings."""
+    import json
+
+    from umtcds_core.index import index_dir_of
+    from umtcds_core.jobs import SETTINGS_FILE
+    from umtcds_core.refresh import plan
+
+    ws = workspace
+    ws.pages_dir.mkdir(parents=True, exist_ok=True)
+    (ws.pages_dir / "p.txt").write_text("page", encoding="utf-8")
+    (ws.pages_dir / "manifest.jsonl").write_text(json.dumps({"url": "http://x.test/", "depth": 0}) + "\n")
+    index_dir_of(ws).mkdir(parents=True, exist_ok=True)
+    (index_dir_of(ws) / "meta.json").write_text("{}", encoding="utf-8")
+    steps = dict((step, args) for step, args, _ in plan(ws))
+    assert steps["index"] == [str(ws.pages_dir), "--out", str(index_dir_of(ws)), "--quiet"]
+    job = ws.jobs_dir / "index-1"
+    job.mkdir(parents=True)
+    (job / "job.json").write_text(json.dumps({"id": "index-1", "step": "index", "argv": [], "started": 1.0}))
+    (job / SETTINGS_FILE).write_text("chunk_chars: 300\n", encoding="utf-8")
+    steps = dict((step, args) for step, args, _ in plan(ws))
+    assert steps["index"][:2] == ["--config", str(job / SETTINGS_FILE)]
