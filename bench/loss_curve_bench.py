@@ -1,0 +1,425 @@
+"""Loss curves of the default training path vs the plain Hugging Face path on the embedded model. Prints JSON.
+
+Usage::
+
+    python bench/loss_curve_bench.py                                   # CPU: smollm2-135m, LoRA + P-tuning v2
+    python bench/loss_curve_bench.py --out bench/results/loss_curve_cpu.json
+    python bench/loss_curve_bench.py --device cuda --out bench/results/loss_curve_h200.json
+
+Why (issue 19, "Rules"): speed must never change results silently. The CPU tests check each optimisation for a step or
+two; this bench trains the same data for ``--steps`` (≥ 100) optimizer steps twice from the same seed and compares
+the whole loss curve:
+
+* ``ours`` — what ``umtcds train`` runs on this device: ``speed.plan(config, machine)`` and the same calls as
+  ``umtcds_core.train`` (``train.build_model`` → ``speed.apply``) with the collator the report picks. On a CPU:
+  padding-free packing (SDPA with a per-sample block mask), the chunked linear+cross-entropy loss on labelled
+  positions only, gradient checkpointing; on one CUDA GPU also FlashAttention varlen for packed rows, Liger's fused
+  loss, compiled decoder layers, TF32 and pinned batches. P-tuning v2 is our explicit prefix (``umtcds_core.prefix``:
+  the prefix is an argument of each attention, so checkpointing and packing work).
+* ``plain`` — the Hugging Face default, built as ``bench/train_bench.py`` builds its ``baseline`` variant
+  (``train_bench.variant("baseline", ...)``, its padding collator and its forward/backward): batches right-padded to
+  the longest sample, the model's own loss over full logits, SDPA, no fused kernels, no compile. P-tuning v2 is
+  peft's ``PrefixTuning`` as peft runs it (the prefix handed to the model as a KV cache, hence no checkpointing and
+  no packing) — ``methods.wrap_prefix_peft``, the same parameters and initial values as ours.
+
+Both paths load the same weights, build the adapter after the same ``set_seed``, and see the same batches in the same
+order (the 45 hand-written demo pairs of ``data/demo_site/qa_seed.jsonl``, rendered with the model's chat template by
+``train.encode_conversation`` exactly as ``umtcds train`` renders the demo dataset; shuffled once per epoch, ``--batch``
+samples per step), with the same optimizer (AdamW, the preset's learning rate, warm-up + cosine schedule, clipping).
+The configs are the presets a user of the embedded model starts from (``config.preset_for(method,
+"smollm2-135m")``), with ``lora_dropout`` 0 by default (see below).
+
+What is comparable and what is not. Packing changes the batch composition (one row of concatenated samples instead of
+a padded matrix) but not the loss: both paths report the *per-token* mean cross-entropy over the labelled tokens of
+the same samples (sum over labelled tokens / their count; the packing collator puts -100 at every sample boundary, so
+no label crosses samples). So per-step losses are directly comparable and should differ only by float rounding
+(different kernels, reduction orders, chunking), which training then carries forward. Not comparable: (1) dropout —
+LoRA's dropout draws masks of the batch's shape, so packed and padded batches would get different masks; the default
+``--lora-dropout 0`` removes that noise (``--lora-dropout 0.05``, the preset, shows how much noise it adds);
+(2) tokens/s on a CPU says little about a GPU (no compile, no fused kernels there), and with short samples the
+padded path wastes little; (3) memory (use ``bench/train_bench.py``).
+
+Tolerance (``--tolerance``, default by dtype: 0.02 in fp32, 0.1 in bf16/fp16). In fp32 two correct paths agree to
+~1e-4 at the first step; over 100 steps the rounding differences compound through the optimizer, but stay far below
+1% of the loss. 0.02 nats is ~1% of the starting loss and well under the step-to-step spread of the curve (each step
+sees other samples). bf16 keeps 8 bits of mantissa: one step's loss already differs by ~1e-2 between kernels, hence
+0.1. A real change of meaning is much larger: as a yardstick the JSON gives ``reference.per_sample_mean_gap``, how
+far the plain path's own loss moves when each sample is weighted equally instead of each token (what a packing or
+loss bug that normalises per row would report), measured on the same batches; the verdict checks that the tolerance
+is below it. The verdict passes when the maximum per-step difference and the final-loss difference are within the
+tolerance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MODEL = "smollm2-135m"
+DEFAULT_TOLERANCE = {"fp32": 0.02, "bf16": 0.1, "fp16": 0.1}
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+def demo_samples(tokenizer, model_dir, max_input_length: int, max_output_length: int) -> list[dict]:
+    """The hand-written demo pairs as ``umtcds train`` encodes them (loss on the answer and its end-of-turn token)."""
+    from umtcds_core import train
+    from umtcds_core.demo_site import QA_SEED_FILE
+    from umtcds_core.fileio import read_jsonl
+
+    stop_ids = train.stop_token_ids(tokenizer, model_dir)
+    out = []
+    for rec in read_jsonl(QA_SEED_FILE):
+        msgs = [{"role": "user", "content": rec["question"]}, {"role": "assistant", "content": rec["answer"]}]
+        out.append(train.encode_conversation(tokenizer, msgs, max_input_length, max_output_length, stop_ids))
+    return out
+
+
+def batch_order(samples: list[dict], steps: int, batch: int, seed: int) -> list[list[dict]]:
+    """``steps`` batches of ``batch`` samples: the samples reshuffled every epoch (one fixed order for both paths)."""
+    rng = random.Random(seed)
+    flat: list[dict] = []
+    while len(flat) < steps * batch:
+        idx = list(range(len(samples)))
+        rng.shuffle(idx)
+        flat += [samples[i] for i in idx]
+    return [flat[i * batch : (i + 1) * batch] for i in range(steps)]
+
+
+# ---- the two paths ------------------------------------------------------------------------------------------------
+def build_ours(cfg, spec, tokenizer, machine, precision):
+    """``umtcds train``'s own calls: plan → build_model (load → method) → speed.apply; its collator."""
+    from umtcds_core import speed, train
+
+    plan = speed.plan(cfg, machine, precision)
+    model, _ = train.build_model(cfg, spec, plan)
+    report = speed.apply(model, plan)
+    return model, plan, report, report.collator(tokenizer)
+
+
+def build_plain(cfg, spec, machine):
+    """The Hugging Face default of ``bench/train_bench.py``'s ``baseline`` variant on the real embedded model."""
+    import torch
+    import train_bench
+    import transformers
+
+    from umtcds_core import methods, models, speed
+
+    plan, extras = train_bench.variant("baseline", cfg.method, machine)
+    m = methods.get(cfg.method)
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+    model = models.load_model(
+        spec, device=plan.device, dtype=dtypes[m.load_dtype(plan.precision)], attn_implementation=plan.load_attention
+    )
+    model.config.use_cache = False
+    transformers.set_seed(cfg.seed)  # as train.build_model: the adapter's initial values do not depend on the path
+    wrap = methods.wrap_prefix_peft if extras.get("prefix") == "peft" else m.wrap
+    model, _ = wrap(model, cfg, kbit=plan.kbit, checkpointing=plan.checkpointing)
+    report = speed.apply(model, plan)
+    return model, plan, report, None  # None: train_bench.pad_collate, the padded batches
+
+
+def per_sample_mean(logits, labels) -> float:
+    """The loss with every sample weighted equally (mean over rows of each row's per-token mean): the yardstick of
+    what a per-row normalisation would change."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        lg, y = logits[:, :-1].float(), labels[:, 1:].to(logits.device)
+        ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), y.reshape(-1), ignore_index=-100, reduction="none")
+        ce = ce.view(y.shape)
+        mask = (y != -100).float()
+        rows = (ce * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return float(rows[mask.sum(1) > 0].mean())
+
+
+def run_path(name: str, cfg, spec, tokenizer, batches, device: str, precision: str, log=print) -> dict:
+    """Train ``cfg`` on ``batches`` along one path; per-step losses, tokens/s and what the path applied."""
+    import gc
+
+    import torch
+    import train_bench
+    import transformers
+
+    from umtcds_core import speed
+
+    machine = speed.Machine.detect(device)
+    t0 = time.perf_counter()
+    if name == "ours":
+        model, plan, report, collator = build_ours(cfg, spec, tokenizer, machine, precision)
+    else:
+        model, plan, report, collator = build_plain(cfg, spec, machine)
+    build_s = time.perf_counter() - t0
+    model.train()
+    cuda = plan.cuda
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=cuda)
+    steps = len(batches)
+    warmup = math.ceil(cfg.warmup_ratio * steps) if cfg.warmup_ratio < 1 else int(cfg.warmup_ratio)
+    sched = transformers.get_scheduler(cfg.lr_scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
+    # the Trainer runs the forward under autocast when bf16/fp16 is on (as umtcds train sets it on a GPU)
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(plan.precision)
+    autocast = torch.autocast("cuda", dtype=half) if cuda and half else contextlib.nullcontext()
+    tf32_before = torch.backends.cuda.matmul.allow_tf32
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = plan.tf32
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    losses, step_s, gaps, real, processed = [], [], [], [], []
+    for i, feats in enumerate(batches):
+        t = time.perf_counter()
+        out, batch = train_bench.forward_backward(model, feats, collator, pad_id, device, autocast, plan.pinned)
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        loss = float(out.loss.detach())  # waits for the GPU: the step's time includes all its work
+        step_s.append(time.perf_counter() - t)
+        losses.append(loss)
+        real.append(sum(len(f["input_ids"]) for f in feats))
+        processed.append(int(batch["input_ids"].numel()))
+        if getattr(out, "logits", None) is not None and batch["input_ids"].shape[0] > 1:
+            gaps.append(abs(per_sample_mean(out.logits, batch["labels"]) - loss))  # outside the timed step
+        del out, batch
+        if i % 20 == 0 or i == steps - 1:
+            log(f"[{cfg.method} {name}] step {i + 1}/{steps} loss {loss:.4f} ({step_s[-1]:.2f} s)")
+    timed = slice(1, None) if steps > 1 else slice(None)  # the first step (allocations, lazy init) is warm-up
+    seconds = sum(step_s[timed])
+    res = {
+        "path": name,
+        "losses": [round(x, 6) for x in losses],
+        "tokens_per_s": round(sum(real[timed]) / seconds, 1) if seconds else None,
+        "tokens_per_s_note": "real (non-padding) tokens per second over steps 2..N",
+        "step_s_mean": round(seconds / max(1, len(step_s[timed])), 4),
+        "real_tokens": sum(real),
+        "processed_positions": sum(processed),
+        "padding_fraction": round(1 - sum(real) / sum(processed), 4),
+        "build_s": round(build_s, 1),
+        "plan": {k: v for k, v in plan.as_dict().items() if k not in ("reasons", "compile_options")},
+        "applied": {**report.as_dict(), "packing": report.packing, "checkpointing": report.checkpointing,
+                    "notes": report.notes},
+        "prefix": ("peft PrefixTuning (KV cache)" if name == "plain" else "umtcds_core.prefix (explicit)")
+        if cfg.method == "ptuning-v2" else None,
+    }  # fmt: skip
+    if gaps:
+        res["per_sample_mean_gap"] = {"mean": round(sum(gaps) / len(gaps), 5), "max": round(max(gaps), 5)}
+    torch.backends.cuda.matmul.allow_tf32 = tf32_before
+    del model, opt, params
+    if plan.compile:
+        torch._dynamo.reset()
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+def compare(ours: dict, plain: dict, tolerance: float) -> dict:
+    """Differences of the two curves, and the verdict against ``tolerance``."""
+    a, b = ours["losses"], plain["losses"]
+    diffs = [abs(x - y) for x, y in zip(a, b, strict=True)]
+    tail = max(1, len(a) // 10)
+    out = {
+        "max_abs_diff": round(max(diffs), 6),
+        "max_abs_diff_step": diffs.index(max(diffs)) + 1,
+        "mean_abs_diff": round(sum(diffs) / len(diffs), 6),
+        "first_step_diff": round(a[0] - b[0], 6),
+        "final_loss": {"ours": a[-1], "plain": b[-1], "diff": round(a[-1] - b[-1], 6)},
+        f"last_{tail}_steps_mean_diff": round(sum(a[-tail:]) / tail - sum(b[-tail:]) / tail, 6),
+        "loss_drop": {"ours": round(a[0] - a[-1], 4), "plain": round(b[0] - b[-1], 4)},
+    }
+    if ours.get("tokens_per_s") and plain.get("tokens_per_s"):
+        out["speedup"] = round(ours["tokens_per_s"] / plain["tokens_per_s"], 3)
+    gap = (plain.get("per_sample_mean_gap") or {}).get("mean")
+    ok = out["max_abs_diff"] <= tolerance and abs(out["final_loss"]["diff"]) <= tolerance
+    out["pass"] = ok
+    out["tolerance_below_yardstick"] = None if gap is None else tolerance < gap
+    return out
+
+
+def verdict_line(method: str, cmp: dict, tolerance: float, steps: int) -> str:
+    word = "PASS" if cmp["pass"] else "FAIL"
+    line = (
+        f"{word} {method}: {steps} steps, max |Δloss| {cmp['max_abs_diff']:.2g} (step {cmp['max_abs_diff_step']}), "
+        f"mean {cmp['mean_abs_diff']:.2g}, final Δ {cmp['final_loss']['diff']:+.2g} vs tolerance {tolerance:g}"
+    )
+    if "speedup" in cmp:
+        line += f"; {cmp['speedup']:.2f}x tokens/s"
+    if cmp["tolerance_below_yardstick"] is False:
+        line += " (warning: the tolerance is not below the per-sample-weighting yardstick)"
+    return line
+
+
+def machine_info(device: str) -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device())
+    with contextlib.suppress(OSError):
+        info["load_avg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    ap.add_argument(
+        "--model",
+        default=MODEL,
+        help="the embedded model, or its GGUF file where the package is not installed (a GPU machine)",
+    )
+    ap.add_argument("--methods", default="lora,ptuning-v2")
+    ap.add_argument("--steps", type=int, default=100, help="optimizer steps per path (the rule asks for >= 100)")
+    ap.add_argument("--batch", type=int, default=4, help="samples per step")
+    ap.add_argument("--max-input-length", type=int, default=128)
+    ap.add_argument("--max-output-length", type=int, default=64)
+    ap.add_argument("--lora-dropout", type=float, default=0.0, help="0: no dropout noise between the paths")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--tolerance", type=float, default=None, help="nats; default 0.02 in fp32, 0.1 in bf16/fp16")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); on a busy 2-core machine 1 thread ran 5-9x faster than 2",
+    )
+    ap.add_argument(
+        "--out", help="also write the JSON here; methods already in that file from an earlier run are kept (merged)"
+    )
+    args = ap.parse_args(argv)
+
+    import torch
+    import transformers
+
+    from umtcds_core import models, train
+    from umtcds_core.config import preset_for
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        print("--device cuda: no CUDA GPU is visible here; use --device cpu.", file=sys.stderr)
+        raise SystemExit(2)
+    if device == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    spec = models.resolve(args.model)
+    model_dir = models.hf_folder(spec)
+    tokenizer = models.load_tokenizer(spec, padding_side="right")
+    samples = demo_samples(tokenizer, model_dir, args.max_input_length, args.max_output_length)
+    batches = batch_order(samples, args.steps, args.batch, args.seed)
+    started = time.time()
+    result: dict = {
+        "bench": "loss_curve",
+        "model": f"{args.model} ({spec.kind}: {spec.gguf_file or spec.path.name}, pretrained weights)",
+        "machine": machine_info(device),
+        "data": {
+            "source": "data/demo_site/qa_seed.jsonl (the demo's hand-written pairs), encoded by "
+            "train.encode_conversation with the model's chat template",
+            "samples": len(samples),
+            "sample_tokens": {
+                "min": min(len(s["input_ids"]) for s in samples),
+                "mean": round(sum(len(s["input_ids"]) for s in samples) / len(samples), 1),
+                "max": max(len(s["input_ids"]) for s in samples),
+            },
+            "batch": args.batch,
+            "steps": args.steps,
+            "order": f"reshuffled every epoch, random.Random({args.seed}); the same batches for both paths",
+        },
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "methods": {},
+    }
+    for pkg in ("peft", "liger_kernel", "triton"):
+        try:
+            result["versions"][pkg] = __import__(pkg).__version__
+        except Exception:  # noqa: BLE001 - not installed (CPU machines)
+            result["versions"][pkg] = None
+    for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
+        cfg = preset_for(
+            method,
+            MODEL,  # the preset of the embedded model also when --model is its GGUF file
+            max_input_length=args.max_input_length,
+            max_output_length=args.max_output_length,
+            per_device_batch_size=args.batch,
+            max_steps=args.steps,
+            lora_dropout=args.lora_dropout,
+            seed=args.seed,
+        )
+        precision = train.pick_precision(cfg, "cuda" if device.startswith("cuda") else "cpu")
+        tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[precision]
+        t_method = time.time()
+        paths = {
+            name: run_path(name, cfg, spec, tokenizer, batches, device, precision, log) for name in ("ours", "plain")
+        }
+        cmp = compare(paths["ours"], paths["plain"], tolerance)
+        line = verdict_line(method, cmp, tolerance, args.steps)
+        keys = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm",
+                "gradient_checkpointing", "packing", "seed")  # fmt: skip
+        settings = {k: getattr(cfg, k) for k in keys}
+        settings.update(precision=precision, max_input_length=args.max_input_length,
+                        max_output_length=args.max_output_length)  # fmt: skip
+        if method == "ptuning-v2":
+            settings["num_virtual_tokens"] = cfg.num_virtual_tokens
+        else:
+            settings.update(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        result["methods"][method] = {
+            "machine": machine_info(device),
+            "settings": settings,
+            "tolerance": tolerance,
+            "comparison": cmp,
+            "reference": {"per_sample_mean_gap": paths["plain"].get("per_sample_mean_gap")},
+            "verdict": line,
+            "ours": paths["ours"],
+            "plain": paths["plain"],
+        }
+        result["methods"][method]["seconds"] = round(time.time() - t_method, 1)
+        print(line, flush=True)
+    result["seconds"] = round(time.time() - started, 1)
+    result["pass"] = all(m["comparison"]["pass"] for m in result["methods"].values())
+    if args.out:
+        from umtcds_core.fileio import write_json_atomic
+
+        result = merged(Path(args.out), result)
+        write_json_atomic(Path(args.out), result)
+    print(json.dumps(result, indent=1))
+    return result
+
+
+def merged(path: Path, result: dict) -> dict:
+    """``result`` plus the methods of an earlier run in ``path`` on the same data (methods run one by one, e.g. in
+    parallel single-thread processes on a CPU, or in separate GPU calls); each method keeps its own machine info."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return result
+    if old.get("bench") != "loss_curve" or old.get("data") != result["data"]:
+        return result
+    methods = {k: v for k, v in old.get("methods", {}).items() if k not in result["methods"]}
+    out = {**result, "methods": {**methods, **result["methods"]}}
+    out["pass"] = all(m["comparison"]["pass"] for m in out["methods"].values())
+    out["seconds"] = round(sum(m.get("seconds", 0) for m in out["methods"].values()), 1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
