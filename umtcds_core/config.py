@@ -77,6 +77,7 @@ def _prefix(values: dict) -> bool:
 
 
 setting = S.setting
+optional_text = S.optional_text
 
 
 @dataclass
@@ -109,12 +110,9 @@ class TrainConfig:
         "held out; scored after training by `umtcds evaluate`",
         widget="hidden",
     )
-    system_prompt: str | None = setting(
-        None,
+    system_prompt: str | None = optional_text(
         ("系统提示（对话时放在最前面；留空=不用）", "System prompt (first in every chat; empty = none)"),
         "put first in every chat; null = the data's own (or none)",
-        kind=str,
-        nullable=True,
         widget="textarea",
     )
     # ---- method

@@ -80,6 +80,7 @@ from .fileio import append_jsonl, iter_jsonl, write_text_atomic
 from .render import needs_render
 
 setting = S.setting
+optional_text = S.optional_text
 
 MANIFEST = "manifest.jsonl"
 STATE = ".crawl_state.jsonl"
@@ -156,25 +157,19 @@ def compile_patterns(patterns: list[str] | tuple[str, ...], flag: str) -> list[r
 class CrawlSettings:
     """The crawl step's settings as the user gives them (``umtcds crawl`` flags, a settings YAML, the Crawl page)."""
 
-    start_url: str | None = setting(
-        None,
+    start_url: str | None = optional_text(
         ("起始网址", "Start URL"),
         "start page, e.g. https://www.example.edu.cn/ (the URL argument)",
         help=(
             "学校网站首页或某个栏目页，需以 http:// 或 https:// 开头。",
             "The site's home or a section page, with http(s)://.",
         ),
-        kind=str,
-        nullable=True,
         flag="",
         widget="text",
     )
-    out_dir: str | None = setting(
-        None,
+    out_dir: str | None = optional_text(
         ("输出文件夹", "Output folder"),
         "folder for the .txt files and manifest.jsonl",
-        kind=str,
-        nullable=True,
         flag="--out",
         widget="hidden",
     )

@@ -62,6 +62,7 @@ from .fileio import BadLine, iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .text import CJK_RE, normalize
 
 setting = S.setting
+optional_text = S.optional_text
 
 FORMATS = ("glm4", "sharegpt", "alpaca")
 CONTEXTS = ("none", "retrieved")
@@ -107,22 +108,16 @@ def _retrieved(values: dict) -> bool:
 class DatasetSettings:
     """What ``umtcds dataset`` runs with: flags, a ``--config`` YAML, or both (flags win); the page passes these too."""
 
-    input: str | None = setting(
-        None,
+    input: str | None = optional_text(
         ("输入", "Input"),
         "qa.jsonl, a folder of them, or your own JSONL/JSON/CSV of pairs (the IN argument)",
-        kind=str,
-        nullable=True,
         flag="",
         widget="hidden",
         example="qa/qa.jsonl",
     )
-    out: str | None = setting(
-        None,
+    out: str | None = optional_text(
         ("输出文件夹", "Output folder"),
         "folder for train/dev/test.jsonl and split_report.json",
-        kind=str,
-        nullable=True,
         flag="--out",
         widget="hidden",
         example="dataset",
@@ -172,12 +167,9 @@ class DatasetSettings:
         step=0.05,
         range_msg=("{value} must be in (0, 1]; 0.5 is a good start", "{value} 必须在 (0, 1] 之内；可以先试 0.5"),
     )
-    system_prompt: str | None = setting(
-        None,
+    system_prompt: str | None = optional_text(
         ("系统提示（放在每条样本最前面；留空 = 不加）", "System prompt (first in every sample; empty = none)"),
         "system message put first in every sample (a pair's own wins); null = none",
-        kind=str,
-        nullable=True,
         widget="textarea",
         example=f'"{DEFAULT_SYSTEM_PROMPT}"',
     )
@@ -208,12 +200,9 @@ class DatasetSettings:
         },
         widget="radio",
     )
-    index: str | None = setting(
-        None,
+    index: str | None = optional_text(
         ("索引文件夹", "Index folder"),
         "the index built by `umtcds index` (needed with context: retrieved), e.g. index",
-        kind=str,
-        nullable=True,
         example="index",
         show=_retrieved,
     )

@@ -66,6 +66,7 @@ from .model_settings import adapter_setting, device_setting, model_setting, need
 from .text import has_han
 
 setting = S.setting
+optional_text = S.optional_text
 
 METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "key-fact")
 """The text metrics of every system (today's keys of ``metrics.json``)."""
@@ -103,21 +104,15 @@ class EvaluateSettings:
     adapter: str | None = adapter_setting(
         comment="a run folder or one of its checkpoint-N folders; base and tuned are both scored (null: base only)"
     )
-    data: str | None = setting(
-        None,
+    data: str | None = optional_text(
         ("测试集文件", "Test file"),
         "the test split (JSONL), e.g. dataset/test.jsonl",
-        kind=str,
-        nullable=True,
         widget="text",
         example="dataset/test.jsonl",
     )
-    out: str | None = setting(
-        None,
+    out: str | None = optional_text(
         ("结果文件", "Results file"),
         "metrics.json path; examples.jsonl/.csv go beside it (null: <run>/eval/metrics.json, or eval/metrics.json)",
-        kind=str,
-        nullable=True,
         widget="hidden",
         example="eval/metrics.json",
     )
@@ -156,13 +151,10 @@ class EvaluateSettings:
         range_msg=("must be 0 (all examples) or more", "必须大于或等于 0（0 表示全部）"),
     )
     device: str | None = device_setting()
-    rag: str | None = setting(
-        None,
+    rag: str | None = optional_text(
         ("检索索引（可选）", "Retrieval index (optional)"),
         "an index folder (`umtcds index`): base and tuned are also scored answering from the retrieved pages "
         "(null: only when the test split was built with context)",
-        kind=str,
-        nullable=True,
         flag="--rag",
         example="index",
     )
@@ -175,45 +167,30 @@ class EvaluateSettings:
         typical=(2, 10),
         range_msg=("must be between 1 and 100 (5 is a good start)", "必须在 1 到 100 之间（可以先试 5）"),
     )
-    judge: str | None = setting(
-        None,
+    judge: str | None = optional_text(
         ("LLM 评分（可选）", "LLM judge (optional)"),
         "grade each answer 1-5 against the reference with this backend (local, zhipuai, openai); null = no judge",
         help=(
             "用一个大模型按参考答案给每个回答打 1–5 分；留空则不评分。密钥从环境变量读取，不会保存。",
             "An LLM grades each answer 1–5 against the reference; empty = none. Keys come from the environment.",
         ),
-        kind=str,
-        nullable=True,
         choices=BACKENDS,
     )
-    judge_model: str | None = setting(
-        None,
+    judge_model: str | None = optional_text(
         ("评分模型", "Judge model"),
         "the judge's model name (null: smollm2-135m, glm-4-flash or the server's first model)",
-        kind=str,
-        nullable=True,
     )
-    judge_base_url: str | None = setting(
-        None,
+    judge_base_url: str | None = optional_text(
         ("评分接口地址", "Judge base URL"),
         "the judge's API endpoint (openai: the server URL; zhipuai: overrides the default)",
-        kind=str,
-        nullable=True,
     )
-    judge_api_key_env: str | None = setting(
-        None,
+    judge_api_key_env: str | None = optional_text(
         ("评分密钥环境变量名", "Judge key variable"),
         "environment variable holding the judge's key (null = ZHIPUAI_API_KEY / OPENAI_API_KEY); never saved",
-        kind=str,
-        nullable=True,
     )
-    judge_prompt: str | None = setting(
-        None,
+    judge_prompt: str | None = optional_text(
         ("评分提示", "Judge prompt"),
         "the judge's instructions with {question}, {reference} and {answer} (null: the built-in one)",
-        kind=str,
-        nullable=True,
         widget="textarea",
         valid=lambda v: v is None or all(f"{{{k}}}" in v for k in ("question", "reference", "answer")),
         range_msg=(

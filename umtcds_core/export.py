@@ -45,6 +45,7 @@ from .model_settings import adapter_setting, device_setting, model_setting
 from .runs import adapter_base_ref, adapter_config, adapter_type, find_adapter, is_full_model, run_dir_of, train_info
 
 setting = S.setting
+optional_text = S.optional_text
 
 
 class ExportError(UserError, ValueError):
@@ -102,12 +103,9 @@ class ExportSettings:
         },
         widget="radio",
     )
-    out: str | None = setting(
-        None,
+    out: str | None = optional_text(
         ("导出文件夹", "Export folder"),
         "folder to write; must be new or empty (or give --force)",
-        kind=str,
-        nullable=True,
         widget="text",
         example="exported/run-1",
     )

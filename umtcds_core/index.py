@@ -54,6 +54,7 @@ from .fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .model_settings import device_setting
 
 setting = S.setting
+optional_text = S.optional_text
 
 INDEX_VERSION = 1
 MANIFEST = "manifest.jsonl"  # the crawl's (crawl.MANIFEST; not imported: crawl pulls in the fetcher)
@@ -73,21 +74,15 @@ class IndexError_(UserError, ValueError):
 class IndexSettings:
     """How pages are cut and weighted (``umtcds index`` flags, a settings YAML, the Crawl page's index job)."""
 
-    pages_dir: str | None = setting(
-        None,
+    pages_dir: str | None = optional_text(
         ("网页文件夹", "Pages folder"),
         "the crawl's output folder (*.txt + manifest.jsonl); the PAGES_DIR argument",
-        kind=str,
-        nullable=True,
         flag="",
         widget="hidden",
     )
-    out_dir: str | None = setting(
-        None,
+    out_dir: str | None = optional_text(
         ("索引文件夹", "Index folder"),
         "folder the index is written to (re-running updates it)",
-        kind=str,
-        nullable=True,
         flag="--out",
         widget="hidden",
     )
@@ -121,8 +116,7 @@ class IndexSettings:
             "必须在 0 到 10 之间（0 表示标题只按正文计）",
         ),
     )
-    embed_model: str | None = setting(
-        None,
+    embed_model: str | None = optional_text(
         ("向量模型文件夹（可选）", "Embedding model folder (optional)"),
         "a local sentence-transformers folder (e.g. bge-small-zh-v1.5) whose vectors are fused with the lexical "
         "ranking; null: lexical only, nothing loaded",
@@ -131,8 +125,6 @@ class IndexSettings:
             "Optional: a local embedding-model folder (e.g. bge-small-zh-v1.5), so a question that means the same "
             "with other words still finds its page; empty: keyword search only.",
         ),
-        kind=str,
-        nullable=True,
         widget="text",
         example="models/bge-small-zh-v1.5",
     )

@@ -51,6 +51,7 @@ from . import schema as S
 from .errors import UserError
 
 setting = S.setting
+optional_text = S.optional_text
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "vocab.txt")
@@ -76,12 +77,9 @@ def _is_url(value) -> bool:
 class PullSettings:
     """What ``umtcds models pull`` downloads, from where, to where."""
 
-    name: str | None = setting(
-        None,
+    name: str | None = optional_text(
         ("模型名称", "Model name"),
         "the hub's model id, owner/name (e.g. THUDM/glm-4-9b-chat-hf; on ModelScope ZhipuAI/glm-4-9b-chat-hf); NAME",
-        kind=str,
-        nullable=True,
         flag="",
         widget="text",
         valid=_is_repo_id,
@@ -91,12 +89,9 @@ class PullSettings:
         ),
         example="THUDM/glm-4-9b-chat-hf",
     )
-    to: str | None = setting(
-        None,
+    to: str | None = optional_text(
         ("下载到文件夹", "Download to folder"),
         "folder the model's files go to (created if missing); afterwards use it as --model DIR",
-        kind=str,
-        nullable=True,
         flag="--to",
         widget="text",
         example="models/glm-4-9b-chat-hf",
@@ -109,21 +104,15 @@ class PullSettings:
         choice_labels={"hf": ("Hugging Face", "Hugging Face"), "modelscope": ("魔搭 ModelScope", "ModelScope")},
         widget="radio",
     )
-    revision: str | None = setting(
-        None,
+    revision: str | None = optional_text(
         ("版本", "Revision"),
         "branch, tag or commit to download; null: the hub's default branch",
-        kind=str,
-        nullable=True,
         widget="text",
         example="main",
     )
-    endpoint: str | None = setting(
-        None,
+    endpoint: str | None = optional_text(
         ("Hub 地址（镜像）", "Hub address (mirror)"),
         "the hub's address, e.g. https://hf-mirror.com; null: HF_ENDPOINT / MODELSCOPE_ENDPOINT, else the official hub",
-        kind=str,
-        nullable=True,
         widget="text",
         valid=_is_url,
         range_msg=(

@@ -396,6 +396,11 @@ def setting(default, label: Label, comment: str, **declared):
     return dataclasses.field(default=default, metadata=meta)
 
 
+def optional_text(label: Label, comment: str, default: str | None = None, **declared):
+    """A text setting that may be left empty (None): a folder, a file, a model reference, a URL — the commonest kind."""
+    return setting(default, label, comment, kind=str, nullable=True, **declared)
+
+
 def from_dataclass(cls, name: str, rules: tuple = (), title: str = "", command: str = "") -> Schema:
     """The :class:`Schema` of a dataclass whose fields were declared with :func:`setting`, in declaration order."""
     out = []
