@@ -14,11 +14,13 @@ page. API keys live only in memory and in the environment; error messages are pa
 from __future__ import annotations
 
 import copy
+import os
 import re
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from .errors import UserError
@@ -168,6 +170,58 @@ def estimate_tokens(text: str) -> int:
 
 
 # ---- local --------------------------------------------------------------------------------------------------------
+COMPUTE_STEPS = frozenset({"train", "generate", "evaluate", "refresh", "demo", "index"})
+"""Job steps that keep CPU cores busy while they run (``serve`` waits for questions most of the time)."""
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity: a container or ``taskset`` may give it fewer than the
+    machine has)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def other_compute_jobs() -> int:
+    """Running compute jobs of this process's workspace other than its own (0 outside a dashboard job).
+
+    A job knows its folder from the progress file it was given; its siblings are the workspace's other jobs
+    (:mod:`jobs` says which still run)."""
+    from .jobs import RUNNING, Job
+    from .progress import ENV_VAR
+
+    own = os.environ.get(ENV_VAR)
+    if not own:
+        return 0
+    own_dir = Path(own).parent
+    count = 0
+    try:
+        siblings = [d for d in own_dir.parent.iterdir() if d.is_dir() and d != own_dir]
+    except OSError:
+        return 0
+    for d in siblings:
+        if (d / "job.json").exists() and not (d / "exit.json").exists():
+            job = Job(d)
+            if job.step in COMPUTE_STEPS and job.status() == RUNNING:
+                count += 1
+    return count
+
+
+def cpu_threads(cores: int | None = None, others: int | None = None) -> int:
+    """torch threads for CPU generation: this process's share of its usable cores, ``cores // (1 + others)``.
+
+    Why: torch starts one thread per core in every process, so a generation and a LoRA run on 2 cores run 4 busy
+    threads and each waits on the other (issue 19: ~60 s a LoRA step while generation ran). An override:
+    ``UMTCDS_CPU_THREADS``."""
+    forced = os.environ.get("UMTCDS_CPU_THREADS", "").strip()
+    if forced.isdigit() and int(forced) > 0:
+        return int(forced)
+    cores = usable_cores() if cores is None else cores
+    others = other_compute_jobs() if others is None else others
+    return max(1, cores // (1 + max(0, others)))
+
+
 class LocalBackend:
     """A local transformers chat model with batched generation (left padding, the model's own chat template).
 
@@ -190,6 +244,8 @@ class LocalBackend:
         self.device = device
         self.gen_kwargs = dict(gen_kwargs or {})
         self.tokens_out = 0
+        self.stats: dict[str, int] = {}
+        """``checks``/``early_stops``: how often ``done`` was asked and how many rows it stopped (benchmarks)."""
         self.on_tokens: Callable[[int], None] | None = None
         """Called with the number of sequences that got a new token, at each step of a generate() call: a batch on a
         CPU takes minutes, and progress counted only in finished pages would show nothing for that long."""
@@ -253,11 +309,35 @@ class LocalBackend:
         return max(1, min(cap, int(free * 0.8) // max(1, per_seq)))
 
     def chat_batch(
-        self, conversations: list[list[Message]], *, max_tokens: int = 512, temperature: float = 0.0
+        self,
+        conversations: list[list[Message]],
+        *,
+        max_tokens: int = 512,
+        temperature: float = 0.0,
+        done: Callable[[str], bool] | None = None,
     ) -> list[str]:
+        """Replies to ``conversations``, in batches of ``batch_size`` (left-padded, sorted by length).
+
+        ``done(text_so_far)``: a row whose reply already says all that was asked (e.g. the N pairs a Q&A prompt asks
+        for) stops there, while the other rows of its batch go on — a small model on a CPU otherwise rambles on to
+        ``max_tokens``. The text kept is exactly the greedy prefix a longer run would have produced.
+        """
         import torch
 
         tok, model = self._ensure()
+        if model.device.type == "cpu":  # this job's share of the cores; never more than the process was set to
+            before = torch.get_num_threads()
+            forced = os.environ.get("UMTCDS_CPU_THREADS", "").strip().isdigit()
+            torch.set_num_threads(cpu_threads() if forced else min(before, cpu_threads()))
+            try:
+                return self._chat_batch(tok, model, conversations, max_tokens, temperature, done)
+            finally:
+                torch.set_num_threads(before)
+        return self._chat_batch(tok, model, conversations, max_tokens, temperature, done)
+
+    def _chat_batch(self, tok, model, conversations, max_tokens, temperature, done) -> list[str]:
+        import torch
+
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         # Sort by length so each batch pads little; restore order at the end.
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -276,8 +356,10 @@ class LocalBackend:
                 gen_kwargs.update(do_sample=True, temperature=temperature, top_p=0.9)
             else:
                 gen_kwargs.update(do_sample=False)
-            if self.on_tokens is not None:
-                gen_kwargs["stopping_criteria"] = _token_reporter(self.on_tokens, tok.pad_token_id)
+            if self.on_tokens is not None or done is not None:
+                gen_kwargs["stopping_criteria"] = _step_watch(
+                    self.on_tokens, tok, enc["input_ids"].shape[1], done, self.stats
+                )
             with torch.inference_mode():
                 gen = model.generate(**enc, **gen_kwargs)
             new = gen[:, enc["input_ids"].shape[1] :]
@@ -299,19 +381,49 @@ class LocalBackend:
             unload(model)
 
 
-def _token_reporter(report: Callable[[int], None], pad_id: int | None):
-    """A stopping criterion that never stops: it hands ``report`` the number of sequences that got a real token at
-    each step (finished ones are padded), which is the only hook ``generate`` offers inside one batched call."""
+def _step_watch(report: Callable[[int], None] | None, tok, prompt_len: int, done, stats: dict):
+    """A stopping criterion run after each generated token: it hands ``report`` the number of sequences that got a
+    real token (finished ones are padded) — the only hook ``generate`` offers inside one batched call — and, with
+    ``done``, stops each row whose text so far satisfies it (``generate`` takes per-row booleans and pads the rows
+    it stopped, so the other rows' tokens are unchanged).
+
+    Why check only after some tokens: decoding a row and parsing it costs ~1 ms, a CPU step of a small model tens
+    of ms; a reply can only become complete on a token holding a closing character (see ``DONE_CHARS``)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    class _Report(StoppingCriteria):
+    pad_id = tok.pad_token_id
+
+    class _Watch(StoppingCriteria):
+        def __init__(self):
+            self.stopped: torch.Tensor | None = None
+
         def __call__(self, input_ids, scores, **kwargs):
             last = input_ids[:, -1]
-            report(int((last != pad_id).sum()) if pad_id is not None else int(last.numel()))
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if report is not None:
+                report(int((last != pad_id).sum()) if pad_id is not None else int(last.numel()))
+            if self.stopped is None:
+                self.stopped = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+            if done is None:
+                return self.stopped.clone()
+            pieces = tok.batch_decode(last[:, None], skip_special_tokens=True)
+            for row, piece in enumerate(pieces):
+                if self.stopped[row] or (pad_id is not None and int(last[row]) == pad_id):
+                    continue
+                if not any(c in piece for c in DONE_CHARS):
+                    continue
+                stats["checks"] = stats.get("checks", 0) + 1
+                if done(tok.decode(input_ids[row, prompt_len:], skip_special_tokens=True)):
+                    self.stopped[row] = True
+                    stats["early_stops"] = stats.get("early_stops", 0) + 1
+            return self.stopped.clone()
 
-    return StoppingCriteriaList([_Report()])
+    return StoppingCriteriaList([_Watch()])
+
+
+DONE_CHARS = frozenset('}]"\n:：.。?？!！`\ufffd')
+"""Characters on which a reply can become complete (a JSON object or string closed, a new ``Q:`` line, a sentence
+ended): ``done`` is asked only after a token holding one of them (or part of a character split across tokens)."""
 
 
 # ---- remote -------------------------------------------------------------------------------------------------------

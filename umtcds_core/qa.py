@@ -459,6 +459,33 @@ def parse_pairs(reply: str) -> list[dict]:
     return _json_pairs(text) or _regex_pairs(text) or _line_pairs(text)
 
 
+_PROBE = " x."
+"""Text appended to a reply to see which of its pairs more text could still change: it would lengthen an open
+answer (``A: …`` lines, a JSON string the token limit cut) but not a closed JSON object or quoted member."""
+
+
+def settled_pairs(reply: str) -> int:
+    """How many of ``parse_pairs(reply)``'s pairs, counted from the first, more text would leave as they are.
+
+    Why: generation stops a row once it holds the pairs asked for (:func:`pairs_done`); the pairs kept must be the
+    ones the full reply would have given, so a last answer that may still be growing does not count."""
+    pairs = parse_pairs(reply)
+    if not pairs:
+        return 0
+    longer = parse_pairs(reply + _PROBE)
+    n = 0
+    for a, b in zip(pairs, longer, strict=False):
+        if a != b:
+            break
+        n += 1
+    return n
+
+
+def pairs_done(n: int) -> Callable[[str], bool]:
+    """``done`` for a local model's Q&A reply: true once it holds ``n`` settled pairs (the rest would be cut)."""
+    return lambda text: settled_pairs(text) >= n
+
+
 def parse_score(reply: str) -> int | None:
     """A 1–5 rating from a judge's reply (``4``, ``Score: 4/5``, ``评分：4``); None when there is none."""
     text = strip_thinking(reply)
@@ -1160,14 +1187,18 @@ class Completer:
         self.local = getattr(backend, "name", "") == "local"
         self.pool = None if self.local else ThreadPoolExecutor(max_workers=max(1, concurrency))
 
-    def complete(self, convs: list[list[dict]], max_tokens: int, temperature: float) -> list[str | Exception]:
+    def complete(
+        self, convs: list[list[dict]], max_tokens: int, temperature: float, done: Callable[[str], bool] | None = None
+    ) -> list[str | Exception]:
+        """``done``: a local model stops each reply as soon as it is true of its text (remote replies come whole)."""
         from .llm import FATAL_ERRORS
 
         if not convs:
             return []
         if self.local:
+            extra = {"done": done} if done is not None else {}
             try:
-                return list(self.backend.chat_batch(convs, max_tokens=max_tokens, temperature=temperature))
+                return list(self.backend.chat_batch(convs, max_tokens=max_tokens, temperature=temperature, **extra))
             except FATAL_ERRORS:
                 raise
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: these pages fail, the run goes on
@@ -1218,6 +1249,8 @@ class Generator:
         self.dedupe = dedupe if dedupe is not None else NearDuplicateIndex(settings.limits.near_duplicate)
         self._dedupe_lock = threading.Lock()  # remote runs process several pages at once (see ``generate``)
         self._count = getattr(backend, "count_tokens", None)
+        self.qa_done: Callable[[str], bool] | None = pairs_done(settings.pairs_per_page)
+        """A local model stops a Q&A reply once it holds the pairs asked for (the rest is cut anyway); None: never."""
 
     def _count_tokens(self, text: str) -> int:
         from .llm import estimate_tokens
@@ -1289,7 +1322,7 @@ class Generator:
                 for j in pending
             ]
             temperature = s.temperature if attempt == 0 else max(0.7, s.temperature)
-            replies = self.completer.complete(convs, s.max_tokens, temperature)
+            replies = self.completer.complete(convs, s.max_tokens, temperature, done=self.qa_done)
             still = []
             for j, reply in zip(pending, replies, strict=True):
                 if isinstance(reply, Exception):

@@ -215,3 +215,109 @@ def test_local_batched_generation_equals_one_prompt_at_a_time():
     single = LocalBackend.from_loaded(tok, model, batch_size=1, gen_kwargs={"min_new_tokens": 6})
     assert batched.chat_batch(convs, max_tokens=6) == [single.chat(c, max_tokens=6) for c in convs]
     assert batched.tokens_out == single.tokens_out == 24
+
+
+# ---- the offline CPU path (issue 19 goal 5) -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def smol_tokenizer():
+    """The embedded model's tokenizer, read once (parsing its GGUF file takes seconds on a busy CPU)."""
+    from umtcds_core.models import load_tokenizer
+
+    return load_tokenizer("smollm2-135m")
+
+
+def _scripted_model(tok, scripts: dict[str, str]):
+    """A tiny random llama whose greedy output is forced to a script per row (chosen by a word in the row's prompt),
+    so early stopping can be checked on real ``generate`` calls with replies shaped like a rambling model's."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LogitsProcessor
+
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    ids = {
+        word: tok(text, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for word, text in scripts.items()
+    }
+
+    class Force(LogitsProcessor):
+        def __init__(self):
+            self.rows: list[list[int]] | None = None
+            self.start = 0
+
+        def __call__(self, input_ids, scores):
+            if self.rows is None:  # first step of a generate() call: find each row's script from its prompt
+                self.start = input_ids.shape[1]
+                prompts = tok.batch_decode(input_ids)
+                self.rows = [next(ids[w] for w in ids if w in p) for p in prompts]
+            step = input_ids.shape[1] - self.start
+            forced = torch.full_like(scores, -1e9)
+            for r, script in enumerate(self.rows):
+                forced[r, script[min(step, len(script) - 1)]] = 0.0
+            return forced
+
+    return model, Force
+
+
+def test_early_stop_keeps_the_same_parsed_pairs_as_running_to_max_tokens(smol_tokenizer):
+    """A reply stops once it holds the N pairs asked for, per row; the pairs qa.py keeps are those of the full run."""
+    from transformers import LogitsProcessorList
+
+    from umtcds_core.llm import LocalBackend
+    from umtcds_core.qa import pairs_done, parse_pairs
+
+    tok = smol_tokenizer
+    rambling_json = "[" + ", ".join(f'{{"question": "Q{i}?", "answer": "Answer {i}."}}' for i in range(6)) + "]"
+    lines = "Q: When does it open?\nA: At 8:30.\nQ: Where is it?\nA: Room 101,\nnext to the hall.\nQ: Phone?\nA: 0571."
+    model, Force = _scripted_model(tok, {"alpha": rambling_json, "beta": lines, "gamma": "I cannot help with that."})
+    convs = [[{"role": "user", "content": f"{w} page"}] for w in ("alpha", "beta", "gamma")]
+
+    def run(done):
+        backend = LocalBackend.from_loaded(tok, model, batch_size=3)
+        backend.gen_kwargs["logits_processor"] = LogitsProcessorList([Force()])
+        return backend.chat_batch(convs, max_tokens=200, done=done), backend
+
+    full, b_full = run(None)
+    early, b_early = run(pairs_done(2))
+    assert [parse_pairs(r)[:2] for r in early] == [parse_pairs(r)[:2] for r in full]
+    assert len(parse_pairs(full[0])) == 6 and len(parse_pairs(early[0])) == 2  # the rambling row stopped early
+    assert parse_pairs(early[1])[1]["answer"] == "Room 101,\nnext to the hall."  # not cut while it still grew
+    assert early[2] == full[2] == "I cannot help with that."  # no pairs: it runs to its own end
+    assert all(f.startswith(e) for e, f in zip(early, full, strict=True))
+    assert b_early.stats["early_stops"] == 2 and b_early.tokens_out < b_full.tokens_out
+
+
+def test_cpu_threads_share_the_cores_with_other_running_jobs(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from umtcds_core.jobs import _proc_start_time
+    from umtcds_core.llm import cpu_threads, other_compute_jobs
+
+    monkeypatch.delenv("UMTCDS_CPU_THREADS", raising=False)
+    assert cpu_threads(cores=2, others=0) == 2
+    assert cpu_threads(cores=2, others=1) == 1
+    assert cpu_threads(cores=8, others=2) == 2
+    assert cpu_threads(cores=1, others=3) == 1
+    monkeypatch.setenv("UMTCDS_CPU_THREADS", "3")
+    assert cpu_threads(cores=2, others=1) == 3
+    monkeypatch.delenv("UMTCDS_CPU_THREADS")
+
+    jobs = tmp_path / "jobs"
+    alive = {"pid": os.getpid(), "pid_start": _proc_start_time(os.getpid())}
+    for name, step, meta, ended in [
+        ("generate-me", "generate", alive, False),  # this process's own job
+        ("train-1", "train", alive, False),  # running: counts
+        ("serve-1", "serve", alive, False),  # mostly idle: does not count
+        ("train-0", "train", alive, True),  # finished
+    ]:
+        (jobs / name).mkdir(parents=True)
+        (jobs / name / "job.json").write_text(json.dumps({"step": step, **meta}))
+        if ended:
+            (jobs / name / "exit.json").write_text(json.dumps({"returncode": 0}))
+    assert other_compute_jobs() == 0  # not a dashboard job
+    monkeypatch.setenv("UMTCDS_PROGRESS_FILE", str(jobs / "generate-me" / "progress.json"))
+    assert other_compute_jobs() == 1
+    assert cpu_threads(cores=2) == 1

@@ -28,6 +28,7 @@ from umtcds_core.qa import (  # noqa: E402
     parse_score,
     prompts_from_yaml,
     read_pages,
+    settled_pairs,
 )
 
 KEY = "sk-qa-test-5f3c2a1b9d8e7f60"
@@ -102,6 +103,22 @@ def test_parser_chinese_lines_and_multiline_answers():
 @pytest.mark.parametrize("reply", ["", "I cannot help with that.", "<think>only thinking, never answered", "[1, 2, 3]"])
 def test_parser_returns_nothing_for_unparseable_replies(reply):
     assert parse_pairs(reply) == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "settled"),
+    [
+        ('[{"question": "A?", "answer": "B."}, {"question": "C?", "answer": "D', 1),  # JSON cut inside an answer
+        ('[{"question": "A?", "answer": "B."}, {"question": "C?", "answer": "D."}', 2),  # both objects closed
+        ('```json\n[{"question": "A?", "answer": "B."}]\n```', 1),
+        ("Q: A?\nA: B.\nQ: C?\nA: D.", 1),  # the last answer may go on over more lines
+        ("Q: A?\nA: B.\nQ: C?\nA: D.\nQ: E", 2),  # a new question closes the answer before it
+        ('"question": "A?", "answer": "B. More', 0),  # a cut answer is salvaged only at the end of a reply
+        ("No pairs here.", 0),
+    ],
+)
+def test_settled_pairs_counts_only_pairs_more_text_cannot_change(reply, settled):
+    assert settled_pairs(reply) == settled
 
 
 def test_parse_score():
