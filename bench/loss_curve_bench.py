@@ -5,6 +5,11 @@ Usage::
     python bench/loss_curve_bench.py                                   # CPU: smollm2-135m, LoRA + P-tuning v2
     python bench/loss_curve_bench.py --out bench/results/loss_curve_cpu.json
     python bench/loss_curve_bench.py --device cuda --out bench/results/loss_curve_h200.json
+    python bench/loss_curve_bench.py --methods lora --threads 1 --out F.json   # methods one by one, merged into F
+
+On a busy 2-core machine give each process one thread (``--threads 1``): two OpenMP threads on two cores shared with
+other jobs spin-waited for each other and one step took 5-9x longer. ``--model FILE.gguf`` takes the embedded model's
+GGUF file where its package is not installed (the GPU machine).
 
 Why (issue 19, "Rules"): speed must never change results silently. The CPU tests check each optimisation for a step or
 two; this bench trains the same data for ``--steps`` (≥ 100) optimizer steps twice from the same seed and compares
