@@ -19,9 +19,15 @@ Usage::
 
     python bench/serve_bench.py                                           # CPU, embedded smollm2-135m
     python bench/serve_bench.py --out bench/results/serve_cpu.json
+    python bench/serve_bench.py --engine step,batch --out bench/results/serve_cpu_step.json   # both engines, in turn
     python bench/serve_bench.py --gpu-shape glm4-9b --tokenizer /models/smollm2-tok --out bench/results/serve_h200.json
     python bench/serve_bench.py --gpu-shape glm4-9b --tiny                # the same code path, tiny, on CPU (smoke)
     python bench/serve_bench.py --model /models/glm-4-9b-chat-hf --device cuda --max-tokens 128
+
+``--engine step,batch``: the server's engine (``umtcds serve --engine``): ``step`` admits new requests between
+decoding steps, ``batch`` runs one ``generate`` per batch; with several, one server per engine in turn on the same
+loaded model, the first engine's levels at the top level and every engine's under ``engines`` with a ``compare``
+table (tokens/s, p95 time to first token and latency per level).
 
 ``--gpu-shape glm4-9b``: a random-init model of GLM-4-9B's shape (``transformers.GlmConfig()``, bf16 on cuda; see
 bench/generate_bench.py), no download; ``--tokenizer DIR`` a saved tokenizer folder (the GPU box has no embedded
@@ -222,6 +228,7 @@ def run_level(pool, server, model_id: str, clients: int, rounds: int, max_tokens
         "ttft_p95_s": pct(ttft, 0.95),
         "batches": after["batches"] - before["batches"],
         "batch_sizes": {k: v for k, v in sorted(sizes.items()) if v},
+        "joined": after.get("joined", 0) - before.get("joined", 0),
     }
 
 
@@ -239,42 +246,13 @@ def targets(levels: list[dict]) -> dict:
     }  # fmt: skip
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m", help="model reference when not --gpu-shape")
-    ap.add_argument("--gpu-shape", choices=["glm4-9b"], help="serve a random-init model of this shape instead")
-    ap.add_argument("--tiny", action="store_true", help="with --gpu-shape: a tiny config (runs on CPU in seconds)")
-    ap.add_argument("--tokenizer", default="smollm2-135m", help="with --gpu-shape: a saved tokenizer folder")
-    ap.add_argument("--device", help="cpu or cuda (default: cuda for --gpu-shape without --tiny when there, else cpu)")
-    ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
-    ap.add_argument("--rounds", type=int, help="questions each client asks, one after another (default 1 CPU, 3 GPU)")
-    ap.add_argument("--max-tokens", type=int, help="tokens in every answer (default 32 CPU, 128 GPU)")
-    ap.add_argument("--max-batch", type=int, default=64)
-    ap.add_argument("--batch-wait-ms", type=int, default=50)
-    ap.add_argument("--warmup-clients", type=int, help="clients of the warm-up level (default 1 CPU, the most GPU)")
-    ap.add_argument("--out", help="also write the JSON here")
-    args = ap.parse_args(argv)
-
+def serve_levels(cm, settings: dict, args, rounds: int, max_tokens: int, warmup_clients: int) -> dict:
+    """One server (``settings``, its engine included) through the bench's warm-up level and then every level."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    import torch
-    from generate_bench import machine_info
-
-    from umtcds_core.models import best_device
     from umtcds_core.serve import make_server
 
-    device = args.device or (best_device() if args.gpu_shape and not args.tiny else "cpu")
-    gpu = device == "cuda"
-    rounds = args.rounds or (3 if gpu else 1)
-    max_tokens = args.max_tokens or (128 if gpu else 32)
-    warmup_clients = args.warmup_clients or (max(args.clients) if gpu else 1)
-
-    keep_loop_check_running_without_stopping()
-    cm, desc = load_model(args, device)
-    settings = {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
-                "queue_size": max(256, 4 * max(args.clients)), "max_tokens": max(512, max_tokens),
-                "request_timeout": 1800.0, "student_page": False}  # fmt: skip
     server = make_server(cm, "127.0.0.1", 0, **settings)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -287,7 +265,7 @@ def main(argv=None) -> int:
         # The bench's own warm-up: the client process, and the batch shapes the levels will use (first-call costs
         # are not the baseline's fault).
         warm = run_level(pool, server, model_id, warmup_clients, 1, max_tokens)
-        print(json.dumps({"warm_up": warm}), file=sys.stderr, flush=True)
+        print(json.dumps({"engine": settings["engine"], "warm_up": warm}), file=sys.stderr, flush=True)
         for c in args.clients:
             levels.append(run_level(pool, server, model_id, c, rounds, max_tokens))
             print(json.dumps(levels[-1]), file=sys.stderr, flush=True)  # progress: a level can take minutes on a CPU
@@ -295,6 +273,56 @@ def main(argv=None) -> int:
         pool.shutdown()
         server.shutdown()
         server.server_close()
+    snap = server.api.engine.snapshot()
+    return {
+        "engine": snap["engine"],
+        "engine_note": snap["engine_note"],
+        "server_warmup_s": round(server.api.warmup_s, 3) if server.api.warmup_s is not None else None,
+        "levels": levels,
+        "targets": targets(levels),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m", help="model reference when not --gpu-shape")
+    ap.add_argument("--gpu-shape", choices=["glm4-9b"], help="serve a random-init model of this shape instead")
+    ap.add_argument("--tiny", action="store_true", help="with --gpu-shape: a tiny config (runs on CPU in seconds)")
+    ap.add_argument("--tokenizer", default="smollm2-135m", help="with --gpu-shape: a saved tokenizer folder")
+    ap.add_argument("--device", help="cpu or cuda (default: cuda for --gpu-shape without --tiny when there, else cpu)")
+    ap.add_argument("--clients", type=lambda s: [int(x) for x in s.split(",")], default=[1, 16, 64])
+    ap.add_argument("--rounds", type=int, help="questions each client asks, one after another (default 1 CPU, 3 GPU)")
+    ap.add_argument("--max-tokens", type=int, help="tokens in every answer (default 32 CPU, 128 GPU)")
+    ap.add_argument("--max-batch", type=int, default=64)
+    ap.add_argument("--batch-wait-ms", type=int, default=50)
+    ap.add_argument("--engine", type=lambda s: [e.strip() for e in s.split(",") if e.strip()], default=["step"],
+                    help="the server's engine(s), comma-separated (step, batch); several: one server each, in turn, "
+                    "the first one's levels at the top level")  # fmt: skip
+    ap.add_argument("--warmup-clients", type=int, help="clients of the warm-up level (default 1 CPU, the most GPU)")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+
+    import torch
+    from generate_bench import machine_info
+
+    from umtcds_core.models import best_device
+
+    device = args.device or (best_device() if args.gpu_shape and not args.tiny else "cpu")
+    gpu = device == "cuda"
+    rounds = args.rounds or (3 if gpu else 1)
+    max_tokens = args.max_tokens or (128 if gpu else 32)
+    warmup_clients = args.warmup_clients or (max(args.clients) if gpu else 1)
+
+    keep_loop_check_running_without_stopping()
+    cm, desc = load_model(args, device)
+    settings = {"max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+                "queue_size": max(256, 4 * max(args.clients)), "max_tokens": max(512, max_tokens),
+                "request_timeout": 1800.0, "student_page": False}  # fmt: skip
+    runs = {}
+    for engine in args.engine:
+        runs[engine] = serve_levels(cm, {**settings, "engine": engine}, args, rounds, max_tokens, warmup_clients)
+    first = runs[args.engine[0]]
+    levels = [lv for r in runs.values() for lv in r["levels"]]
     machine = {**machine_info(device), "load_avg_1m_at_end": round(os.getloadavg()[0], 2)}
     if gpu:
         machine["gpu_peak_allocated_gib"] = round(torch.cuda.max_memory_allocated() / 1024**3, 2)
@@ -310,6 +338,7 @@ def main(argv=None) -> int:
             "tokens_per_answer": max_tokens,
             "max_batch": args.max_batch,
             "batch_wait_ms": args.batch_wait_ms,
+            "engines": args.engine,
             "greedy": True,
             "streaming": True,
             "fixed_length": "end ids and special tokens masked (min_new_tokens' effect), text tokens only, "
@@ -318,13 +347,21 @@ def main(argv=None) -> int:
             "one thread each, in a second process",
             "warmup_clients": warmup_clients,
         },
-        "server_warmup_s": round(server.api.warmup_s, 3) if server.api.warmup_s is not None else None,
+        "engine": first["engine"],
+        "server_warmup_s": first["server_warmup_s"],
         "baseline": "the same server with 1 client (one answer at a time, as the old server ran every request)",
-        "levels": levels,
-        "throughput_16_vs_1": None,
-        "targets": targets(levels),
+        "levels": first["levels"],
+        "throughput_16_vs_1": first["targets"]["throughput_16_vs_1"]["got"],
+        "targets": first["targets"],
     }
-    out["throughput_16_vs_1"] = out["targets"]["throughput_16_vs_1"]["got"]
+    if len(runs) > 1:  # every engine's run, and the numbers side by side
+        out["engines"] = runs
+        out["compare"] = {
+            str(lv["clients"]): {e: {"tokens_per_s": r["levels"][i]["tokens_per_s"],
+                                     "ttft_p95_s": r["levels"][i]["ttft_p95_s"],
+                                     "latency_p95_s": r["levels"][i]["latency_p95_s"]} for e, r in runs.items()}
+            for i, lv in enumerate(first["levels"])
+        }  # fmt: skip
     text = json.dumps(out, indent=2, ensure_ascii=False)
     print(text)
     if args.out:

@@ -87,6 +87,9 @@ STATIC = Path(__file__).resolve().parent / "static" / "serve"
 _RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(s|sec|second|min|minute|h|hour)\s*$")
 _RATE_UNITS = {"s": 1, "sec": 1, "second": 1, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
 _ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+ENGINES = ("step", "batch")
+"""How the model's worker decodes: ``step`` (requests join between decoding steps) or ``batch`` (one ``generate``
+per batch); see :class:`BatchEngine`."""
 
 
 class ServeError(UserError, ValueError):
@@ -175,6 +178,27 @@ class ServeSettings:
         "how long the first waiting request waits for others to join its batch; higher: bigger batches, later starts",
         min=0,
         max=5000,
+    )
+    engine: str = setting(
+        "step",
+        ("解码方式", "Decoding engine"),
+        "step: a waiting request joins the answers being decoded at the next step (short waits in a rush); "
+        "batch: one generate per batch, later requests wait for the whole batch (P-tuning v2 always uses it)",
+        choices=ENGINES,
+        help=(
+            "step：新请求在下一个解码步就加入正在生成的回答（高峰时等待短）；batch：每批一次 generate，之后到的请求要等"
+            "整批结束（P-tuning v2 模型总是用它）。",
+            "step: a waiting request joins the answers being decoded at the next step (short waits in a rush); "
+            "batch: one generate per batch, later requests wait for the whole batch (P-tuning v2 models always use it).",
+        ),
+    )
+    prefill_tokens: int = setting(
+        2048,
+        ("每步加入的提示 token 上限", "Prompt tokens joining per step"),
+        "with engine step: most prompt tokens (new rows × their longest prompt) read in between two decoding steps "
+        "while other answers run; higher: a rush starts sooner, running answers pause longer",
+        min=16,
+        max=1_000_000,
     )
     queue_size: int = setting(
         64,
@@ -355,6 +379,7 @@ class Job:
     completion_tokens: int = 0
     text: str = ""
     finish: str = ""
+    prompt_ids: list[int] | None = None  # the prompt's token ids, encoded once by the step engine
 
     def emit(self, kind: str, value=None) -> None:
         if self.loop is None:
@@ -388,6 +413,29 @@ class _Row:
             self.job.emit("piece", text[self.sent :])
             self.sent = len(text)
 
+    def take(self, token: int, eos_ids: set[int]) -> None:
+        """The row's next token: an end-of-sequence id ends it ("stop"), any other is streamed."""
+        if self.done:
+            return
+        if token in eos_ids:
+            self.finish("stop")
+        else:
+            self.add(token)
+
+    def check(self, looped: bool, now: float) -> None:
+        """End the row when cancelled, past its deadline, looping or at its own token limit (in that order)."""
+        job = self.job
+        if self.done:
+            return
+        if job.cancelled.is_set():
+            self.finish("cancelled")
+        elif now > job.deadline:
+            self.finish("timeout")
+        elif looped:
+            self.finish("stop")
+        elif len(self.tokens) >= job.options.max_new_tokens:
+            self.finish("length")
+
     def finish(self, reason: str) -> None:
         from .chat import final_text
 
@@ -401,6 +449,15 @@ class _Row:
         job.emit("end")
 
 
+def _eos_ids(cm) -> set[int]:
+    """Every id that ends an answer: the model's generation config's and the tokenizer's."""
+    eos = cm.model.generation_config.eos_token_id
+    ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
+    if cm.tokenizer.eos_token_id is not None:
+        ids.add(cm.tokenizer.eos_token_id)
+    return ids
+
+
 class _BatchStreamer:
     """What ``generate`` calls with each step's new tokens (one per row): each row streams and ends on its own."""
 
@@ -412,12 +469,7 @@ class _BatchStreamer:
             self.prompt_seen = True
             return
         for row, token in zip(self.rows, value.reshape(-1).tolist(), strict=True):
-            if row.done:
-                continue
-            if token in self.eos_ids:
-                row.finish("stop")
-            else:
-                row.add(token)
+            row.take(token, self.eos_ids)
 
     def end(self) -> None:
         for row in self.rows:
@@ -438,43 +490,175 @@ class _StopRows:
 
         looped = self.repetition(input_ids, scores).tolist()
         now = time.monotonic()
-        flags = []
         for row, loop in zip(self.rows, looped, strict=True):
-            job = row.job
-            if not row.done:
-                if job.cancelled.is_set():
-                    row.finish("cancelled")
-                elif now > job.deadline:
-                    row.finish("timeout")
-                elif loop:
-                    row.finish("stop")
-                elif len(row.tokens) >= job.options.max_new_tokens:
-                    row.finish("length")
-            flags.append(row.done)
-        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+            row.check(loop, now)
+        return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
+
+
+# ---- the step engine's pieces: what generate would do, one decoding step at a time ---------------------------------
+class _Unsupported(Exception):
+    """The step engine cannot decode this model exactly as ``generate`` does; the batch engine serves it."""
+
+
+_STEP_GEN_KEYS = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "pad_token_id",
+                            "logits_processor"})  # fmt: skip
+"""The ``generate`` arguments (from ``ChatModel._gen_kwargs``) the step engine reproduces."""
+_STEP_PROCESSORS = frozenset({"TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper",
+                              "TypicalLogitsWarper", "EpsilonLogitsWarper", "RepetitionPenaltyLogitsProcessor",
+                              "NoBadWordsLogitsProcessor", "SuppressTokensLogitsProcessor",
+                              "InfNanRemoveLogitsProcessor"})  # fmt: skip
+"""Processors ``generate`` may build that depend on nothing but a row's ids and scores, so they give the same result
+in a batch whose rows joined at different steps (length-based ones like ``min_new_tokens`` do not)."""
+
+
+def _generation_model(cm):
+    """The transformers model under a peft wrapper (its generation config and set-up helpers)."""
+    model = cm.model
+    return model.get_base_model() if getattr(model, "peft_config", None) else model
+
+
+def _step_processors(cm, options):
+    """``(processors, do_sample)``: the logits processors ``generate`` builds for ``cm._gen_kwargs(options)``.
+
+    Why transformers' own set-up: ``generate`` merges the model's generation config (a default ``top_k`` of 50 when
+    sampling, a repetition penalty a model may ship) with the request's arguments and a caller's ``logits_processor``
+    in a fixed order; asking it for that list (``_prepare_generation_config`` and ``_get_logits_processor``, pinned
+    transformers) reproduces exactly the set a ``generate`` call would use instead of a copy that drifts."""
+    from transformers import LogitsProcessorList
+
+    kw = dict(cm._gen_kwargs(options))
+    extra = set(kw) - _STEP_GEN_KEYS
+    if extra:
+        raise _Unsupported(f"generate arguments the step engine does not reproduce: {', '.join(sorted(extra))}")
+    custom = LogitsProcessorList(kw.pop("logits_processor", None) or [])
+    gm = _generation_model(cm)
+    try:
+        config, _ = gm._prepare_generation_config(None, **kw)
+        procs = gm._get_logits_processor(generation_config=config, input_ids_seq_length=0, encoder_input_ids=None,
+                                         prefix_allowed_tokens_fn=None, logits_processor=custom,
+                                         device=str(gm.device), model_kwargs={})  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - a transformers without these helpers: the batch engine serves
+        raise _Unsupported(f"transformers' generation set-up did not run ({type(exc).__name__}: {exc})") from exc
+    mine = {id(p) for p in custom}
+    odd = sorted({type(p).__name__ for p in procs if id(p) not in mine and type(p).__name__ not in _STEP_PROCESSORS})
+    if odd:
+        raise _Unsupported(f"the model's generation config asks for {', '.join(odd)}")
+    return procs, bool(config.do_sample)
+
+
+def step_engine_blocker(cm) -> str | None:
+    """Why the step engine cannot serve ``cm`` exactly as ``generate`` would; None when it can.
+
+    The one place the engine is chosen (:class:`BatchEngine` asks it once): prompt-learning adapters (P-tuning v2,
+    prefix) keep their own past keys per row, several adapters would need per-row switching, and sliding-window,
+    linear-attention or shared-KV cache layers cannot be joined along the batch by left padding."""
+    import inspect
+
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    from .chat import GenOptions
+
+    adapters = getattr(cm.model, "peft_config", None) or {}
+    if len(adapters) > 1:
+        return "the model carries several adapters"
+    if any(getattr(c, "is_prompt_learning", False) for c in adapters.values()):
+        return "a prompt-learning adapter (P-tuning v2 / prefix) keeps its own past keys"
+    gm = _generation_model(cm)
+    config = gm.config
+    if getattr(config, "is_encoder_decoder", False):
+        return "an encoder-decoder model"
+    if not {"cache", "position_ids", "attention_mask"} <= set(inspect.signature(gm.forward).parameters):
+        return "the model's forward takes no cache, position ids or attention mask"
+    try:
+        layers = DynamicCache(config=config).layers
+    except Exception as exc:  # noqa: BLE001 - an unusual config: the batch engine serves it
+        return f"no dynamic cache for this model ({type(exc).__name__})"
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return "sliding-window, linear-attention or shared cache layers"
+    try:
+        for options in (GenOptions(temperature=0.0), GenOptions(temperature=0.7, top_p=0.9)):
+            _step_processors(cm, options)
+    except _Unsupported as exc:
+        return str(exc)
+    return None
+
+
+class _Running:
+    """The step engine's batch: its rows and their shared tensors, all with one row per request.
+
+    ``cache`` holds every token but each row's ``next`` one (chosen, not yet fed); ``mask`` and ``ids`` cover the
+    cache's positions (left padding is 0 in ``mask`` and the pad id in ``ids``); ``padded`` says whether ``mask`` has
+    a 0 (without one the model is called with no mask, as ``generate`` does)."""
+
+    def __init__(self):
+        self.rows: list[_Row] = []
+        self.cache = self.mask = self.ids = self.next = None
+        self.padded = False
+        self.most = 0  # most rows decoded together in this run
+
+    def clear(self) -> None:
+        self.rows, self.cache, self.mask, self.ids, self.next, self.padded = [], None, None, None, None, False
+
+
+def _left_pad(t, n: int, dim_from_end: int, value=0):
+    """``t`` with ``n`` positions of ``value`` in front along the dimension ``dim_from_end`` from the end (1 = last)."""
+    import torch.nn.functional as F
+
+    return t if n == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (n, 0), value=value)
 
 
 class BatchEngine:
-    """The model's one worker: takes waiting requests in batches and decodes each batch with one ``generate``.
+    """The model's one worker: takes waiting requests and decodes them together, each row streamed and ended on its own.
 
-    Why a worker and not a lock per request: with a lock, 16 students wait for 16 answers one after another; one
-    batched ``generate`` answers all 16 in little more than the time of one, because a decoding step is bound by
-    reading the weights, not by the number of rows. Batches are formed by waiting ``wait_s`` after the first request
-    (or until ``max_batch`` are there); requests that need another adapter state or sampling wait for the next batch.
-    Uses :meth:`umtcds_core.chat.ChatModel.encode` (left-padded prompts) and the same loop detection and text
-    clean-up as :meth:`~umtcds_core.chat.ChatModel.answer_batch`.
+    Why a worker and not a lock per request: with a lock, 16 students wait for 16 answers one after another; decoding
+    them together answers all 16 in little more than the time of one, because a decoding step is bound by reading the
+    weights, not by the number of rows. The first requests are batched by waiting ``wait_s`` after the first one (or
+    until ``max_batch`` are there). Two engines (``engine``), chosen once by :func:`step_engine_blocker`:
+
+    * ``step`` (default): an own decoding loop over the model's forward with a ``DynamicCache``. Between two decoding
+      steps, waiting requests with the same adapter state are read in (left padded, one forward) and JOIN the running
+      batch: their cache is concatenated along the batch, the shorter side left-padded, with the 2-D attention mask;
+      position ids per row count the mask (as ``generate`` does). A finished row (stop, length, loop, cancelled,
+      timeout) leaves at once (``index_select`` on the cache, mask and ids; columns no row needs any more are cut).
+      Greedy and sampled rows may share a batch: each sampling setting gets the processors ``generate`` would build
+      (:func:`_step_processors`). Admission: at most ``max_batch`` rows, and while other rows are decoding at most
+      ``prefill_tokens`` prompt tokens (rows × longest prompt) per step, oldest first — reading a long prompt stalls
+      every running answer for that forward, so a rush of long prompts enters over a few steps instead of freezing
+      the stream for seconds; one request always fits, however long. When the oldest waiting request needs the other
+      adapter state, nobody new joins: the batch drains and that request goes next (no starvation).
+    * ``batch``: one batched ``generate`` per batch; later requests wait for the whole batch. Serves what the step
+      engine cannot reproduce exactly (P-tuning v2 and other prompt-learning adapters, sliding-window caches, …).
+
+    Uses :meth:`umtcds_core.chat.ChatModel.encode` (the prompts) and the same loop detection and text clean-up as
+    :meth:`~umtcds_core.chat.ChatModel.answer_batch`. The model's lock is taken per decoding step (step) or per
+    ``generate`` (batch).
     """
 
-    def __init__(self, chat_model, max_batch: int = 16, wait_s: float = 0.02, queue_size: int = 64):
+    def __init__(
+        self,
+        chat_model,
+        max_batch: int = 16,
+        wait_s: float = 0.02,
+        queue_size: int = 64,
+        engine: str = "step",
+        prefill_tokens: int = 2048,
+    ):
         self.cm = chat_model
         self.max_batch, self.wait_s, self.queue_size = max(1, max_batch), max(0.0, wait_s), max(1, queue_size)
+        self.prefill_tokens = max(1, prefill_tokens)
+        self.engine, self.engine_note = engine, None
+        if engine == "step" and (why := step_engine_blocker(chat_model)):
+            self.engine, self.engine_note = "batch", f"the step engine cannot serve this model exactly: {why}"
         self._pending: collections.deque[Job] = collections.deque()
         self._cv = threading.Condition()
         self._closed = False
         self.running = 0
         self.stats = {"requests": 0, "answered": 0, "rejected_full": 0, "cancelled": 0, "timeouts": 0, "batches": 0,
-                      "batch_sizes": {}, "max_batch_seen": 0, "output_tokens": 0}  # fmt: skip
-        self._thread = threading.Thread(target=self._loop, name="umtcds-serve-model", daemon=True)
+                      "batch_sizes": {}, "max_batch_seen": 0, "output_tokens": 0, "joined": 0,
+                      "steps": 0}  # fmt: skip
+        target = self._step_loop if self.engine == "step" else self._batch_loop
+        self._thread = threading.Thread(target=target, name="umtcds-serve-model", daemon=True)
         self._thread.start()
 
     # ---- called from request handlers
@@ -494,9 +678,12 @@ class BatchEngine:
             self._pending.remove(job)
 
     def snapshot(self) -> dict:
+        """The stats; with the step engine a "batch" is one run of the loop from its first rows until it empties
+        (``batch_sizes``: the most rows it held at once), ``joined`` counts rows that joined a running batch."""
         with self._cv:
             return {**self.stats, "batch_sizes": dict(self.stats["batch_sizes"]), "queued": len(self._pending),
-                    "running": self.running, "max_batch": self.max_batch, "queue_size": self.queue_size}  # fmt: skip
+                    "running": self.running, "max_batch": self.max_batch, "queue_size": self.queue_size,
+                    "engine": self.engine, "engine_note": self.engine_note}  # fmt: skip
 
     def retry_after(self) -> int:
         """Seconds a rejected client should wait: a rough guess from the line ahead of it."""
@@ -512,42 +699,68 @@ class BatchEngine:
             job.emit("error", ServeError("The server is shutting down; try again in a moment."))
         self._thread.join(timeout=30)
 
-    # ---- the worker
-    def _take(self) -> list[Job]:
+    # ---- the worker: shared
+    def _take(self, key_of) -> list[Job]:
+        """The next batch: the oldest waiting request and up to ``max_batch`` - 1 more with its ``key_of``."""
         with self._cv:
             while not self._pending and not self._closed:
                 self._cv.wait()
             if self._closed:
                 return []
-            key = self._pending[0].batch_key
+            key = key_of(self._pending[0])
             until = time.monotonic() + self.wait_s
             while not self._closed:
-                fits = sum(1 for j in self._pending if j.batch_key == key)
+                fits = sum(1 for j in self._pending if key_of(j) == key)
                 left = until - time.monotonic()
                 if fits >= self.max_batch or left <= 0:
                     break
                 self._cv.wait(timeout=left)
-            batch = [j for j in self._pending if j.batch_key == key][: self.max_batch]
+            batch = [j for j in self._pending if key_of(j) == key][: self.max_batch]
             for job in batch:
                 self._pending.remove(job)
             self.running = len(batch)
             return batch
 
-    def _loop(self) -> None:
+    def _live(self, jobs: list[Job]) -> list[Job]:
+        """``jobs`` without those cancelled or past their deadline while waiting (each answered and counted)."""
+        live = []
+        for job in jobs:
+            if job.cancelled.is_set():
+                self._count("cancelled")
+            elif time.monotonic() > job.deadline:
+                job.finish = "timeout"
+                job.emit("end")
+                self._count("timeouts")
+            else:
+                live.append(job)
+        return live
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._cv:
+            self.stats[name] += n
+
+    def _counted(self, rows: list[_Row]) -> None:
+        """Rows that ended: their tokens and how they ended, in the stats."""
+        with self._cv:
+            for row in rows:
+                self.stats["output_tokens"] += len(row.tokens)
+                kind = {"cancelled": "cancelled", "timeout": "timeouts"}.get(row.job.finish, "answered")
+                self.stats[kind] += 1
+
+    def _batch_seen(self, size: int) -> None:
+        with self._cv:
+            self.stats["batches"] += 1
+            sizes = self.stats["batch_sizes"]
+            sizes[size] = sizes.get(size, 0) + 1
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], size)
+
+    # ---- the batch engine: one generate per batch
+    def _batch_loop(self) -> None:
         while True:
-            batch = self._take()
+            batch = self._take(lambda j: j.batch_key)
             if not batch:
                 return
-            live = []
-            for job in batch:
-                if job.cancelled.is_set():
-                    self._count("cancelled")
-                elif time.monotonic() > job.deadline:
-                    job.finish = "timeout"
-                    job.emit("end")
-                    self._count("timeouts")
-                else:
-                    live.append(job)
+            live = self._live(batch)
             try:
                 if live:
                     self._generate(live)
@@ -558,10 +771,6 @@ class BatchEngine:
             finally:
                 with self._cv:
                     self.running = 0
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._cv:
-            self.stats[name] += n
 
     def _generate(self, jobs: list[Job]) -> None:
         import torch
@@ -580,25 +789,218 @@ class BatchEngine:
         for job, n in zip(jobs, enc["attention_mask"].sum(dim=1).tolist(), strict=True):
             job.prompt_tokens = int(n)
         rows = [_Row(job, tok) for job in jobs]
-        eos = cm.model.generation_config.eos_token_id
-        eos_ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
-        if tok.eos_token_id is not None:
-            eos_ids.add(tok.eos_token_id)
-        streamer = _BatchStreamer(rows, eos_ids)
+        streamer = _BatchStreamer(rows, _eos_ids(cm))
         stop = StoppingCriteriaList([_StopRows(rows, _StopOnRepetition(tok, prompt_len))])
-        with self._cv:
-            self.stats["batches"] += 1
-            sizes = self.stats["batch_sizes"]
-            sizes[len(jobs)] = sizes.get(len(jobs), 0) + 1
-            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(jobs))
+        self._batch_seen(len(jobs))
         with cm.lock, cm._mode(jobs[0].use_adapter) as m, torch.inference_mode():
             m.generate(**enc, **gen_kwargs, streamer=streamer, stopping_criteria=stop)
         streamer.end()  # rows still open reached the batch's token limit
+        self._counted(rows)
+
+    # ---- the step engine: requests join between decoding steps
+    def _step_loop(self) -> None:
+        import inspect
+
+        import torch
+
+        from .chat import _StopOnRepetition  # looked up here, like _generate does (the serve bench replaces it)
+
+        cm = self.cm
+        self._eos = _eos_ids(cm)
+        gm = _generation_model(cm)
+        self._config, self._pad = gm.config, cm.tokenizer.pad_token_id or 0
+        accepts = inspect.signature(gm.forward).parameters
+        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}  # what generate passes
+        self._procs: dict[tuple, tuple] = {}
+        while True:
+            jobs = self._take(lambda j: j.use_adapter)
+            if not jobs:
+                return
+            key, run, new = jobs[0].use_adapter, _Running(), []
+            self._repetition = _StopOnRepetition(cm.tokenizer, 0)
+            try:
+                for job in jobs:
+                    self._prompt_ids(job)
+                new = self._live(jobs)
+                while new or run.rows:
+                    with cm.lock, cm._mode(key) as m, torch.inference_mode():
+                        if new:
+                            self._join(m, run, new)
+                            new = []
+                            self._retire(run)
+                        if run.rows:
+                            self._step(m, run)
+                            self._retire(run)
+                    new = self._admit(key, run)
+            except Exception as exc:  # noqa: BLE001 - every request of the batch hears about it; the worker goes on
+                for job in [*(r.job for r in run.rows if not r.done), *new]:
+                    if not job.finish:
+                        job.emit("error", exc)
+            finally:
+                if run.most:
+                    self._batch_seen(run.most)
+                with self._cv:
+                    self.running = 0
+
+    def _prompt_ids(self, job: Job) -> list[int]:
+        """The job's prompt as token ids, encoded once (:meth:`ChatModel.encode`, the one prompt encoder)."""
+        if job.prompt_ids is None:
+            job.prompt_ids = self.cm.encode([job.messages])["input_ids"][0].tolist()
+        return job.prompt_ids
+
+    def _admit(self, key, run: _Running) -> list[Job]:
+        """Waiting requests that join the running batch now (see the class doc for the rule)."""
+        room = self.max_batch - len(run.rows)
         with self._cv:
-            for row in rows:
-                self.stats["output_tokens"] += len(row.tokens)
-                kind = {"cancelled": "cancelled", "timeout": "timeouts"}.get(row.job.finish, "answered")
-                self.stats[kind] += 1
+            if self._closed or room <= 0 or not run.rows or not self._pending:
+                return []
+            if self._pending[0].use_adapter != key:
+                return []  # drain: the oldest waiting request needs the other adapter state and goes next
+            candidates = [j for j in self._pending if j.use_adapter == key][:room]
+        chosen, longest = [], 0
+        for job in candidates:  # tokenized outside the queue's lock: submitters never wait for the tokenizer
+            longest = max(longest, len(self._prompt_ids(job)))
+            if chosen and (len(chosen) + 1) * longest > self.prefill_tokens:
+                break
+            chosen.append(job)
+        with self._cv:
+            taken = []
+            for job in chosen:
+                with contextlib.suppress(ValueError):  # cancelled meanwhile: already gone from the queue
+                    self._pending.remove(job)
+                    taken.append(job)
+            self.running = len(run.rows) + len(taken)
+        return self._live(taken)
+
+    def _forward(self, m, ids, mask, positions, cache, padded: bool):
+        """One forward as ``generate`` makes it; the last position's logits in float32 (what its processors see)."""
+        import torch
+
+        out = m(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions, cache=cache,
+                use_cache=True, **self._keep)  # fmt: skip
+        return out.logits[:, -1].to(dtype=torch.float32, copy=True)
+
+    def _join(self, m, run: _Running, jobs: list[Job]) -> None:
+        """Read the jobs' prompts in (left padded, one forward), choose their first tokens and add them to ``run``."""
+        import torch
+        from transformers import DynamicCache
+
+        device = _generation_model(self.cm).device
+        lengths = [len(j.prompt_ids) for j in jobs]
+        width = max(lengths)
+        ids = torch.full((len(jobs), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(jobs), width), dtype=torch.long)
+        for i, job in enumerate(jobs):
+            ids[i, width - lengths[i] :] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            mask[i, width - lengths[i] :] = 1
+            job.prompt_tokens = lengths[i]
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate: pads at 0, each row from 0
+        cache = DynamicCache(config=self._config)
+        padded = min(lengths) < width
+        logits = self._forward(m, ids, mask, positions, cache, padded)
+        rows = [_Row(job, self.cm.tokenizer) for job in jobs]
+        tokens = self._choose(ids, logits, rows)
+        if run.rows:  # join: left-pad the shorter side's cache positions, then one batch
+            have = run.mask.shape[1]
+            total = max(have, width)
+            for old, fresh in zip(run.cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_left_pad(old.keys, total - have, 2), _left_pad(fresh.keys, total - width, 2)])
+                old.values = torch.cat(
+                    [_left_pad(old.values, total - have, 2), _left_pad(fresh.values, total - width, 2)]
+                )
+            run.mask = torch.cat([_left_pad(run.mask, total - have, 1), _left_pad(mask, total - width, 1)])
+            run.ids = torch.cat(
+                [_left_pad(run.ids, total - have, 1, self._pad), _left_pad(ids, total - width, 1, self._pad)]
+            )
+            run.next = torch.cat([run.next, tokens])
+            run.padded = run.padded or padded or have != width
+            self._count("joined", len(rows))
+        else:
+            run.cache, run.mask, run.ids, run.next, run.padded = cache, mask, ids, tokens, padded
+        run.rows.extend(rows)
+        run.most = max(run.most, len(run.rows))
+        with self._cv:
+            self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(run.rows))
+        self._took(rows, tokens.tolist())
+
+    def _step(self, m, run: _Running) -> None:
+        """One decoding step for every row: feed each row's chosen token, choose the next."""
+        import torch
+
+        run.mask = torch.cat([run.mask, run.mask.new_ones((len(run.rows), 1))], dim=1)
+        run.ids = torch.cat([run.ids, run.next[:, None]], dim=1)
+        positions = run.mask.sum(dim=1, keepdim=True) - 1  # the count of each row's real tokens, as generate's +1
+        logits = self._forward(m, run.next[:, None], run.mask, positions, run.cache, run.padded)
+        run.next = self._choose(run.ids, logits, run.rows)
+        self._count("steps")
+        self._took(run.rows, run.next.tolist())
+
+    def _took(self, rows: list[_Row], tokens: list[int]) -> None:
+        """Each row's new token streamed (or its end), then the stop rules generate's criteria apply."""
+        import torch
+
+        for row, token in zip(rows, tokens, strict=True):
+            row.take(token, self._eos)
+        now, rep = time.monotonic(), self._repetition
+        window = getattr(rep, "window", 256)
+        for row in rows:
+            if not row.done:
+                looped = bool(rep(torch.tensor([row.tokens[-window:]]), None)[0])
+                row.check(looped, now)
+
+    def _choose(self, ids, logits, rows: list[_Row]):
+        """Each row's next token: its sampling setting's processors, then argmax (greedy) or a draw (sampling)."""
+        import torch
+
+        groups: dict[tuple, list[int]] = {}
+        for i, row in enumerate(rows):
+            groups.setdefault(row.job.batch_key[1:], []).append(i)
+        out = None
+        for skey, idx in groups.items():
+            if skey not in self._procs:
+                self._procs[skey] = _step_processors(self.cm, rows[idx[0]].job.options)
+            procs, sample = self._procs[skey]
+            whole = len(idx) == len(rows)
+            pick = None if whole else torch.tensor(idx, device=logits.device)
+            scores = procs(ids if whole else ids[pick], logits if whole else logits[pick])
+            if sample:
+                chosen = torch.multinomial(torch.nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                chosen = torch.argmax(scores, dim=-1)
+            if whole:
+                return chosen
+            if out is None:
+                out = torch.empty(len(rows), dtype=chosen.dtype, device=chosen.device)
+            out[pick] = chosen
+        return out
+
+    def _retire(self, run: _Running) -> None:
+        """Finished rows leave the batch at once; cache columns that only they needed are cut."""
+        import torch
+
+        keep = [i for i, row in enumerate(run.rows) if not row.done]
+        if len(keep) == len(run.rows):
+            return
+        self._counted([row for row in run.rows if row.done])
+        if not keep:
+            run.clear()
+            self._batch_seen(run.most)  # counted before running drops to 0: a snapshot never sees a half-ended run
+            run.most = 0
+        else:
+            pick = torch.tensor(keep, device=run.mask.device)
+            for layer in run.cache.layers:
+                layer.batch_select_indices(pick)
+            run.mask, run.ids, run.next = run.mask[pick], run.ids[pick], run.next[pick]
+            run.rows = [run.rows[i] for i in keep]
+            first = int(run.mask.any(dim=0).to(torch.int8).argmax())  # leading columns every row has as padding
+            if first:
+                for layer in run.cache.layers:
+                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+                run.mask, run.ids = run.mask[:, first:], run.ids[:, first:]
+            run.padded = not bool(run.mask.all())
+        with self._cv:
+            self.running = len(run.rows)
 
 
 # ---- rate limit -----------------------------------------------------------------------------------------------------
@@ -648,7 +1050,12 @@ class ChatAPI:
         rate = parse_rate(values["rate_limit"])
         self.rate = RateLimiter(*rate) if rate else None
         self.engine = BatchEngine(
-            chat_model, values["max_batch"], values["batch_wait_ms"] / 1000.0, values["queue_size"]
+            chat_model,
+            values["max_batch"],
+            values["batch_wait_ms"] / 1000.0,
+            values["queue_size"],
+            engine=values["engine"],
+            prefill_tokens=values["prefill_tokens"],
         )
         self.feedback_file = feedback_path(values)
         self.questions_file = questions_path(values) if values.get("log_questions") else None

@@ -460,3 +460,114 @@ def test_rag_returns_sources_on_the_reply_and_in_the_last_stream_chunk(fact_chat
 
     with pytest.raises(UserError, match="index"):
         serve.make_server(fact_chat_model, "127.0.0.1", 0, rag=str(index_dir.parent / "no-index"))
+
+
+# ---- the step engine: requests join the running batch between decoding steps (issue 16 §1) -------------------------
+def _engine_job(engine, content: str, max_new_tokens: int = 24, temperature: float = 0.0, use_adapter: bool = True):
+    import queue
+    import time
+
+    from umtcds_core.chat import GenOptions
+
+    options = GenOptions(max_new_tokens=max_new_tokens, temperature=temperature, top_p=0.9)
+    job = serve.Job([{"role": "user", "content": content}], options, use_adapter,
+                    deadline=time.monotonic() + 120, out=queue.Queue())  # fmt: skip
+    engine.submit(job)
+    return job
+
+
+def _answered(job):
+    while True:
+        kind, value = job.out.get(timeout=120)
+        if kind == "error":
+            raise value
+        if kind == "end":
+            return job
+
+
+def _generate_greedy(cm, content: str, max_new_tokens: int, use_adapter: bool) -> tuple[str, int]:
+    """One plain ``model.generate`` for the request: greedy, the same loop check and clean-up; (text, tokens)."""
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from umtcds_core.chat import GenOptions, _StopOnRepetition, final_text
+
+    enc = cm.encode([[{"role": "user", "content": content}]])
+    n = enc["input_ids"].shape[1]
+    stop = StoppingCriteriaList([_StopOnRepetition(cm.tokenizer, n)])
+    kwargs = cm._gen_kwargs(GenOptions(max_new_tokens=max_new_tokens, temperature=0.0))
+    with cm.lock, cm._mode(use_adapter) as m, torch.inference_mode():
+        new = m.generate(**enc, **kwargs, stopping_criteria=stop)[0, n:].tolist()
+    ends = [i for i, t in enumerate(new) if t in serve._eos_ids(cm)]
+    new = new[: ends[0]] if ends else new
+    return final_text(cm.tokenizer.decode(new, skip_special_tokens=True)), len(new)
+
+
+def test_step_engine_greedy_equals_generate(fact_chat_model, tmp_path):
+    """fp32 CPU: one request through the step engine's own decoding loop gives exactly the tokens of one greedy
+    ``generate`` — tuned (LoRA through peft's forward), base (adapter disabled), and a tiny random GLM (the shape the
+    GPU serves: partial rotary, attention bias)."""
+    from tests.train_helpers import make_tiny_model
+    from umtcds_core.chat import load_chat_model
+
+    glm = load_chat_model(str(make_tiny_model(tmp_path / "glm", arch="glm")), device="cpu")
+    cases = [(fact_chat_model, Q, True, 24), (fact_chat_model, "Tell me about the gym.", False, 24),
+             (glm, "Tell me about the gym.", False, 16)]  # fmt: skip
+    for cm, content, use_adapter, n in cases:
+        engine = serve.BatchEngine(cm, max_batch=4, wait_s=0.0)
+        try:
+            assert engine.snapshot()["engine"] == "step" and engine.engine_note is None
+            job = _answered(_engine_job(engine, content, n, use_adapter=use_adapter))
+        finally:
+            engine.close()
+        want = _generate_greedy(cm, content, n, use_adapter)
+        assert (job.text, job.completion_tokens) == want and want[1] >= 4, (content, use_adapter)
+
+
+def test_a_request_joining_a_running_batch_gets_its_solo_answer(fact_chat_model):
+    """Held at the model's lock, the worker has taken the first request; two more (one greedy, one sampled) arrive
+    and join it between decoding steps — their prompts have another length, so the caches are left-padded and
+    merged. The greedy late-comer's answer is the one it gets alone (fp32, exact), every row ends on its own."""
+    (q1, a1), (q2, a2) = FACTS[0], FACTS[2]
+    engine = serve.BatchEngine(fact_chat_model, max_batch=4, wait_s=0.0)
+    try:
+        solo = _answered(_engine_job(engine, q2)).text
+        with fact_chat_model.lock:
+            first = _engine_job(engine, q1)
+            _wait(lambda: engine.snapshot()["running"] == 1, "the worker to take the first request")
+            late, sampled = _engine_job(engine, q2), _engine_job(engine, q2, temperature=0.8)
+            _wait(lambda: engine.snapshot()["queued"] == 2, "two requests to wait")
+        for job in (first, late, sampled):
+            _answered(job)
+        assert first.text == a1 and late.text == solo == a2 and first.finish == late.finish == "stop"
+        assert sampled.finish in ("stop", "length") and sampled.completion_tokens > 0
+        stats = _wait(lambda: (s := engine.snapshot())["batches"] == 2 and s, "the worker to count the batch")
+        assert stats["joined"] == 2 and stats["max_batch_seen"] == 3 and stats["batch_sizes"] == {1: 1, 3: 1}
+        assert stats["answered"] == 4 and stats["running"] == 0 and stats["queued"] == 0
+    finally:
+        engine.close()
+
+
+def test_prefix_adapter_is_served_by_the_batch_engine(fact_chat_model, tmp_path):
+    """P-tuning v2 (prefix) keeps its own past keys per row: the step engine says so and the batch engine (one
+    generate per batch) answers instead; an unknown engine name is refused."""
+    from peft import PrefixTuningConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from umtcds_core.chat import ChatModel
+
+    tok = fact_chat_model.tokenizer
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=1, pad_token_id=tok.pad_token_id))  # fmt: skip
+    model = get_peft_model(base, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)).eval()
+    cm = ChatModel(tokenizer=tok, model=model, base_ref="tiny", adapter_dir=tmp_path, adapter_kind="PREFIX_TUNING")
+    assert "prompt-learning" in serve.step_engine_blocker(cm)
+    engine = serve.BatchEngine(cm, wait_s=0.0, engine="step")
+    try:
+        assert engine.snapshot()["engine"] == "batch" and "P-tuning v2" in engine.engine_note
+        job = _answered(_engine_job(engine, Q, 4))
+        assert job.finish in ("stop", "length") and job.prompt_tokens > 0
+    finally:
+        engine.close()
+    with pytest.raises(serve.S.SettingsError, match="engine"):
+        serve.make_server(fact_chat_model, "127.0.0.1", 0, engine="fast")
