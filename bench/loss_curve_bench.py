@@ -12,8 +12,8 @@ other jobs spin-waited for each other and one step took 5-9x longer. ``--model F
 GGUF file where its package is not installed (the GPU machine).
 
 Why (issue 19, "Rules"): speed must never change results silently. The CPU tests check each optimisation for a step or
-two; this bench trains the same data for ``--steps`` (≥ 100) optimizer steps twice from the same seed (plus a control, below) and compares
-the whole loss curve:
+two; this bench trains the same data for ``--steps`` (≥ 100) optimizer steps twice from the same seed (plus a
+control, below) and compares the whole loss curve:
 
 * ``ours`` — what ``umtcds train`` runs on this device: ``speed.plan(config, machine)`` and the same calls as
   ``umtcds_core.train`` (``train.build_model`` → ``speed.apply``) with the collator the report picks. On a CPU:
