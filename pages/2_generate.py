@@ -20,7 +20,11 @@ from umtcds_core.jobs import latest_job, running_job
 from umtcds_core.llm import BACKENDS, DEFAULT_KEY_ENV, DEFAULT_MODELS, RetryPolicy, make_backend, ping
 from umtcds_core.models import EMBEDDED
 from umtcds_core.qa import (
+    CPU_BATCH,
     CPU_MAX_PAGES,
+    CPU_MAX_TOKENS,
+    CPU_PAGES_PER_MIN,
+    CPU_PAIRS,
     GENERATE,
     PROMPTS_FILE,
     dump_prompts,
@@ -149,6 +153,15 @@ backend = st.radio(
 )
 for name, value in _backend_defaults(backend).items():
     st.session_state.setdefault(f"gen_{name}_{backend}", value)
+cpu_local = backend == "local" and not has_gpu()
+if cpu_local and not locked and not st.session_state.get("gen_cpu_sized"):
+    # Once, on picking the local model on a CPU: fewer pairs (each reply stops once it holds them) and a small batch,
+    # unless the user already changed them from the generic defaults.
+    st.session_state["gen_cpu_sized"] = True
+    if st.session_state.get("gen_pairs") == GENERATE["pairs_per_page"].default:
+        st.session_state["gen_pairs"] = CPU_PAIRS
+    if not st.session_state.get("gen_batch_size"):
+        st.session_state["gen_batch_size"] = CPU_BATCH
 c1, c2 = st.columns(2)
 model = c1.text_input(
     _label("model"),
@@ -250,6 +263,19 @@ lang = s3.selectbox(
 )
 clean = s4.toggle(_label("clean"), key=f"gen_clean_{backend}", help=_help("clean"), disabled=locked)
 max_tokens = ui_fields.widget(field["max_tokens"], s4, f"gen_max_tokens_{backend}", disabled=locked)
+if cpu_local and CPU_PAGES_PER_MIN:
+    demo_min = 22 / CPU_PAGES_PER_MIN
+    st.caption(
+        tr(
+            f"CPU 建议设置：每页 {CPU_PAIRS} 个问答对、批大小 {CPU_BATCH}、回复最多 {CPU_MAX_TOKENS} "
+            f"token，写满问答对即停止。22 个网页的演示网站预计约 {demo_min:.0f} 分钟"
+            f"（本项目的 2 核测试机实测每分钟 {CPU_PAGES_PER_MIN:.1f} 个网页）。",
+            f"CPU settings: {CPU_PAIRS} pairs per page, batch {CPU_BATCH}, replies up to "
+            f"{CPU_MAX_TOKENS} tokens, each stopping once its pairs are complete. Expect about "
+            f"{demo_min:.0f} minutes for the 22-page demo site ({CPU_PAGES_PER_MIN:.1f} pages/min measured on this "
+            "project's 2-core test machine).",
+        )
+    )
 j1, j2 = st.columns(2)
 judge = ui_fields.widget(field["judge"], j1, "gen_judge", disabled=locked)
 threshold = j2.slider(_label("judge_threshold"), 1, 5, key="gen_threshold", disabled=locked or not judge)

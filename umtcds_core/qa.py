@@ -818,8 +818,16 @@ def read_pages(in_dir: str | Path) -> list[Page]:
 CPU_MAX_TOKENS = 256
 """``max_tokens`` for a local model on a CPU when none is given: a 135M model on 2 cores makes ~10–30 tokens/s, so
 1,024-token replies kept a page busy for minutes (issue 21); 256 still holds a few short pairs."""
-CPU_MAX_PAGES = 4
-"""Pages the Generate page suggests for a local model on a CPU (all of them on a GPU or a remote API)."""
+CPU_MAX_PAGES = 25
+"""Pages the Generate page suggests for a local model on a CPU (all of them on a GPU or a remote API): the whole
+22-page demo site, and a bounded first run on a real site."""
+CPU_PAIRS = 2
+"""Pairs per page the Generate page suggests for a local model on a CPU: a reply stops once it holds them."""
+CPU_BATCH = 4
+"""Batch size the Generate page suggests for a local model on a CPU (bench/results/generate_qa_cpu.json)."""
+CPU_PAGES_PER_MIN = 0.0
+"""Demo-site pages per minute of Q&A generation with the CPU defaults on this project's shared 2-core machine
+(bench/results/generate_qa_cpu.json): the Generate page says how long the 22-page demo site takes from it."""
 
 
 @dataclass
