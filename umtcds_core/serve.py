@@ -32,9 +32,11 @@ Endpoints (FastAPI on uvicorn):
   dashboard's Dataset page ("From students") turns thumbs-down answers, refusals and corrections into new pairs.
 
 Serving many students with one model: one worker thread owns the model (:class:`BatchEngine`). Requests that arrive
-together — within ``--batch-wait-ms`` of each other, up to ``--max-batch`` — are decoded together in one batched
-``generate`` (left padding, each row streamed and stopped on its own), which on a CPU or GPU costs little more than
-one answer. The waiting line is bounded (``--queue-size``): beyond it a request gets ``503`` with ``Retry-After``
+together — within ``--batch-wait-ms`` of each other, up to ``--max-batch`` — are decoded together (left padding,
+each row streamed and stopped on its own), which on a CPU or GPU costs little more than one answer. With ``--engine
+step`` (the default) a request that arrives while others are being decoded joins them at the next decoding step
+(at most ``--prefill-tokens`` prompt tokens per step); ``--engine batch`` (and any P-tuning v2 model) decodes each
+batch with one ``generate``, so later requests wait for the whole batch. The waiting line is bounded (``--queue-size``): beyond it a request gets ``503`` with ``Retry-After``
 instead of waiting forever; ``--rate-limit N/min`` caps each client address (``429``); ``--request-timeout`` ends
 an answer that takes too long (``504``, or an error event mid-stream). A client that disconnects mid-stream stops
 its own row; the batch goes on for the others.
