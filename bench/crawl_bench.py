@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/benchlib.py
+from benchlib import emit  # noqa: E402
 from crawl_helpers import FIXTURE_DIR, WWW, BenchSite  # noqa: E402
 
 from umtcds_core.crawl import CrawlConfig, Crawler  # noqa: E402
@@ -153,11 +154,7 @@ def main() -> int:
         },
         "extraction_quality": extraction_quality(),
     }
-    text = json.dumps(result, ensure_ascii=False, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return 0
 
 

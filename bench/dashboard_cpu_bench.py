@@ -31,8 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/benchlib.py
 import browser_helpers as bh  # noqa: E402 - the browser tests' launcher, login and CPU accounting
+from benchlib import emit  # noqa: E402
 
 GOAL = 0.95
 
@@ -210,11 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
         "phases": phases,
         "notes": "CPU % is of one core; the browser runs on the same machine (headless Chromium).",
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return result
 
 

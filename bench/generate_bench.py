@@ -18,7 +18,6 @@ Prints one JSON object: machine, settings, loop and batched tokens/s, and their 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/benchlib.py
+from benchlib import emit  # noqa: E402
 
 TOPICS = [
     ("Library", "The main library opens at {h}:30 and closes at 22:00. Students borrow up to {n} books for 60 days."),
@@ -330,11 +331,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["profile"] = profile_decode(tok, model, convs[:batch], args.profile_steps, args.out)
     if "loop" in result and "ours" in result:  # the original comparison, kept for older result files
         result["speedup_tokens_per_s"] = round(result["ours"]["tokens_per_s"] / result["loop"]["tokens_per_s"], 2)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return result
 
 

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/benchlib.py
+from benchlib import emit  # noqa: E402
 
 
 def demo_conversations(pairs: int, max_tokens: int, pages: int | None) -> tuple[list[str], list[list[dict]]]:
@@ -211,11 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads_check:
         result["threads"] = threads_check(convs, args.threads_tokens, args.batch)
     result["machine"]["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
-    text = json.dumps(result, indent=2, ensure_ascii=False)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/benchlib.py
+from benchlib import emit  # noqa: E402
 
 TINY = dict(
     num_hidden_layers=2,
@@ -145,11 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         result["measured"] = None
         result["note"] = "CPU smoke run: the steps ran, memory is measured only on CUDA"
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return result
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/benchlib.py
+from benchlib import emit  # noqa: E402
 
 WORDS = (
     "library campus student course credit exam office building canteen dormitory scholarship semester "
@@ -181,11 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if proc.returncode != 0:
         result["stderr_tail"] = proc.stderr[-3000:]
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    emit(result, args.out)
     return result
 
 
