@@ -518,6 +518,14 @@ def machine_setup(cfg: TrainConfig):
     device = models.best_device()
     if device == "mps":
         device = "cpu"  # the Trainer's mps path is not tested here
+    if device == "cpu":
+        import torch
+
+        from .llm import cpu_threads
+
+        # this job's share of the cores: a LoRA run and a Q&A generation on 2 cores, each with torch's 2 threads,
+        # ran 3.8 tok/s each against 15-16 with one thread each (bench/results/generate_qa_cpu.json)
+        torch.set_num_threads(min(torch.get_num_threads(), cpu_threads()))
     if methods.get(cfg.method).quantised:
         if device != "cuda":
             raise TrainError(
