@@ -206,7 +206,7 @@ with side:
         if est is not None:
             st.metric(tr("预计峰值显存", "Expected peak GPU memory"), f"{est['total_gib']:.1f} GiB")
             st.markdown(f"**{verdict_text(est)}**")
-            fit = C.methods_fit(cfg)
+            fit = C.methods_fit(cfg, gpus=est["gpus"])  # the GPUs the estimate above already detected
             card = fit["card"]
             where = (
                 tr(
