@@ -250,8 +250,13 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
     dashboard restart simply re-attaches by reading the job folder. The project the jobs write to is named first.
     """
     st.caption(target_caption(ws))
+    # What this full run of the page shows: the fragment below asks for another full run while the job's state differs
+    # from it. It asks on every poll until that run happens, so one lost rerun request cannot leave stale results.
+    seen = latest_job(ws, step)
+    shown = (seen.id, seen.status()) if seen is not None else None
+    st.session_state[f"_page_shows_{step}"] = shown
 
-    @st.fragment(run_every=refresh_s if (j := latest_job(ws, step)) is not None and j.status() == RUNNING else None)
+    @st.fragment(run_every=refresh_s if shown is not None and shown[1] == RUNNING else None)
     def _panel():
         job = latest_job(ws, step)
         if job is None:
@@ -283,11 +288,8 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
         if show_log:
             with st.expander(tr("日志", "Log")):
                 st.code(job.log_tail(6000) or "…", language=None)
-        if status != RUNNING and st.session_state.get(f"_was_running_{step}"):
-            st.session_state[f"_was_running_{step}"] = False
-            st.rerun()  # refresh the whole page once so results appear
-        if status == RUNNING:
-            st.session_state[f"_was_running_{step}"] = True
+        if status != RUNNING and st.session_state.get(f"_page_shows_{step}") != (job.id, status):
+            st.rerun()  # the job ended or another one started since the page was drawn: redraw it with the results
 
     _panel()
     return latest_job(ws, step)
