@@ -5,9 +5,13 @@ What a first-time user waits for (issue 19, goal 5): the embedded model (smollm2
 builds (the demo site served and crawled here, chunked and prompted by ``qa.Generator``), greedy, in turn, after a
 warm-up:
 
-* ``today``: every reply runs until the model stops or hits ``--max-tokens`` (no ``done``), torch's default threads;
-* ``early_stop``: a row stops once its reply holds ``--pairs`` settled pairs (``qa.pairs_done``), threads from
-  ``llm.cpu_threads``.
+* ``today``: static batches (one ``generate`` per ``--batch`` prompts), every reply runs until the model stops or
+  hits ``--max-tokens`` (no ``done``), torch's default threads — the path before issue 19;
+* ``early_stop``: the same static batches, a row stops once its reply holds ``--pairs`` settled pairs
+  (``qa.pairs_done``), threads from ``llm.cpu_threads``;
+* ``step``: what ships on a CPU — early stop plus the step engine (``LocalBackend(engine="step")``, :mod:`decode`): a
+  running batch of ``--batch`` rows in which a finished reply's row goes to the next prompt at once, so no row waits
+  for its batch's longest reply.
 
 Reported per side: output tokens, seconds, tokens/s, pages per minute (the figure a user feels: early stopping
 makes fewer tokens, not faster ones), how each reply ended, and whether the parsed pairs (``parse_pairs(reply)[:n]``,
@@ -161,16 +165,25 @@ def main(argv: list[str] | None = None) -> int:
     load0 = os.getloadavg()[0]
     names, convs = demo_conversations(args.pairs, args.max_tokens, args.pages)
     default_threads = torch.get_num_threads()
-    today = LocalBackend("smollm2-135m", batch_size=args.batch, device="cpu")
+    today = LocalBackend("smollm2-135m", batch_size=args.batch, device="cpu", engine="generate")
     today.chat_batch(convs[:1], max_tokens=8)  # warm-up: load the model, first-call allocations
-    sides = {"today": [], "early_stop": []}
+    step = LocalBackend.from_loaded(*today._ensure(), batch_size=args.batch)
+    step.engine = "step"
+    step.chat_batch(convs[:1], max_tokens=8)
+    sides = {"today": [], "early_stop": [], "step": []}
     for _ in range(max(1, args.rounds)):
         os.environ["UMTCDS_CPU_THREADS"] = str(default_threads)
         sides["today"].append(run_side(today, convs, args.max_tokens, None, args.pairs))
         os.environ.pop("UMTCDS_CPU_THREADS")
         sides["early_stop"].append(run_side(today, convs, args.max_tokens, pairs_done(args.pairs), args.pairs))
-    same = [a == b for a, b in zip(sides["today"][0]["_pairs"], sides["early_stop"][0]["_pairs"], strict=True)]
+        sides["step"].append(run_side(step, convs, args.max_tokens, pairs_done(args.pairs), args.pairs))
+
+    def same_pairs(side: str) -> list[bool]:
+        return [a == b for a, b in zip(sides["today"][0]["_pairs"], sides[side][0]["_pairs"], strict=True)]
+
+    same, same_step = same_pairs("early_stop"), same_pairs("step")
     differing = [names[i] for i, ok in enumerate(same) if not ok]
+    differing_step = [names[i] for i, ok in enumerate(same_step) if not ok]
     for runs in sides.values():
         for r in runs:
             r.pop("_pairs")
@@ -179,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         return sum(r[key] for r in sides[side])
 
     result = {
-        "bench": "generate_qa_cpu_today_vs_early_stop",
+        "bench": "generate_qa_cpu_today_vs_early_stop_vs_step",
         "machine": {
             "platform": platform.platform(),
             "python": platform.python_version(),
@@ -202,13 +215,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "today": sides["today"],
         "early_stop": sides["early_stop"],
-        "speedup_pages_per_min": round(
-            (len(convs) * args.rounds / total("early_stop", "seconds"))
-            / (len(convs) * args.rounds / total("today", "seconds")),
-            2,
-        ),
+        "step": sides["step"],
+        "speedup_pages_per_min": round(total("today", "seconds") / total("early_stop", "seconds"), 2),
         "parsed_pairs_identical": f"{sum(same)}/{len(same)}",
         "pages_with_different_pairs": differing,
+        "step_speedup_pages_per_min": round(total("today", "seconds") / total("step", "seconds"), 2),
+        "step_vs_early_stop": round(total("early_stop", "seconds") / total("step", "seconds"), 2),
+        "step_parsed_pairs_identical": f"{sum(same_step)}/{len(same_step)}",
+        "step_pages_with_different_pairs": differing_step,
     }
     if args.threads_check:
         result["threads"] = threads_check(convs, args.threads_tokens, args.batch)

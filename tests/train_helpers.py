@@ -33,15 +33,18 @@ def _smollm2_folder() -> Path:
     return models.hf_folder(models.resolve("smollm2-135m"))
 
 
-def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0) -> Path:
-    """A tiny random ``arch`` model (2 layers, hidden 64, ~3M parameters) with SmolLM2's tokenizer, saved at ``path``."""
+def make_tiny_model(
+    path: str | Path, arch: str = "llama", seed: int = 0, tokenizer=None, positions: int = 2048
+) -> Path:
+    """A tiny random ``arch`` model (``llama``, ``qwen2`` or ``glm``; 2 layers, hidden 64, ~3M parameters) with
+    ``tokenizer`` (default SmolLM2's), saved at ``path``."""
     import torch
     from transformers import AutoTokenizer
 
     path = Path(path)
     if (path / "config.json").exists() and (path / "tokenizer_config.json").exists():
         return path
-    tok = AutoTokenizer.from_pretrained(str(_smollm2_folder()))
+    tok = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(_smollm2_folder()))
     common = dict(
         vocab_size=len(tok),
         hidden_size=64,
@@ -49,7 +52,7 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0) -> Pat
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=2048,
+        max_position_embeddings=positions,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
@@ -63,6 +66,10 @@ def make_tiny_model(path: str | Path, arch: str = "llama", seed: int = 0) -> Pat
         from transformers import LlamaConfig, LlamaForCausalLM
 
         model = LlamaForCausalLM(LlamaConfig(**common))
+    elif arch == "qwen2":
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        model = Qwen2ForCausalLM(Qwen2Config(**common))
     elif arch == "glm":
         from transformers import GlmConfig, GlmForCausalLM
 

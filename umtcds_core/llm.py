@@ -222,6 +222,10 @@ def cpu_threads(cores: int | None = None, others: int | None = None) -> int:
     return max(1, cores // (1 + max(0, others)))
 
 
+ENGINES = ("auto", "step", "generate")
+"""How :class:`LocalBackend` decodes a batch (its ``engine``)."""
+
+
 class LocalBackend:
     """A local transformers chat model with batched generation (left padding, the model's own chat template).
 
@@ -238,11 +242,17 @@ class LocalBackend:
         batch_size: int | None = None,
         device: str | None = None,
         gen_kwargs: dict | None = None,
+        engine: str = "auto",
     ):
         self.model_ref = model
         self.batch_size = None if batch_size is None else max(1, int(batch_size))  # None: auto, see auto_batch_size
         self.device = device
         self.gen_kwargs = dict(gen_kwargs or {})
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        self.engine = engine
+        """``step``: a running batch whose finished rows are replaced at once (:mod:`decode`); ``generate``: one
+        static ``generate`` per batch; ``auto``: step on a CPU, generate elsewhere (see :meth:`engine_for`)."""
         self.tokens_out = 0
         self.stats: dict[str, int] = {}
         """``checks``/``early_stops``: how often ``done`` was asked and how many rows it stopped (benchmarks)."""
@@ -335,8 +345,35 @@ class LocalBackend:
                 torch.set_num_threads(before)
         return self._chat_batch(tok, model, conversations, max_tokens, temperature, done)
 
+    def engine_for(self, model, gen_kwargs: dict) -> str:
+        """The engine a call uses: ``step`` where asked (``auto``: on a CPU) and :mod:`decode` reproduces the call
+        exactly, else ``generate``.
+
+        Why step only on a CPU by default: measured there (bench/generate_cpu_bench.py), a static batch waits for its
+        longest reply — a small model often rambles to the token cap while its neighbours stopped long before — and
+        replacing a finished row with the next prompt keeps every step full. On a GPU the static ``generate`` path is
+        the one measured (bench/results/generate_*_h200.json); the step loop is not, so it is not the default there."""
+        from .decode import Unsupported, blocker, processors
+
+        wanted = self.engine if self.engine != "auto" else ("step" if model.device.type == "cpu" else "generate")
+        if wanted != "step" or blocker(model) or "logits_processor" in gen_kwargs:
+            return "generate"  # a caller's processor may count on generate's steps (one fixed batch per call)
+        try:
+            processors(model, gen_kwargs)
+        except Unsupported:
+            return "generate"
+        return "step"
+
     def _chat_batch(self, tok, model, conversations, max_tokens, temperature, done) -> list[str]:
         import torch
+
+        gen_kwargs = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id, **self.gen_kwargs}
+        if temperature > 0:
+            gen_kwargs.update(do_sample=True, temperature=temperature, top_p=0.9)
+        else:
+            gen_kwargs.update(do_sample=False)
+        if conversations and self.engine_for(model, gen_kwargs) == "step":
+            return self._chat_steps(tok, model, conversations, gen_kwargs, done)
 
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         # Sort by length so each batch pads little; restore order at the end.
@@ -351,17 +388,13 @@ class LocalBackend:
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False).to(
                 model.device
             )
-            gen_kwargs = {"max_new_tokens": max_tokens, "pad_token_id": tok.pad_token_id, **self.gen_kwargs}
-            if temperature > 0:
-                gen_kwargs.update(do_sample=True, temperature=temperature, top_p=0.9)
-            else:
-                gen_kwargs.update(do_sample=False)
+            extra = {}
             if self.on_tokens is not None or done is not None:
-                gen_kwargs["stopping_criteria"] = _step_watch(
+                extra["stopping_criteria"] = _step_watch(
                     self.on_tokens, tok, enc["input_ids"].shape[1], done, self.stats
                 )
             with torch.inference_mode():
-                gen = model.generate(**enc, **gen_kwargs)
+                gen = model.generate(**enc, **gen_kwargs, **extra)
             new = gen[:, enc["input_ids"].shape[1] :]
             if tok.pad_token_id is not None:
                 self.tokens_out += int((new != tok.pad_token_id).sum())
@@ -371,6 +404,76 @@ class LocalBackend:
                 self.on_batch_end()
             for i, row in zip(idx, new, strict=True):
                 out[i] = tok.decode(row, skip_special_tokens=True).strip()
+        return out
+
+    def _chat_steps(self, tok, model, conversations, gen_kwargs: dict, done) -> list[str]:
+        """Replies decoded in a running batch of ``batch_size`` rows (:class:`decode.Decoding`): a row leaves the
+        step its reply ends (end of sequence, ``max_new_tokens``, ``done``) and the next prompt takes its place, so no
+        row waits for the batch's longest reply. Prompts enter shortest first (as the static path sorts them).
+
+        Greedy replies are ``generate``'s up to floating-point noise from different padding; ``done``, ``on_tokens``,
+        ``on_batch_end``, ``tokens_out`` and ``stats`` behave as in the static path (``on_batch_end`` once, at the end)."""
+        import torch
+
+        from .decode import Decoding, choose, eos_ids, processors
+
+        procs, sample = processors(model, gen_kwargs)
+        limit = int(gen_kwargs["max_new_tokens"])
+        prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        waiting = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        slots = self.batch_size or self.auto_batch_size(max(len(x) for x in ids) + limit)
+        ends, out = eos_ids(model, tok), [""] * len(ids)
+        run = Decoding(model, tok.pad_token_id)
+        made: dict[int, list[int]] = {}  # row (prompt index) -> its reply's tokens so far
+        count = [0]  # reply tokens made (an end-of-sequence id is not one)
+
+        def took(rows: list[int], tokens: list[int]) -> list[int]:
+            """Each row's new token; the positions (in ``rows``) of rows that go on."""
+            going = []
+            real = 0
+            for pos, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+                reply = made[row]
+                ended = token in ends
+                if not ended:
+                    reply.append(token)
+                    real += 1
+                    ended = len(reply) >= limit
+                if not ended and done is not None:
+                    piece = tok.decode([token], skip_special_tokens=True)
+                    if any(c in piece for c in DONE_CHARS):
+                        self.stats["checks"] = self.stats.get("checks", 0) + 1
+                        if done(tok.decode(reply, skip_special_tokens=True)):
+                            self.stats["early_stops"] = self.stats.get("early_stops", 0) + 1
+                            ended = True
+                if ended:
+                    out[row] = tok.decode(reply, skip_special_tokens=True).strip()
+                else:
+                    going.append(pos)
+            count[0] += real
+            if self.on_tokens is not None:
+                self.on_tokens(real)
+            return going
+
+        with torch.inference_mode():
+            while waiting or run.rows:
+                if waiting and len(run.rows) < slots:
+                    new, waiting = waiting[: slots - len(run.rows)], waiting[slots - len(run.rows) :]
+                    for row in new:
+                        made[row] = []
+                    fed, logits, state = run.prefill(model, [ids[i] for i in new])
+                    tokens = choose(procs, sample, fed, logits)
+                    going = took(new, tokens.tolist())
+                    run.join(new, state, tokens)
+                    base = len(run.rows) - len(new)
+                    run.keep(list(range(base)) + [base + pos for pos in going])
+                    continue
+                fed, logits = run.step(model)
+                run.next = choose(procs, sample, fed, logits)
+                run.keep(took(run.rows, run.next.tolist()))
+        self.tokens_out += count[0]  # added once, like the static path's per batch: on_tokens reported them live
+        if self.on_batch_end is not None:
+            self.on_batch_end()
         return out
 
     def close(self) -> None:

@@ -1886,12 +1886,11 @@ def select_pages(pages: list[Page], only: list[str] | None) -> list[Page]:
 
 
 def _local_wave(backend) -> int:
-    """Pages per wave of a local model: one batch on a CPU (so each batch's pages are written when it ends — a wave
-    there takes minutes), two batches on a GPU (sorting more prompts by length pads less)."""
-    hint = _local_batch_hint(backend)
-    device = str(getattr(backend, "device", None) or "")
-    on_gpu = device.startswith(("cuda", "mps")) or (not device and has_gpu())
-    return 2 * hint if on_gpu else hint
+    """Pages per wave of a local model: two batches. On a GPU sorting more prompts by length pads less; on a CPU the
+    step engine (``LocalBackend.engine``) gives a finished reply's row to a page of the second batch at once instead
+    of letting it wait for its batch's longest reply. More would delay the first written pages (a CPU wave takes
+    minutes)."""
+    return 2 * _local_batch_hint(backend)
 
 
 def _live_tokens(backend, prog, summary: Summary, start: float, tokens0: int, budget: int) -> None:

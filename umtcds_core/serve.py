@@ -68,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from . import schema as S
+from .decode import Decoding, Unsupported, blocker, choose, eos_ids, generation_model, processors
 from .errors import UserError
 from .model_settings import adapter_setting, device_setting, model_setting, need_model
 
@@ -453,11 +454,7 @@ class _Row:
 
 def _eos_ids(cm) -> set[int]:
     """Every id that ends an answer: the model's generation config's and the tokenizer's."""
-    eos = cm.model.generation_config.eos_token_id
-    ids = {*(eos if isinstance(eos, list) else [eos] if eos is not None else [])}
-    if cm.tokenizer.eos_token_id is not None:
-        ids.add(cm.tokenizer.eos_token_id)
-    return ids
+    return eos_ids(cm.model, cm.tokenizer)
 
 
 class _BatchStreamer:
@@ -498,116 +495,31 @@ class _StopRows:
 
 
 # ---- the step engine's pieces: what generate would do, one decoding step at a time ---------------------------------
-class _Unsupported(Exception):
-    """The step engine cannot decode this model exactly as ``generate`` does; the batch engine serves it."""
-
-
-_STEP_GEN_KEYS = frozenset({"max_new_tokens", "do_sample", "temperature", "top_p", "top_k", "pad_token_id",
-                            "logits_processor"})  # fmt: skip
-"""The ``generate`` arguments (from ``ChatModel._gen_kwargs``) the step engine reproduces."""
-_STEP_PROCESSORS = frozenset({"TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper", "MinPLogitsWarper",
-                              "TypicalLogitsWarper", "EpsilonLogitsWarper", "RepetitionPenaltyLogitsProcessor",
-                              "NoBadWordsLogitsProcessor", "SuppressTokensLogitsProcessor",
-                              "InfNanRemoveLogitsProcessor"})  # fmt: skip
-"""Processors ``generate`` may build that depend on nothing but a row's ids and scores, so they give the same result
-in a batch whose rows joined at different steps (length-based ones like ``min_new_tokens`` do not)."""
-
-
 def _generation_model(cm):
     """The transformers model under a peft wrapper (its generation config and set-up helpers)."""
-    model = cm.model
-    return model.get_base_model() if getattr(model, "peft_config", None) else model
+    return generation_model(cm.model)
 
 
 def _step_processors(cm, options):
-    """``(processors, do_sample)``: the logits processors ``generate`` builds for ``cm._gen_kwargs(options)``.
-
-    Why transformers' own set-up: ``generate`` merges the model's generation config (a default ``top_k`` of 50 when
-    sampling, a repetition penalty a model may ship) with the request's arguments and a caller's ``logits_processor``
-    in a fixed order; asking it for that list (``_prepare_generation_config`` and ``_get_logits_processor``, pinned
-    transformers) reproduces exactly the set a ``generate`` call would use instead of a copy that drifts."""
-    from transformers import LogitsProcessorList
-
-    kw = dict(cm._gen_kwargs(options))
-    extra = set(kw) - _STEP_GEN_KEYS
-    if extra:
-        raise _Unsupported(f"generate arguments the step engine does not reproduce: {', '.join(sorted(extra))}")
-    custom = LogitsProcessorList(kw.pop("logits_processor", None) or [])
-    gm = _generation_model(cm)
-    try:
-        config, _ = gm._prepare_generation_config(None, **kw)
-        procs = gm._get_logits_processor(generation_config=config, input_ids_seq_length=0, encoder_input_ids=None,
-                                         prefix_allowed_tokens_fn=None, logits_processor=custom,
-                                         device=str(gm.device), model_kwargs={})  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - a transformers without these helpers: the batch engine serves
-        raise _Unsupported(f"transformers' generation set-up did not run ({type(exc).__name__}: {exc})") from exc
-    mine = {id(p) for p in custom}
-    odd = sorted({type(p).__name__ for p in procs if id(p) not in mine and type(p).__name__ not in _STEP_PROCESSORS})
-    if odd:
-        raise _Unsupported(f"the model's generation config asks for {', '.join(odd)}")
-    return procs, bool(config.do_sample)
+    """``(processors, do_sample)`` for a request's options: what ``generate`` builds (:func:`decode.processors`)."""
+    return processors(_generation_model(cm), cm._gen_kwargs(options))
 
 
 def step_engine_blocker(cm) -> str | None:
     """Why the step engine cannot serve ``cm`` exactly as ``generate`` would; None when it can.
 
-    The one place the engine is chosen (:class:`BatchEngine` asks it once): prompt-learning adapters (P-tuning v2,
-    prefix) keep their own past keys per row, several adapters would need per-row switching, and sliding-window,
-    linear-attention or shared-KV cache layers cannot be joined along the batch by left padding."""
-    import inspect
-
-    from transformers import DynamicCache
-    from transformers.cache_utils import DynamicLayer
-
+    The one place the engine is chosen (:class:`BatchEngine` asks it once): what :func:`decode.blocker` finds in the
+    model, or a sampling setting whose processors the step engine cannot reproduce."""
     from .chat import GenOptions
 
-    adapters = getattr(cm.model, "peft_config", None) or {}
-    if len(adapters) > 1:
-        return "the model carries several adapters"
-    if any(getattr(c, "is_prompt_learning", False) for c in adapters.values()):
-        return "a prompt-learning adapter (P-tuning v2 / prefix) keeps its own past keys"
-    gm = _generation_model(cm)
-    config = gm.config
-    if getattr(config, "is_encoder_decoder", False):
-        return "an encoder-decoder model"
-    if not {"cache", "position_ids", "attention_mask"} <= set(inspect.signature(gm.forward).parameters):
-        return "the model's forward takes no cache, position ids or attention mask"
-    try:
-        layers = DynamicCache(config=config).layers
-    except Exception as exc:  # noqa: BLE001 - an unusual config: the batch engine serves it
-        return f"no dynamic cache for this model ({type(exc).__name__})"
-    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        return "sliding-window, linear-attention or shared cache layers"
+    if why := blocker(cm.model):
+        return why
     try:
         for options in (GenOptions(temperature=0.0), GenOptions(temperature=0.7, top_p=0.9)):
             _step_processors(cm, options)
-    except _Unsupported as exc:
+    except Unsupported as exc:
         return str(exc)
     return None
-
-
-class _Running:
-    """The step engine's batch: its rows and their shared tensors, all with one row per request.
-
-    ``cache`` holds every token but each row's ``next`` one (chosen, not yet fed); ``mask`` and ``ids`` cover the
-    cache's positions (left padding is 0 in ``mask`` and the pad id in ``ids``); ``padded`` says whether ``mask`` has
-    a 0 (without one the model is called with no mask, as ``generate`` does)."""
-
-    def __init__(self):
-        self.rows: list[_Row] = []
-        self.cache = self.mask = self.ids = self.next = None
-        self.padded = False
-        self.most = 0  # most rows decoded together in this run
-
-    def clear(self) -> None:
-        self.rows, self.cache, self.mask, self.ids, self.next, self.padded = [], None, None, None, None, False
-
-
-def _left_pad(t, n: int, dim_from_end: int, value=0):
-    """``t`` with ``n`` positions of ``value`` in front along the dimension ``dim_from_end`` from the end (1 = last)."""
-    import torch.nn.functional as F
-
-    return t if n == 0 else F.pad(t, (0, 0) * (dim_from_end - 1) + (n, 0), value=value)
 
 
 class BatchEngine:
@@ -801,7 +713,6 @@ class BatchEngine:
 
     # ---- the step engine: requests join between decoding steps
     def _step_loop(self) -> None:
-        import inspect
 
         import torch
 
@@ -810,15 +721,12 @@ class BatchEngine:
         cm = self.cm
         self._eos = _eos_ids(cm)
         gm = _generation_model(cm)
-        self._config, self._pad = gm.config, cm.tokenizer.pad_token_id or 0
-        accepts = inspect.signature(gm.forward).parameters
-        self._keep = {"logits_to_keep": 1} if "logits_to_keep" in accepts else {}  # what generate passes
         self._procs: dict[tuple, tuple] = {}
         while True:
             jobs = self._take(lambda j: j.use_adapter)
             if not jobs:
                 return
-            key, run, new = jobs[0].use_adapter, _Running(), []
+            key, run, new = jobs[0].use_adapter, Decoding(gm, cm.tokenizer.pad_token_id), []
             self._repetition = _StopOnRepetition(cm.tokenizer, 0)
             try:
                 for job in jobs:
@@ -850,7 +758,7 @@ class BatchEngine:
             job.prompt_ids = self.cm.encode([job.messages])["input_ids"][0].tolist()
         return job.prompt_ids
 
-    def _admit(self, key, run: _Running) -> list[Job]:
+    def _admit(self, key, run: Decoding) -> list[Job]:
         """Waiting requests that join the running batch now (see the class doc for the rule)."""
         room = self.max_batch - len(run.rows)
         with self._cv:
@@ -874,67 +782,24 @@ class BatchEngine:
             self.running = len(run.rows) + len(taken)
         return self._live(taken)
 
-    def _forward(self, m, ids, mask, positions, cache, padded: bool):
-        """One forward as ``generate`` makes it; the last position's logits in float32 (what its processors see)."""
-        import torch
-
-        out = m(input_ids=ids, attention_mask=mask if padded else None, position_ids=positions, cache=cache,
-                use_cache=True, **self._keep)  # fmt: skip
-        return out.logits[:, -1].to(dtype=torch.float32, copy=True)
-
-    def _join(self, m, run: _Running, jobs: list[Job]) -> None:
+    def _join(self, m, run: Decoding, jobs: list[Job]) -> None:
         """Read the jobs' prompts in (left padded, one forward), choose their first tokens and add them to ``run``."""
-        import torch
-        from transformers import DynamicCache
-
-        device = _generation_model(self.cm).device
-        lengths = [len(j.prompt_ids) for j in jobs]
-        width = max(lengths)
-        ids = torch.full((len(jobs), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(jobs), width), dtype=torch.long)
-        for i, job in enumerate(jobs):
-            ids[i, width - lengths[i] :] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            mask[i, width - lengths[i] :] = 1
-            job.prompt_tokens = lengths[i]
-        ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate: pads at 0, each row from 0
-        cache = DynamicCache(config=self._config)
-        padded = min(lengths) < width
-        logits = self._forward(m, ids, mask, positions, cache, padded)
+        for job in jobs:
+            job.prompt_tokens = len(job.prompt_ids)
+        ids, logits, state = run.prefill(m, [job.prompt_ids for job in jobs])
         rows = [_Row(job, self.cm.tokenizer) for job in jobs]
         tokens = self._choose(ids, logits, rows)
-        if run.rows:  # join: left-pad the shorter side's cache positions, then one batch
-            have = run.mask.shape[1]
-            total = max(have, width)
-            for old, fresh in zip(run.cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_left_pad(old.keys, total - have, 2), _left_pad(fresh.keys, total - width, 2)])
-                old.values = torch.cat(
-                    [_left_pad(old.values, total - have, 2), _left_pad(fresh.values, total - width, 2)]
-                )
-            run.mask = torch.cat([_left_pad(run.mask, total - have, 1), _left_pad(mask, total - width, 1)])
-            run.ids = torch.cat(
-                [_left_pad(run.ids, total - have, 1, self._pad), _left_pad(ids, total - width, 1, self._pad)]
-            )
-            run.next = torch.cat([run.next, tokens])
-            run.padded = run.padded or padded or have != width
+        if run.rows:
             self._count("joined", len(rows))
-        else:
-            run.cache, run.mask, run.ids, run.next, run.padded = cache, mask, ids, tokens, padded
-        run.rows.extend(rows)
-        run.most = max(run.most, len(run.rows))
+        run.join(rows, state, tokens)
         with self._cv:
             self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], len(run.rows))
         self._took(rows, tokens.tolist())
 
-    def _step(self, m, run: _Running) -> None:
+    def _step(self, m, run: Decoding) -> None:
         """One decoding step for every row: feed each row's chosen token, choose the next."""
-        import torch
-
-        run.mask = torch.cat([run.mask, run.mask.new_ones((len(run.rows), 1))], dim=1)
-        run.ids = torch.cat([run.ids, run.next[:, None]], dim=1)
-        positions = run.mask.sum(dim=1, keepdim=True) - 1  # the count of each row's real tokens, as generate's +1
-        logits = self._forward(m, run.next[:, None], run.mask, positions, run.cache, run.padded)
-        run.next = self._choose(run.ids, logits, run.rows)
+        ids, logits = run.step(m)
+        run.next = self._choose(ids, logits, run.rows)
         self._count("steps")
         self._took(run.rows, run.next.tolist())
 
@@ -965,11 +830,7 @@ class BatchEngine:
             procs, sample = self._procs[skey]
             whole = len(idx) == len(rows)
             pick = None if whole else torch.tensor(idx, device=logits.device)
-            scores = procs(ids if whole else ids[pick], logits if whole else logits[pick])
-            if sample:
-                chosen = torch.multinomial(torch.nn.functional.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-            else:
-                chosen = torch.argmax(scores, dim=-1)
+            chosen = choose(procs, sample, ids if whole else ids[pick], logits if whole else logits[pick])
             if whole:
                 return chosen
             if out is None:
@@ -977,30 +838,17 @@ class BatchEngine:
             out[pick] = chosen
         return out
 
-    def _retire(self, run: _Running) -> None:
+    def _retire(self, run: Decoding) -> None:
         """Finished rows leave the batch at once; cache columns that only they needed are cut."""
-        import torch
-
         keep = [i for i, row in enumerate(run.rows) if not row.done]
         if len(keep) == len(run.rows):
             return
         self._counted([row for row in run.rows if row.done])
+        most = run.most
+        run.keep(keep)
         if not keep:
-            run.clear()
-            self._batch_seen(run.most)  # counted before running drops to 0: a snapshot never sees a half-ended run
+            self._batch_seen(most)  # counted before running drops to 0: a snapshot never sees a half-ended run
             run.most = 0
-        else:
-            pick = torch.tensor(keep, device=run.mask.device)
-            for layer in run.cache.layers:
-                layer.batch_select_indices(pick)
-            run.mask, run.ids, run.next = run.mask[pick], run.ids[pick], run.next[pick]
-            run.rows = [run.rows[i] for i in keep]
-            first = int(run.mask.any(dim=0).to(torch.int8).argmax())  # leading columns every row has as padding
-            if first:
-                for layer in run.cache.layers:
-                    layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
-                run.mask, run.ids = run.mask[:, first:], run.ids[:, first:]
-            run.padded = not bool(run.mask.all())
         with self._cv:
             self.running = len(run.rows)
 

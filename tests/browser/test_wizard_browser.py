@@ -26,9 +26,11 @@ from browser_helpers import (
 )
 from playwright.sync_api import expect
 
+from tests.index_helpers import crawl_demo
 from umtcds_core.demo import pick_seed
 from umtcds_core.demo_site import DemoSite
 from umtcds_core.fileio import write_jsonl_atomic
+from umtcds_core.index import build_index, index_dir_of
 from umtcds_core.jobs import latest_job
 from umtcds_core.workspace import Workspace
 
@@ -250,8 +252,12 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
     assert any((r / "adapter_config.json").exists() for r in ws.runs())
     shot(page, "wizard-5-train-done")
 
-    # ---- 6 · Chat with the tuned checkpoint
+    # ---- 6 · Chat with the tuned checkpoint, answering from the website (a search index over the crawled demo site)
+    crawl_demo(ws.pages_dir)
+    build_index(ws.pages_dir, index_dir_of(ws))
     goto(page, "6 · Chat", "Chat")
+    rag = main.locator('label:has-text("Answer from the website") input[type="checkbox"]')
+    expect(rag).to_be_checked(timeout=WAIT_MS)  # on by default once the project has an index
     need(main.get_by_role("button", name="Load model"), "Load model button").click()
     wait_idle(page, timeout_ms=180_000)
     ask = need(page.get_by_placeholder("Ask a question…"), "chat input")
@@ -273,5 +279,11 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
             break
         answer = now
     assert answer and "When does the library open" not in answer
+    sources = main.locator('[data-testid="stChatMessage"]').last.get_by_text("Sources", exact=True)
+    sources.wait_for(timeout=WAIT_MS)  # the pages the answer was given, under it, with links
+    links = main.locator('[data-testid="stChatMessage"]').last.locator("a[href*='127.0.0.1']")
+    assert links.count() >= 1 and any(
+        "library" in (links.nth(i).get_attribute("href") or "") for i in range(links.count())
+    ), "the library page is not among the sources"
     shot(page, "wizard-6-chat")
     assert not page.js_errors, page.js_errors

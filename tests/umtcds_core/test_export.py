@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.train_helpers import make_tiny_model
 from umtcds_core import export as E
 from umtcds_core.cli import main
 
@@ -47,35 +48,12 @@ def _tiny_tokenizer():
 
 def _tiny_run(folder: Path, arch: str) -> Path:
     """A tiny ``arch`` base model folder and a LoRA run on it (random, non-zero LoRA weights: the merge matters)."""
-    import torch
     from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
 
     tok = _tiny_tokenizer()
-    common = dict(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        initializer_range=0.1,
-    )
-    torch.manual_seed(0)
-    if arch == "llama":
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        model = LlamaForCausalLM(LlamaConfig(**common))
-    else:
-        from transformers import Qwen2Config, Qwen2ForCausalLM
-
-        model = Qwen2ForCausalLM(Qwen2Config(**common))
-    base = folder / f"base-{arch}"
-    model.save_pretrained(base)
-    tok.save_pretrained(base)
+    base = make_tiny_model(folder / f"base-{arch}", arch, tokenizer=tok, positions=512)
+    model = AutoModelForCausalLM.from_pretrained(base)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj"], init_lora_weights=False)
     peft_model = get_peft_model(model, lora)
     run = folder / f"run-{arch}"

@@ -217,6 +217,38 @@ def test_local_batched_generation_equals_one_prompt_at_a_time():
     assert batched.tokens_out == single.tokens_out == 24
 
 
+def test_step_engine_gives_generates_replies_and_refills_finished_rows():
+    """The CPU default (a running batch whose ended rows are replaced by the next prompt) against one static
+    ``generate`` per batch: the same greedy replies, token count and ``done`` stops, on prompts of four lengths in
+    batches of 3 (so rows join a running batch)."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from umtcds_core.llm import LocalBackend
+    from umtcds_core.models import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    torch.manual_seed(1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    convs = [[{"role": "user", "content": "hello " * (5 * i + 1)}] for i in range(5)]
+    reports: list[int] = []
+    for done in (None, lambda text: len(text) > 12):
+        plain = LocalBackend.from_loaded(tok, model, batch_size=3)
+        plain.engine = "generate"
+        step = LocalBackend.from_loaded(tok, model, batch_size=3)
+        step.on_tokens = reports.append
+        assert step.engine_for(model, {"max_new_tokens": 9, "do_sample": False}) == "step"  # the default on a CPU
+        want = plain.chat_batch(convs, max_tokens=9, done=done)
+        assert step.chat_batch(convs, max_tokens=9, done=done) == want and any(want)
+        assert step.tokens_out == plain.tokens_out == sum(reports) > 0
+        assert step.stats.get("early_stops", 0) == plain.stats.get("early_stops", 0)
+        reports.clear()
+
+
 # ---- the offline CPU path (issue 19 goal 5) -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def smol_tokenizer():
