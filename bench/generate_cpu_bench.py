@@ -11,7 +11,7 @@ warm-up:
   (``qa.pairs_done``), threads from ``llm.cpu_threads``;
 * ``step``: what ships on a CPU — early stop plus the step engine (``LocalBackend(engine="step")``, :mod:`decode`): a
   running batch of ``--batch`` rows in which a finished reply's row goes to the next prompt at once, so no row waits
-  for its batch's longest reply.
+  for its batch's longest reply (``--step-batch`` rows; a CPU step costs about the same at 4 and 8 rows).
 
 Reported per side: output tokens, seconds, tokens/s, pages per minute (the figure a user feels: early stopping
 makes fewer tokens, not faster ones), how each reply ended, and whether the parsed pairs (``parse_pairs(reply)[:n]``,
@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=2, help="pairs asked per page (the issue's dashboard run: 2)")
     ap.add_argument("--max-tokens", type=int, default=1024, help="reply cap (the issue's dashboard run: 1024)")
     ap.add_argument("--batch", type=int, default=4, help="prompts per generate() call (the issue's run: 4)")
+    ap.add_argument("--step-batch", type=int, help="rows of the step side's running batch (default: --batch)")
     ap.add_argument("--pages", type=int, default=None, help="only the first N demo pages (default: all 22)")
     ap.add_argument("--rounds", type=int, default=1, help="measured rounds of each side, in turn")
     ap.add_argument("--threads-check", action="store_true", help="also time 1 vs 2 threads, alone and two jobs")
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     default_threads = torch.get_num_threads()
     today = LocalBackend("smollm2-135m", batch_size=args.batch, device="cpu", engine="generate")
     today.chat_batch(convs[:1], max_tokens=8)  # warm-up: load the model, first-call allocations
-    step = LocalBackend.from_loaded(*today._ensure(), batch_size=args.batch)
+    step = LocalBackend.from_loaded(*today._ensure(), batch_size=args.step_batch or args.batch)
     step.engine = "step"
     step.chat_batch(convs[:1], max_tokens=8)
     sides = {"today": [], "early_stop": [], "step": []}
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs_per_page": args.pairs,
             "max_tokens": args.max_tokens,
             "batch_size": args.batch,
+            "step_batch_size": args.step_batch or args.batch,
             "greedy": True,
             "rounds": args.rounds,
         },

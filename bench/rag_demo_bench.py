@@ -81,7 +81,9 @@ TARGETS = {
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="cpu hides any GPU (default cpu)")
-    p.add_argument("--steps", type=int, default=60, help="LoRA steps of the closed-book tuning (default 60)")
+    p.add_argument(
+        "--steps", type=int, default=60, help="LoRA steps of the closed-book tuning (default 60; 0: skip it)"
+    )
     p.add_argument("--epochs", type=float, help="train the closed-book model this many epochs instead of --steps")
     p.add_argument("--context-steps", type=int, default=40, help="LoRA steps of the tuning with context (0: skip it)")
     p.add_argument("--context-epochs", type=float, help="train the context model this many epochs instead")
@@ -288,7 +290,9 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
         pairs, n_seed = build_pairs(base_url)
         qa = work / "qa_english.jsonl"
         write_jsonl_atomic(qa, [p.to_qa_record() for p in pairs])
-        variants = {"closed-book tuning": ("none", args.steps, args.epochs)}
+        variants = {}
+        if args.steps > 0 or args.epochs:
+            variants["closed-book tuning"] = ("none", args.steps, args.epochs)
         if args.context_steps > 0 or args.context_epochs:
             variants["tuning with context"] = ("retrieved", args.context_steps, args.context_epochs)
         result["settings"] = {
