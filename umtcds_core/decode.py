@@ -6,7 +6,8 @@ every finished row still costs a row of each step. :class:`Decoding` holds a run
 scheduler needs: :meth:`~Decoding.join` (read new prompts in with one left-padded forward), :meth:`~Decoding.step`
 (one token for every row) and :meth:`~Decoding.keep` (drop ended rows). Each forward is the call ``generate`` makes:
 position ids count each row's mask, the mask is left out while no row is padded, only the last position's logits.
-Choosing tokens from the logits (greedy, sampling, processors) is the caller's.
+Choosing tokens from the logits (greedy, sampling, processors) is the caller's. Prompts that begin alike (a system
+prompt, a few-shot example) can have that part read once (``prefill(..., shared=n)``).
 
 Two schedulers use it: ``serve``'s step engine (requests join a running batch) and local generation
 (:meth:`umtcds_core.llm.LocalBackend.chat_batch`: a finished reply's slot goes to the next prompt at once).
@@ -141,6 +142,7 @@ class Decoding:
         self.cache = self.mask = self.ids = self.next = None
         self.padded = False
         self.most = 0  # most rows decoded together since the batch was last empty
+        self._head = None  # (shared prompt tokens, their keys and values per layer for one row): see prefill
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -156,11 +158,19 @@ class Decoding:
                 use_cache=True, **self._keep)  # fmt: skip
         return out.logits[:, -1].to(dtype=torch.float32, copy=True)
 
-    def prefill(self, m, prompts: list[list[int]]):
-        """``(ids, logits, state)``: the prompts read in, left padded, one forward; ``state`` goes to :meth:`join`."""
+    def prefill(self, m, prompts: list[list[int]], shared: int = 0):
+        """``(ids, logits, state)``: the prompts read in, left padded, one forward; ``state`` goes to :meth:`join`.
+
+        ``shared``: the prompts' first ``shared`` tokens are the same (a system prompt, a few-shot example): their
+        keys and values are computed once per :class:`Decoding` and copied to every row, and only the rest of each
+        prompt is read — right after the shared part, the shorter rests left-padded in between (the mask has a hole
+        there; positions count real tokens, so each row sees exactly its own prompt)."""
         import torch
         from transformers import DynamicCache
 
+        shared = shared if 0 < shared < min(len(p) for p in prompts) else 0
+        if shared:
+            return self._prefill_shared(m, prompts, shared)
         lengths = [len(p) for p in prompts]
         width = max(lengths)
         ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -174,6 +184,35 @@ class Decoding:
         padded = min(lengths) < width
         logits = self._forward(m, ids, mask, positions, cache, padded)
         return ids, logits, (ids, mask, cache, padded)
+
+    def _prefill_shared(self, m, prompts: list[list[int]], shared: int):
+        import torch
+        from transformers import DynamicCache
+
+        head = prompts[0][:shared]
+        if self._head is None or self._head[0] != head:  # the shared part's keys and values, for one row
+            cache = DynamicCache(config=self.model.config)
+            ids = torch.tensor([head], dtype=torch.long, device=self.model.device)
+            self._forward(m, ids, None, torch.arange(shared, device=ids.device)[None], cache, False)
+            self._head = (head, [(layer.keys, layer.values) for layer in cache.layers])
+        n = len(prompts)
+        cache = DynamicCache(config=self.model.config)
+        for i, (k, v) in enumerate(self._head[1]):
+            cache.update(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous(), i)
+        rests = [p[shared:] for p in prompts]
+        width = max(len(r) for r in rests)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, r in enumerate(rests):
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+        positions = (shared + mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        full_mask = torch.cat([mask.new_ones((n, shared)), mask], dim=1)
+        padded = bool((mask == 0).any())
+        logits = self._forward(m, ids, full_mask, positions, cache, padded)
+        full_ids = torch.cat([torch.tensor([head] * n, dtype=torch.long, device=ids.device), ids], dim=1)
+        return full_ids, logits, (full_ids, full_mask, cache, padded)
 
     def join(self, rows: list, state, tokens) -> None:
         """Add prefilled ``rows`` (``state`` from :meth:`prefill`, their chosen first ``tokens``) to the batch: the

@@ -222,6 +222,8 @@ def cpu_threads(cores: int | None = None, others: int | None = None) -> int:
     return max(1, cores // (1 + max(0, others)))
 
 
+SHARED_MIN = 16
+"""Prompt tokens all prompts of a call must share before :class:`LocalBackend`'s step engine reads them once."""
 ENGINES = ("auto", "step", "generate")
 """How :class:`LocalBackend` decodes a batch (its ``engine``)."""
 
@@ -422,6 +424,9 @@ class LocalBackend:
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         waiting = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        shared = len(os.path.commonprefix(ids)) if len(ids) > 1 else 0  # the system prompt, a few-shot example
+        shared = shared if shared >= SHARED_MIN else 0
+        self.stats["shared_prompt_tokens"] = shared
         slots = self.batch_size or self.auto_batch_size(max(len(x) for x in ids) + limit)
         ends, out = eos_ids(model, tok), [""] * len(ids)
         run = Decoding(model, tok.pad_token_id)
@@ -461,7 +466,7 @@ class LocalBackend:
                     new, waiting = waiting[: slots - len(run.rows)], waiting[slots - len(run.rows) :]
                     for row in new:
                         made[row] = []
-                    fed, logits, state = run.prefill(model, [ids[i] for i in new])
+                    fed, logits, state = run.prefill(model, [ids[i] for i in new], shared=shared)
                     tokens = choose(procs, sample, fed, logits)
                     going = took(new, tokens.tolist())
                     run.join(new, state, tokens)

@@ -218,9 +218,9 @@ def test_local_batched_generation_equals_one_prompt_at_a_time():
 
 
 def test_step_engine_gives_generates_replies_and_refills_finished_rows():
-    """The CPU default (a running batch whose ended rows are replaced by the next prompt) against one static
-    ``generate`` per batch: the same greedy replies, token count and ``done`` stops, on prompts of four lengths in
-    batches of 3 (so rows join a running batch)."""
+    """The CPU default (a running batch whose ended rows are replaced by the next prompt, the prompts' shared first
+    tokens read once) against one static ``generate`` per batch: the same greedy replies, token count and ``done``
+    stops, on prompts of five lengths in batches of 3 (so rows join a running batch)."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -246,6 +246,7 @@ def test_step_engine_gives_generates_replies_and_refills_finished_rows():
         assert step.chat_batch(convs, max_tokens=9, done=done) == want and any(want)
         assert step.tokens_out == plain.tokens_out == sum(reports) > 0
         assert step.stats.get("early_stops", 0) == plain.stats.get("early_stops", 0)
+        assert step.stats["shared_prompt_tokens"] >= 16  # the chat template's system prompt was read once
         reports.clear()
 
 
