@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=1024, help="reply cap (the issue's dashboard run: 1024)")
     ap.add_argument("--batch", type=int, default=4, help="prompts per generate() call (the issue's run: 4)")
     ap.add_argument("--step-batch", type=int, help="rows of the step side's running batch (default: --batch)")
+    ap.add_argument("--also-step-batch", type=int, help="one more step side (``step_wide``) with this many rows")
     ap.add_argument("--pages", type=int, default=None, help="only the first N demo pages (default: all 22)")
     ap.add_argument("--rounds", type=int, default=1, help="measured rounds of each side, in turn")
     ap.add_argument("--threads-check", action="store_true", help="also time 1 vs 2 threads, alone and two jobs")
@@ -178,11 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.pop("UMTCDS_CPU_THREADS")
         sides["early_stop"].append(run_side(today, convs, args.max_tokens, pairs_done(args.pairs), args.pairs))
         sides["step"].append(run_side(step, convs, args.max_tokens, pairs_done(args.pairs), args.pairs))
+        if args.also_step_batch:
+            step.batch_size = args.also_step_batch
+            wide = run_side(step, convs, args.max_tokens, pairs_done(args.pairs), args.pairs)
+            sides.setdefault("step_wide", []).append(wide)
+            step.batch_size = args.step_batch or args.batch
 
     def same_pairs(side: str) -> list[bool]:
         return [a == b for a, b in zip(sides["today"][0]["_pairs"], sides[side][0]["_pairs"], strict=True)]
 
     same, same_step = same_pairs("early_stop"), same_pairs("step")
+    same_wide = same_pairs("step_wide") if args.also_step_batch else []
     differing = [names[i] for i, ok in enumerate(same) if not ok]
     differing_step = [names[i] for i, ok in enumerate(same_step) if not ok]
     for runs in sides.values():
@@ -223,6 +230,16 @@ def main(argv: list[str] | None = None) -> int:
         "pages_with_different_pairs": differing,
         "step_speedup_pages_per_min": round(total("today", "seconds") / total("step", "seconds"), 2),
         "step_vs_early_stop": round(total("early_stop", "seconds") / total("step", "seconds"), 2),
+        **(
+            {
+                "step_wide": sides["step_wide"],
+                "step_wide_batch_size": args.also_step_batch,
+                "step_wide_speedup_pages_per_min": round(total("today", "seconds") / total("step_wide", "seconds"), 2),
+                "step_wide_parsed_pairs_identical": f"{sum(same_wide)}/{len(same_wide)}",
+            }
+            if args.also_step_batch
+            else {}
+        ),
         "step_parsed_pairs_identical": f"{sum(same_step)}/{len(same_step)}",
         "step_pages_with_different_pairs": differing_step,
     }
