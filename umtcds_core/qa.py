@@ -823,12 +823,14 @@ CPU_MAX_PAGES = 25
 22-page demo site, and a bounded first run on a real site."""
 CPU_PAIRS = 2
 """Pairs per page the Generate page suggests for a local model on a CPU: a reply stops once it holds them."""
-CPU_BATCH = 4
-"""Batch size the Generate page suggests for a local model on a CPU (bench/results/generate_qa_cpu.json)."""
-CPU_PAGES_PER_MIN = 3.2
-"""Demo-site pages per minute of Q&A generation on a 2-core CPU with 2 pairs per page and batch 4, measured with replies
-of up to 512 tokens (bench/results/generate_qa_cpu.json); the default 256 is faster, so the time the Generate page
-says for the 22-page demo site from it is an upper bound."""
+CPU_BATCH = 8
+"""Batch size the Generate page suggests for a local model on a CPU: the step engine's running batch
+(``LocalBackend.engine``). A CPU decoding step costs about the same at 4 and 8 rows, so 8 rows make nearly twice the
+tokens (bench/results/generate_qa_cpu_demo_step.json: 22 demo pages in 113 s at 8 rows, 161 s at 4, 238 s with the
+static batches of 4 before the step engine — 2.10×, the same pairs on every page)."""
+CPU_PAGES_PER_MIN = 11.7
+"""Demo-site pages per minute of Q&A generation on a 2-core CPU with the page's CPU settings (2 pairs per page, batch
+8, replies of up to 256 tokens), measured on all 22 demo pages (bench/results/generate_qa_cpu_demo_step.json)."""
 
 
 @dataclass
