@@ -52,8 +52,9 @@ in a batch whose rows joined at different steps (length-based ones like ``min_ne
 
 
 def generation_model(model):
-    """The transformers model under a peft wrapper (its generation config and set-up helpers)."""
-    return model.get_base_model() if getattr(model, "peft_config", None) else model
+    """The transformers model under a peft wrapper (its generation config and set-up helpers); ``model`` itself when
+    it is no wrapper (the unwrapped model keeps a ``peft_config`` of its own, so that alone does not tell)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") and getattr(model, "peft_config", None) else model
 
 
 def processors(model, gen_kwargs: dict):
