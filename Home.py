@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import streamlit as st
+from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 
 from umtcds_core import steps, ui
 from umtcds_core.i18n import tr
@@ -127,4 +128,10 @@ def build_navigation():
 
 ui.language_switch()
 ui.workspace_picker()
-build_navigation().run()
+ui.page_run(done=False)
+try:
+    build_navigation().run()
+except StopException:  # st.stop(): the page ended where it meant to (a rerun request interrupting it is not this)
+    ui.page_run(done=True)
+    raise
+ui.page_run(done=True)  # the page got to its end (ui.redraw_if_page_unfinished)

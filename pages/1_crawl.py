@@ -221,6 +221,7 @@ def _of_latest_crawl(records: list[dict]) -> list[dict]:
 
 @st.fragment(run_every=2.0 if active is not None else None)
 def _recent():
+    ui.redraw_if_page_unfinished()
     records = _of_latest_crawl(_manifest()[0])
     if not records:
         return

@@ -250,14 +250,15 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
     dashboard restart simply re-attaches by reading the job folder. The project the jobs write to is named first.
     """
     st.caption(target_caption(ws))
-    # What this full run of the page shows: the fragment below asks for another full run while the job's state differs
-    # from it. It asks on every poll until that run happens, so one lost rerun request cannot leave stale results.
+    # What this full run of the page shows: after the job ends, the fragment below asks for a full run on each of its
+    # polls until a full run has drawn the page with the job's final state (see redraw_if_page_unfinished too).
     seen = latest_job(ws, step)
     shown = (seen.id, seen.status()) if seen is not None else None
     st.session_state[f"_page_shows_{step}"] = shown
 
     @st.fragment(run_every=refresh_s if shown is not None and shown[1] == RUNNING else None)
     def _panel():
+        redraw_if_page_unfinished()
         job = latest_job(ws, step)
         if job is None:
             return
@@ -293,6 +294,32 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
 
     _panel()
     return latest_job(ws, step)
+
+
+PAGE_DONE = "_page_run_complete"
+"""Session key: the last full run of the page got to its end (set by the app's entry point, ``Home.py``)."""
+
+
+def page_run(done: bool) -> None:
+    """The app's entry point says a full run of the page starts (``False``) or got to its end (``True``)."""
+    st.session_state[PAGE_DONE] = done
+
+
+def in_fragment_run() -> bool:
+    """Whether this script run is a fragment's own run (not a full run of the page)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(ctx is not None and ctx.fragment_ids_this_run)
+
+
+def redraw_if_page_unfinished() -> None:
+    """In a polling fragment's own run: ask for a full run when the page's last full run did not get to its end.
+
+    Why: a poll that was already on its way when a job ended can interrupt the full run that draws the job's results
+    (the results under the panel were then missing until the user reloaded the page)."""
+    if in_fragment_run() and not st.session_state.get(PAGE_DONE, True):
+        st.rerun()
 
 
 def gpu_status() -> dict:
