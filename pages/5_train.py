@@ -229,6 +229,7 @@ log_y = o3.toggle(tr("对数坐标", "Log scale"), key="train_log")
 
 @st.fragment(run_every=REFRESH_S)
 def live_chart() -> None:
+    ui.redraw_if_page_unfinished()
     if not metrics_path(current).exists():
         st.info(
             tr(

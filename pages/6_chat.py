@@ -176,6 +176,7 @@ def publish_section() -> None:
 def publish_status(every: float | None) -> None:
     @st.fragment(run_every=every)
     def _status():
+        ui.redraw_if_page_unfinished()
         job = latest_job(ws, "serve")
         state, found, up = _publish_state(job)
         if state is None:
