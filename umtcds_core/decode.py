@@ -145,9 +145,6 @@ class Decoding:
         self.most = 0  # most rows decoded together since the batch was last empty
         self._head = None  # (shared prompt tokens, their keys and values per layer for one row): see prefill
 
-    def __len__(self) -> int:
-        return len(self.rows)
-
     def clear(self) -> None:
         self.rows, self.cache, self.mask, self.ids, self.next, self.padded = [], None, None, None, None, False
 
@@ -166,25 +163,29 @@ class Decoding:
         keys and values are computed once per :class:`Decoding` and copied to every row, and only the rest of each
         prompt is read — right after the shared part, the shorter rests left-padded in between (the mask has a hole
         there; positions count real tokens, so each row sees exactly its own prompt)."""
-        import torch
         from transformers import DynamicCache
 
         shared = shared if 0 < shared < min(len(p) for p in prompts) else 0
         if shared:
             return self._prefill_shared(m, prompts, shared)
-        lengths = [len(p) for p in prompts]
-        width = max(lengths)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - lengths[i] :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - lengths[i] :] = 1
-        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+        ids, mask = self._left_padded(prompts)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate: pads at 0, each row from 0
         cache = DynamicCache(config=self.model.config)
-        padded = min(lengths) < width
+        padded = bool((mask == 0).any())
         logits = self._forward(m, ids, mask, positions, cache, padded)
         return ids, logits, (ids, mask, cache, padded)
+
+    def _left_padded(self, rows: list[list[int]]):
+        """``(ids, mask)`` on the model's device: ``rows`` left-padded to the longest (``pad_id``, mask 0)."""
+        import torch
+
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
+        return ids.to(self.model.device), mask.to(self.model.device)
 
     def _prefill_shared(self, m, prompts: list[list[int]], shared: int):
         import torch
@@ -200,14 +201,7 @@ class Decoding:
         cache = DynamicCache(config=self.model.config)
         for i, (k, v) in enumerate(self._head[1]):
             cache.update(k.expand(n, -1, -1, -1).contiguous(), v.expand(n, -1, -1, -1).contiguous(), i)
-        rests = [p[shared:] for p in prompts]
-        width = max(len(r) for r in rests)
-        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((n, width), dtype=torch.long)
-        for i, r in enumerate(rests):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-        ids, mask = ids.to(self.model.device), mask.to(self.model.device)
+        ids, mask = self._left_padded([p[shared:] for p in prompts])
         positions = (shared + mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
         full_mask = torch.cat([mask.new_ones((n, shared)), mask], dim=1)
         padded = bool((mask == 0).any())
