@@ -37,7 +37,8 @@ measured peak (error %), and the log line of every variant prints both.
 * Ablations (each a change of the plan, ``VARIANTS``): ``ours-eager`` — without compile (Liger RMSNorm/SwiGLU
   kernels instead); ``ours-noliger`` — eager with the chunked PyTorch loss and no Liger kernels; ``ours-sdpa`` —
   packing through SDPA's dense block-diagonal mask; ``ours-pack`` — packing only; ``ours-skipN`` — the last N layers
-  not checkpointed. Composable flags (``FLAGS``): ``ours+sg+cpp`` = ``ours`` plus guard-eval skipping
+  not checkpointed; ``ours-budgetN`` — ``ours`` planned for a memory budget of N GiB instead of the default 20
+  (``memory_budget_gib``: the last layers that fit keep their activations, ``speed.keep_layers``). Composable flags (``FLAGS``): ``ours+sg+cpp`` = ``ours`` plus guard-eval skipping
   (:class:`GuardSkipping`) and Inductor's C++ wrapper; ``+g1/g4``, ``+noac``, ``+nore``, ``+ng``, ``+nokl``,
   ``+nosd``, ``+fr``, ``+notf32``, ``+nodrop`` undo or change one compile option or setting each. Earlier named
   variants and what they measured: ``bench/results/NOTES.md``.
@@ -160,6 +161,8 @@ def variant(name: str, method: str, machine) -> tuple:
     if base.startswith("ours-skip"):  # the last N layers not checkpointed
         changes["skip_last"] = int(base[len("ours-skip") :])
         base = "ours"
+    elif base.startswith("ours-budget"):  # ours under a memory budget of N GiB (see budgeted)
+        base = "ours"
     changes = {**VARIANTS[base], **changes}
     extras: dict = {"inductor": {}, "lora_dropout": None, "prefix": None}
     if base == "baseline" and _method_row(method).adapter == "prefix":
@@ -185,6 +188,23 @@ def variant(name: str, method: str, machine) -> tuple:
         options["wrap_train"] = GuardSkipping
     plan = dataclasses.replace(plan, **changes, compile_options={**plan.compile_options, **options})
     return plan, extras
+
+
+def budgeted(plan, name: str, method: str, hf_cfg, batches, machine):
+    """The plan's un-checkpointed layers for the largest of ``batches`` under a memory budget, as ``umtcds train``
+    plans them (``speed.keep_layers``): ``ours`` with the config's default budget, ``ours-budgetN`` with N GiB."""
+    from umtcds_core import memory, speed
+    from umtcds_core.config import TrainConfig
+
+    base = name.split("+")[0]
+    if not base.startswith("ours") or base.startswith("ours-skip"):
+        return plan
+    tc = TrainConfig(method=method)
+    if base.startswith("ours-budget"):
+        tc = tc.replace(memory_budget_gib=float(base[len("ours-budget") :]))
+    tokens = max(sum(len(f["input_ids"]) for f in b) for b in batches)
+    shape = memory.shape_from_hf_config(hf_cfg.to_dict())
+    return speed.keep_layers(plan, tc, shape, tokens, machine)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -325,8 +345,9 @@ def variant_estimate(method, hf_cfg, plan, packed: bool, positions: int, batch: 
     )
     shape = memory.shape_from_hf_config(hf_cfg.to_dict())
     est = memory.estimate_memory(
-        tc, shape, tokens=positions, gpus=[], verdict=False, fused_loss=plan.loss != "standard"
-    )
+        tc, shape, tokens=positions, gpus=[], verdict=False, fused_loss=plan.loss != "standard",
+        kept=plan.skip_last, compiled=plan.compile,
+    )  # fmt: skip
     out = {
         "tokens_per_step_used": positions,
         "estimate_peak_allocated_gib": est["peak_allocated_gib"],
@@ -379,7 +400,9 @@ def run_variant(
 
     from umtcds_core import speed
 
-    plan, extras = variant(name, method, speed.Machine.detect(device, world))
+    machine = speed.Machine.detect(device, world)
+    plan, extras = variant(name, method, machine)
+    plan = budgeted(plan, name, method, hf_cfg, batches[: warmup + steps], machine)
     cuda = plan.cuda
     pinned = plan.pinned
     t0 = time.perf_counter()

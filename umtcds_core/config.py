@@ -29,6 +29,7 @@ from .errors import UserError
 from .memory import (  # noqa: F401
     CARDS_GIB,
     GIB,
+    budget_use,
     count_params,
     describe_estimate,
     detect_gpus,
@@ -366,6 +367,21 @@ class TrainConfig:
         "true: far less activation memory, ~30% slower",
         help=("大幅减少激活显存，约慢 30%。", "Far less activation memory, ~30% slower."),
         section=("速度与显存", "Speed and memory", "Speed and memory"),
+    )
+    memory_budget_gib: float = setting(
+        20.0,
+        ("显存预算 (GiB)", "Memory budget (GiB)"),
+        "GPU memory training may use; room left over keeps the last layers un-checkpointed (faster). "
+        "20 fits a 24 GB card; 0 = the whole card",
+        help=(
+            "训练最多使用的显存；有余量时，最后几层不做梯度检查点（更快）。20 适合 24 GB 显卡；0 = 用满整张卡。",
+            "GPU memory training may use; room left over skips checkpointing on the last layers (faster). "
+            "20 fits a 24 GB card; 0 = the whole card.",
+        ),
+        min=0,
+        max=4096,
+        step=1.0,
+        range_msg=("use 0 (the whole card) or the GiB to use, e.g. 20 or 40", "填 0（整张卡）或要用的 GiB 数，如 20 或 40"),
     )
     packing: bool = setting(
         True,

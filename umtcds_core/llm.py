@@ -361,7 +361,7 @@ class LocalBackend:
         if wanted != "step" or blocker(model) or "logits_processor" in gen_kwargs:
             return "generate"  # a caller's processor may count on generate's steps (one fixed batch per call)
         try:
-            processors(model, gen_kwargs)
+            processors(model, _without_floor(gen_kwargs))
         except Unsupported:
             return "generate"
         return "step"
@@ -419,8 +419,9 @@ class LocalBackend:
 
         from .decode import Decoding, choose, eos_ids, processors
 
-        procs, sample = processors(model, gen_kwargs)
+        procs, sample = processors(model, _without_floor(gen_kwargs))
         limit = int(gen_kwargs["max_new_tokens"])
+        floor = int(gen_kwargs.get("min_new_tokens") or 0)
         prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
         ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         waiting = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -432,6 +433,16 @@ class LocalBackend:
         run = Decoding(model, tok.pad_token_id)
         made: dict[int, list[int]] = {}  # row (prompt index) -> its reply's tokens so far
         count = [0]  # reply tokens made (an end-of-sequence id is not one)
+        end_ids = torch.tensor(sorted(ends), dtype=torch.long, device=model.device)
+
+        def pick(rows: list[int], fed, logits):
+            """The rows' next tokens; a reply shorter than ``min_new_tokens`` cannot end yet (as generate's
+            MinNewTokensLogitsProcessor, per row: rows here start at different steps)."""
+            if floor:
+                short = [pos for pos, row in enumerate(rows) if len(made[row]) < floor]
+                if short:
+                    logits[torch.tensor(short, device=logits.device)[:, None], end_ids] = float("-inf")
+            return choose(procs, sample, fed, logits)
 
         def took(rows: list[int], tokens: list[int]) -> list[int]:
             """Each row's new token; the positions (in ``rows``) of rows that go on."""
@@ -467,14 +478,14 @@ class LocalBackend:
                     for row in new:
                         made[row] = []
                     fed, logits, state = run.prefill(model, [ids[i] for i in new], shared=shared)
-                    tokens = choose(procs, sample, fed, logits)
+                    tokens = pick(new, fed, logits)
                     going = took(new, tokens.tolist())
                     run.join(new, state, tokens)
                     base = len(run.rows) - len(new)
                     run.keep(list(range(base)) + [base + pos for pos in going])
                     continue
                 fed, logits = run.step(model)
-                run.next = choose(procs, sample, fed, logits)
+                run.next = pick(run.rows, fed, logits)
                 run.keep(took(run.rows, run.next.tolist()))
         self.tokens_out += count[0]  # added once, like the static path's per batch: on_tokens reported them live
         if self.on_batch_end is not None:
@@ -487,6 +498,11 @@ class LocalBackend:
         model, self._model, self._tok = self._model, None, None
         if model is not None:
             unload(model)
+
+
+def _without_floor(gen_kwargs: dict) -> dict:
+    """``gen_kwargs`` less ``min_new_tokens``, which the step engine applies per row itself."""
+    return {k: v for k, v in gen_kwargs.items() if k != "min_new_tokens"}
 
 
 def _step_watch(report: Callable[[int], None] | None, tok, prompt_len: int, done, stats: dict):

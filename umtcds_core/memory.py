@@ -141,6 +141,14 @@ def _bytes(precision: str) -> int:
     return 4 if precision == "fp32" else 2
 
 
+def kept_layer_bytes(shape: dict, a: int = 2) -> int:
+    """Bytes per token a compiled decoder layer keeps for backward when it is not checkpointed (see
+    :func:`estimate_memory`'s ``kept``)."""
+    h, hd, inter = shape["hidden_size"], shape["head_dim"], shape["intermediate_size"]
+    qd, kvd = shape["num_heads"] * hd, shape["num_kv_heads"] * hd
+    return a * (2 * h + 2 * qd + 2 * kvd + 3 * inter) + h
+
+
 def estimate_memory(
     cfg: TrainConfig,
     shape: dict | None = None,
@@ -148,6 +156,8 @@ def estimate_memory(
     gpus: list[dict] | None = None,
     verdict: bool = True,
     fused_loss: bool = True,
+    kept: int = 0,
+    compiled: bool = False,
 ) -> dict:
     """Expected peak GPU memory of one training step of ``cfg`` on one GPU, in GiB, with a verdict.
 
@@ -167,7 +177,12 @@ def estimate_memory(
       inputs, q/k/v after RoPE with K/V repeated to all heads, SDPA output (``a·(2h + 4q + 2kv)``, SDPA/flash, no
       score matrix); MLP ``a·(h + 4I)``; each LoRA-wrapped linear its fp32 input copy plus a dropout mask
       (``(4 + 1)·in``). Without gradient checkpointing all ``L`` layers are kept; with it, each layer's input
-      (``a·h·L``) plus one layer recomputed during backward.
+      (``a·h·L``) plus one layer recomputed during backward. ``kept`` layers at the end are not checkpointed
+      (:func:`layers_to_keep`): each holds a whole layer's activations instead of its input. Compiled layers
+      (``compiled``, what ``umtcds train`` runs on one GPU) keep less than the eager formula says — Inductor saves the
+      16-bit inputs of the matmuls and attention (``a·(2h + 2q + 2kv + 3I)``) plus the shared LoRA dropout mask
+      (``h``); measured on an H200 at 9B: 0.37 GiB per kept layer at 3,262 tokens, this formula 0.365. The first
+      run of kept layers is free: backward begins with it, where it would otherwise recompute a layer anyway.
     * **logits**: a standard loss upcasts ``N × vocab`` logits to fp32 and keeps log-softmax and its gradient:
       ``12·V`` bytes per token (``16·V`` in fp32). ``umtcds train`` computes the loss in chunks of ``2**26 / V``
       tokens (``fused_loss=True``, the default), so only one chunk counts — unless ``lm_head`` is a LoRA target.
@@ -215,9 +230,14 @@ def estimate_memory(
         per_layer_transient = 0
     if cfg.gradient_checkpointing:
         recompute = (per_layer + per_layer_transient) * N  # alive only while backward recomputes one layer
-        activations = a * h * L * N + recompute
+        kept = max(0, min(int(kept), L))
+        whole = kept_layer_bytes(shape, a) if compiled else per_layer
+        # backward starts with the kept layers, so the first run of them stands in for the recompute it replaces
+        # (compiled: keep_last already keeps the last run, one compile group; eager: one layer)
+        free = min(kept, m.compile_group if compiled else 1)
+        activations = a * h * (L - kept) * N + whole * (kept - free) * N + recompute
     else:
-        recompute = 0
+        recompute = kept = 0
         activations = (per_layer * L + per_layer_transient) * N
     activations += m.step_extra(cfg, shape, a)
     fp32_head = precision == "fp32"
@@ -242,6 +262,7 @@ def estimate_memory(
         "params_total": P,
         "params_trainable": trainable,
         "tokens_per_step": N,
+        "kept_layers": kept,
         "weights_gib": round(weights / GIB, 2),
         "trainable_state_gib": round(state / GIB, 2),
         "activations_gib": round(activations / GIB, 2),
@@ -258,6 +279,50 @@ def estimate_memory(
         result["fit"] = _fit(cfg, result, shape, tokens)
         result["verdict"] = _verdict(result)
     return result
+
+
+def layers_to_keep(
+    cfg: TrainConfig, shape: dict, tokens: int, budget_gib: float, compiled: bool = True, group: int = 1
+) -> tuple[int, float]:
+    """``(kept, total_gib)``: how many decoder layers at the end may skip gradient checkpointing with the step of
+    ``tokens`` positions staying within ``budget_gib`` (:func:`estimate_memory`'s total), in whole runs of ``group``
+    layers (a compiled run is checkpointed as one); 0 when even the fully checkpointed step does not fit.
+
+    Why: checkpointing recomputes each layer's forward during backward (about a quarter of a LoRA step); a card with
+    memory to spare can keep some layers' activations instead. The default budget (20 GiB) keeps a 9B LoRA run on a
+    24 GB card; a larger one turns memory into speed (bench/results/TRAIN_GPU_RUNS.md)."""
+    if not cfg.gradient_checkpointing:
+        return 0, estimate_memory(cfg, shape, tokens, gpus=[], verdict=False)["total_gib"]
+    L = shape["num_layers"]
+    group = max(1, int(group))
+    best = (0, estimate_memory(cfg, shape, tokens, gpus=[], verdict=False, compiled=compiled)["total_gib"])
+    for kept in range(group, L + 1, group):
+        total = estimate_memory(cfg, shape, tokens, gpus=[], verdict=False, kept=kept, compiled=compiled)["total_gib"]
+        if total > budget_gib:
+            break
+        best = (kept, total)
+    return best
+
+
+CARD_SHARE = 0.9
+"""Of a card's memory, the most a memory budget may plan for (the rest: CUDA context, allocator slack)."""
+
+
+def budget_use(
+    cfg: TrainConfig, shape: dict, tokens: int, card_gib: float = 0.0, compiled: bool = True, group: int = 1
+) -> dict:
+    """What ``cfg.memory_budget_gib`` buys on a card of ``card_gib`` (0: unknown) for a step of ``tokens``:
+    ``{"budget_gib", "kept", "layers", "total_gib"}`` — the budget in force (0 means the card, and no budget goes
+    beyond :data:`CARD_SHARE` of it) and :func:`layers_to_keep`'s answer."""
+    budget = float(getattr(cfg, "memory_budget_gib", 0) or 0)
+    card = float(card_gib or 0) * CARD_SHARE
+    if card and (budget <= 0 or budget > card):
+        budget = card
+    if budget <= 0:  # the whole card, and no card known: nothing to plan against
+        total = estimate_memory(cfg, shape, tokens, gpus=[], verdict=False, compiled=compiled)["total_gib"]
+        return {"budget_gib": 0.0, "kept": 0, "layers": shape["num_layers"], "total_gib": total}
+    kept, total = layers_to_keep(cfg, shape, tokens, budget, compiled=compiled, group=group)
+    return {"budget_gib": round(budget, 1), "kept": kept, "layers": shape["num_layers"], "total_gib": total}
 
 
 FIXES = {

@@ -547,6 +547,31 @@ def machine_setup(cfg: TrainConfig):
     return speed.Machine.detect(f"cuda:{local_rank}" if device == "cuda" else device, world), precision
 
 
+def largest_step_tokens(items: list[dict], batch: int, packed: bool) -> int:
+    """Positions of the largest step a run of ``items`` can meet: the ``batch`` longest samples, packed end to end,
+    or padded to the longest of them."""
+    lengths = sorted((len(it["input_ids"]) for it in items), reverse=True)[: max(1, batch)]
+    if not lengths:
+        return 0
+    return sum(lengths) if packed else lengths[0] * len(lengths)
+
+
+def budget_plan(cfg: TrainConfig, plan, machine, items: list[dict]):
+    """The speed plan with as many un-checkpointed layers as ``cfg.memory_budget_gib`` allows for this dataset's
+    largest step (:func:`speed.keep_layers`); the plan unchanged where that does not apply or the model's shape is
+    unknown."""
+    from . import memory, speed
+
+    if not (plan.cuda and plan.checkpointing):
+        return plan
+    try:
+        shape = memory.model_shape(cfg.model)
+    except Exception:  # noqa: BLE001 - an unknown shape: stay with full checkpointing
+        return plan
+    tokens = largest_step_tokens(items, cfg.per_device_batch_size, plan.packing)
+    return speed.keep_layers(plan, cfg, shape, tokens, machine) if tokens else plan
+
+
 def build_model(cfg: TrainConfig, spec, plan):
     """Load the base as the method needs it (dtype, 4-bit for QLoRA, attention) and wrap it with the method's
     adapter; returns ``(model, lora targets or None)``."""
@@ -599,8 +624,10 @@ def training_arguments(cfg: TrainConfig, out: Path, plan, world: int, has_dev: b
         save_steps=cfg.save_steps,
         save_total_limit=cfg.save_total_limit,
         prediction_loss_only=True,
-        activation_checkpointing=plan.checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False} if plan.checkpointing else None,
+        # with layers left un-checkpointed (speed.keep_layers) speed.apply has set checkpointing layer by layer, and
+        # the Trainer's own switch would turn it on for every layer again
+        activation_checkpointing=plan.checkpointing and not plan.skip_last,
+        activation_checkpointing_kwargs={"use_reentrant": False} if plan.checkpointing and not plan.skip_last else None,
         bf16=plan.precision == "bf16",
         # TF32 for the fp32 adapter matmuls (LoRA A/B): Ampere+ only
         tf32=True if plan.tf32 else None,
@@ -679,6 +706,9 @@ def _train(cfg: TrainConfig, config_file: Path | None, resume: str, output_dir: 
                 f"{stats.answer_truncated} answer(s) to max_output_length={cfg.max_output_length}."
             )
 
+        plan = budget_plan(cfg, plan, machine, train_items)
+        if plan.skip_last:
+            _log(f"Memory: {plan.reasons['skip_last']}.")
         model, targets = build_model(cfg, spec, plan)  # load → method
         report = speed.apply(model, plan)  # → speed
         _log(f"Packing: {'on' if report.packing else 'off'} ({report.packing_note}).")

@@ -248,6 +248,22 @@ def test_step_engine_gives_generates_replies_and_refills_finished_rows():
         assert step.stats.get("early_stops", 0) == plain.stats.get("early_stops", 0)
         assert step.stats["shared_prompt_tokens"] >= 16  # the chat template's system prompt was read once
         reports.clear()
+    # min_new_tokens (the benchmarks' fixed length), applied per row by the step engine: with the end token always
+    # the model's first choice, every reply is exactly the floor's length of second choices, as generate gives
+    hook = model.lm_head.register_forward_hook(lambda _m, _i, out: out.index_add(
+        -1, torch.tensor([tok.eos_token_id]), torch.full((*out.shape[:-1], 1), 1e4)))  # fmt: skip
+    try:
+        replies = {}
+        for engine in ("generate", "step"):
+            b = LocalBackend.from_loaded(tok, model, batch_size=3, gen_kwargs={"min_new_tokens": 4})
+            b.engine = engine
+            assert b.engine_for(model, {"max_new_tokens": 9, "do_sample": False, "min_new_tokens": 4}) == engine
+            replies[engine] = b.chat_batch(convs, max_tokens=9)
+            assert b.tokens_out == 4 * len(convs)
+        assert replies["step"] == replies["generate"] and all(replies["step"])
+        assert LocalBackend.from_loaded(tok, model, batch_size=3).chat_batch(convs, max_tokens=9) == [""] * len(convs)
+    finally:
+        hook.remove()
 
 
 # ---- the offline CPU path (issue 19 goal 5) -------------------------------------------------------------------------

@@ -85,6 +85,7 @@ __all__ = [
     "enable_varlen_attention",
     "flash_varlen",
     "is_kbit",
+    "keep_layers",
     "liger_usable",
     "make_collator",
     "packed_rebalance_sampler",
@@ -115,6 +116,8 @@ class Machine:
     capability: tuple[int, int] = (0, 0)
     """CUDA compute capability (0, 0 without a GPU)."""
     torch_version: str = ""
+    memory_gib: float = 0.0
+    """The GPU's total memory (0 without a GPU)."""
 
     @property
     def cuda(self) -> bool:
@@ -135,6 +138,7 @@ class Machine:
             count=count,
             capability=tuple(torch.cuda.get_device_capability(index)),
             torch_version=torch.__version__,
+            memory_gib=torch.cuda.get_device_properties(index).total_memory / 2**30,
         )
 
 
@@ -194,6 +198,8 @@ class SpeedReport:
     packing: bool = False
     packing_note: str = ""
     checkpointing: bool = False
+    kept_layers: int = 0
+    """Decoder layers at the end not checkpointed (the plan's ``skip_last``)."""
     loss: str = "standard"
     kernels: list[str] = field(default_factory=list)
     compiled: int = 0
@@ -209,6 +215,7 @@ class SpeedReport:
             "loss": self.loss,
             "kernels": self.kernels,
             "compiled_layers": self.compiled,
+            "kept_layers": self.kept_layers,
             "attention_op": self.attention_op,
         }
 
@@ -302,11 +309,41 @@ def plan(config, machine: Machine, precision: str | None = None) -> SpeedPlan:
     )
 
 
+def keep_layers(plan: SpeedPlan, config, shape: dict, tokens: int, machine: Machine) -> SpeedPlan:
+    """``plan`` with ``skip_last`` set: the decoder layers at the end that need no gradient checkpointing because
+    the largest step (``tokens`` positions) still fits ``config.memory_budget_gib`` (0: the card) with their
+    activations kept (:func:`umtcds_core.memory.budget_use`). One CUDA GPU, checkpointing on; else unchanged.
+
+    Why: every checkpointed layer runs its forward twice; a card with room to spare can keep the activations of some
+    layers instead. The default budget (20 GiB) keeps a 9B LoRA run on a 24 GB card, so it changes nothing there;
+    a larger budget turns memory into speed (bench/results/TRAIN_GPU_RUNS.md)."""
+    import dataclasses
+
+    from .. import memory
+
+    if not (plan.cuda and plan.checkpointing) or machine.count > 1:
+        return plan
+    group = int(plan.compile_options.get("group", 1)) if plan.compile else 1
+    use = memory.budget_use(config, shape, tokens, machine.memory_gib, compiled=plan.compile, group=group)
+    if not use["budget_gib"]:
+        return plan
+    head = f"memory budget {use['budget_gib']:.0f} GiB"
+    tail = f"(estimate {use['total_gib']:.1f} GiB at {tokens} tokens/step)"
+    why = (
+        f"{head}: the last {use['kept']} of {use['layers']} layers keep their activations {tail}"
+        if use["kept"]
+        else f"{head}: every layer checkpointed {tail}"
+    )
+    return dataclasses.replace(plan, skip_last=use["kept"], reasons={**plan.reasons, "skip_last": why})
+
+
 def apply(model, plan: SpeedPlan) -> SpeedReport:
     """Perform ``plan`` on the (method-wrapped) ``model``: attention, packing check, checkpointing, loss, compile or
     kernels, in that order; returns what was done."""
     device = plan.device
-    report = SpeedReport(device=device, notes=list(plan.notes), checkpointing=plan.checkpointing)
+    report = SpeedReport(
+        device=device, notes=list(plan.notes), checkpointing=plan.checkpointing, kept_layers=plan.skip_last
+    )
     lm = causal_lm_of(model) or model
     report.attention = plan.load_attention
     if getattr(lm.config, "_attn_implementation", None) == PREFIX_ATTN:  # P-tuning v2's (set by its wrap)
@@ -332,6 +369,8 @@ def apply(model, plan: SpeedPlan) -> SpeedReport:
     if plan.compile:
         # Inductor fuses RMSNorm/SwiGLU itself (Liger's kernels do not trace), so they are not swapped in
         report.compiled = compile_checked(model, plan, report)
+        if report.compiled and plan.skip_last:  # the probe checkpointed every layer
+            set_checkpointing(model, plan.checkpointing, skip_last=plan.skip_last)
     if plan.kernels and not report.compiled:
         report.kernels = apply_kernels(model, device)
     return report
