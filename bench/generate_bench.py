@@ -154,6 +154,22 @@ def plain_generate(tok, model, convs, batch: int, new: int) -> tuple[list[str], 
     return texts, n_tokens
 
 
+def fp32_check(tok, model, sample, new: int, variants: list[str]) -> dict:
+    """Greedy texts of ``sample`` in one batch through plain ``generate`` and each of our paths, ``model`` in float32:
+    how many are identical to plain's."""
+    from umtcds_core.llm import LocalBackend
+
+    plain_texts, _ = plain_generate(tok, model, sample, len(sample), new)
+    out = {"prompts": len(sample), "new_tokens": new, "dtype": "float32"}
+    for name in [v for v in ("ours", "step") if v in variants]:
+        b = LocalBackend.from_loaded(tok, model, batch_size=len(sample), gen_kwargs={"min_new_tokens": new})
+        b.engine = "step" if name == "step" else "generate"
+        mine = b.chat_batch(sample, max_tokens=new)
+        same = sum(x == y for x, y in zip(mine, plain_texts, strict=True))
+        out[f"{name}_identical_to_plain"] = f"{same}/{len(sample)}"
+    return out
+
+
 def make_round(name: str, tok, model, convs, batch: int, new: int, loop_n: int):
     """A callable running one round of variant ``name``; returns (texts, output tokens)."""
     from umtcds_core.llm import LocalBackend
@@ -260,6 +276,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds per variant after a warm-up; median compared")
     ap.add_argument("--profile-steps", type=int, help="also profile one batch of plain generate with this many tokens")
     ap.add_argument("--out", help="also write the JSON here")
+    ap.add_argument(
+        "--check-fp32",
+        type=int,
+        default=0,
+        metavar="N",
+        help="finally, in float32: N prompts, 32 new tokens, one batch — plain vs ours vs step, texts compared "
+        "(random bf16 weights give nearly flat logits, so bf16 noise flips argmaxes; fp32 shows whether paths agree)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -335,6 +359,8 @@ def main(argv: list[str] | None = None) -> dict:
             same = sum(a == b for a, b in zip(mine, plain_texts, strict=True))
             key = "greedy_sample_same_batch" if name == "ours" else f"greedy_sample_same_batch_{name}"
             result[key] = f"{same}/{len(sample)} identical texts ({name} vs plain, one batch)"
+    if args.check_fp32:
+        result["fp32_check"] = fp32_check(tok, model.float(), convs[: args.check_fp32], 32, variants)
     if args.profile_steps:
         result["profile"] = profile_decode(tok, model, convs[:batch], args.profile_steps, args.out)
     if "loop" in result and "ours" in result:  # the original comparison, kept for older result files
