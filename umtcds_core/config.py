@@ -381,7 +381,10 @@ class TrainConfig:
         min=0,
         max=4096,
         step=1.0,
-        range_msg=("use 0 (the whole card) or the GiB to use, e.g. 20 or 40", "填 0（整张卡）或要用的 GiB 数，如 20 或 40"),
+        range_msg=(
+            "use 0 (the whole card) or the GiB to use, e.g. 20 or 40",
+            "填 0（整张卡）或要用的 GiB 数，如 20 或 40",
+        ),
     )
     packing: bool = setting(
         True,

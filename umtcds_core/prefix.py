@@ -187,7 +187,7 @@ def disable_explicit_prefix(peft_model) -> None:
     for h in peft_model.__dict__.pop("_umtcds_prefix_hooks", []):
         h.remove()
     lm = causal_lm_of(peft_model)
-    if lm is not None and lm.config._attn_implementation == PREFIX_ATTN:
+    if lm is not None and str(lm.config._attn_implementation).startswith(PREFIX_ATTN):  # speed's varlen one too
         lm.set_attn_implementation("sdpa")
 
 

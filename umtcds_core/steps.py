@@ -165,7 +165,9 @@ STEPS: tuple[Step, ...] = (
         inputs=("pages/*.txt", "pages/manifest.jsonl"),
         outputs=("index/meta.json", "index/chunks.jsonl", "index/bm25/"),
     ),
-    Step("retrieve", "umtcds_core.retrieve", "Print the indexed chunks that best match a question.", inputs=("index/",)),
+    Step(
+        "retrieve", "umtcds_core.retrieve", "Print the indexed chunks that best match a question.", inputs=("index/",)
+    ),
     Step(
         "refresh",
         "umtcds_core.refresh",

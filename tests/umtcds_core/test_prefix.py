@@ -116,6 +116,31 @@ def test_checkpointing_and_packing_give_the_same_loss_and_grads():
         assert torch.allclose(ref.loss, got.loss, atol=1e-5) and torch.allclose(gref, g, atol=1e-5, rtol=1e-4)
 
 
+def test_packed_prefix_varlen_layout_and_its_fallback_give_the_same_loss_and_grads():
+    """The CUDA path for packed rows (speed.attention.prefix_varlen): the keys of every sample are laid out as
+    [prefix; sample] with matching boundaries; its SDPA fallback (CPU, fp32), where the mask builder skips the
+    packed mask and the attention builds the per-sample one, gives the padded batch's loss and prefix gradient."""
+    from umtcds_core.speed.attention import PREFIX_VARLEN_ATTN, _prefix_keys_index
+
+    idx, cu_k = _prefix_keys_index(torch.tensor([0, 3, 5], dtype=torch.int32), 2, 5 + 2 * 2)
+    assert idx.tolist() == [0, 1, 2, 3, 4, 0, 1, 5, 6] and cu_k.tolist() == [0, 5, 9]
+    _, ours = pair()
+    batch = padded_batch()
+    ref, gref = loss_and_grad(ours, batch)
+    assert speed.enable_prefix_varlen(ours, force=True)
+    assert speed.causal_lm_of(ours).config._attn_implementation == PREFIX_VARLEN_ATTN
+    collator = speed.make_collator(None, packing=True, attn_implementation=PREFIX_VARLEN_ATTN)
+    packed = collator(features(batch))
+    assert "cu_seq_lens_q" in packed  # the kernel's boundaries come with the batch (no host sync per layer)
+    speed.set_checkpointing(ours, True)
+    for b in (batch, packed):
+        got, g = loss_and_grad(ours, b)
+        assert torch.allclose(ref.loss, got.loss, atol=1e-5) and torch.allclose(gref, g, atol=1e-5, rtol=1e-4)
+    assert speed.packing_works(ours, "cpu")[0]
+    prefix.disable_explicit_prefix(ours)  # back to peft's cache path and SDPA for generation
+    assert speed.causal_lm_of(ours).config._attn_implementation == "sdpa"
+
+
 def test_plan_and_apply_take_the_explicit_path():
     """The methods row honours checkpointing, packs, compiles one layer per call; apply reports the prefix
     attention and the fused loss gives the model's loss."""

@@ -513,9 +513,10 @@ def test_a_memory_budget_keeps_the_last_layers_unchecked_with_the_same_losses():
             for b in (20, 22, 30, 40, 0)}  # fmt: skip
     assert kept[20] == 0 and kept[40] == kept[0] == 40
     assert 0 < kept[22] < kept[30] < 40 and all(k % 2 == 0 for k in kept.values())
-    assert "memory budget 30 GiB" in speed.keep_layers(plan, cfg.replace(memory_budget_gib=30), shape, 3262, h200).reasons[
-        "skip_last"
-    ]
+    assert (
+        "memory budget 30 GiB"
+        in speed.keep_layers(plan, cfg.replace(memory_budget_gib=30), shape, 3262, h200).reasons["skip_last"]
+    )
     # measured (TRAIN_GPU_RUNS.md, skipN runs): 19.06-19.21 GiB with the last run kept, 19.95 with 4, 21.43 with 8
     peaks = {k: memory.estimate_memory(cfg, shape, 3262, gpus=[], verdict=False, kept=k, compiled=True)[
         "peak_allocated_gib"] for k in (0, 4, 8)}  # fmt: skip

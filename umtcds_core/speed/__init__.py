@@ -28,10 +28,13 @@ from typing import Any
 
 from ..prefix import PREFIX_ATTN
 from .attention import (
+    PREFIX_VARLEN_ATTN,
     VARLEN_ATTN,
     VARLEN_OP,
+    enable_prefix_varlen,
     enable_varlen_attention,
     flash_varlen,
+    prefix_varlen_usable,
     varlen_attention_forward,
     varlen_op,
     varlen_op_usable,
@@ -63,6 +66,7 @@ __all__ = [
     "COMPILE_DEFAULTS",
     "IGNORE_INDEX",
     "LIGER_LOGITS_BUDGET",
+    "PREFIX_VARLEN_ATTN",
     "VARLEN_ATTN",
     "VARLEN_OP",
     "_LIGER_ARGS",
@@ -82,6 +86,7 @@ __all__ = [
     "decoder_layers",
     "describe",
     "enable_fused_loss",
+    "enable_prefix_varlen",
     "enable_varlen_attention",
     "flash_varlen",
     "is_kbit",
@@ -91,6 +96,7 @@ __all__ = [
     "packed_rebalance_sampler",
     "packing_works",
     "plan",
+    "prefix_varlen_usable",
     "prepare_kbit_lean",
     "set_checkpointing",
     "share_lora_dropout",
@@ -248,8 +254,13 @@ def plan(config, machine: Machine, precision: str | None = None) -> SpeedPlan:
     attention = "sdpa"
     why["attention"] = "SDPA: the default"
     if method.adapter == "prefix":
-        # the prefix attention (umtcds_core.prefix) widens the model's mask and runs SDPA itself
-        why["attention"] = "P-tuning v2: SDPA over [prefix; keys] with a widened mask (umtcds_core.prefix)"
+        if packing and cuda and prefix_varlen_usable():
+            attention = PREFIX_VARLEN_ATTN
+            why["attention"] = (
+                "P-tuning v2: packed samples attend to [prefix; themselves] through FlashAttention's varlen kernel"
+            )
+        else:  # the prefix attention (umtcds_core.prefix) widens the model's mask and runs SDPA itself
+            why["attention"] = "P-tuning v2: SDPA over [prefix; keys] with a widened mask (umtcds_core.prefix)"
     elif cuda and importlib.util.find_spec("flash_attn") is not None:
         attention = "flash_attention_2"
         why["attention"] = "flash-attn is installed"
@@ -348,13 +359,16 @@ def apply(model, plan: SpeedPlan) -> SpeedReport:
     report.attention = plan.load_attention
     if getattr(lm.config, "_attn_implementation", None) == PREFIX_ATTN:  # P-tuning v2's (set by its wrap)
         report.attention = PREFIX_ATTN
+        if plan.attention == PREFIX_VARLEN_ATTN and enable_prefix_varlen(model, force=not plan.cuda):
+            report.attention = PREFIX_VARLEN_ATTN
     if plan.attention == VARLEN_ATTN:
         report.attention = enable_varlen_attention(model, device, force=not plan.cuda)
     if plan.packing:
         report.packing, report.packing_note = packing_works(model, device)
-        if not report.packing and report.attention == VARLEN_ATTN:
-            lm.set_attn_implementation("sdpa")
-            report.attention = "sdpa"
+        fallback = {VARLEN_ATTN: "sdpa", PREFIX_VARLEN_ATTN: PREFIX_ATTN}.get(report.attention)
+        if not report.packing and fallback:
+            lm.set_attn_implementation(fallback)
+            report.attention = fallback
             report.packing, report.packing_note = packing_works(model, device)
         if not report.packing:
             report.packing_note += "; batches are padded instead"
@@ -362,6 +376,8 @@ def apply(model, plan: SpeedPlan) -> SpeedReport:
         report.packing_note = plan.reasons.get("packing", "packing off")
     if report.attention == VARLEN_ATTN:
         report.attention_op = varlen_path()
+    elif report.attention == PREFIX_VARLEN_ATTN:
+        report.attention_op = "torch.nn.attention.varlen ([prefix; sample] keys)"
     if plan.checkpointing or plan.skip_last:
         set_checkpointing(model, plan.checkpointing, skip_last=plan.skip_last)
     if plan.loss != "standard":

@@ -349,3 +349,136 @@ def enable_varlen_attention(model, device: str | None = None, force: bool = Fals
 def varlen_path() -> str:
     """Which op packed rows go through after :func:`enable_varlen_attention` (for run notes and the bench)."""
     return VARLEN_OP if _OPS.get("ok") else "torch.nn.attention.varlen"
+
+
+# ---- P-tuning v2's prefix attention on packed rows ------------------------------------------------------------------
+PREFIX_VARLEN_ATTN = "umtcds_prefix_varlen"
+"""The ``attn_implementation`` name of :func:`prefix_varlen_attention_forward` (it starts with the prefix path's
+own name, :data:`umtcds_core.prefix.PREFIX_ATTN`, so code that undoes the prefix path recognises it)."""
+_PREFIX_OK: dict = {}
+
+
+def _prefix_keys_index(cu, prefix_len: int, total: int):
+    """Row indices into ``[prefix (T rows); packed keys (N rows)]`` that lay out ``[prefix; sample i]`` for every
+    packed sample in turn (``total`` = N + n·T rows), and the matching ``cu_seqlens`` of the keys. Tensor ops only:
+    no host sync, traceable under torch.compile."""
+    import torch
+
+    n = cu.numel() - 1
+    cu_k = cu + prefix_len * torch.arange(n + 1, device=cu.device, dtype=cu.dtype)
+    p = torch.arange(total, device=cu.device, dtype=cu.dtype)
+    seg = torch.searchsorted(cu_k, p, right=True) - 1
+    off = p - cu_k[seg]
+    idx = torch.where(off < prefix_len, off, prefix_len + cu[seg] + off - prefix_len)
+    return idx.long(), cu_k
+
+
+def prefix_varlen(q, k, v, pk, pv, cu, max_len: int, scale=None):
+    """Each packed sample of ``q/k/v`` (total_tokens, heads, dim) attends to the whole prefix ``pk/pv``
+    (kv_heads, T, dim) and causally to itself, through FlashAttention's varlen kernel with keys ``[prefix; sample]``
+    per sample (causal masks of unequal query/key lengths align at the end: query i sees T + i keys)."""
+    import torch
+
+    prefix_len = pk.shape[1]
+    keys = torch.cat([pk.transpose(0, 1).to(k.dtype), k])
+    values = torch.cat([pv.transpose(0, 1).to(v.dtype), v])
+    idx, cu_k = _prefix_keys_index(cu, prefix_len, k.shape[0] + (cu.numel() - 1) * prefix_len)
+    k2, v2 = keys.index_select(0, idx), values.index_select(0, idx)
+    kernel, causal, gqa = _varlen_kernel()
+    extra = {}
+    if k2.shape[1] != q.shape[1]:
+        if gqa:
+            extra["enable_gqa"] = True
+        else:
+            k2 = k2.repeat_interleave(q.shape[1] // k2.shape[1], dim=1)
+            v2 = v2.repeat_interleave(q.shape[1] // v2.shape[1], dim=1)
+    return kernel(q, k2, v2, cu, cu_k, max_len, max_len + prefix_len, scale=scale, **causal, **extra)
+
+
+def prefix_varlen_usable() -> bool:
+    """True when :func:`prefix_varlen` gives the explicit-mask SDPA result, gradients included, on this GPU
+    (checked once: a prefix of 5, two segments, grouped KV heads)."""
+    import torch
+
+    if "ok" in _PREFIX_OK:
+        return _PREFIX_OK["ok"]
+    _PREFIX_OK["ok"] = False
+    if not varlen_usable("cuda"):
+        return False
+    try:
+        g = torch.Generator(device="cuda").manual_seed(0)
+        shapes = ((40, 8, 64), (40, 2, 64), (40, 2, 64), (2, 5, 64), (2, 5, 64))
+        base = [torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g) for s in shapes]
+        cu = torch.tensor([0, 17, 40], device="cuda", dtype=torch.int32)
+        grad = torch.randn(40, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+        results = []
+        for fast in (True, False):
+            leaves = [t.clone().requires_grad_(True) for t in base]
+            q, k, v, pk, pv = leaves
+            if fast:
+                out = prefix_varlen(q, k, v, pk, pv, cu, 23, 0.125)
+            else:  # per segment: SDPA over [prefix; segment] with the prefix always visible
+                parts = []
+                for a, b in ((0, 17), (17, 40)):
+                    n = b - a
+                    kk = torch.cat([pk, k[a:b].transpose(0, 1)], 1).repeat_interleave(4, 0)
+                    vv = torch.cat([pv, v[a:b].transpose(0, 1)], 1).repeat_interleave(4, 0)
+                    mask = torch.ones(n, n + 5, dtype=torch.bool, device="cuda").tril(5)
+                    parts.append(torch.nn.functional.scaled_dot_product_attention(
+                        q[a:b].transpose(0, 1), kk, vv, attn_mask=mask, scale=0.125).transpose(0, 1))  # fmt: skip
+                out = torch.cat(parts)
+            out.backward(grad)
+            results.append([out, *(t.grad for t in leaves)])
+        _PREFIX_OK["ok"] = all(
+            bool(((a.float() - b.float()).abs() <= 2e-2 * b.float().abs().max() + 1e-2).all())
+            for a, b in zip(*results, strict=True)
+        )
+    except Exception:  # noqa: BLE001 - a kernel without unequal lengths: keep the explicit mask
+        _PREFIX_OK["ok"] = False
+    return _PREFIX_OK["ok"]
+
+
+def prefix_varlen_attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """P-tuning v2's prefix attention (:func:`umtcds_core.prefix.prefix_attention_forward`) with packed rows on
+    CUDA through :func:`prefix_varlen`: the cost of each sample's own triangle plus the prefix instead of the whole
+    packed row's square with a dense mask. Anything else — a padding mask, a cache, CPU, fp32 — takes the prefix
+    path's SDPA, with the per-sample mask built here for packed rows (the mask builder skipped it)."""
+    import torch
+
+    from ..prefix import PREFIX_KW, prefix_attention_forward
+
+    pair = kwargs.get(PREFIX_KW)
+    batch, heads, length, dim = query.shape
+    packed = isinstance(pair, tuple) and attention_mask is None and key.shape[2] == length
+    if not packed:
+        return prefix_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    cu, max_len = kwargs.get("cu_seq_lens_q"), kwargs.get("max_length_q")
+    if cu is None or batch != 1:
+        cu, max_len = _segments(kwargs.get("position_ids"), batch, length, query.device)
+    cu = cu.to(device=query.device, dtype=torch.int32)
+    if query.is_cuda and dropout == 0.0 and query.dtype in (torch.bfloat16, torch.float16):
+        pk, pv = pair
+        q = query.transpose(1, 2).reshape(batch * length, heads, dim)
+        k = key.transpose(1, 2).reshape(batch * length, key.shape[1], dim)
+        v = value.transpose(1, 2).reshape(batch * length, value.shape[1], dim)
+        out = prefix_varlen(q, k, v, pk, pv, cu, int(max_len), scaling)
+        return out.view(batch, length, heads, dim), None
+    seg = _segment_ids(cu, batch * length, query.device).view(batch, length)
+    pos = torch.arange(length, device=query.device)
+    mask = (seg[:, :, None] == seg[:, None, :]) & (pos[None, :, None] >= pos[None, None, :])
+    return prefix_attention_forward(module, query, key, value, mask[:, None], dropout, scaling, **kwargs)
+
+
+def enable_prefix_varlen(model, force: bool = False) -> bool:
+    """Switch a model on P-tuning v2's explicit prefix path to :func:`prefix_varlen_attention_forward` when
+    :func:`prefix_varlen_usable` (or ``force``: tests, through the SDPA fallback); True when switched."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    lm = causal_lm_of(model) or model
+    if not (force or prefix_varlen_usable()):
+        return False
+    AttentionInterface.register(PREFIX_VARLEN_ATTN, prefix_varlen_attention_forward)
+    AttentionMaskInterface.register(PREFIX_VARLEN_ATTN, _varlen_mask)
+    lm.set_attn_implementation(PREFIX_VARLEN_ATTN)
+    return True

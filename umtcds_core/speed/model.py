@@ -35,7 +35,11 @@ def set_checkpointing(model, enabled: bool = True, skip_last: int = 0) -> int:
     """Non-reentrant activation checkpointing on every decoder layer but the last ``skip_last``; returns how many."""
     base = causal_lm_of(model) or model
     if not enabled:
-        if getattr(base, "is_gradient_checkpointing", False):
+        # transformers >= 5.2x: is_activation_checkpointing (the older name warns)
+        on = getattr(base, "is_activation_checkpointing", None)
+        if on is None:
+            on = getattr(base, "is_gradient_checkpointing", False)
+        if on:
             base.gradient_checkpointing_disable()
         return 0
     if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x name

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from .attention import VARLEN_ATTN
+from .attention import PREFIX_VARLEN_ATTN, VARLEN_ATTN
 from .model import IGNORE_INDEX, is_kbit
 
 
@@ -22,7 +22,7 @@ def make_collator(tokenizer, packing: bool, attn_implementation: str = "sdpa", d
             return_position_ids=True,
             separator_id=IGNORE_INDEX,
             return_flash_attn_kwargs=attn_implementation.startswith("flash_attention")
-            or attn_implementation == VARLEN_ATTN,
+            or attn_implementation in (VARLEN_ATTN, PREFIX_VARLEN_ATTN),
         )
     return DataCollatorForSeq2Seq(
         tokenizer,
