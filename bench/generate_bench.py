@@ -126,7 +126,8 @@ def timed(fn) -> tuple[float, float]:
 
 VARIANTS = {
     "plain": "model.generate on left-padded batches in the prompts' order (the Hugging Face default use)",
-    "ours": "LocalBackend.chat_batch: length-sorted batches (what the generate step runs)",
+    "ours": "LocalBackend.chat_batch as the generate step runs it (engine auto: the step engine where it reproduces "
+    "the call, else length-sorted static batches)",
     "loop": "LocalBackend.chat one prompt at a time (the original project's loop)",
     "step": "LocalBackend.chat_batch with engine='step' (umtcds_core.decode): a running batch of batch-size rows, the "
     "prompts' shared head (system prompt, few-shot example) read once, a finished row refilled at once",
@@ -163,7 +164,7 @@ def fp32_check(tok, model, sample, new: int, variants: list[str]) -> dict:
     out = {"prompts": len(sample), "new_tokens": new, "dtype": "float32"}
     for name in [v for v in ("ours", "step") if v in variants]:
         b = LocalBackend.from_loaded(tok, model, batch_size=len(sample), gen_kwargs={"min_new_tokens": new})
-        b.engine = "step" if name == "step" else "generate"
+        b.engine = "step" if name == "step" else "auto"
         mine = b.chat_batch(sample, max_tokens=new)
         same = sum(x == y for x, y in zip(mine, plain_texts, strict=True))
         out[f"{name}_identical_to_plain"] = f"{same}/{len(sample)}"
@@ -354,9 +355,9 @@ def main(argv: list[str] | None = None) -> dict:
         plain_texts, _ = plain_generate(tok, model, sample, len(sample), new)
         for name in [v for v in ("ours", "step") if v in variants]:
             b = LocalBackend.from_loaded(tok, model, batch_size=len(sample), gen_kwargs={"min_new_tokens": new})
-            b.engine = "step" if name == "step" else "generate"
+            b.engine = "step" if name == "step" else "auto"
             mine = b.chat_batch(sample, max_tokens=new)
-            same = sum(a == b for a, b in zip(mine, plain_texts, strict=True))
+            same = sum(x == y for x, y in zip(mine, plain_texts, strict=True))
             key = "greedy_sample_same_batch" if name == "ours" else f"greedy_sample_same_batch_{name}"
             result[key] = f"{same}/{len(sample)} identical texts ({name} vs plain, one batch)"
     if args.check_fp32:

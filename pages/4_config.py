@@ -203,6 +203,16 @@ with side:
             est = C.estimate_memory(cfg)
         except UserError as exc:
             st.warning(error_text(exc))
+        use = None
+        if est is not None and cfg.gradient_checkpointing:
+            # what the memory budget adds on one GPU: the last layers keep their activations (speed.keep_layers)
+            row = methods.get(cfg.method)
+            card_gib = float(est["gpus"][0]["total_gib"]) if est["gpus"] else 0.0
+            use = C.budget_use(
+                cfg, est["shape"], est["tokens_per_step"], card_gib, compiled=row.compile, group=row.compile_group
+            )
+            if use["kept"]:
+                est = C.estimate_memory(cfg, gpus=est["gpus"], kept=use["kept"], compiled=row.compile)
         if est is not None:
             st.metric(tr("预计峰值显存", "Expected peak GPU memory"), f"{est['total_gib']:.1f} GiB")
             st.markdown(f"**{verdict_text(est)}**")
@@ -227,30 +237,24 @@ with side:
                     "H200, the estimates of LoRA, QLoRA and P-tuning v2 were within 10 % of the real peak.",
                 ),
             )
-            if cfg.gradient_checkpointing:
-                row = methods.get(cfg.method)
-                card_gib = float(est["gpus"][0]["total_gib"]) if est["gpus"] else 0.0
-                use = C.budget_use(
-                    cfg, est["shape"], est["tokens_per_step"], card_gib, compiled=row.compile, group=row.compile_group
+            if use is not None and use["kept"]:
+                st.caption(
+                    tr(
+                        f"显存预算 {use['budget_gib']:.0f} GiB：单卡训练时最后 {use['kept']}/{use['layers']} 层不做梯度检查点"
+                        f"（省去重算，更快），上面的估算已包含。开训时按数据集最长的一步重新规划。",
+                        f"Memory budget {use['budget_gib']:.0f} GiB: on one GPU the last {use['kept']} of "
+                        f"{use['layers']} layers skip gradient checkpointing (no recompute, faster); the estimate above "
+                        "includes them. Training plans this again from the dataset's longest step.",
+                    )
                 )
-                if use["kept"]:
-                    st.caption(
-                        tr(
-                            f"显存预算 {use['budget_gib']:.0f} GiB：单卡训练时最后 {use['kept']}/{use['layers']} 层不做梯度检查点"
-                            f"（省去重算，更快），估算约 {use['total_gib']:.1f} GiB。开训时按数据集最长的一步重新规划。",
-                            f"Memory budget {use['budget_gib']:.0f} GiB: on one GPU the last {use['kept']} of "
-                            f"{use['layers']} layers skip gradient checkpointing (no recompute, faster), about "
-                            f"{use['total_gib']:.1f} GiB. Training plans this again from the dataset's longest step.",
-                        )
+            elif use is not None and use["budget_gib"]:
+                st.caption(
+                    tr(
+                        f"显存预算 {use['budget_gib']:.0f} GiB：每层都做梯度检查点；调高预算（如 40）可在大显存卡上换取速度。",
+                        f"Memory budget {use['budget_gib']:.0f} GiB: every layer is checkpointed; a larger budget "
+                        "(e.g. 40) trades memory for speed on a big card.",
                     )
-                elif use["budget_gib"]:
-                    st.caption(
-                        tr(
-                            f"显存预算 {use['budget_gib']:.0f} GiB：每层都做梯度检查点；调高预算（如 40）可在大显存卡上换取速度。",
-                            f"Memory budget {use['budget_gib']:.0f} GiB: every layer is checkpointed; a larger budget "
-                            "(e.g. 40) trades memory for speed on a big card.",
-                        )
-                    )
+                )
             if not est["gpus"]:
                 st.caption(
                     tr(

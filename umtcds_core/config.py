@@ -724,5 +724,17 @@ def run(args) -> int:
         for line in advice(cfg, "zh"):
             print(f"提示：{line}")
     if not args.no_estimate:
-        print(describe_estimate(estimate_memory(cfg)))
+        est = estimate_memory(cfg)
+        print(describe_estimate(est))
+        row = methods.get(cfg.method)
+        if cfg.gradient_checkpointing:
+            card = float(est["gpus"][0]["total_gib"]) if est["gpus"] else 0.0
+            use = budget_use(
+                cfg, est["shape"], est["tokens_per_step"], card, compiled=row.compile, group=row.compile_group
+            )
+            if use["kept"]:
+                print(
+                    f"Memory budget {use['budget_gib']:.0f} GiB (memory_budget_gib): on one GPU the last {use['kept']} "
+                    f"of {use['layers']} layers skip gradient checkpointing, ~{use['total_gib']:.1f} GiB in all."
+                )
     return 0
