@@ -385,8 +385,13 @@ def apply(model, plan: SpeedPlan) -> SpeedReport:
     if plan.compile:
         # Inductor fuses RMSNorm/SwiGLU itself (Liger's kernels do not trace), so they are not swapped in
         report.compiled = compile_checked(model, plan, report)
-        if report.compiled and plan.skip_last:  # the probe checkpointed every layer
-            set_checkpointing(model, plan.checkpointing, skip_last=plan.skip_last)
+        if plan.skip_last:  # the probe checkpointed every layer
+            if report.compiled:
+                set_checkpointing(model, plan.checkpointing, skip_last=plan.skip_last)
+            else:  # the kept layers were sized for compiled ones; eager layers keep about twice as much
+                set_checkpointing(model, plan.checkpointing)
+                report.kept_layers = 0
+                report.notes.append("every layer checkpointed: the memory budget's kept layers assumed compiled ones")
     if plan.kernels and not report.compiled:
         report.kernels = apply_kernels(model, device)
     return report
