@@ -89,6 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--context-epochs", type=float, help="train the context model this many epochs instead")
     p.add_argument("--k", type=int, default=5, help="chunks per prompt, in training with context and in eval (5)")
     p.add_argument("--batch-size", type=int, help="training batch (default: the demo's, 8)")
+    p.add_argument(
+        "--oracle-share", type=float, default=0.8, help="training with context: share with the source chunk (0.8)"
+    )
     p.add_argument("--lr", type=float, help="learning rate (default: the demo's, 3e-3)")
     p.add_argument("--split", default="6:1:3", help="train:dev:test ratios (default 6:1:3)")
     p.add_argument("--seed", type=int, default=42)
@@ -317,6 +320,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
                 context=context,
                 index=index_dir if context == "retrieved" else None,
                 context_k=args.k,
+                oracle_share=args.oracle_share,
             )
             max_input = DemoSettings().max_input_length
             if context == "retrieved":  # the sources must fit: the dataset step estimates how long the prompts get

@@ -42,6 +42,12 @@ def flash_varlen(q, k, v, cu, max_len: int, scale=None, use_op: bool | None = No
         use_op = _OPS.get("ok", False)
     if use_op:
         return varlen_op()(q, k, v, cu, max_len, float(q.shape[-1] ** -0.5 if scale is None else scale))[0]
+    return _causal_varlen(q, k, v, cu, cu, max_len, max_len, scale)
+
+
+def _causal_varlen(q, k, v, cu_q, cu_k, max_q: int, max_k: int, scale=None):
+    """``torch.nn.attention.varlen`` causal over the segments ``cu_q``/``cu_k``; grouped KV heads natively where this
+    torch can, else repeated."""
     kernel, causal, gqa = _varlen_kernel()
     extra = {}
     if k.shape[1] != q.shape[1]:
@@ -50,7 +56,7 @@ def flash_varlen(q, k, v, cu, max_len: int, scale=None, use_op: bool | None = No
         else:
             k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    return kernel(q, k, v, cu, cu, max_len, max_len, scale=scale, **causal, **extra)
+    return kernel(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, **causal, **extra)
 
 
 # ---- our own varlen op: the same FlashAttention kernel, callable from Inductor's C++ wrapper ----------------------
@@ -190,28 +196,43 @@ def varlen_op():
     return _OPS["fwd"]
 
 
+def _paths_agree(shapes, paths) -> bool:
+    """Whether each of ``paths`` (callables of the leaf tensors and the segments ``[0, 17, 40]``) gives the same
+    output and input gradients on the same random bf16 inputs of ``shapes`` (the first: the queries, 40 × 8 × 64),
+    within bf16 noise (:func:`_close_in_bf16`)."""
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    base = [torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g) for s in shapes]
+    cu = torch.tensor([0, 17, 40], device="cuda", dtype=torch.int32)
+    grad = torch.randn(40, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
+    results = []
+    for path in paths:
+        leaves = [t.clone().requires_grad_(True) for t in base]
+        out = path(leaves, cu)
+        out.backward(grad)
+        results.append([out, *(t.grad for t in leaves)])
+    return _close_in_bf16(*results)
+
+
+def _close_in_bf16(got: list, want: list) -> bool:
+    """Every tensor of ``got`` equals its ``want`` within bf16 noise (relative to the largest value, plus 1e-2)."""
+    return all(
+        bool(((a.float() - b.float()).abs() <= 2e-2 * b.float().abs().max() + 1e-2).all())
+        for a, b in zip(got, want, strict=True)
+    )
+
+
 def varlen_op_usable() -> bool:
     """True when :func:`varlen_op` gives the public ``torch.nn.attention.varlen`` path's output and gradients on
     this GPU (checked once: two causal segments, grouped KV heads, relative tolerance for bf16)."""
-    import torch
 
     if "ok" not in _OPS:
         _OPS["ok"] = False
         try:
-            g = torch.Generator(device="cuda").manual_seed(0)
-            shapes = ((40, 8, 64), (40, 2, 64), (40, 2, 64))
-            base = [torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g) for s in shapes]
-            cu = torch.tensor([0, 17, 40], device="cuda", dtype=torch.int32)
-            grad = torch.randn(40, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
-            results = []
-            for use_op in (True, False):
-                leaves = [t.clone().requires_grad_(True) for t in base]
-                out = flash_varlen(*leaves, cu, 23, 0.125, use_op=use_op)
-                out.backward(grad)
-                results.append([out, *(t.grad for t in leaves)])
-            _OPS["ok"] = all(
-                bool(((a.float() - b.float()).abs() <= 2e-2 * b.float().abs().max() + 1e-2).all())
-                for a, b in zip(*results, strict=True)
+            _OPS["ok"] = _paths_agree(
+                ((40, 8, 64), (40, 2, 64), (40, 2, 64)),
+                [lambda t, cu, op=op: flash_varlen(*t, cu, 23, 0.125, use_op=op) for op in (True, False)],
             )
         except Exception:  # noqa: BLE001 - an op schema or kernel we do not know: the public path
             _OPS["ok"] = False
@@ -384,15 +405,7 @@ def prefix_varlen(q, k, v, pk, pv, cu, max_len: int, scale=None):
     values = torch.cat([pv.transpose(0, 1).to(v.dtype), v])
     idx, cu_k = _prefix_keys_index(cu, prefix_len, k.shape[0] + (cu.numel() - 1) * prefix_len)
     k2, v2 = keys.index_select(0, idx), values.index_select(0, idx)
-    kernel, causal, gqa = _varlen_kernel()
-    extra = {}
-    if k2.shape[1] != q.shape[1]:
-        if gqa:
-            extra["enable_gqa"] = True
-        else:
-            k2 = k2.repeat_interleave(q.shape[1] // k2.shape[1], dim=1)
-            v2 = v2.repeat_interleave(q.shape[1] // v2.shape[1], dim=1)
-    return kernel(q, k2, v2, cu, cu_k, max_len, max_len + prefix_len, scale=scale, **causal, **extra)
+    return _causal_varlen(q, k2, v2, cu, cu_k, max_len, max_len + prefix_len, scale)
 
 
 def prefix_varlen_usable() -> bool:
@@ -405,33 +418,22 @@ def prefix_varlen_usable() -> bool:
     _PREFIX_OK["ok"] = False
     if not varlen_usable("cuda"):
         return False
+
+    def reference(t, cu):  # per segment: SDPA over [prefix; segment] with the prefix always visible
+        q, k, v, pk, pv = t
+        parts = []
+        for a, b in ((0, 17), (17, 40)):
+            kk = torch.cat([pk, k[a:b].transpose(0, 1)], 1).repeat_interleave(4, 0)
+            vv = torch.cat([pv, v[a:b].transpose(0, 1)], 1).repeat_interleave(4, 0)
+            mask = torch.ones(b - a, b - a + 5, dtype=torch.bool, device="cuda").tril(5)
+            parts.append(torch.nn.functional.scaled_dot_product_attention(
+                q[a:b].transpose(0, 1), kk, vv, attn_mask=mask, scale=0.125).transpose(0, 1))  # fmt: skip
+        return torch.cat(parts)
+
     try:
-        g = torch.Generator(device="cuda").manual_seed(0)
-        shapes = ((40, 8, 64), (40, 2, 64), (40, 2, 64), (2, 5, 64), (2, 5, 64))
-        base = [torch.randn(*s, device="cuda", dtype=torch.bfloat16, generator=g) for s in shapes]
-        cu = torch.tensor([0, 17, 40], device="cuda", dtype=torch.int32)
-        grad = torch.randn(40, 8, 64, device="cuda", dtype=torch.bfloat16, generator=g)
-        results = []
-        for fast in (True, False):
-            leaves = [t.clone().requires_grad_(True) for t in base]
-            q, k, v, pk, pv = leaves
-            if fast:
-                out = prefix_varlen(q, k, v, pk, pv, cu, 23, 0.125)
-            else:  # per segment: SDPA over [prefix; segment] with the prefix always visible
-                parts = []
-                for a, b in ((0, 17), (17, 40)):
-                    n = b - a
-                    kk = torch.cat([pk, k[a:b].transpose(0, 1)], 1).repeat_interleave(4, 0)
-                    vv = torch.cat([pv, v[a:b].transpose(0, 1)], 1).repeat_interleave(4, 0)
-                    mask = torch.ones(n, n + 5, dtype=torch.bool, device="cuda").tril(5)
-                    parts.append(torch.nn.functional.scaled_dot_product_attention(
-                        q[a:b].transpose(0, 1), kk, vv, attn_mask=mask, scale=0.125).transpose(0, 1))  # fmt: skip
-                out = torch.cat(parts)
-            out.backward(grad)
-            results.append([out, *(t.grad for t in leaves)])
-        _PREFIX_OK["ok"] = all(
-            bool(((a.float() - b.float()).abs() <= 2e-2 * b.float().abs().max() + 1e-2).all())
-            for a, b in zip(*results, strict=True)
+        _PREFIX_OK["ok"] = _paths_agree(
+            ((40, 8, 64), (40, 2, 64), (40, 2, 64), (2, 5, 64), (2, 5, 64)),
+            [lambda t, cu: prefix_varlen(*t, cu, 23, 0.125), reference],
         )
     except Exception:  # noqa: BLE001 - a kernel without unequal lengths: keep the explicit mask
         _PREFIX_OK["ok"] = False
