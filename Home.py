@@ -131,7 +131,7 @@ ui.workspace_picker()
 ui.page_run(done=False)
 try:
     build_navigation().run()
-except StopException:  # st.stop(): the page ended where it meant to (a rerun request interrupting it is not this)
-    ui.page_run(done=True)
+except (StopException, Exception):  # st.stop(), or an error shown on the page: a rerun would not draw more
+    ui.page_run(done=True)  # (a rerun request interrupting the page is neither: it is no Exception)
     raise
 ui.page_run(done=True)  # the page got to its end (ui.redraw_if_page_unfinished)

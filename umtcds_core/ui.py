@@ -250,13 +250,16 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
     dashboard restart simply re-attaches by reading the job folder. The project the jobs write to is named first.
     """
     st.caption(target_caption(ws))
-    # What this full run of the page shows: after the job ends, the fragment below asks for a full run on each of its
-    # polls until a full run has drawn the page with the job's final state (see redraw_if_page_unfinished too).
+    # What this full run of the page shows, and what the last full run that got to its end showed (page_run): after
+    # the job ends, the fragment below keeps polling and asks for a full run until one has drawn the page, to its
+    # end, with the job's final state — a poll already on its way can cut short the full run that draws the results.
     seen = latest_job(ws, step)
     shown = (seen.id, seen.status()) if seen is not None else None
-    st.session_state[f"_page_shows_{step}"] = shown
+    st.session_state.setdefault(PAGE_SHOWN, {})[step] = shown
+    # (a page first opened on a finished job has nothing to catch up with: "never" drawn on this page)
+    polling = shown is not None and (shown[1] == RUNNING or _drawn(step) not in ("never", shown))
 
-    @st.fragment(run_every=refresh_s if shown is not None and shown[1] == RUNNING else None)
+    @st.fragment(run_every=refresh_s if polling else None)
     def _panel():
         redraw_if_page_unfinished()
         job = latest_job(ws, step)
@@ -289,8 +292,10 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
         if show_log:
             with st.expander(tr("日志", "Log")):
                 st.code(job.log_tail(6000) or "…", language=None)
-        if status != RUNNING and st.session_state.get(f"_page_shows_{step}") != (job.id, status):
-            st.rerun()  # the job ended or another one started since the page was drawn: redraw it with the results
+        if status != RUNNING and in_fragment_run() and (_drawn(step) != (job.id, status) or polling):
+            # the job ended or another one started since the page was last drawn to its end: redraw it with the
+            # results (once that is done, one more full run registers this fragment without polling)
+            st.rerun()
 
     _panel()
     return latest_job(ws, step)
@@ -298,11 +303,24 @@ def job_panel(ws: Workspace, step: str, refresh_s: float = 1.0, show_log: bool =
 
 PAGE_DONE = "_page_run_complete"
 """Session key: the last full run of the page got to its end (set by the app's entry point, ``Home.py``)."""
+PAGE_SHOWN = "_page_jobs_shown"
+"""Session key: ``{step: (job id, status)}`` the job panels of the full run in progress drew."""
+PAGE_DRAWN = "_page_jobs_drawn"
+"""Session key: the same for the last full run that got to its end."""
 
 
 def page_run(done: bool) -> None:
     """The app's entry point says a full run of the page starts (``False``) or got to its end (``True``)."""
     st.session_state[PAGE_DONE] = done
+    if done:
+        st.session_state[PAGE_DRAWN] = dict(st.session_state.get(PAGE_SHOWN, {}))
+    else:
+        st.session_state[PAGE_SHOWN] = {}
+
+
+def _drawn(step: str):
+    """``(job id, status)`` of ``step``'s panel in the last full run that got to its end ("never": none did)."""
+    return st.session_state.get(PAGE_DRAWN, {}).get(step, "never")
 
 
 def in_fragment_run() -> bool:
