@@ -203,16 +203,10 @@ with side:
             est = C.estimate_memory(cfg)
         except UserError as exc:
             st.warning(error_text(exc))
-        use = None
-        if est is not None and cfg.gradient_checkpointing:
-            # what the memory budget adds on one GPU: the last layers keep their activations (speed.keep_layers)
-            row = methods.get(cfg.method)
-            card_gib = float(est["gpus"][0]["total_gib"]) if est["gpus"] else 0.0
-            use = C.budget_use(
-                cfg, est["shape"], est["tokens_per_step"], card_gib, compiled=row.compile, group=row.compile_group
-            )
-            if use["kept"]:
-                est = C.estimate_memory(cfg, gpus=est["gpus"], kept=use["kept"], compiled=row.compile)
+        # what the memory budget adds on one GPU: the last layers keep their activations (speed.keep_layers)
+        use = C.budget_of_estimate(cfg, est) if est is not None else None
+        if use is not None and use["kept"]:
+            est = C.estimate_memory(cfg, gpus=est["gpus"], kept=use["kept"], compiled=methods.get(cfg.method).compile)
         if est is not None:
             st.metric(tr("预计峰值显存", "Expected peak GPU memory"), f"{est['total_gib']:.1f} GiB")
             st.markdown(f"**{verdict_text(est)}**")

@@ -29,6 +29,7 @@ from .errors import UserError
 from .memory import (  # noqa: F401
     CARDS_GIB,
     GIB,
+    budget_of_estimate,
     budget_use,
     count_params,
     describe_estimate,
@@ -726,15 +727,10 @@ def run(args) -> int:
     if not args.no_estimate:
         est = estimate_memory(cfg)
         print(describe_estimate(est))
-        row = methods.get(cfg.method)
-        if cfg.gradient_checkpointing:
-            card = float(est["gpus"][0]["total_gib"]) if est["gpus"] else 0.0
-            use = budget_use(
-                cfg, est["shape"], est["tokens_per_step"], card, compiled=row.compile, group=row.compile_group
+        use = budget_of_estimate(cfg, est)
+        if use is not None and use["kept"]:
+            print(
+                f"Memory budget {use['budget_gib']:.0f} GiB (memory_budget_gib): on one GPU the last {use['kept']} "
+                f"of {use['layers']} layers skip gradient checkpointing, ~{use['total_gib']:.1f} GiB in all."
             )
-            if use["kept"]:
-                print(
-                    f"Memory budget {use['budget_gib']:.0f} GiB (memory_budget_gib): on one GPU the last {use['kept']} "
-                    f"of {use['layers']} layers skip gradient checkpointing, ~{use['total_gib']:.1f} GiB in all."
-                )
     return 0

@@ -325,6 +325,16 @@ def budget_use(
     return {"budget_gib": round(budget, 1), "kept": kept, "layers": shape["num_layers"], "total_gib": total}
 
 
+def budget_of_estimate(cfg: TrainConfig, est: dict) -> dict | None:
+    """:func:`budget_use` for the step :func:`estimate_memory` described (its shape, tokens and first GPU), with the
+    method's compile settings as ``umtcds train`` applies them on one GPU; None without gradient checkpointing."""
+    if not cfg.gradient_checkpointing:
+        return None
+    row = methods.get(cfg.method)
+    card = float(est["gpus"][0]["total_gib"]) if est["gpus"] else 0.0
+    return budget_use(cfg, est["shape"], est["tokens_per_step"], card, compiled=row.compile, group=row.compile_group)
+
+
 FIXES = {
     "gradient_checkpointing": "gradient checkpointing",
     "qlora": "QLoRA",
