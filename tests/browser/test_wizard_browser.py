@@ -284,15 +284,23 @@ def test_wizard_dataset_config_train_chat(dashboard, page, stop_jobs_after):
     assert answer and "When does the library open" not in answer
     shot(page, "wizard-6-chat-answer")
     # the pages the answer was given, under it, with links: the library page among them
-    links = page.wait_for_function(
+    page.wait_for_function(
         """() => {
             const m = document.querySelectorAll('[data-testid="stChatMessage"]');
             const last = m[m.length - 1];
             if (!last || ![...last.querySelectorAll('p')].some(p => p.innerText.trim() === 'Sources')) return null;
-            return [...last.querySelectorAll('a')].map(a => a.href);
+            const links = [...last.querySelectorAll('a')].map(a => a.href);
+            return links.length ? links : null;  // the caption can arrive a frame before the linked lines under it
         }""",
         timeout=WAIT_MS,
-    ).json_value()
+    )
+    wait_idle(page)  # every source line drawn, then read them all
+    links = page.evaluate(
+        """() => {
+            const m = document.querySelectorAll('[data-testid="stChatMessage"]');
+            return [...m[m.length - 1].querySelectorAll('a')].map(a => a.href);
+        }"""
+    )
     assert any("library" in href for href in links), links
     shot(page, "wizard-6-chat")
     assert not page.js_errors, page.js_errors
