@@ -4,6 +4,8 @@ Usage::
 
     python bench/train_cli_bench.py [--method lora] [--steps 16] [--gpus 1] [--tokenizer DIR] [--out FILE]
     python bench/train_cli_bench.py --tiny          # tiny GLM on CPU: a smoke test of the same code
+    python bench/train_cli_bench.py --bench-loop --rounds 2          # + bench/train_bench.py's loop, same run
+    python bench/train_cli_bench.py --model smollm2-135m --bench-loop   # the embedded model (CPU)
 
 ``bench/train_bench.py`` compares the Hugging Face default with the speed pieces in a loop of its own; this one runs
 what a user runs, end to end: a random-init model of GLM-4-9B's shape (``transformers.GlmConfig()``) is saved as a
@@ -12,6 +14,12 @@ messages format is written whose rendered prompts/answers are roughly 30–250 /
 samples per step, and ``python -m umtcds_core.cli train config.yaml`` runs as a subprocess. The figures come from the
 run's own ``metrics.jsonl`` (per-step ``tokens_per_s`` of real tokens, ``gpu_peak_gib``), skipping the first steps
 (warm-up). Prints one JSON object.
+
+``--bench-loop`` answers "does ``umtcds train`` run as fast as the bench loop?" in one run: after each CLI run, the
+loop of ``bench/train_bench.py`` (variant ``ours``: the same speed plan, memory budget included, without the
+Trainer, its data loader and callbacks) trains the same model shape on the same encoded samples, 8 per step, with
+the same number of warm-up steps left out. Both rates are tokens over seconds across the timed steps (the CLI's from
+``metrics.jsonl``'s ``tokens_seen`` and ``time``); ``cli_vs_loop`` is their ratio per round (1.0 = no overhead).
 """
 
 from __future__ import annotations
@@ -93,31 +101,67 @@ def write_model(folder: Path, tiny: bool, tokenizer_dir: str | None) -> None:
         torch.cuda.empty_cache()
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--tiny", action="store_true")
-    ap.add_argument("--method", default="lora", choices=("lora", "qlora", "ptuning-v2"))
-    ap.add_argument("--steps", type=int, default=16)
-    ap.add_argument("--skip", type=int, default=4, help="first steps left out of the figures (warm-up)")
-    ap.add_argument("--gpus", type=int, default=1)
-    ap.add_argument("--work", default=None, help="working folder (default: a temp folder)")
-    ap.add_argument("--tokenizer", help="HF tokenizer folder with a chat template (default: the embedded SmolLM2's)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config values")
-    ap.add_argument("--out")
-    args = ap.parse_args(argv)
+def encoded_samples(model_dir: Path, train_file: Path, max_len: int = 512) -> list[dict]:
+    """The training file's rows encoded exactly as ``umtcds train`` encodes them (prompt masked, end-of-turn)."""
+    from transformers import AutoTokenizer
 
-    import tempfile
+    from umtcds_core.train import encode_conversation, stop_token_ids
 
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    stop_ids = stop_token_ids(tok, model_dir)
+    rows = [json.loads(x) for x in train_file.read_text(encoding="utf-8").splitlines() if x.strip()]
+    return [encode_conversation(tok, r["messages"], max_len, max_len, stop_ids) for r in rows]
+
+
+def cli_rate(metrics: list[dict], skip: int) -> dict:
+    """Tokens/s of a CLI run across its logged steps after the first ``skip``: tokens over seconds, as the loop's."""
+    steps = [m for m in metrics if m.get("kind") == "train" and "tokens_seen" in m]
+    if len(steps) <= skip:
+        return {}
+    first, last = steps[skip - 1] if skip else None, steps[-1]
+    if first is None:  # no warm-up left out: count from the run's start record
+        start = next((m for m in metrics if m.get("kind") in ("start", "resume")), None)
+        first = {"tokens_seen": 0, "time": start["time"]} if start else steps[0]
+    seconds = last["time"] - first["time"]
+    tokens = last["tokens_seen"] - first["tokens_seen"]
+    return {"tokens_per_s": round(tokens / seconds, 1), "tokens": tokens, "seconds": round(seconds, 3)}
+
+
+def bench_loop(
+    model_dir: Path, train_file: Path, method: str, steps: int, skip: int, cuda: bool, overrides: dict
+) -> dict:
+    """bench/train_bench.py's ``ours`` loop on the same shape and samples as the CLI run (see the module doc)."""
+    import random
+
+    import torch
+    import train_bench
+    from transformers import AutoConfig
+
+    samples = encoded_samples(model_dir, train_file)
+    random.Random(0).shuffle(samples)
+    batches = [samples[i : i + 8] for i in range(0, 8 * steps, 8)]
+    hf_cfg = AutoConfig.from_pretrained(str(model_dir))
+    device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    budget = overrides.get("memory_budget_gib")
+    name = "ours" if budget is None else f"ours-budget{budget:g}"  # the budget the CLI run was given
+    res = train_bench.run_variant(name, method, hf_cfg, batches, skip, steps - skip, device, dtype, log=_log)
+    keep = ("tokens_per_s", "real_tokens", "seconds", "steps_timed", "peak_gib", "first_step_loss", "warmup_s")
+    applied = res["settings"]["applied"]
+    ignored = sorted(set(overrides) - {"memory_budget_gib"})
+    return {
+        **{k: res[k] for k in keep if k in res},
+        "variant": name,
+        "applied": {k: applied.get(k) for k in ("attention", "packing")},
+        **({"overrides_not_in_loop": ignored} if ignored else {}),
+    }
+
+
+def cli_run(args, work: Path, model_dir: Path, overrides: dict) -> dict:
+    """One ``umtcds train`` subprocess on the bench's data; its figures from its own metrics.jsonl."""
     import yaml
 
-    work = Path(args.work or tempfile.mkdtemp(prefix="umtcds-train-cli-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model_dir = work / ("glm-tiny" if args.tiny else "glm4-9b-shape")
-    t0 = time.perf_counter()
-    write_model(model_dir, args.tiny, args.tokenizer)
-    build_s = time.perf_counter() - t0
-    write_data(work / "data", 8 * args.steps * max(1, args.gpus) + 8)
-    run_dir = work / f"run-{args.method}-{args.gpus}gpu-{int(time.time())}"
+    run_dir = work / f"run-{args.method}-{args.gpus}gpu-{time.time_ns()}"
     cfg = {
         "model": str(model_dir),
         "data_dir": str(work / "data"),
@@ -131,10 +175,8 @@ def main(argv: list[str] | None = None) -> dict:
         "max_output_length": 512,
         "output_dir": str(run_dir),
         "precision": "auto",
+        **overrides,
     }
-    for kv in args.set:
-        key, _, value = kv.partition("=")
-        cfg[key] = yaml.safe_load(value)
     config_file = work / f"config-{args.method}.yaml"
     config_file.write_text(yaml.safe_dump(cfg), encoding="utf-8")
     cmd = [sys.executable, "-m", "umtcds_core.cli", "train", str(config_file), "--resume", "no"]
@@ -147,42 +189,120 @@ def main(argv: list[str] | None = None) -> dict:
     steps = [m for m in metrics if m.get("kind") == "train" and "tokens_per_s" in m]
     timed = steps[args.skip :] or steps
     info = json.loads((run_dir / "train_info.json").read_text()) if (run_dir / "train_info.json").exists() else {}
-    import torch
-
-    result = {
-        "bench": "train_cli",
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.tiny else None,
-        "gpus": args.gpus,
-        "method": args.method,
-        "model": "tiny GlmConfig" if args.tiny else "GlmConfig() defaults = GLM-4-9B shape, random init",
+    out = {
         "returncode": proc.returncode,
+        "rate": cli_rate(metrics, args.skip),
         "tokens_per_s_median": round(statistics.median(m["tokens_per_s"] for m in timed), 1) if timed else None,
         "tokens_per_s_mean": round(statistics.mean(m["tokens_per_s"] for m in timed), 1) if timed else None,
         "steps_logged": len(steps),
         "steps_used": len(timed),
         "peak_gib": max((m.get("gpu_peak_gib") or 0) for m in metrics) if metrics else None,
         "first_loss": steps[0].get("loss") if steps else None,
-        "model_build_s": round(build_s, 1),
         "train_wall_s": round(wall, 1),
-        "setup": {
-            k: info.get(k)
-            for k in (
-                "attn_implementation",
-                "packing",
-                "packing_note",
-                "gradient_checkpointing",
-                "liger_kernel",
-                "speed",
-                "precision",
-                "world_size",
-                "versions",
-            )
-            if k in info
-        },
-        "config_overrides": args.set,
+        "setup": {k: info.get(k) for k in SETUP_KEYS if k in info},
     }
     if proc.returncode != 0:
-        result["stderr_tail"] = proc.stderr[-3000:]
+        out["stderr_tail"] = proc.stderr[-3000:]
+    return out
+
+
+SETUP_KEYS = (
+    "attn_implementation",
+    "packing",
+    "packing_note",
+    "gradient_checkpointing",
+    "liger_kernel",
+    "speed",
+    "precision",
+    "world_size",
+    "versions",
+)
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--method", default="lora", choices=("lora", "qlora", "ptuning-v2"))
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--skip", type=int, default=4, help="first steps left out of the figures (warm-up)")
+    ap.add_argument("--gpus", type=int, default=1)
+    ap.add_argument("--work", default=None, help="working folder (default: a temp folder)")
+    ap.add_argument("--tokenizer", help="HF tokenizer folder with a chat template (default: the embedded SmolLM2's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config values")
+    ap.add_argument("--model", help="an existing model (folder or embedded name) instead of the random 9B shape")
+    ap.add_argument("--bench-loop", action="store_true", help="after each CLI run, train_bench.py's loop (same run)")
+    ap.add_argument("--rounds", type=int, default=1, help="CLI runs (each followed by the loop with --bench-loop)")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+
+    import tempfile
+
+    import yaml
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="umtcds-train-cli-"))
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    if args.model:
+        from umtcds_core import models
+
+        model_dir = models.hf_folder(models.resolve(args.model))
+        model_name = args.model
+    else:
+        model_dir = work / ("glm-tiny" if args.tiny else "glm4-9b-shape")
+        write_model(model_dir, args.tiny, args.tokenizer)
+        model_name = "tiny GlmConfig" if args.tiny else "GlmConfig() defaults = GLM-4-9B shape, random init"
+    build_s = time.perf_counter() - t0
+    write_data(work / "data", 8 * args.steps * max(1, args.gpus) + 8)
+    overrides = {}
+    for kv in args.set:
+        key, _, value = kv.partition("=")
+        overrides[key] = yaml.safe_load(value)
+
+    import torch
+
+    cuda = torch.cuda.is_available() and not args.tiny
+    rounds = []
+    for r in range(max(1, args.rounds)):
+        one = {"round": r + 1, "cli": cli_run(args, work, model_dir, overrides)}
+        if args.bench_loop and args.gpus == 1 and one["cli"]["returncode"] == 0:
+            if not cuda:  # the CLI's CPU thread share (umtcds train sets it the same way)
+                from umtcds_core.llm import cpu_threads
+
+                torch.set_num_threads(min(torch.get_num_threads(), cpu_threads()))
+            one["loop"] = bench_loop(
+                model_dir, work / "data" / "train.jsonl", args.method, args.steps, args.skip, cuda, overrides
+            )
+            cli_tps = one["cli"].get("rate", {}).get("tokens_per_s")
+            if cli_tps and one["loop"].get("tokens_per_s"):
+                one["cli_vs_loop"] = round(cli_tps / one["loop"]["tokens_per_s"], 4)
+        rounds.append(one)
+        _log(f"[round {r + 1}] cli {one['cli'].get('rate')} loop {one.get('loop', {}).get('tokens_per_s')}")
+    last = rounds[-1]["cli"]
+    result = {
+        "bench": "train_cli",
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "gpus": args.gpus,
+        "method": args.method,
+        "model": model_name,
+        "threads": None if cuda else torch.get_num_threads(),
+        **{k: v for k, v in last.items() if k not in ("rate",)},
+        "tokens_per_s": last.get("rate", {}).get("tokens_per_s"),
+        "model_build_s": round(build_s, 1),
+        "config_overrides": args.set,
+        "rounds": rounds,
+    }
+    ratios = [x["cli_vs_loop"] for x in rounds if "cli_vs_loop" in x]
+    if ratios:
+        result["cli_vs_loop"] = {
+            "per_round": ratios,
+            "median": round(statistics.median(ratios), 4),
+            "target": "within 2 % of the loop (issue 19 goal 3): ratio >= 0.98",
+            "met": statistics.median(ratios) >= 0.98,
+        }
     emit(result, args.out)
     return result
 

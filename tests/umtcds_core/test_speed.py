@@ -544,3 +544,18 @@ def test_a_memory_budget_keeps_the_last_layers_unchecked_with_the_same_losses():
     speed.set_checkpointing(full, True)
     assert speed.set_checkpointing(partly, True, skip_last=2) == 1
     assert_same(loss_and_grads(full, batch), loss_and_grads(partly, batch))
+
+
+def test_train_cli_bench_rate_counts_tokens_over_seconds_after_the_warmup_steps():
+    """The CLI's rate in bench/train_cli_bench.py is the bench loop's measure: tokens over seconds of the timed steps
+    (not a mean of per-step rates), from metrics.jsonl's cumulative ``tokens_seen`` and ``time``."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import train_cli_bench
+
+    metrics = [{"kind": "start", "step": 0, "time": 100.0}]
+    for step, (t, seen) in enumerate([(110.0, 1000), (111.0, 3000), (113.0, 5000), (114.0, 9000)], start=1):
+        metrics.append({"kind": "train", "step": step, "time": t, "tokens_seen": seen, "loss": 1.0})
+    metrics.append({"kind": "eval", "step": 4, "time": 115.0, "eval_loss": 1.0})
+    assert train_cli_bench.cli_rate(metrics, skip=1) == {"tokens_per_s": 2000.0, "tokens": 8000, "seconds": 4.0}
+    assert train_cli_bench.cli_rate(metrics, skip=0)["tokens_per_s"] == round(9000 / 14.0, 1)
+    assert train_cli_bench.cli_rate(metrics, skip=4) == {}  # nothing left to time
