@@ -224,10 +224,19 @@ def evaluate_one(args, run_dir: Path, test_file: Path, index_dir: Path, device: 
 
 def correct_citing(rows: list[dict], system: str) -> dict:
     """Of the answerable test questions whose every key fact ``system`` gave (evaluate's ``key-fact`` = 100), the
-    share whose answer cites the source page (evaluate's ``cites_source``) — the issue's "correct answers cite"."""
+    share whose answer cites the source page (evaluate's ``cites_source``) — the issue's "correct answers cite" —
+    and, apart from it, the share cited or matched to it (``matches_source``, grounding.matched: shown as ≈)."""
     correct = [r for r in rows if r["kind"] != "unanswerable" and r.get(f"{system}_key-fact") == 100]
     citing = [r for r in correct if r.get(f"{system}_cites_source")]
-    return {"correct": len(correct), "citing": len(citing), "pct": _pct(len(citing), len(correct))}
+    # cited, or (citing nothing) matched to the source page by its words: what the student sees marked ✓ or ≈
+    marked = [r for r in correct if r.get(f"{system}_cites_source") or r.get(f"{system}_matches_source")]
+    return {
+        "correct": len(correct),
+        "citing": len(citing),
+        "pct": _pct(len(citing), len(correct)),
+        "cited_or_matched": len(marked),
+        "cited_or_matched_pct": _pct(len(marked), len(correct)),
+    }
 
 
 def _pct(a: int, b: int) -> float | None:

@@ -288,17 +288,20 @@ if index_state.built and st.toggle(
 
 
 def _show_sources(sources: list[dict] | None, answer: str) -> None:
-    """The numbered pages an answer was given (title, link, snippet); ✓ marks those the answer cites."""
+    """The numbered pages an answer was given (title, link, snippet); ✓ marks those the answer cites, ≈ the one an
+    answer citing none was matched to (grounding.mark_sources)."""
     if not sources:
         return
-    cited = set(grounding.cited(answer))
+    marked = grounding.mark_sources(answer, sources)
     with st.container(border=True):
         st.caption(tr("来源", "Sources"))
-        for src in sources:
+        for src in marked:
             name = src.get("title") or src.get("page") or "—"
             link = f"[{name}]({src['url']})" if src.get("url") else name
-            st.markdown(f"**[{src['n']}]** {link}{' ✓' if src['n'] in cited else ''}")
+            st.markdown(f"**[{src['n']}]** {link}{grounding.source_mark(src)}")
             st.caption(snippet(src.get("text", ""), limit=200))
+        if any(grounding.source_mark(src) for src in marked):
+            st.caption(tr(*grounding.MARKS_LEGEND))
 
 
 def _answer_slots(where) -> tuple:

@@ -200,9 +200,11 @@ st.caption(
     + f" · {tr('基座', 'base')}: `{metrics.get('model')}` · "
     + tr(
         "BLEU-4 为 0–1，LLM 评分为 1–5，其余为 0–100（拒答准确率：无法回答的问题被拒答的比例；误拒率：可回答的问题被拒答的"
-        "比例；引用准确率：回答引用了来源网页的比例；recall@k：来源网页在检索结果中的比例）。",
+        "比例；引用准确率：回答引用了来源网页的比例；归属准确率：回答引用了来源网页、或未引用但内容与之匹配（≈）的比例；"
+        "recall@k：来源网页在检索结果中的比例）。",
         "BLEU-4 is 0–1, the judge 1–5, the rest 0–100 (refusal-acc: unanswerable questions refused; false-refusal: "
-        "answerable ones refused; citation-acc: answers citing their source page; recall@k: source page retrieved).",
+        "answerable ones refused; citation-acc: answers citing their source page; attribution-acc: citing it, or citing "
+        "none but matched to it by their words (≈); recall@k: source page retrieved).",
     )
 )
 
@@ -241,6 +243,7 @@ if examples:
             f"{system}_key-fact",
             f"{system}_refused",
             f"{system}_cites_source",
+            f"{system}_matches_source",
             f"{system}_judge",
             f"{system}_judge_reply",
         )  # fmt: skip

@@ -647,5 +647,6 @@ class _Grounded:
         from .grounding import format_sources, is_chinese
 
         sources: list = []
+        usage = {} if usage is None else usage  # its "text": the clean answer the sources are marked for
         yield from grounded_stream(self.session, self.index, text, k=self.k, usage=usage, sources=sources, **kwargs)
-        yield "\n\n" + format_sources(sources, zh=is_chinese(text))
+        yield "\n\n" + format_sources(sources, zh=is_chinese(text), answer=usage.get("text", ""))

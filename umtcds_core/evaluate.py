@@ -13,7 +13,8 @@ records' ``meta``): ``base`` and ``tuned`` closed book, ``base+retrieval`` and `
 prompt (:mod:`umtcds_core.grounding`) — from ``--rag INDEX_DIR`` live, or, without it, the context a split built with
 ``umtcds dataset --context retrieved`` stored, so evaluation matches training. Beside the text metrics below each
 system gets refusal accuracy (unanswerable questions refused), false refusals (answerable ones refused), citation
-accuracy (an answered question cites its source page), recall@k (its page among the sources shown; no LLM) and,
+accuracy (an answered question cites its source page), attribution accuracy (it cites its source page or, citing
+none, its words were matched to it: ``grounding.matched``), recall@k (its page among the sources shown; no LLM) and,
 with ``--judge``, an LLM's 1–5 grade against the reference (prompt editable, raw replies kept in the table).
 ``metrics.json`` has one entry per system and a one-sentence verdict (``best``).
 
@@ -60,7 +61,7 @@ from . import schema as S
 from .dataset import record_to_messages
 from .errors import UserError
 from .fileio import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
-from .grounding import build_grounded_messages, cited_sources, is_refusal
+from .grounding import build_grounded_messages, cited_sources, is_refusal, matched, strip_citations
 from .llm import BACKENDS
 from .model_settings import adapter_setting, device_setting, model_setting, need_model
 from .text import has_han
@@ -70,7 +71,7 @@ optional_text = S.optional_text
 
 METRICS = ("bleu-4", "rouge-1", "rouge-2", "rouge-l", "key-fact")
 """The text metrics of every system (today's keys of ``metrics.json``)."""
-TRUST_METRICS = ("refusal-acc", "false-refusal", "citation-acc", "recall@k", "judge")
+TRUST_METRICS = ("refusal-acc", "false-refusal", "citation-acc", "attribution-acc", "recall@k", "judge")
 """Whether an answer can be trusted: refusals, citations, retrieval and the optional LLM judge."""
 ALL_METRICS = METRICS + TRUST_METRICS
 SYSTEMS = ("base", "tuned", "base+retrieval", "tuned+retrieval")
@@ -370,10 +371,6 @@ JUDGE_PROMPT = "Question: {question}\nReference answer: {reference}\nAnswer to r
 """The judge's default user message (``--judge-prompt`` replaces it; the same three placeholders)."""
 
 
-def _strip_citations(text: str) -> str:
-    return re.sub(r"\s*[\[【]\s*\d{1,3}(?:\s*[,，、]\s*\d{1,3})*\s*[\]】]", "", text or "").strip()
-
-
 def expand_paraphrases(examples: list[dict]) -> list[dict]:
     """The test examples, then one more per example whose meta has a ``paraphrase`` (same reference and source):
     a paraphrase scores understanding rather than the exact wording the model was tuned on."""
@@ -457,7 +454,8 @@ def _pct(values: list[bool]) -> float | None:
 
 def summarize(rows: list[dict], system: str) -> dict:
     """One system's means over ``rows``: the text metrics, refusal accuracy (unanswerable refused), false refusals
-    (answerable refused), citation accuracy (answered and cited its source page), recall@k and the judge."""
+    (answerable refused), citation accuracy (answered and cited its source page), attribution accuracy (cited or,
+    citing none, matched to its source page), recall@k and the judge."""
     scored = [{k: r.get(f"{system}_{k}") for k in METRICS} for r in rows]
     out = mean_scores(scored)
     unans = [r for r in rows if r.get(f"{system}_should_refuse")]
@@ -466,6 +464,9 @@ def summarize(rows: list[dict], system: str) -> dict:
     out["false-refusal"] = _pct([bool(r[f"{system}_refused"]) for r in ans])
     answered = [r for r in ans if not r[f"{system}_refused"] and r.get(f"{system}_cites_source") is not None]
     out["citation-acc"] = _pct([bool(r[f"{system}_cites_source"]) for r in answered])
+    out["attribution-acc"] = _pct(
+        [bool(r[f"{system}_cites_source"] or r.get(f"{system}_matches_source")) for r in answered]
+    )
     shown = [r for r in ans if r.get(f"{system}_source_shown") is not None]
     out["recall@k"] = _pct([bool(r[f"{system}_source_shown"]) for r in shown])
     judged = [r[f"{system}_judge"] for r in rows if r.get(f"{system}_judge") is not None]
@@ -622,15 +623,15 @@ def evaluate(
             "kind": meta.get("kind") or ("unanswerable" if is_refusal(ex["reference"]) else "answerable"),
             "source": meta.get("source") or "",
             "question": ex["question"],
-            "reference": _strip_citations(_references(ex, "base", mode)),
+            "reference": strip_citations(_references(ex, "base", mode)),
         }
         row["key_facts"] = key_facts(row["reference"])
         for system in systems:
             answer = answers[system][i]
-            ref = _strip_citations(_references(ex, system, mode))
+            ref = strip_citations(_references(ex, system, mode))
             facts = row["key_facts"] if ref == row["reference"] else key_facts(ref)
             row[f"{system}_answer"] = answer
-            row.update({f"{system}_{k}": v for k, v in score(_strip_citations(answer), ref, facts).items()})
+            row.update({f"{system}_{k}": v for k, v in score(strip_citations(answer), ref, facts).items()})
             row[f"{system}_refused"] = is_refusal(answer)
             row[f"{system}_should_refuse"] = _should_refuse(ex, ref)
             if system.endswith("+retrieval"):
@@ -638,13 +639,15 @@ def evaluate(
                 row[f"{system}_sources"] = [s.get("url") or s.get("page") for s in shown]
                 row[f"{system}_source_shown"] = _has_source(shown, ex)
                 row[f"{system}_cites_source"] = _has_source(cited_sources(answer, shown), ex)
+                found = set(matched(answer, shown))
+                row[f"{system}_matches_source"] = _has_source([s for s in shown if s["n"] in found], ex)
         rows.append(row)
     judge_info = None
     if judge is not None:
         items, where = [], []
         for i, row in enumerate(rows):
             for system in systems:
-                items.append((row["question"], _strip_citations(_references(examples[i], system, mode)),
+                items.append((row["question"], strip_citations(_references(examples[i], system, mode)),
                               row[f"{system}_answer"]))  # fmt: skip
                 where.append((i, system))
         graded = judge_answers(judge, items, judge_prompt)
@@ -680,6 +683,8 @@ def evaluate(
             "refusal-acc": "share of unanswerable questions answered with the refusal sentence, x 100",
             "false-refusal": "share of answerable questions refused, x 100",
             "citation-acc": "share of answered answerable questions that cite their source page, x 100",
+            "attribution-acc": "share of answered answerable questions that cite their source page or, citing none, "
+            "were matched to it by their words (grounding.matched, shown as ≈), x 100",
             "recall@k": "share of answerable questions whose source page is among the sources shown, x 100",
             "judge": "mean 1-5 grade of the LLM judge against the reference",
         },

@@ -165,14 +165,69 @@ def cited(answer: str) -> list[int]:
     return out
 
 
+def strip_citations(text: str) -> str:
+    """``text`` without its ``[n]`` markers (what is scored against a reference, or matched against a source)."""
+    return re.sub(r"\s*" + _CITE_RE.pattern, "", text or "").strip()
+
+
+MATCH_SHARE = 0.6
+"""Share of an answer's words that must stand in one source for :func:`matched` to name that source."""
+
+
+def matched(answer: str, sources: list[dict]) -> list[int]:
+    """The source an answer that cites none was taken from: ``[n]`` of the source holding the most of the answer's
+    words (:func:`umtcds_core.index.tokenize`: folded English words, Chinese words and characters), when that is at
+    least :data:`MATCH_SHARE` of them; else ``[]``. Nothing for a refusal, an answer that cites, or one of fewer than
+    two words.
+
+    Why: a small model often copies its answer out of a source and forgets the ``[n]`` (the embedded 135M model
+    almost never writes one), and a student still needs the page. What is matched is shown apart from what is cited
+    (≈, ``matched``), since the model did not say it.
+    """
+    if not sources or cited(answer) or is_refusal(answer):
+        return []
+    from .index import tokenize
+
+    words = set(tokenize(strip_citations(answer)))
+    if len(words) < 2:
+        return []
+    share, n = max((len(words & set(tokenize(s.get("text") or ""))) / len(words), -s["n"]) for s in sources)
+    return [-n] if share >= MATCH_SHARE else []
+
+
+def mark_sources(answer: str, sources: list[dict]) -> list[dict]:
+    """``sources`` (each with ``n``), each with ``cited`` (the answer names it as ``[n]``) and ``matched`` (see
+    :func:`matched`): what the chat page, ``umtcds chat --rag`` and ``umtcds serve --rag`` show with an answer."""
+    named, found = set(cited(answer)), set(matched(answer, sources))
+    return [{**s, "cited": s["n"] in named, "matched": s["n"] in found} for s in sources]
+
+
 def cited_sources(answer: str, sources: list[dict]) -> list[dict]:
     """The sources ``answer`` cites that exist (a model may cite ``[7]`` of five)."""
     by_n = {s["n"]: s for s in sources}
     return [by_n[n] for n in cited(answer) if n in by_n]
 
 
-def format_sources(sources: list[dict], zh: bool = False) -> str:
-    """Sources as plain lines, ``[n] title — full URL`` (the CLI's listing under an answer)."""
+def source_mark(source: dict) -> str:
+    """`` ✓`` for a source the answer cites, `` ≈`` for one it was matched to (:func:`mark_sources`), else ``""``."""
+    return " ✓" if source.get("cited") else " ≈" if source.get("matched") else ""
+
+
+MARKS_LEGEND = (
+    "✓ 回答引用了该资料；≈ 回答未标注来源，但内容出自该资料",
+    "✓ cited by the answer; ≈ not cited, but the answer's words are on that page",
+)
+"""What :func:`source_mark`'s marks mean, (Chinese, English)."""
+
+
+def format_sources(sources: list[dict], zh: bool = False, answer: str | None = None) -> str:
+    """Sources as plain lines, ``[n] title — full URL`` (the CLI's listing under an answer); given the ``answer``,
+    each line carries its mark (:func:`source_mark`) and a legend line follows when any is marked."""
     head = "来源：" if zh else "Sources:"
-    lines = [f"[{s['n']}] {s.get('title') or s.get('page')} — {s.get('url') or s.get('page')}" for s in sources]
+    shown = mark_sources(answer, sources) if answer is not None else sources
+    lines = [
+        f"[{s['n']}] {s.get('title') or s.get('page')} — {s.get('url') or s.get('page')}{source_mark(s)}" for s in shown
+    ]
+    if any(source_mark(s) for s in shown):
+        lines.append(f"({MARKS_LEGEND[0] if zh else MARKS_LEGEND[1]})")
     return "\n".join([head, *lines]) if lines else ("来源：无" if zh else "Sources: none found")

@@ -1017,8 +1017,17 @@ class ChatAPI:
         budget = context_budget(self.cm, self.default_max_tokens)
         grounded, shown = build_grounded_messages(question, hits, system, budget, tokenizer=self.cm.tokenizer)
         history = [m for m in messages[:-1] if m["role"] != "system"]
-        sources = [{"n": s["n"], "url": s.get("url"), "title": s.get("title")} for s in shown]
+        sources = [{"n": s["n"], "url": s.get("url"), "title": s.get("title"), "text": s.get("text")} for s in shown]
         return [grounded[0], *history, grounded[-1]], sources
+
+    @staticmethod
+    def answered_sources(job: Job, sources: list[dict]) -> list[dict]:
+        """The sources as a reply, log or feedback record carries them: ``n``, ``url``, ``title`` and whether the
+        answer cites (``cited``) or, citing none, was matched to (``matched``) each (grounding.mark_sources); the
+        passages' text stays on the server."""
+        from .grounding import mark_sources
+
+        return [{k: v for k, v in s.items() if k != "text"} for s in mark_sources(job.text, sources)]
 
     def parse(self, body: dict) -> tuple[list[dict], Any, bool, str, bool]:
         """``(messages, options, use_adapter, model id, stream)`` or :class:`_BadRequest`."""
@@ -1351,6 +1360,7 @@ def make_app(api: ChatAPI):
                     pass
             finally:
                 api.engine.cancel(job)  # no-op once answered; frees the row when this request is abandoned
+            sources = api.answered_sources(job, sources)
             if question:
                 api.log_question(question, job, sources, "api")
             return api.completion_payload(job, model_id, sources)
@@ -1426,7 +1436,8 @@ async def _completion_stream(
             yield _sse({"error": {"message": exc.message, "type": exc.code, "code": exc.code}})
             yield b"data: [DONE]\n\n"
             return
-        yield chunk({"sources": sources or []} if api.index is not None else {}, _finish(job))
+        sources = api.answered_sources(job, sources or [])
+        yield chunk({"sources": sources} if api.index is not None else {}, _finish(job))
         if question:
             api.log_question(question, job, sources, "api")
         if include_usage:
@@ -1449,6 +1460,7 @@ async def _page_stream(api: ChatAPI, job: Job, question: str, sources: list[dict
         except _BadRequest as exc:
             yield _sse({"type": "error", "message": exc.message, "message_zh": exc.zh or exc.message})
             return
+        sources = api.answered_sources(job, sources)
         answer_id = api.remember_answer(question, job.text, sources)
         api.log_question(question, job, sources, "page", answer_id)
         no_answer = not job.text.strip() or is_refusal(job.text)

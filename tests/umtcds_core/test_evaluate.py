@@ -227,6 +227,14 @@ def test_summarize_refusals_citations_and_recall():
     out = ev.summarize(rows, "s")
     assert out["refusal-acc"] == 50 and out["false-refusal"] == 50
     assert out["citation-acc"] == 100 and out["recall@k"] == 50 and out["judge"] is None
+    assert out["attribution-acc"] == 100
+    # two more answered: one cites nothing but was matched to its page (≈), one cites nothing and matches nothing
+    rows += [
+        {"s_should_refuse": False, "s_refused": False, "s_cites_source": False, "s_matches_source": True},
+        {"s_should_refuse": False, "s_refused": False, "s_cites_source": False, "s_matches_source": False},
+    ]
+    out = ev.summarize(rows, "s")
+    assert round(out["citation-acc"], 2) == 33.33 and round(out["attribution-acc"], 2) == 66.67
 
 
 def test_verdict_names_the_best_system_only_with_enough_questions():

@@ -80,6 +80,52 @@ def test_cited_sources_ignore_numbers_that_were_not_shown():
     assert g.format_sources(sources) == "Sources:\n[1] A — u1\n[2] B — u2"
 
 
+SOURCES = [
+    {
+        "n": 1,
+        "title": "Canteen",
+        "url": "u1",
+        "text": "The North Canteen opens at 6:30 and serves breakfast until 9:00.",
+    },
+    {"n": 2, "title": "Library", "url": "u2", "text": "The library opens at 8:00 and closes at 22:00 on weekdays."},
+    {"n": 3, "title": "图书馆", "url": "u3", "text": "图书馆周一至周五 8:00 开放，22:00 闭馆；周末 9:00 开放。"},
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("On weekdays the library opens at 8:00 and closes at 22:00.", [2]),  # copied from [2], no marker
+        ("图书馆周末 9:00 开放。", [3]),
+        ("The library opens at 8:00 [2].", []),  # it cites: nothing to match
+        (g.REFUSAL_EN, []),
+        ("The gym is free for students on Sundays.", []),  # its words are on no page
+        ("Library.", []),  # one word proves nothing
+    ],
+)
+def test_matched_names_the_source_an_uncited_answer_was_taken_from(answer, expected):
+    assert g.matched(answer, SOURCES) == expected
+
+
+def test_marks_and_the_listing_keep_cited_apart_from_matched():
+    marked = g.mark_sources("The library opens at 8:00 [2], canteen at 6:30 [1].", SOURCES)
+    assert [(s["n"], s["cited"], s["matched"]) for s in marked] == [
+        (1, True, False),
+        (2, True, False),
+        (3, False, False),
+    ]
+    listing = g.format_sources(SOURCES, answer="On weekdays the library opens at 8:00 and closes at 22:00.")
+    assert listing.splitlines() == [
+        "Sources:",
+        "[1] Canteen — u1",
+        "[2] Library — u2 ≈",
+        "[3] 图书馆 — u3",
+        f"({g.MARKS_LEGEND[1]})",
+    ]
+    assert g.format_sources(SOURCES, answer=g.REFUSAL_EN).splitlines()[-1] == "[3] 图书馆 — u3"  # nothing marked
+    assert g.strip_citations("8:00 [2]，周末 9:00【3】。") == "8:00，周末 9:00。"
+
+
 def test_retrieved_demo_chunks_make_a_prompt_with_the_source_page(demo_index):
     hits = Index.load(demo_index[1]).search("周末图书馆什么时候开放？", k=5)
     messages, sources = g.build_grounded_messages("周末图书馆什么时候开放？", hits, None, 1500)
@@ -101,7 +147,7 @@ def test_chat_rag_prints_the_answer_then_numbered_sources_with_full_urls(demo_in
     assert rc == 0
     answer, _, listing = out.partition("\nSources:\n")
     assert answer.strip()  # the model said something first
-    lines = listing.strip().splitlines()
+    lines = [line.rstrip(" ✓≈") for line in listing.strip().splitlines() if not line.startswith("(")]  # marks, legend
     assert lines[0].startswith("[1] Library — http://127.0.0.1:") and lines[0].endswith("/library.html")
     assert all(line.startswith(f"[{i}] ") and " — http://" in line for i, line in enumerate(lines, start=1))
 

@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from tests.chat_helpers import FACTS
+from umtcds_core import grounding as g
 from umtcds_core import serve
 
 Q, A = FACTS[0]
@@ -448,6 +449,11 @@ def test_rag_returns_sources_on_the_reply_and_in_the_last_stream_chunk(fact_chat
         sources = resp.choices[0].message.model_extra["sources"]
         assert sources and all(s["url"].startswith("http") and s["title"] for s in sources)
         assert sources[0]["n"] == 1 and "librar" in (sources[0]["title"] + sources[0]["url"]).lower()
+        # marked for this answer (grounding.mark_sources); the passages' text stays on the server
+        assert all(set(s) == {"n", "url", "title", "cited", "matched"} for s in sources)
+        answer = resp.choices[0].message.content
+        assert [s["n"] for s in sources if s["cited"]] == sorted(n for n in set(g.cited(answer)) if n <= len(sources))
+        assert sum(s["matched"] for s in sources) <= (0 if g.cited(answer) else 1)  # one page, only when none cited
         chunks = list(
             client.chat.completions.create(
                 model="run", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=8, stream=True

@@ -9,6 +9,7 @@
       helpful: "这个回答有帮助吗？", up: "有帮助", down: "没帮助",
       fix: "正确答案是…（可选）", sendFix: "提交", thanks: "谢谢你的反馈！",
       sources: "来源：", network: "连接不上助手；请检查网络后再试。", failed: "出错了；请稍后再试。",
+      cited: "回答引用了这个网页", matched: "回答未标注来源，但内容出自这个网页",
     },
     en: {
       name: "Campus assistant", welcome: "Hi! Ask me about the university — admissions, the library, campus life.",
@@ -18,6 +19,7 @@
       fix: "The right answer is… (optional)", sendFix: "Send", thanks: "Thanks for your feedback!",
       sources: "Sources:", network: "Cannot reach the assistant; check the connection and try again.",
       failed: "Something went wrong; please try again later.",
+      cited: "cited by the answer", matched: "not cited, but the answer's words are on this page",
     },
   };
   const $ = (id) => document.getElementById(id);
@@ -143,8 +145,11 @@
     if (!sources.length) return;
     const box = el("div", "sources", t("sources") + " ");
     sources.forEach((s, i) => {
-      const a = el("a", "", `[${s.n || i + 1}] ${s.title || s.url}`);
+      // ✓ the answer cites this page, ≈ it cites none but its words are on this page (the server marks them)
+      const mark = s.cited ? " ✓" : s.matched ? " ≈" : "";
+      const a = el("a", "", `[${s.n || i + 1}] ${s.title || s.url}${mark}`);
       a.href = s.url; a.target = "_blank"; a.rel = "noopener";
+      if (mark) a.title = t(s.cited ? "cited" : "matched");
       box.appendChild(a);
       box.appendChild(document.createTextNode(" "));
     });
