@@ -101,6 +101,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", default=str(ROOT / "bench" / "results"), help="where the JSON goes")
     p.add_argument("--name", help="file name without .json (default rag_demo_<device>)")
     p.add_argument("--work-dir", help="keep the workspaces (adapters, eval rows) here (default: a temp folder)")
+    p.add_argument(
+        "--rescore", action="store_true", help="with --work-dir: only evaluate the adapters an earlier run kept there"
+    )
     return p.parse_args(argv)
 
 
@@ -166,15 +169,21 @@ def lora_config(args, ws_root: Path, data_dir: str, run_dir: Path, steps: int, e
 
 
 def train_one(cfg, ws_root: Path, run_dir: Path) -> dict:
-    from umtcds_core import runs
     from umtcds_core.train import train
 
     t0 = time.perf_counter()
     info = train(cfg, config_file=ws_root / "config.yaml", resume="no", output_dir=str(run_dir))
+    return train_summary(cfg, run_dir, info, round(time.perf_counter() - t0, 1))
+
+
+def train_summary(cfg, run_dir: Path, info: dict, seconds: float | None) -> dict:
+    """What the bench keeps of a training run: its time, steps, first/last loss, eval loss and prompt length."""
+    from umtcds_core import runs
+
     losses = [m["loss"] for m in runs.read_metrics(run_dir) if "loss" in m]
     fm = info.get("final_metrics", {})
     return {
-        "seconds": round(time.perf_counter() - t0, 1),
+        "seconds": seconds,
         "steps": fm.get("global_step"),
         "loss_first": losses[0] if losses else None,
         "loss_last": losses[-1] if losses else None,
@@ -292,6 +301,8 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
         tmp = tempfile.TemporaryDirectory(prefix="rag-demo-bench-")
         work = Path(tmp.name)
     result: dict = {"bench": "rag_demo", "machine": machine(device)}
+    if args.rescore:
+        return rescore(args, work, device, result)
     try:
         with DemoSite() as site:
             pages = work / "pages"
@@ -353,11 +364,47 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
             }
             print("\n".join(ev["table"]), file=sys.stderr)
             save({**result, "complete": False})  # a long CPU run keeps what it measured so far
+            if args.work_dir:  # what --rescore reads back
+                (work / "bench.json").write_text(json.dumps({"settings": result["settings"]}), encoding="utf-8")
     finally:
         if tmp is not None:
             tmp.cleanup()
     result["seconds_total"] = round(time.perf_counter() - started, 1)
     result["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
+    result["complete"] = True
+    return result
+
+
+def rescore(args: argparse.Namespace, work: Path, device: str, result: dict) -> dict:
+    """``--rescore``: today's ``evaluate`` on the adapters an earlier run kept under ``--work-dir`` (its index, its
+    test splits, its settings and training figures), without crawling or training again."""
+    from umtcds_core.config import load_config
+    from umtcds_core.fileio import read_json
+
+    started = time.perf_counter()
+    earlier = read_json(work / "bench.json", {})
+    result["settings"] = {**earlier.get("settings", {}), "rescored": True, "k": args.k}
+    result["variants"] = {}
+    for name, folder in (("closed-book tuning", "closed"), ("tuning with context", "context")):
+        ws_root, run_dir = work / folder, work / folder / "runs" / "bench"
+        if not (run_dir / "adapter_config.json").exists():
+            continue
+        report = read_json(ws_root / "dataset" / "split_report.json", {})
+        info = read_json(run_dir / "train_info.json", {})
+        cfg = load_config(ws_root / "config.yaml")
+        print(f"[{name}] evaluating the kept adapter …", file=sys.stderr)
+        ev = evaluate_one(args, run_dir, ws_root / "dataset" / "test.jsonl", work / "index", device)
+        result["variants"][name] = {
+            "dataset": {k: report.get(k) for k in ("counts", "unanswerable")}
+            | {"context": (report.get("context") or {}).get("counts")},
+            "train": train_summary(cfg, run_dir, info, (info.get("final_metrics") or {}).get("train_runtime")),
+            "evaluate": ev,
+            "targets": check_targets(ev),
+        }
+        print("\n".join(ev["table"]), file=sys.stderr)
+    if not result["variants"]:
+        raise SystemExit(f"Error: no kept adapter under {work}/closed or {work}/context; run without --rescore first.")
+    result["seconds_total"] = round(time.perf_counter() - started, 1)
     result["complete"] = True
     return result
 

@@ -726,14 +726,14 @@ def format_report(metrics: dict) -> str:
     width = max(10, *(len(s) + 2 for s in systems))
     names = [k for k in ALL_METRICS if any(m[s].get(k) is not None for s in systems) or k in METRICS]
     lines = [
-        f"{'metric':<14}" + "".join(f"{s:>{width}}" for s in systems) + (f"{'delta':>10}" if "delta" in metrics else "")
+        f"{'metric':<16}" + "".join(f"{s:>{width}}" for s in systems) + (f"{'delta':>10}" if "delta" in metrics else "")
     ]
     for k in names:
         cells = "".join(f"{'—' if m[s].get(k) is None else f'{m[s][k]:.4g}':>{width}}" for s in systems)
         if "delta" in metrics:
             d = metrics["delta"].get(k)
             cells += f"{'—' if d is None else f'{d:+.4g}':>10}" if k in METRICS else f"{'':>10}"
-        lines.append(f"{k:<14}{cells}")
+        lines.append(f"{k:<16}{cells}")
     if metrics.get("best"):
         lines.append(metrics["best"]["en"])
     return "\n".join(lines)
