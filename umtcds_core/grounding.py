@@ -176,7 +176,7 @@ MATCH_SHARE = 0.6
 
 def matched(answer: str, sources: list[dict]) -> list[int]:
     """The source an answer that cites none was taken from: ``[n]`` of the source holding the most of the answer's
-    words (:func:`umtcds_core.index.tokenize`: folded English words, Chinese words and characters), when that is at
+    words (:func:`umtcds_core.index.tokenize`: folded English words, Chinese words and character pairs), when that is at
     least :data:`MATCH_SHARE` of them; else ``[]``. Nothing for a refusal, an answer that cites, or one of fewer than
     two words.
 
@@ -186,13 +186,19 @@ def matched(answer: str, sources: list[dict]) -> list[int]:
     """
     if not sources or cited(answer) or is_refusal(answer):
         return []
-    from .index import tokenize
-
-    words = set(tokenize(strip_citations(answer)))
+    words = _match_words(strip_citations(answer))
     if len(words) < 2:
         return []
-    share, n = max((len(words & set(tokenize(s.get("text") or ""))) / len(words), -s["n"]) for s in sources)
+    share, n = max((len(words & _match_words(s.get("text") or "")) / len(words), -s["n"]) for s in sources)
     return [-n] if share >= MATCH_SHARE else []
+
+
+def _match_words(text: str) -> set[str]:
+    """The index's tokens without single Chinese characters: common ones (学, 校, 生 …) stand on every Chinese page
+    and would match an invented answer to any of them; Chinese words and character pairs remain."""
+    from .index import tokenize
+
+    return {w for w in tokenize(text) if len(w) > 1 or not _CJK_RE.match(w)}
 
 
 def mark_sources(answer: str, sources: list[dict]) -> list[dict]:

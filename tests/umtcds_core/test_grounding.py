@@ -97,6 +97,7 @@ SOURCES = [
     [
         ("On weekdays the library opens at 8:00 and closes at 22:00.", [2]),  # copied from [2], no marker
         ("图书馆周末 9:00 开放。", [3]),
+        ("学校的食堂周五开放到晚上。", []),  # shares only single characters and one pair with the library page
         ("The library opens at 8:00 [2].", []),  # it cites: nothing to match
         (g.REFUSAL_EN, []),
         ("The gym is free for students on Sundays.", []),  # its words are on no page
