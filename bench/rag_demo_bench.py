@@ -78,6 +78,10 @@ TARGETS = {
 """Issue 15's targets on the demo with the embedded model (English questions)."""
 
 
+VARIANT_FOLDERS = {"closed-book tuning": "closed", "tuning with context": "context"}
+"""Each variant's workspace under the work folder (``runs/bench`` in it holds the adapter)."""
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="cpu", help="cpu hides any GPU (default cpu)")
@@ -293,6 +297,10 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     started = time.perf_counter()
+    if args.rescore:
+        if not args.work_dir:
+            raise SystemExit("Error: --rescore needs --work-dir, the folder an earlier run kept its adapters in.")
+        return rescore(args, Path(args.work_dir).resolve(), device, {"bench": "rag_demo", "machine": machine(device)})
     tmp = None
     if args.work_dir:
         work = Path(args.work_dir).resolve()
@@ -301,8 +309,6 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
         tmp = tempfile.TemporaryDirectory(prefix="rag-demo-bench-")
         work = Path(tmp.name)
     result: dict = {"bench": "rag_demo", "machine": machine(device)}
-    if args.rescore:
-        return rescore(args, work, device, result)
     try:
         with DemoSite() as site:
             pages = work / "pages"
@@ -330,7 +336,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
         }
         result["variants"] = {}
         for name, (context, steps, epochs) in variants.items():
-            ws_root = work / ("closed" if context == "none" else "context")
+            ws_root = work / VARIANT_FOLDERS[name]
             ds_dir = ws_root / "dataset"
             report = build_dataset(
                 qa,
@@ -352,17 +358,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
             trained = train_one(cfg, ws_root, run_dir)
             print(f"[{name}] evaluating …", file=sys.stderr)
             ev = evaluate_one(args, run_dir, ds_dir / "test.jsonl", index_dir, device)
-            result["variants"][name] = {
-                "dataset": {
-                    "counts": report["counts"],
-                    "unanswerable": report["unanswerable"],
-                    "context": report["context"].get("counts"),
-                },  # fmt: skip
-                "train": trained,
-                "evaluate": ev,
-                "targets": check_targets(ev),
-            }
-            print("\n".join(ev["table"]), file=sys.stderr)
+            result["variants"][name] = variant_entry(report, trained, ev)
             save({**result, "complete": False})  # a long CPU run keeps what it measured so far
             if args.work_dir:  # what --rescore reads back
                 (work / "bench.json").write_text(json.dumps({"settings": result["settings"]}), encoding="utf-8")
@@ -375,6 +371,18 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
     return result
 
 
+def variant_entry(report: dict, trained: dict, ev: dict) -> dict:
+    """One variant's part of the result (its split, training, scores and targets); prints its score table."""
+    print("\n".join(ev["table"]), file=sys.stderr)
+    return {
+        "dataset": {k: report.get(k) for k in ("counts", "unanswerable")}
+        | {"context": (report.get("context") or {}).get("counts")},
+        "train": trained,
+        "evaluate": ev,
+        "targets": check_targets(ev),
+    }
+
+
 def rescore(args: argparse.Namespace, work: Path, device: str, result: dict) -> dict:
     """``--rescore``: today's ``evaluate`` on the adapters an earlier run kept under ``--work-dir`` (its index, its
     test splits, its settings and training figures), without crawling or training again."""
@@ -385,7 +393,7 @@ def rescore(args: argparse.Namespace, work: Path, device: str, result: dict) -> 
     earlier = read_json(work / "bench.json", {})
     result["settings"] = {**earlier.get("settings", {}), "rescored": True, "k": args.k}
     result["variants"] = {}
-    for name, folder in (("closed-book tuning", "closed"), ("tuning with context", "context")):
+    for name, folder in VARIANT_FOLDERS.items():
         ws_root, run_dir = work / folder, work / folder / "runs" / "bench"
         if not (run_dir / "adapter_config.json").exists():
             continue
@@ -394,14 +402,8 @@ def rescore(args: argparse.Namespace, work: Path, device: str, result: dict) -> 
         cfg = load_config(ws_root / "config.yaml")
         print(f"[{name}] evaluating the kept adapter …", file=sys.stderr)
         ev = evaluate_one(args, run_dir, ws_root / "dataset" / "test.jsonl", work / "index", device)
-        result["variants"][name] = {
-            "dataset": {k: report.get(k) for k in ("counts", "unanswerable")}
-            | {"context": (report.get("context") or {}).get("counts")},
-            "train": train_summary(cfg, run_dir, info, (info.get("final_metrics") or {}).get("train_runtime")),
-            "evaluate": ev,
-            "targets": check_targets(ev),
-        }
-        print("\n".join(ev["table"]), file=sys.stderr)
+        trained = train_summary(cfg, run_dir, info, (info.get("final_metrics") or {}).get("train_runtime"))
+        result["variants"][name] = variant_entry(report, trained, ev)
     if not result["variants"]:
         raise SystemExit(f"Error: no kept adapter under {work}/closed or {work}/context; run without --rescore first.")
     result["seconds_total"] = round(time.perf_counter() - started, 1)

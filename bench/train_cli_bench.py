@@ -128,19 +128,22 @@ def cli_rate(metrics: list[dict], skip: int) -> dict:
     return {"tokens_per_s": round(tokens / seconds, 1), "tokens": tokens, "seconds": round(seconds, 3)}
 
 
-def bench_loop(
-    model_dir: Path, train_file: Path, method: str, steps: int, skip: int, cuda: bool, overrides: dict
-) -> dict:
-    """bench/train_bench.py's ``ours`` loop on the same shape and samples as the CLI run (see the module doc)."""
+def loop_batches(model_dir: Path, train_file: Path, steps: int) -> list[list[dict]]:
+    """The loop's ``steps`` batches of 8: the CLI run's training file, encoded as it encodes it, shuffled once."""
     import random
 
+    samples = encoded_samples(model_dir, train_file)
+    random.Random(0).shuffle(samples)
+    return [samples[i : i + 8] for i in range(0, 8 * steps, 8)]
+
+
+def bench_loop(model_dir: Path, batches: list[list[dict]], method: str, skip: int, cuda: bool, overrides: dict) -> dict:
+    """bench/train_bench.py's ``ours`` loop on the same shape and samples as the CLI run (see the module doc)."""
     import torch
     import train_bench
     from transformers import AutoConfig
 
-    samples = encoded_samples(model_dir, train_file)
-    random.Random(0).shuffle(samples)
-    batches = [samples[i : i + 8] for i in range(0, 8 * steps, 8)]
+    steps = len(batches)
     hf_cfg = AutoConfig.from_pretrained(str(model_dir))
     device = f"cuda:{torch.cuda.current_device()}" if cuda else "cpu"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     cuda = torch.cuda.is_available() and not args.tiny
-    rounds = []
+    rounds, batches = [], None
     for r in range(max(1, args.rounds)):
         one = {"round": r + 1, "cli": cli_run(args, work, model_dir, overrides)}
         if args.bench_loop and args.gpus == 1 and one["cli"]["returncode"] == 0:
@@ -281,9 +284,8 @@ def main(argv: list[str] | None = None) -> dict:
                 from umtcds_core.llm import cpu_threads
 
                 torch.set_num_threads(min(torch.get_num_threads(), cpu_threads()))
-            one["loop"] = bench_loop(
-                model_dir, work / "data" / "train.jsonl", args.method, args.steps, args.skip, cuda, overrides
-            )
+            batches = batches or loop_batches(model_dir, work / "data" / "train.jsonl", args.steps)
+            one["loop"] = bench_loop(model_dir, batches, args.method, args.skip, cuda, overrides)
             cli_tps = one["cli"].get("rate", {}).get("tokens_per_s")
             if cli_tps and one["loop"].get("tokens_per_s"):
                 one["cli_vs_loop"] = round(cli_tps / one["loop"]["tokens_per_s"], 4)
