@@ -353,7 +353,12 @@ class TrainConfig:
     save_steps: int = setting(
         50, ("保存间隔（步）", "Save every (steps)"), "lower: less lost on a crash, more disk", min=1
     )
-    logging_steps: int = setting(5, ("日志间隔（步）", "Log every (steps)"), "lower: a denser loss chart", min=1)
+    logging_steps: int = setting(
+        5,
+        ("日志间隔（步）", "Log every (steps)"),
+        "lower: a denser loss chart; on a GPU each logged step waits for the card (every step: ~6 % slower on an H200)",
+        min=1,
+    )
     save_total_limit: int = setting(
         3,
         ("最多保留检查点", "Checkpoints kept"),

@@ -548,7 +548,8 @@ def test_a_memory_budget_keeps_the_last_layers_unchecked_with_the_same_losses():
 
 def test_train_cli_bench_rate_counts_tokens_over_seconds_after_the_warmup_steps():
     """The CLI's rate in bench/train_cli_bench.py is the bench loop's measure: tokens over seconds of the timed steps
-    (not a mean of per-step rates), from metrics.jsonl's cumulative ``tokens_seen`` and ``time``."""
+    (not a mean of per-step rates), from metrics.jsonl's cumulative ``tokens_seen`` and ``time``, counted in optimizer
+    steps whatever the logging interval; the verdict leaves out a first round when there are three or more."""
     sys.path.insert(0, str(ROOT / "bench"))
     import train_cli_bench
 
@@ -556,6 +557,22 @@ def test_train_cli_bench_rate_counts_tokens_over_seconds_after_the_warmup_steps(
     for step, (t, seen) in enumerate([(110.0, 1000), (111.0, 3000), (113.0, 5000), (114.0, 9000)], start=1):
         metrics.append({"kind": "train", "step": step, "time": t, "tokens_seen": seen, "loss": 1.0})
     metrics.append({"kind": "eval", "step": 4, "time": 115.0, "eval_loss": 1.0})
-    assert train_cli_bench.cli_rate(metrics, skip=1) == {"tokens_per_s": 2000.0, "tokens": 8000, "seconds": 4.0}
+    want = {"tokens_per_s": 2000.0, "tokens": 8000, "seconds": 4.0, "steps": 3}
+    assert train_cli_bench.cli_rate(metrics, skip=1) == want
     assert train_cli_bench.cli_rate(metrics, skip=0)["tokens_per_s"] == round(9000 / 14.0, 1)
     assert train_cli_bench.cli_rate(metrics, skip=4) == {}  # nothing left to time
+    every_2 = [m for m in metrics if m.get("kind") != "train" or m["step"] % 2 == 0]  # logging_steps 2
+    assert train_cli_bench.cli_rate(every_2, skip=2) == {
+        "tokens_per_s": 2000.0,
+        "tokens": 6000,
+        "seconds": 3.0,
+        "steps": 2,
+    }
+    assert train_cli_bench.cli_rate(every_2, skip=1) == {}  # no record at step 1: not a timed window
+
+    first_cold = train_cli_bench.verdict([0.87, 0.942, 0.935])
+    assert first_cold["rounds_used"] == "2..3" and first_cold["median"] == 0.9385 and first_cold["met"] is False
+    assert train_cli_bench.verdict([0.99, 0.985])["met"] is True
+    assert (
+        train_cli_bench.verdict([0.99, 0.9])["met"] is None and "not resolved" in train_cli_bench.verdict([0.9])["note"]
+    )
