@@ -283,13 +283,25 @@ def check_targets(ev: dict) -> dict:
     return out
 
 
-def run(args: argparse.Namespace, save=lambda result: None) -> dict:
+def demo_index(work: Path):
+    """Serve the bundled demo site, crawl it over HTTP into ``work/pages`` and index it into ``work/index``:
+    (pages, index_dir, the site's base URL, the index report)."""
     from umtcds_core.crawl import CrawlConfig, crawl
+    from umtcds_core.demo_site import DemoSite
+    from umtcds_core.index import build_index
+
+    with DemoSite() as site:
+        pages = work / "pages"
+        crawl(CrawlConfig(start_url=site.url, out_dir=pages, depth=3, delay=0))
+        base_url = site.url
+    index_dir = work / "index"
+    return pages, index_dir, base_url, build_index(pages, index_dir)
+
+
+def run(args: argparse.Namespace, save=lambda result: None) -> dict:
     from umtcds_core.dataset import build_dataset
     from umtcds_core.demo import DemoSettings
-    from umtcds_core.demo_site import DemoSite
     from umtcds_core.fileio import write_jsonl_atomic
-    from umtcds_core.index import build_index
 
     device = args.device
     if device == "auto":
@@ -310,12 +322,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
         work = Path(tmp.name)
     result: dict = {"bench": "rag_demo", "machine": machine(device)}
     try:
-        with DemoSite() as site:
-            pages = work / "pages"
-            crawl(CrawlConfig(start_url=site.url, out_dir=pages, depth=3, delay=0))
-            base_url = site.url
-        index_dir = work / "index"
-        index_report = build_index(pages, index_dir)
+        pages, index_dir, base_url, index_report = demo_index(work)
         pairs, n_seed = build_pairs(base_url)
         qa = work / "qa_english.jsonl"
         write_jsonl_atomic(qa, [p.to_qa_record() for p in pairs])

@@ -228,7 +228,7 @@ def tokenize(text: str) -> list[str]:
         run = m.group()
         if not _CJK_RE.match(run):
             w = _fold_en(run)
-            if w and w not in EN_STOPWORDS:
+            if w and w not in EN_STOPWORDS and run.lower() not in EN_STOPWORDS:  # "does" folds to "doe"
                 out.append(w)
             continue
         out.extend(w for w in _jieba_module().lcut(run, HMM=False) if len(w) > 1)

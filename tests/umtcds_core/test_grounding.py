@@ -158,3 +158,26 @@ def test_chat_rag_bad_index_is_one_sentence_before_any_model_loads(tmp_path, cap
     rc = main(["chat", "--model", "smollm2-135m", "--rag", str(tmp_path / "none"), "--prompt", "hi"])
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("Error: There is no index in") and "umtcds index" in err
+
+
+def test_refusal_signal_bench_scores_a_signal_by_auc_and_the_issue_operating_points():
+    """bench/refusal_signal_bench.py's arithmetic: the AUC, the two operating points (refuse at or above a threshold),
+    and the IDF-weighted coverage in which a token on no page weighs the most."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import refusal_signal_bench as rs
+
+    assert rs.auc([3, 4], [1, 2]) == 1.0 and rs.auc([1, 2], [3, 4]) == 0.0 and rs.auc([1], [1]) == 0.5
+    separable = rs.operating_points([5, 6, 7, 8, 9], [0, 1, 2, 3, 4])
+    assert separable["meets_both"] is True
+    assert separable["refusing_80pct_unanswerable"] == {"threshold": 6, "answerable_refused_pct": 0.0}
+    assert separable["refusing_le_20pct_answerable"] == {"threshold": 4, "unanswerable_refused_pct": 100.0}
+    coin = rs.operating_points([0, 1, 2, 3, 4], [0, 1, 2, 3, 4])
+    assert coin["meets_both"] is False and coin["refusing_80pct_unanswerable"]["answerable_refused_pct"] == 80.0
+
+    idf = {"library": 0.5, "hour": 1.0, None: 3.0}
+    assert rs.coverage(["library", "hour"], {"library", "hour"}, idf) == 1.0
+    assert rs.coverage(["library", "dental"], {"library"}, idf) == 0.5 / 3.5  # "dental" is on no page
+    assert rs.coverage([], set(), idf) == 1.0

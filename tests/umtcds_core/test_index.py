@@ -32,6 +32,7 @@ def test_tokens_hold_words_bigrams_and_characters_and_folded_english():
     assert "借" in toks and "书" in toks  # single characters: 借书 meets 借阅书籍
     assert "library" in toks and "book" in toks  # lower-cased, plural folded
     assert ix.tokenize("the of and 的") == []  # stop words only
+    assert ix.tokenize("When does the bus run?") == ["bus", "run"]  # "does" is a stop word before "-s" folding
 
 
 def test_chunks_follow_headings_stay_in_size_and_overlap():
