@@ -576,3 +576,17 @@ def test_train_cli_bench_rate_counts_tokens_over_seconds_after_the_warmup_steps(
     assert (
         train_cli_bench.verdict([0.99, 0.9])["met"] is None and "not resolved" in train_cli_bench.verdict([0.9])["note"]
     )
+
+
+def test_decode_step_bench_times_both_loops_and_their_greedy_tokens_agree():
+    """bench/decode_step_bench.py on two layers: both loops timed per token, and the step engine's greedy tokens are
+    plain ``generate``'s (the bench's figures compare like with like)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import decode_step_bench
+
+    res = decode_step_bench.main(
+        ["--layers", "2", "--tokens", "6", "--prompt", "12", "--rounds", "1", "--threads", "1"]
+    )
+    assert res["same_greedy_tokens"] is True
+    assert set(res["median_ms_per_token"]) == {"generate", "decoding"}
+    assert all(v > 0 for v in res["median_ms_per_token"].values()) and res["decoding_vs_generate"] > 0
