@@ -139,8 +139,9 @@ def cli_rate(metrics: list[dict], skip: int) -> dict:
 
 
 def verdict(ratios: list[float], margin: float = 0.02) -> dict:
-    """``cli_vs_loop`` over the rounds. With 3 or more rounds the first is left out: its CLI run compiles into a
-    cold Inductor cache (later rounds and the loop reuse it), so shape recompiles fall into its timed steps."""
+    """``cli_vs_loop`` over the rounds. With 3 or more rounds the first is left out, as a warm-up: on the H200 it ran
+    slow once (0.874 against 0.942 / 0.935, ``train_cli_vs_loop_h200_log1.json``), likely its CLI run compiling
+    into a cold Inductor cache that later rounds and the loop reuse."""
     used = ratios[1:] if len(ratios) >= 3 else ratios
     spread = round(max(used) - min(used), 4)
     resolved = len(used) > 1 and spread <= margin  # rounds that disagree by more than the margin decide nothing
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None) -> dict:
         rounds.append(one)
         _log(f"[round {r + 1}] cli {one['cli'].get('rate')} loop {one.get('loop', {}).get('tokens_per_s')}")
         if args.out and r + 1 < args.rounds:  # a run stopped by a time limit keeps the rounds it finished
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(summary(args, rounds, cuda, model_name, build_s, partial=True)))
     result = summary(args, rounds, cuda, model_name, build_s)
     emit(result, args.out)
