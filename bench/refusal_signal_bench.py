@@ -52,8 +52,9 @@ def auc(refusable: list[float], answerable: list[float]) -> float:
 
 def operating_points(refusable: list[float], answerable: list[float]) -> dict:
     """Refuse when the signal is at least a threshold (higher = more refusable). The answerable share refused at
-    the lowest threshold that refuses ≥ 80 % of the unanswerable questions, and the unanswerable share refused at
-    the lowest threshold that refuses ≤ 20 % of the answerable ones; ``meets_both`` when one threshold does both."""
+    the highest threshold that still refuses ≥ 80 % of the unanswerable questions, and the unanswerable share
+    refused at the lowest threshold that refuses ≤ 20 % of the answerable ones; ``meets_both`` when one threshold
+    does both."""
 
     def rates(t: float) -> tuple[float, float]:
         return (
