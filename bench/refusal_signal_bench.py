@@ -132,20 +132,21 @@ def main(argv: list[str] | None = None) -> dict:
         _, index_dir, base_url, report = rag_demo_bench.demo_index(Path(tmp))
         pairs, _ = rag_demo_bench.build_pairs(base_url)
         index = Index.load(index_dir)
-        docs = [set(tokenize(c["text"])) for c in index.chunks]
-        df = Counter(t for d in docs for t in d)
+        docs = {c["chunk_id"]: set(tokenize(c["text"])) for c in index.chunks}  # hits reuse these
+        df = Counter(t for d in docs.values() for t in d)
         idf = {t: math.log((len(docs) + 1) / (n + 0.5)) for t, n in {**df, None: 0}.items()}
         tok, score = (None, None) if args.no_model else refusal_logprob_fn(args.model, args.adapter)
         rows = []
         for p in pairs:
             hits = index.search(p.question, args.k)
-            held = set().union(*(set(tokenize(h["text"])) for h in hits)) if hits else set()
+            held = set().union(*(docs[h["chunk_id"]] for h in hits))
+            asked = tokenize(p.question)
             row = {
                 "question": p.question,
                 "unanswerable": (p.extra or {}).get("kind") == "unanswerable",
                 "top_score": round(hits[0]["score"], 4) if hits else 0.0,
-                "coverage": round(coverage(tokenize(p.question), held, idf), 4),
-                "missing": [t for t in dict.fromkeys(tokenize(p.question)) if t not in held],
+                "coverage": round(coverage(asked, held, idf), 4),
+                "missing": [t for t in dict.fromkeys(asked) if t not in held],
             }
             if score is not None:
                 messages, _ = build_grounded_messages(p.question, hits, tokenizer=tok)

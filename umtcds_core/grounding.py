@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from .index import _CJK_RE
+from .index import _CJK_RE, tokenize
 
 REFUSAL_EN = "The website does not say."
 """What the model answers when the sources do not hold the answer (English questions)."""
@@ -196,8 +196,6 @@ def matched(answer: str, sources: list[dict]) -> list[int]:
 def _match_words(text: str) -> set[str]:
     """The index's tokens without single Chinese characters: common ones (学, 校, 生 …) stand on every Chinese page
     and would match an invented answer to any of them; Chinese words and character pairs remain."""
-    from .index import tokenize
-
     return {w for w in tokenize(text) if len(w) > 1 or not _CJK_RE.match(w)}
 
 

@@ -52,6 +52,7 @@ from . import schema as S
 from .errors import UserError
 from .fileio import iter_jsonl, write_json_atomic, write_jsonl_atomic
 from .model_settings import device_setting
+from .text import HAN
 
 setting = S.setting
 optional_text = S.optional_text
@@ -185,7 +186,7 @@ RETRIEVE = S.from_dataclass(RetrieveSettings, "retrieve", title="UMTCDS retrieve
 
 
 # ---- tokenising -----------------------------------------------------------------------------------------------------
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_CJK = HAN  # the Han ranges of text.py
 _RUN_RE = re.compile(rf"[{_CJK}]+|[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
 _CJK_RE = re.compile(rf"[{_CJK}]")
 EN_STOPWORDS = frozenset(
