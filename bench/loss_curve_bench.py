@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -109,18 +110,45 @@ def batch_order(samples: list[dict], steps: int, batch: int, seed: int) -> list[
 
 
 # ---- the two paths ------------------------------------------------------------------------------------------------
-def build_ours(cfg, spec, tokenizer, machine, precision):
-    """``umtcds train``'s own calls: plan → build_model (load → method) → speed.apply; its collator."""
+PATH_FLAGS = {
+    "sdpa": "ours without the FlashAttention varlen kernel (SDPA with an explicit per-sample mask)",
+    "eager": "ours without torch.compile",
+    "fp32": "float32 weights and compute, no autocast (ours: the SDPA fallback, as in fp32 the varlen kernel is off)",
+}
+"""Flags a path name may carry after ``+`` (``ours+sdpa+eager``, ``plain+fp32``): where two paths part, each
+flag turns off one piece so a run can show which one moves the loss."""
+
+
+def path_flags(name: str) -> tuple[str, set[str]]:
+    """``("ours", {"sdpa"})`` from ``"ours+sdpa"``; an unknown base or flag ends the run with one sentence."""
+    base, *flags = name.split("+")
+    unknown = set(flags) - set(PATH_FLAGS)
+    if base not in ("ours", "plain", "control") or unknown:
+        raise SystemExit(
+            f"--paths: unknown path {name!r}; use ours, plain or control, optionally with "
+            f"+{', +'.join(PATH_FLAGS)} (e.g. ours+sdpa)."
+        )
+    return base, set(flags)
+
+
+def build_ours(cfg, spec, tokenizer, machine, precision, flags=frozenset()):
+    """``umtcds train``'s own calls: plan → build_model (load → method) → speed.apply; its collator. ``flags``:
+    :data:`PATH_FLAGS`."""
     from umtcds_core import speed, train
 
-    plan = speed.plan(cfg, machine, precision)
+    plan = speed.plan(cfg, machine, "fp32" if "fp32" in flags else precision)
+    if "sdpa" in flags:
+        plan = dataclasses.replace(plan, attention="sdpa", varlen_op=False)
+    if "eager" in flags:
+        plan = dataclasses.replace(plan, compile=False)
     model, _ = train.build_model(cfg, spec, plan)
     report = speed.apply(model, plan)
     return model, plan, report, report.collator(tokenizer)
 
 
-def build_plain(cfg, spec, machine):
-    """The Hugging Face default of ``bench/train_bench.py``'s ``baseline`` variant on the real embedded model."""
+def build_plain(cfg, spec, machine, flags=frozenset()):
+    """The Hugging Face default of ``bench/train_bench.py``'s ``baseline`` variant on the real embedded model
+    (``flags``: only ``fp32`` applies)."""
     import torch
     import train_bench
     import transformers
@@ -128,6 +156,8 @@ def build_plain(cfg, spec, machine):
     from umtcds_core import methods, models, speed
 
     plan, extras = train_bench.variant("baseline", cfg.method, machine)
+    if "fp32" in flags:
+        plan = dataclasses.replace(plan, precision="fp32")
     m = methods.get(cfg.method)
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     model = models.load_model(
@@ -167,13 +197,14 @@ def run_path(name: str, cfg, spec, tokenizer, batches, device: str, precision: s
     from umtcds_core import speed
 
     machine = speed.Machine.detect(device)
-    if name == "control":  # the plain path on the same samples in another row order: the float-noise floor
+    base, flags = path_flags(name)
+    if base == "control":  # the plain path on the same samples in another row order: the float-noise floor
         batches = [list(reversed(b)) for b in batches]
     t0 = time.perf_counter()
-    if name == "ours":
-        model, plan, report, collator = build_ours(cfg, spec, tokenizer, machine, precision)
+    if base == "ours":
+        model, plan, report, collator = build_ours(cfg, spec, tokenizer, machine, precision, flags)
     else:
-        model, plan, report, collator = build_plain(cfg, spec, machine)
+        model, plan, report, collator = build_plain(cfg, spec, machine, flags)
     build_s = time.perf_counter() - t0
     model.train()
     cuda = plan.cuda
@@ -223,7 +254,7 @@ def run_path(name: str, cfg, spec, tokenizer, batches, device: str, precision: s
         "plan": {k: v for k, v in plan.as_dict().items() if k not in ("reasons", "compile_options")},
         "applied": {**report.as_dict(), "packing": report.packing, "checkpointing": report.checkpointing,
                     "notes": report.notes},
-        "prefix": ("umtcds_core.prefix (explicit)" if name == "ours" else "peft PrefixTuning (KV cache)")
+        "prefix": ("umtcds_core.prefix (explicit)" if base == "ours" else "peft PrefixTuning (KV cache)")
         if cfg.method == "ptuning-v2" else None,
     }  # fmt: skip
     if gaps:
@@ -307,9 +338,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--lora-dropout", type=float, default=0.0, help="0: no dropout noise between the paths")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help="learning rate instead of the preset's (P-tuning v2's 5e-3 is chaotic in bf16: a lower one shows "
+        "differences the noise would hide)",
+    )
+    ap.add_argument(
         "--paths",
         default="ours,plain,control",
-        help="ours, plain, control (plain with each batch reversed: the float-noise floor); merged per method in --out",
+        help="ours, plain, control (plain with each batch reversed: the float-noise floor), each optionally with "
+        "+sdpa, +eager, +fp32 (ours+sdpa: no varlen kernel; see PATH_FLAGS); merged per method in --out",
     )
     ap.add_argument("--tolerance", type=float, default=None, help="nats; default 0.02 in fp32, 0.1 in bf16/fp16")
     ap.add_argument(
@@ -322,6 +361,9 @@ def main(argv: list[str] | None = None) -> dict:
         "--out", help="also write the JSON here; methods already in that file from an earlier run are kept (merged)"
     )
     args = ap.parse_args(argv)
+    for name in args.paths.split(","):
+        if name.strip():
+            path_flags(name.strip())  # a typo ends the run before any model loads
 
     import torch
     import transformers
@@ -382,6 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
             max_steps=args.steps,
             lora_dropout=args.lora_dropout,
             seed=args.seed,
+            **({"learning_rate": args.lr} if args.lr else {}),
         )
         precision = train.pick_precision(cfg, "cuda" if device.startswith("cuda") else "cpu")
         tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[precision]
@@ -447,42 +490,84 @@ def merged(path: Path, result: dict) -> dict:
 def summarise(method: str, m: dict, steps: int) -> str:
     """Fill ``m`` (one method's entry) with the comparisons its paths allow; returns the verdict line.
 
-    The tolerance is the larger of the dtype's default and 3x the control's largest per-step difference: training
-    amplifies rounding differences (Adam turns the sign of a near-zero gradient into a full learning-rate step), and
-    the control measures how far two float orders of the *same* computation drift apart on this data."""
+    The tolerance is the larger of the dtype's default and 3x the largest per-step difference of a noise floor:
+    training amplifies rounding differences (Adam turns the sign of a near-zero gradient into a full learning-rate
+    step), and a floor measures how far the *same* computation drifts on this data under other rounding. Floors:
+    ``control`` (other float order) and, in bf16/fp16, ``plain+fp32`` (the Hugging Face default's own
+    half-precision error — on a GPU the control's reversed rows are computed bit for bit alike, so it shows no
+    noise there). With ``plain+fp32`` the first step, before any update, is also checked: ours may be no farther from
+    float32 than plain is (or than the early tolerance)."""
     paths = m["paths"]
     tolerance = m["default_tolerance"]
+    precision = m["settings"].get("precision")
+    early_tol = EARLY_TOLERANCE.get(precision, EARLY_TOLERANCE["bf16"])
+    floors = {}
     if "plain" in paths and "control" in paths:
-        ctl = compare(paths["control"], paths["plain"], tolerance)
-        m["control"] = {k: ctl[k] for k in ("max_abs_diff", "max_abs_diff_step", "mean_abs_diff", "final_loss")}
-        m["control"]["what"] = (
-            "plain vs plain with each batch's samples in reverse order (same math, other float order)"
+        floors["control"] = ("plain vs plain with each batch's samples in reverse order (same math, other float order)",
+                             paths["control"])  # fmt: skip
+    if "plain" in paths and "plain+fp32" in paths and precision != "fp32":
+        floors["half_precision_floor"] = (
+            "plain vs the same path in float32: the Hugging Face default's own half-precision error",
+            paths["plain+fp32"],
         )
+    for key, (what, path) in floors.items():
+        ctl = compare(path, paths["plain"], tolerance)
+        m[key] = {k: ctl[k] for k in ("max_abs_diff", "max_abs_diff_step", "mean_abs_diff", "final_loss")}
+        m[key]["what"] = what
         tolerance = max(tolerance, round(3 * ctl["max_abs_diff"], 4))
-        # before the drift: the leading steps where the control still agrees; there ours must agree as closely
-        early_tol = EARLY_TOLERANCE.get(m["settings"].get("precision"), EARLY_TOLERANCE["bf16"])
-        c, p = paths["control"]["losses"], paths["plain"]["losses"]
-        k = next((i for i, (x, y) in enumerate(zip(c, p, strict=True)) if abs(x - y) > early_tol), len(p))
-        if "ours" in paths and k:
+    if floors and "ours" in paths:
+        # before the drift: the leading steps where every floor still agrees with plain; there ours must agree too
+        p = paths["plain"]["losses"]
+        k = min(
+            next((i for i, (x, y) in enumerate(zip(path["losses"], p, strict=True)) if abs(x - y) > early_tol), len(p))
+            for _, path in floors.values()
+        )
+        if k:
             early = [abs(x - y) for x, y in zip(paths["ours"]["losses"][:k], p[:k], strict=True)]
             m["before_drift"] = {
                 "steps": k,
                 "tolerance": early_tol,
                 "max_abs_diff_ours": round(max(early), 6),
-                "max_abs_diff_control": round(max(abs(x - y) for x, y in zip(c[:k], p[:k], strict=True)), 6),
+                "max_abs_diff_control": round(
+                    max(
+                        abs(x - y)
+                        for _, path in floors.values()
+                        for x, y in zip(path["losses"][:k], p[:k], strict=True)
+                    ),
+                    6,
+                ),
                 "pass": max(early) <= early_tol,
             }
+    if "half_precision_floor" in floors and "ours" in paths:
+        f1 = paths["plain+fp32"]["losses"][0]
+        ours1, plain1 = abs(paths["ours"]["losses"][0] - f1), abs(paths["plain"]["losses"][0] - f1)
+        m["first_step_vs_fp32"] = {
+            "ours": round(ours1, 6),
+            "plain": round(plain1, 6),
+            "pass": ours1 <= max(plain1, early_tol),
+        }
     m["tolerance"] = tolerance
     m["reference"] = {"per_sample_mean_gap": (paths.get("plain") or {}).get("per_sample_mean_gap")}
+    others = [p for p in paths if p not in ("ours", "plain", "control")]
+    if "plain" in paths and others:  # the flagged paths (PATH_FLAGS), each against plain
+        m["against_plain"] = {
+            p: {k: v for k, v in compare(paths[p], paths["plain"], tolerance).items() if k != "pass"} for p in others
+        }
     if "ours" not in paths or "plain" not in paths:
         return f"{method}: ran {', '.join(paths)}; nothing to compare yet"
     m["comparison"] = cmp = compare(paths["ours"], paths["plain"], tolerance)
-    early = m.get("before_drift")
+    early, first = m.get("before_drift"), m.get("first_step_vs_fp32")
     if early is not None:
         cmp["pass"] = cmp["pass"] and early["pass"]
+    if first is not None:
+        cmp["pass"] = cmp["pass"] and first["pass"]
     m["verdict"] = verdict_line(method, cmp, tolerance, steps)
     if "control" in m:
         m["verdict"] += f" (control: max {m['control']['max_abs_diff']:.2g})"
+    if "half_precision_floor" in m:
+        m["verdict"] += f" (plain vs float32: max {m['half_precision_floor']['max_abs_diff']:.2g})"
+    if first is not None:
+        m["verdict"] += f"; step 1 vs float32: ours {first['ours']:.2g}, plain {first['plain']:.2g}"
     if early is not None:
         m["verdict"] += (
             f"; first {early['steps']} steps (before the control drifts past {early['tolerance']:g}): "

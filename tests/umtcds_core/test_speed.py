@@ -590,3 +590,40 @@ def test_decode_step_bench_times_both_loops_and_their_greedy_tokens_agree():
     assert res["same_greedy_tokens"] is True
     assert set(res["median_ms_per_token"]) == {"generate", "decoding"}
     assert all(v > 0 for v in res["median_ms_per_token"].values()) and res["decoding_vs_generate"] > 0
+
+
+def test_loss_curve_verdict_takes_float32_as_the_half_precision_noise_floor():
+    """bench/loss_curve_bench.py in bf16: the control (reversed rows) is computed bit for bit alike on a GPU, so
+    the float32 plain path sets the noise floor, and at step 1 ours may be no farther from float32 than plain is."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import loss_curve_bench as lcb
+
+    assert lcb.path_flags("ours+sdpa+eager") == ("ours", {"sdpa", "eager"})
+    assert lcb.path_flags("plain+fp32") == ("plain", {"fp32"})
+    with pytest.raises(SystemExit, match="unknown path"):
+        lcb.path_flags("ours+fast")
+
+    def entry(ours_first: float) -> dict:
+        plain = [8.73, 8.53, 9.82, 10.65, 8.69, 8.14]
+        return {
+            "default_tolerance": 0.1,
+            "settings": {"precision": "bf16"},
+            "paths": {
+                "plain": {"losses": plain},
+                "control": {"losses": list(plain)},  # no noise at all
+                "plain+fp32": {"losses": [8.89, 8.53, 9.80, 10.86, 9.06, 7.44]},
+                "ours": {"losses": [ours_first, 8.47, 9.55, 10.49, 8.74, 7.76]},
+            },
+        }
+
+    good = entry(8.84)
+    line = lcb.summarise("ptuning-v2", good, 6)
+    assert good["half_precision_floor"]["max_abs_diff"] == pytest.approx(0.7)
+    assert good["tolerance"] == pytest.approx(2.1)  # 3x the float32 floor, not 3x the silent control
+    assert good["first_step_vs_fp32"] == {"ours": pytest.approx(0.05), "plain": pytest.approx(0.16), "pass": True}
+    assert "before_drift" not in good  # the float32 floor parts at step 1: no leading steps to hold ours to
+    assert good["comparison"]["pass"] is True and line.startswith("PASS") and "step 1 vs float32" in line
+
+    bad = entry(9.3)  # 0.41 from float32 before any update: a wrong forward, whatever the later noise
+    assert lcb.summarise("ptuning-v2", bad, 6).startswith("FAIL")
+    assert bad["first_step_vs_fp32"]["pass"] is False
