@@ -96,6 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--oracle-share", type=float, default=0.8, help="training with context: share with the source chunk (0.8)"
     )
+    p.add_argument(
+        "--context-copies",
+        type=int,
+        default=1,
+        help="training with context: records per answerable training question, the share applied within them (1)",
+    )
     p.add_argument("--lr", type=float, help="learning rate (default: the demo's, 3e-3)")
     p.add_argument("--split", default="6:1:3", help="train:dev:test ratios (default 6:1:3)")
     p.add_argument("--seed", type=int, default=42)
@@ -354,6 +360,7 @@ def run(args: argparse.Namespace, save=lambda result: None) -> dict:
                 index=index_dir if context == "retrieved" else None,
                 context_k=args.k,
                 oracle_share=args.oracle_share,
+                context_copies=args.context_copies,
             )
             max_input = DemoSettings().max_input_length
             if context == "retrieved":  # the sources must fit: the dataset step estimates how long the prompts get

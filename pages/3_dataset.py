@@ -398,7 +398,8 @@ if len(stats):
 
 # ---- split and export: labels, help, defaults and checks from the dataset schema (umtcds_core.dataset.DATASET) ----
 st.subheader(tr("划分与导出", "Split and export"))
-_FIELDS = ("seed", "format", "dedup_threshold", "system_prompt", "context", "index", "context_k", "oracle_share")
+_FIELDS = ("seed", "format", "dedup_threshold", "system_prompt", "context", "index", "context_k", "oracle_share",
+           "context_copies")  # fmt: skip
 _KEPT = ("split", "seed", "format", "dedup_threshold", "system_prompt")  # remembered of the last export (no paths)
 # Start values: the last export's settings, else the schema's defaults with the campus system prompt filled in (the
 # page has always offered it; the CLI adds none unless asked).

@@ -4,7 +4,8 @@ Usage::
 
     umtcds dataset IN --out DATA_DIR [--split 8:1:1] [--seed 42] [--format glm4|sharegpt|alpaca]
                       [--system-prompt TEXT] [--dedup-threshold 0.5]
-                      [--context none|retrieved --index INDEX_DIR [--context-k 5] [--oracle-share 0.8]]
+                      [--context none|retrieved --index INDEX_DIR [--context-k 5] [--oracle-share 0.8]
+                       [--context-copies 1]]
     umtcds dataset --config settings.yaml [IN] [any flag above, which wins over the file]
 
 Every setting is declared once in :class:`DatasetSettings` (type, default, bounds, labels, help, YAML comment, flag);
@@ -37,6 +38,9 @@ Why each step:
   ``--index`` for its question. In every split a seeded ``--oracle-share`` of the answerable records is sure to show
   its source chunk and its target ends with that page's citation ``[n]``; the rest show only other pages and are
   answered with the refusal sentence — so the tuned model learns both to cite and to say "the website does not say".
+  ``--context-copies N`` (N ≥ 2) gives each answerable training question N records and applies the share *within*
+  them, so the same question is seen with its source (answered) and without it (refused): what decides is the
+  sources, not the question. Dev and test keep one record per question.
   Test records carry a ``meta`` object (bare question, answer, source page, kind, paraphrase, context shown) that
   ``umtcds evaluate`` reads; ``umtcds train`` reads the records as they are.
 * Every file is written atomically, and ``DATA_DIR/split_report.json`` records counts, groups, warnings and problems.
@@ -226,6 +230,24 @@ class DatasetSettings:
         typical=(0.5, 0.95),
         step=0.05,
         range_msg=("{value} must be between 0 and 1 (0.8 is the usual)", "{value} 必须在 0 到 1 之间（常用 0.8）"),
+        show=_retrieved,
+    )
+    context_copies: int = setting(
+        1,
+        ("每个问题的训练样本数", "Training records per question"),
+        "with context: retrieved, how many training records each answerable question gets; from 2 the share with "
+        "the source is applied within each question's records, so the same question is answered with its source and "
+        "refused without it (dev and test keep one record per question)",
+        help=(
+            "设为 2 或更多时，同一个问题在训练集里出现多次：有的附带含答案的资料（回答并标出来源），有的只附带无关资料（拒答）。"
+            "模型只能靠读资料来判断该回答还是拒答。",
+            "From 2, each training question appears several times: some records show its source (answered and "
+            "cited), others only unrelated chunks (refused), so only the sources tell the model which to do.",
+        ),
+        min=1,
+        max=10,
+        typical=(1, 4),
+        range_msg=("must be between 1 and 10 (1: one record per question)", "必须在 1 到 10 之间（1 = 每个问题一条）"),
         show=_retrieved,
     )
 
@@ -1067,6 +1089,7 @@ def build_dataset(
     index: str | Path | None = None,
     context_k: int = 5,
     oracle_share: float = 0.8,
+    context_copies: int = 1,
 ) -> dict:
     """Read, validate, group, split and write; returns the split report (also saved as ``split_report.json``).
 
@@ -1106,7 +1129,9 @@ def build_dataset(
     ctx_report: dict = {"mode": "none"}
     ctx = None
     if context == "retrieved":
-        grounded, metas, ctx_report = add_context(result.splits, index, context_k, oracle_share, seed, system_prompt)
+        grounded, metas, ctx_report = add_context(
+            result.splits, index, context_k, oracle_share, seed, system_prompt, copies=context_copies
+        )
         ctx = (grounded, metas)
     files = write_dataset(result, out_dir, fmt, system_prompt, ctx)
     counts = {s: len(result.splits[s]) for s in SPLITS}
@@ -1327,17 +1352,24 @@ def add_context(
     share: float = 0.8,
     seed: int = 42,
     system_prompt: str | None = None,
+    copies: int = 1,
 ) -> tuple[dict[str, list[Pair]], dict[str, list[dict]], dict]:
     """Every split's pairs as grounded records: ``(pairs, test metas, report)``.
 
     In each split exactly ``round(share × answerable pairs whose page is indexed)`` pairs, chosen with ``seed``, show
     their source chunk; the other answerable ones show distractors only and are refused — so the model learns to
-    answer from the sources and to say "the website does not say" instead of guessing. Same seed, same records."""
+    answer from the sources and to say "the website does not say" instead of guessing. Same seed, same records.
+
+    ``copies`` ≥ 2 (train split only): each indexed answerable pair gives ``copies`` records, ``share × copies`` of
+    them with the source (the fraction drawn with ``seed``) and the rest with distractors. Why: with one record per
+    question, whether to refuse is also a property of the question, which a small model can memorise; with both
+    views of the same question, only the sources tell them apart."""
     from .grounding import estimate_tokens
     from .index import Index
 
     check_setting("context_k", k)
     check_setting("oracle_share", share)
+    check_setting("context_copies", copies)
     index = Index.load(index_dir)  # missing or stale: one sentence that says how to rebuild it
     out: dict[str, list[Pair]] = {}
     metas: dict[str, list[dict]] = {}
@@ -1352,22 +1384,30 @@ def add_context(
             if not is_unanswerable(p) and any(matches_source(c, *_source_of(p)) for c in index.chunks)
         ]
         oracle = set(rng.sample(indexed, round(share * len(indexed))))
+        views = {i: [i in oracle] for i in range(len(pairs))}  # per pair: one record, with its source or not
+        if split == "train" and copies > 1:
+            for i in indexed:
+                whole, part = divmod(share * copies, 1)
+                n = int(whole) + (rng.random() < part)
+                views[i] = [True] * n + [False] * (copies - n)
         out[split], metas[split] = [], []
         tally = {"oracle": 0, "distractors": 0, "unanswerable": 0, "no-source": 0}
         for i, p in enumerate(pairs):
-            grounded, how, chunks = context_pair(p, index, k, i in oracle, rng, system_prompt)
-            if how == "distractors" and i not in oracle and i not in indexed:
-                how = "no-source"
-            tally[how] += 1
-            out[split].append(grounded)
-            metas[split].append(record_meta(p, system_prompt, how, chunks))
-            longest = max(longest, estimate_tokens(grounded.system or "") + estimate_tokens(grounded.question))
+            for shows_source in views[i]:
+                grounded, how, chunks = context_pair(p, index, k, shows_source, rng, system_prompt)
+                if how == "distractors" and i not in indexed:
+                    how = "no-source"
+                tally[how] += 1
+                out[split].append(grounded)
+                metas[split].append(record_meta(p, system_prompt, how, chunks))
+                longest = max(longest, estimate_tokens(grounded.system or "") + estimate_tokens(grounded.question))
         counts[split] = tally
     report = {
         "mode": "retrieved",
         "index": str(index_dir),
         "k": k,
         "oracle_share": share,
+        "copies": copies,
         "counts": counts,
         "prompt_tokens_max": longest,
     }
@@ -1406,6 +1446,7 @@ def build_from_settings(values: dict, pairs: list[Pair] | None = None) -> dict:
         index=values["index"],
         context_k=values["context_k"],
         oracle_share=values["oracle_share"],
+        context_copies=values["context_copies"],
     )
 
 

@@ -224,6 +224,7 @@ def test_context_training_options_are_on_the_page(workspace):
     assert not [n for n in at.number_input if n.key == "ds_context_k"]  # shown only with retrieved context
     at.radio(key="ds_context").set_value("retrieved").run()
     assert at.number_input(key="ds_context_k").value == 5
+    assert at.number_input(key="ds_context_copies").value == 1  # one record per question unless asked
     assert any("index" in e.value for e in at.error)  # retrieved without an index: the CLI's sentence, export blocked
 
 

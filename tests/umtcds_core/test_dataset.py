@@ -375,6 +375,43 @@ def test_context_retrieved_holds_the_source_at_the_share_cites_and_refuses(tmp_p
     assert any("max_input_length" in w for w in report["warnings"])
 
 
+def test_context_copies_show_each_training_question_with_and_without_its_source(tmp_path, demo_index, capsys):
+    """--context-copies 4 at share 0.75: every indexed training question gets 3 records with its source (answered,
+    cited) and 1 without (refused); dev and test are the records one copy gives; a bad count is one sentence."""
+    from umtcds_core.grounding import cited, is_refusal
+
+    _, index_dir = demo_index
+    inp = write_jsonl(tmp_path / "qa.jsonl", _seed_pairs_for(index_dir))
+    one = ds.build_dataset(inp, tmp_path / "one", "6:2:2", seed=3, context="retrieved", index=index_dir, context_k=3,
+                           oracle_share=0.75)  # fmt: skip
+    four = ds.build_dataset(inp, tmp_path / "four", "6:2:2", seed=3, context="retrieved", index=index_dir,
+                            context_k=3, oracle_share=0.75, context_copies=4)  # fmt: skip
+    assert four["context"]["copies"] == 4
+    single, many = read_splits(tmp_path / "one"), read_splits(tmp_path / "four")
+    assert many["dev"] == single["dev"] and many["test"] == single["test"]
+    c1, c4 = one["context"]["counts"]["train"], four["context"]["counts"]["train"]
+    answerable = c1["oracle"] + c1["distractors"]
+    assert (c4["oracle"], c4["distractors"]) == (3 * answerable, answerable)
+    assert c4["unanswerable"] == c1["unanswerable"] and len(many["train"]) == 4 * answerable + c1["unanswerable"]
+    views: dict[str, list[bool]] = {}
+    for rec in many["train"]:
+        user, target = rec["messages"][-2]["content"], rec["messages"][-1]["content"]
+        question = user.rsplit("\n", 1)[-1]
+        if question.endswith(("Who is the president of the university?", "校长叫什么名字？")):
+            continue  # the two unanswerable pairs: one refused record each
+        assert is_refusal(target) or cited(target)
+        views.setdefault(question, []).append(not is_refusal(target))
+    odd = {q: v for q, v in views.items() if sorted(v) != [False, True, True, True]}
+    assert len(views) == answerable and not odd, odd
+    again = ds.build_dataset(inp, tmp_path / "again", "6:2:2", seed=3, context="retrieved", index=index_dir,
+                             context_k=3, oracle_share=0.75, context_copies=4)  # fmt: skip
+    assert read_splits(tmp_path / "again") == many and again["context"] == four["context"]
+    assert cli_main(["dataset", str(inp), "--out", str(tmp_path / "bad"), "--context", "retrieved", "--index",
+                     str(index_dir), "--context-copies", "0"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert "must be between 1 and 10" in err and "Traceback" not in err and not (tmp_path / "bad").exists()
+
+
 def test_context_settings_and_bad_index_are_one_sentence(tmp_path, demo_index, capsys):
     inp = write_jsonl(tmp_path / "qa.jsonl", unique_pairs(6))
     assert cli_main(["dataset", str(inp), "--out", str(tmp_path / "o"), "--context", "retrieved"]) == 1
