@@ -186,8 +186,11 @@ def per_sample_mean(logits, labels) -> float:
         return float(rows[mask.sum(1) > 0].mean())
 
 
-def run_path(name: str, cfg, spec, tokenizer, batches, device: str, precision: str, log=print) -> dict:
-    """Train ``cfg`` on ``batches`` along one path; per-step losses, tokens/s and what the path applied."""
+def run_path(
+    name: str, cfg, spec, tokenizer, batches, device: str, precision: str, log=print, grads: dict | None = None
+) -> dict:
+    """Train ``cfg`` on ``batches`` along one path; per-step losses, tokens/s and what the path applied.
+    ``grads``: filled with the first step's gradients (float32, on the CPU, by parameter name) before clipping."""
     import gc
 
     import torch
@@ -224,6 +227,9 @@ def run_path(name: str, cfg, spec, tokenizer, batches, device: str, precision: s
     for i, feats in enumerate(batches):
         t = time.perf_counter()
         out, batch = train_bench.forward_backward(model, feats, collator, pad_id, device, autocast, plan.pinned)
+        if grads is not None and i == 0:
+            grads.update({_plain_name(n): p.grad.detach().float().cpu() for n, p in model.named_parameters()
+                          if p.requires_grad and p.grad is not None})  # fmt: skip
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         opt.step()
@@ -267,6 +273,30 @@ def run_path(name: str, cfg, spec, tokenizer, batches, device: str, precision: s
     if cuda:
         torch.cuda.empty_cache()
     return res
+
+
+def _plain_name(name: str) -> str:
+    """A parameter's name without the wrappers compile and checkpointing add, so the paths' names meet."""
+    for part in ("_orig_mod.", "_checkpoint_wrapped_module."):
+        name = name.replace(part, "")
+    return name
+
+
+def grad_agreement(got: dict, want: dict) -> dict:
+    """How close one path's first-step gradients are to a reference's: relative error and cosine over the parameters
+    both have (a wrong backward shows here before any training noise)."""
+    import torch
+
+    names = sorted(set(got) & set(want))
+    if not names:
+        return {"parameters": 0}
+    a = torch.cat([got[n].flatten() for n in names]).double()
+    b = torch.cat([want[n].flatten() for n in names]).double()
+    return {
+        "parameters": len(names),
+        "relative_error": round(float((a - b).norm() / b.norm().clamp(min=1e-30)), 6),
+        "cosine": round(float(torch.nn.functional.cosine_similarity(a, b, dim=0)), 6),
+    }
 
 
 def compare(ours: dict, plain: dict, tolerance: float) -> dict:
@@ -430,7 +460,11 @@ def main(argv: list[str] | None = None) -> dict:
         tolerance = args.tolerance if args.tolerance is not None else DEFAULT_TOLERANCE[precision]
         t_method = time.time()
         names = [n.strip() for n in args.paths.split(",") if n.strip()]
-        paths = {name: run_path(name, cfg, spec, tokenizer, batches, device, precision, log) for name in names}
+        step1: dict[str, dict] = {}
+        paths = {
+            name: run_path(name, cfg, spec, tokenizer, batches, device, precision, log, step1.setdefault(name, {}))
+            for name in names
+        }
         keys = ("learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm",
                 "gradient_checkpointing", "packing", "seed")  # fmt: skip
         settings = {k: getattr(cfg, k) for k in keys}
@@ -440,6 +474,7 @@ def main(argv: list[str] | None = None) -> dict:
             settings["num_virtual_tokens"] = cfg.num_virtual_tokens
         else:
             settings.update(lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout)
+        ref = "plain+fp32" if "plain+fp32" in step1 else "plain"
         result["methods"][method] = {
             "machine": machine_info(device),
             "settings": settings,
@@ -447,6 +482,10 @@ def main(argv: list[str] | None = None) -> dict:
             "seconds": round(time.time() - t_method, 1),
             "paths": paths,
         }
+        if ref in step1 and len(step1) > 1:  # the first step's gradients, before any update: each path vs ref
+            result["methods"][method][f"step1_gradients_vs_{ref}"] = {
+                n: grad_agreement(g, step1[ref]) for n, g in step1.items() if n != ref
+            }
         line = summarise(method, result["methods"][method], args.steps)
         print(line, flush=True)
     result["seconds"] = round(time.time() - started, 1)
