@@ -4,7 +4,8 @@ Usage::
 
     python bench/loss_curve_bench.py                                   # CPU: smollm2-135m, LoRA + P-tuning v2
     python bench/loss_curve_bench.py --out bench/results/loss_curve_cpu.json
-    python bench/loss_curve_bench.py --device cuda --out bench/results/loss_curve_h200.json
+    python bench/loss_curve_bench.py --device cuda --paths ours,plain,control,plain+fp32 \
+        --out bench/results/loss_curve_h200.json
     python bench/loss_curve_bench.py --methods lora --threads 1 --out F.json   # methods one by one, merged into F
 
 On a busy 2-core machine give each process one thread (``--threads 1``): two OpenMP threads on two cores shared with
@@ -48,7 +49,11 @@ Tolerance. Two correct paths agree to ~1e-5 at the first step in fp32, but train
 (Adam turns the sign of a near-zero gradient into a full learning-rate step), so after 100 steps the curves drift
 apart by an amount that depends on the data, the learning rate and the dtype, not on the speed plan. A third path,
 ``control``, measures that floor in the same run: the plain path on the same samples with each batch's rows in reverse
-order (the same mathematics in another float order). The tolerance is the larger of the dtype's default
+order (the same mathematics in another float order). On a GPU that control is computed bit for bit alike (each row's
+arithmetic does not depend on its place), so in bf16/fp16 add ``plain+fp32`` (``--paths ours,plain,plain+fp32``): the
+plain path in float32 is then the floor too, and at step 1 ours may be no farther from it than plain is. With
+``--steps 1`` the JSON also compares each path's first gradients with the reference's. The tolerance is the larger
+of the dtype's default
 (``--tolerance``; 0.02 nats in fp32, ~1% of the starting loss; 0.1 in bf16/fp16, whose 8-bit mantissa already moves
 one step's loss by ~1e-2) and 3x the control's largest per-step difference. The verdict passes when the largest
 per-step difference and the final-loss difference of ``ours`` vs ``plain`` are within it, and when over the leading
