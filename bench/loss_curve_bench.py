@@ -51,8 +51,8 @@ apart by an amount that depends on the data, the learning rate and the dtype, no
 ``control``, measures that floor in the same run: the plain path on the same samples with each batch's rows in reverse
 order (the same mathematics in another float order). On a GPU that control is computed bit for bit alike (each row's
 arithmetic does not depend on its place), so in bf16/fp16 add ``plain+fp32`` (``--paths ours,plain,plain+fp32``): the
-plain path in float32 is then the floor too, and at step 1 ours may be no farther from it than plain is. With
-``--steps 1`` the JSON also compares each path's first gradients with the reference's. The tolerance is the larger
+plain path in float32 is then the floor too, and at step 1 ours may be no farther from it than plain is. The JSON
+also compares each path's first-step gradients with the reference's (``--steps 1`` runs only that step). The tolerance is the larger
 of the dtype's default
 (``--tolerance``; 0.02 nats in fp32, ~1% of the starting loss; 0.1 in bf16/fp16, whose 8-bit mantissa already moves
 one step's loss by ~1e-2) and 3x the control's largest per-step difference. The verdict passes when the largest
