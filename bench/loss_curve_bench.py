@@ -53,8 +53,9 @@ order (the same mathematics in another float order). On a GPU that control is co
 arithmetic does not depend on its place), so in bf16/fp16 add ``plain+fp32`` (``--paths ours,plain,plain+fp32``): the
 plain path in float32 is then the floor too, and at step 1 ours may be no farther from it than plain is. The JSON
 also compares each path's first-step gradients with the reference's (``--steps 1`` runs only that step).
-The tolerance is the larger of the dtype's default (``--tolerance``; 0.02 nats in fp32, ~1% of the starting loss; 0.1 in bf16/fp16, whose 8-bit mantissa already moves
-one step's loss by ~1e-2) and 3x the control's largest per-step difference. The verdict passes when the largest
+The tolerance is the larger of the dtype's default (``--tolerance``; 0.02 nats in fp32, ~1% of the starting loss;
+0.1 in bf16/fp16, whose 8-bit mantissa already moves one step's loss by ~1e-2) and 3x the largest per-step difference
+of a floor (the control's, and float32 plain's where run). The verdict passes when the largest
 per-step difference and the final-loss difference of ``ours`` vs ``plain`` are within it, and when over the leading
 steps where the control still agrees with plain within 1e-3 (fp32; 2e-2 in bf16/fp16) ours does too — the sharp
 part of the test where training is chaotic (P-tuning v2 at the small preset's lr 5e-3). As a yardstick of what a
