@@ -1386,8 +1386,8 @@ def add_context(
         oracle = set(rng.sample(indexed, round(share * len(indexed))))
         views = {i: [i in oracle] for i in range(len(pairs))}  # per pair: one record, with its source or not
         if split == "train" and copies > 1:
+            whole, part = divmod(share * copies, 1)  # records with the source per question: whole, +1 at odds part
             for i in indexed:
-                whole, part = divmod(share * copies, 1)
                 n = int(whole) + (rng.random() < part)
                 views[i] = [True] * n + [False] * (copies - n)
         out[split], metas[split] = [], []
